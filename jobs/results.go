@@ -1,0 +1,273 @@
+package jobs
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Error codes the runtime itself produces. Graph-backed handlers add their
+// own (upn_conflict, no_free_seat, …), documented in docs/contract.md.
+const (
+	// CodeMalformedJob: the message is not a JSON object.
+	CodeMalformedJob = "malformed_job"
+	// CodeInvalidJob: envelope fields are missing, unknown or wrong, or
+	// disagree with the subject.
+	CodeInvalidJob = "invalid_job"
+	// CodeUnknownAction: the action is not one this worker knows.
+	CodeUnknownAction = "unknown_action"
+	// CodeInvalidParams: the parameters do not validate.
+	CodeInvalidParams = "invalid_params"
+	// CodeNotImplemented: the action is part of the contract but this
+	// worker has no handler for it yet.
+	CodeNotImplemented = "not_implemented"
+	// CodeInstanceNotFound: no instance configuration for the job's
+	// instance.
+	CodeInstanceNotFound = "instance_not_found"
+	// CodeAttemptsExhausted: the job failed with retryable errors until its
+	// attempts ran out.
+	CodeAttemptsExhausted = "attempts_exhausted"
+	// CodeSyncRunning: a sync of the instance was already running.
+	CodeSyncRunning = "sync_already_running"
+	// CodeInternal: an unexpected failure in the worker.
+	CodeInternal = "internal"
+)
+
+// Error is the error of a failed job, in results and failure records.
+type Error struct {
+	// Code is stable and machine-readable: branch on it.
+	Code string `json:"code"`
+	// Message is one readable line for an operator.
+	Message string `json:"message"`
+	// GraphCode is Graph's error code, when Graph refused.
+	GraphCode string `json:"graph_code,omitempty"`
+	// GraphRequestID is Graph's request-id, for Microsoft support.
+	GraphRequestID string `json:"graph_request_id,omitempty"`
+	// Retryable says whether the same job could succeed later unchanged.
+	Retryable bool `json:"retryable"`
+	// Fields lists every bad field, for validation errors.
+	Fields []FieldError `json:"fields,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Job statuses in results.
+const (
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+)
+
+// ActionResult is published once per job id on m365.results.<instance>.actions.
+type ActionResult struct {
+	SchemaVersion int    `json:"schema_version"`
+	JobID         string `json:"job_id"`
+	Instance      string `json:"instance"`
+	Action        string `json:"action"`
+	// Status is StatusSucceeded or StatusFailed.
+	Status string `json:"status"`
+	// Attempts counts the handler runs that used an attempt (throttled
+	// waits do not).
+	Attempts   int       `json:"attempts"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+	DryRun     bool      `json:"dry_run,omitempty"`
+	// ReplayOf names the job this one replays.
+	ReplayOf string `json:"replay_of,omitempty"`
+	// Output is the action's output on success (ids, what changed).
+	Output json.RawMessage `json:"output,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+}
+
+// FailureRecord is published on m365.failures.<instance> for every job that
+// will not be retried. It names the job's stream sequence so the original
+// can be read back and replayed; it never copies the job's payload.
+type FailureRecord struct {
+	SchemaVersion int    `json:"schema_version"`
+	JobID         string `json:"job_id"`
+	Instance      string `json:"instance"`
+	Pool          string `json:"pool"`
+	// Action as given by the subject (the envelope may be unreadable).
+	Action    string `json:"action"`
+	Subject   string `json:"subject"`
+	Stream    string `json:"stream"`
+	StreamSeq uint64 `json:"stream_seq"`
+	// Deliveries is the number of times JetStream delivered the job.
+	Deliveries uint64 `json:"deliveries"`
+	// Attempts counts the handler runs that used an attempt.
+	Attempts int       `json:"attempts"`
+	FailedAt time.Time `json:"failed_at"`
+	Worker   string    `json:"worker"`
+	ReplayOf string    `json:"replay_of,omitempty"`
+	Error    Error     `json:"error"`
+}
+
+// Sync modes.
+const (
+	ModeFull        = "full"
+	ModeIncremental = "incremental"
+)
+
+// Asset change operations and deletion reasons.
+const (
+	OpUpsert = "upsert"
+	OpDelete = "delete"
+
+	ReasonSoftDeleted          = "soft_deleted"
+	ReasonHardDeleted          = "hard_deleted"
+	ReasonMissingAfterFullSync = "missing_after_full_sync"
+)
+
+// AssetDelta is one batch of asset changes of one type, published on
+// m365.results.<instance>.assets.<type>. Batches of a sync are numbered from
+// 1; the last one has Last set.
+type AssetDelta struct {
+	SchemaVersion int    `json:"schema_version"`
+	Instance      string `json:"instance"`
+	SyncID        string `json:"sync_id"`
+	// Type is AssetUser, AssetGroup or AssetLicense.
+	Type string `json:"type"`
+	// Mode is ModeFull or ModeIncremental.
+	Mode    string        `json:"mode"`
+	Batch   int           `json:"batch"`
+	Last    bool          `json:"last"`
+	Changes []AssetChange `json:"changes"`
+}
+
+// AssetChange is an upsert with the full record, or a deletion with a reason.
+type AssetChange struct {
+	Op string `json:"op"`
+	ID string `json:"id"`
+	// Asset is the full record (UserAsset, GroupAsset or LicenseAsset) on
+	// upserts.
+	Asset json.RawMessage `json:"asset,omitempty"`
+	// Reason is set on deletions.
+	Reason string `json:"reason,omitempty"`
+}
+
+// AssignedLicense is a licence on a user, with both its id and part number.
+type AssignedLicense struct {
+	SkuID         string   `json:"skuId"`
+	SkuPartNumber string   `json:"skuPartNumber"`
+	DisabledPlans []string `json:"disabledPlans"`
+}
+
+// UserAsset is the m365_user record. Property names are Graph's.
+type UserAsset struct {
+	ID                    string            `json:"id"`
+	UserPrincipalName     string            `json:"userPrincipalName"`
+	DisplayName           string            `json:"displayName"`
+	GivenName             *string           `json:"givenName"`
+	Surname               *string           `json:"surname"`
+	Mail                  *string           `json:"mail"`
+	JobTitle              *string           `json:"jobTitle"`
+	Department            *string           `json:"department"`
+	OfficeLocation        *string           `json:"officeLocation"`
+	MobilePhone           *string           `json:"mobilePhone"`
+	BusinessPhones        []string          `json:"businessPhones"`
+	AccountEnabled        bool              `json:"accountEnabled"`
+	UserType              string            `json:"userType"`
+	UsageLocation         *string           `json:"usageLocation"`
+	CreatedDateTime       *time.Time        `json:"createdDateTime"`
+	OnPremisesSyncEnabled *bool             `json:"onPremisesSyncEnabled"`
+	AssignedLicenses      []AssignedLicense `json:"assignedLicenses"`
+}
+
+// GroupAsset is the m365_group record. Property names are Graph's; Members
+// holds the ids of direct members.
+type GroupAsset struct {
+	ID              string     `json:"id"`
+	DisplayName     string     `json:"displayName"`
+	Description     *string    `json:"description"`
+	Mail            *string    `json:"mail"`
+	MailNickname    string     `json:"mailNickname"`
+	MailEnabled     bool       `json:"mailEnabled"`
+	SecurityEnabled bool       `json:"securityEnabled"`
+	GroupTypes      []string   `json:"groupTypes"`
+	Visibility      *string    `json:"visibility"`
+	MembershipRule  *string    `json:"membershipRule"`
+	CreatedDateTime *time.Time `json:"createdDateTime"`
+	Members         []string   `json:"members"`
+}
+
+// PrepaidUnits are a SKU's seats by state.
+type PrepaidUnits struct {
+	Enabled   int `json:"enabled"`
+	Suspended int `json:"suspended"`
+	Warning   int `json:"warning"`
+	LockedOut int `json:"lockedOut"`
+}
+
+// ServicePlan is one service plan of a SKU.
+type ServicePlan struct {
+	ServicePlanID      string `json:"servicePlanId"`
+	ServicePlanName    string `json:"servicePlanName"`
+	ProvisioningStatus string `json:"provisioningStatus"`
+	AppliesTo          string `json:"appliesTo"`
+}
+
+// LicenseAsset is the m365_license record (a subscribed SKU). Property names
+// are Graph's; AvailableUnits is prepaidUnits.enabled − consumedUnits.
+type LicenseAsset struct {
+	ID               string        `json:"id"`
+	SkuID            string        `json:"skuId"`
+	SkuPartNumber    string        `json:"skuPartNumber"`
+	CapabilityStatus string        `json:"capabilityStatus"`
+	AppliesTo        string        `json:"appliesTo"`
+	PrepaidUnits     PrepaidUnits  `json:"prepaidUnits"`
+	ConsumedUnits    int           `json:"consumedUnits"`
+	AvailableUnits   int           `json:"availableUnits"`
+	ServicePlans     []ServicePlan `json:"servicePlans"`
+}
+
+// Indicators is the indicator snapshot published on
+// m365.results.<instance>.indicators after each sync.
+type Indicators struct {
+	SchemaVersion    int       `json:"schema_version"`
+	Instance         string    `json:"instance"`
+	SyncID           string    `json:"sync_id"`
+	At               time.Time `json:"at"`
+	UsersTotal       int       `json:"users_total"`
+	UsersEnabled     int       `json:"users_enabled"`
+	UsersLicensed    int       `json:"users_licensed"`
+	GroupsTotal      int       `json:"groups_total"`
+	LicensesTotal    int       `json:"licenses_total"`
+	LicensesConsumed int       `json:"licenses_consumed"`
+}
+
+// Sync outcomes.
+const (
+	OutcomeSucceeded = "succeeded"
+	OutcomeFailed    = "failed"
+	OutcomeSkipped   = "skipped"
+)
+
+// SyncCounts counts a sync's changes of one asset type.
+type SyncCounts struct {
+	Upserts int `json:"upserts"`
+	Deletes int `json:"deletes"`
+	// Total is the number of assets of the type after the sync.
+	Total int `json:"total"`
+}
+
+// SyncReport closes every sync job, on m365.results.<instance>.syncs.
+type SyncReport struct {
+	SchemaVersion int    `json:"schema_version"`
+	JobID         string `json:"job_id"`
+	Instance      string `json:"instance"`
+	SyncID        string `json:"sync_id"`
+	// Mode is ModeFull or ModeIncremental (empty when the sync did not
+	// start).
+	Mode string `json:"mode,omitempty"`
+	// Outcome is OutcomeSucceeded, OutcomeFailed or OutcomeSkipped.
+	Outcome    string    `json:"outcome"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+	DurationMS int64     `json:"duration_ms"`
+	// Counts per asset type.
+	Counts map[string]SyncCounts `json:"counts,omitempty"`
+	// Graph traffic of the round.
+	GraphRequests int64  `json:"graph_requests"`
+	ResourceUnits int64  `json:"resource_units"`
+	Throttled     int64  `json:"throttled"`
+	Retries       int64  `json:"retries"`
+	Error         *Error `json:"error,omitempty"`
+}
