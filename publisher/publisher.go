@@ -1,0 +1,214 @@
+// Package publisher is the only code that writes results: action results,
+// sync reports, indicator snapshots, asset deltas and failure records. Every
+// message carries a Nats-Msg-Id so JetStream drops a second copy within the
+// stream's duplicate window; every publish waits for the stream's ack, so a
+// caller that acks a job after Publish returns never loses its result.
+package publisher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/jobs"
+)
+
+// Config tunes a Publisher. The zero value is usable.
+type Config struct {
+	// Subjects names the deployment's subjects. Default prefix "m365".
+	Subjects jobs.Subjects
+	// MaxPending bounds the publishes awaiting their ack in PublishAll:
+	// back-pressure for large batches. Default 256.
+	MaxPending int
+	// AckTimeout bounds one publish attempt. Default 10s.
+	AckTimeout time.Duration
+	// MaxElapsed bounds the retries of one message on transient errors (no
+	// responders during a leader election, timeouts). Default 30s.
+	MaxElapsed time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxPending <= 0 {
+		c.MaxPending = 256
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = 10 * time.Second
+	}
+	if c.MaxElapsed <= 0 {
+		c.MaxElapsed = 30 * time.Second
+	}
+	return c
+}
+
+// Publisher publishes JSON messages to JetStream and waits for their acks.
+type Publisher struct {
+	js  jetstream.JetStream
+	cfg Config
+}
+
+// New returns a Publisher writing through js.
+func New(js jetstream.JetStream, cfg Config) *Publisher {
+	return &Publisher{js: js, cfg: cfg.withDefaults()}
+}
+
+// Message is one message to publish.
+type Message struct {
+	Subject string
+	// MsgID becomes Nats-Msg-Id; required.
+	MsgID string
+	// Value is marshalled to JSON.
+	Value any
+	// Header holds extra headers.
+	Header nats.Header
+}
+
+// ErrPublish wraps every failure to store a message.
+var ErrPublish = errors.New("publish failed")
+
+func (p *Publisher) msg(m Message) (*nats.Msg, error) {
+	if m.MsgID == "" {
+		return nil, fmt.Errorf("%w: %s: no message id", ErrPublish, m.Subject)
+	}
+	data, err := json.Marshal(m.Value)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: encode: %v", ErrPublish, m.Subject, err)
+	}
+	nm := nats.NewMsg(m.Subject)
+	nm.Data = data
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			nm.Header.Add(k, v)
+		}
+	}
+	nm.Header.Set(jetstream.MsgIDHeader, m.MsgID)
+	return nm, nil
+}
+
+// transient reports whether a publish error may go away on its own.
+func transient(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
+}
+
+// Publish stores one message, retrying transient errors with exponential
+// backoff until MaxElapsed or ctx ends. A duplicate (same MsgID within the
+// stream's window) counts as stored.
+func (p *Publisher) Publish(ctx context.Context, m Message) (*jetstream.PubAck, error) {
+	nm, err := p.msg(m)
+	if err != nil {
+		return nil, err
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = 2 * time.Second
+	bo.MaxElapsedTime = p.cfg.MaxElapsed
+	var ack *jetstream.PubAck
+	op := func() error {
+		actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
+		defer cancel()
+		a, err := p.js.PublishMsg(actx, nm)
+		if err != nil {
+			if ctx.Err() == nil && transient(err) {
+				return err
+			}
+			return backoff.Permanent(err)
+		}
+		ack = a
+		return nil
+	}
+	if err := backoff.Retry(op, backoff.WithContext(bo, ctx)); err != nil {
+		return nil, fmt.Errorf("%w: %s (msg id %s): %v", ErrPublish, m.Subject, m.MsgID, err)
+	}
+	return ack, nil
+}
+
+// PublishAll stores msgs in order with at most MaxPending awaiting their ack,
+// and returns once every one is stored or one has failed (the first error).
+// Messages on one subject keep their order in the stream.
+func (p *Publisher) PublishAll(ctx context.Context, msgs []Message) error {
+	type pending struct {
+		f jetstream.PubAckFuture
+		m Message
+	}
+	window := make([]pending, 0, p.cfg.MaxPending)
+	wait := func(pd pending) error {
+		select {
+		case <-pd.f.Ok():
+			return nil
+		case err := <-pd.f.Err():
+			// Resend synchronously: the async path does not retry.
+			if _, err2 := p.Publish(ctx, pd.m); err2 != nil {
+				return fmt.Errorf("%w (async: %v)", err2, err)
+			}
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s: %v", ErrPublish, pd.m.Subject, ctx.Err())
+		}
+	}
+	for _, m := range msgs {
+		if len(window) == cap(window) {
+			if err := wait(window[0]); err != nil {
+				return err
+			}
+			window = window[1:]
+		}
+		nm, err := p.msg(m)
+		if err != nil {
+			return err
+		}
+		f, err := p.js.PublishMsgAsync(nm)
+		if err != nil {
+			if _, err := p.Publish(ctx, m); err != nil {
+				return err
+			}
+			continue
+		}
+		window = append(window, pending{f, m})
+	}
+	for _, pd := range window {
+		if err := wait(pd); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Message ids of the messages a job produces. They are derived from the job
+// id so that a redelivered job's second copy is dropped by the stream.
+func resultMsgID(jobID string) string  { return "result:" + jobID }
+func failureMsgID(jobID string) string { return "failure:" + jobID }
+
+// ActionResult stores an action's result on m365.results.<instance>.actions.
+func (p *Publisher) ActionResult(ctx context.Context, r *jobs.ActionResult) error {
+	r.SchemaVersion = jobs.SchemaVersion
+	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Results(r.Instance, jobs.ResultActions), MsgID: resultMsgID(r.JobID), Value: r})
+	return err
+}
+
+// SyncReport stores a sync job's report on m365.results.<instance>.syncs.
+func (p *Publisher) SyncReport(ctx context.Context, r *jobs.SyncReport) error {
+	r.SchemaVersion = jobs.SchemaVersion
+	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Results(r.Instance, jobs.ResultSyncs), MsgID: resultMsgID(r.JobID), Value: r})
+	return err
+}
+
+// Indicators stores an indicator snapshot on m365.results.<instance>.indicators.
+func (p *Publisher) Indicators(ctx context.Context, ind *jobs.Indicators) error {
+	ind.SchemaVersion = jobs.SchemaVersion
+	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Results(ind.Instance, jobs.ResultIndicators), MsgID: "indicators:" + ind.SyncID, Value: ind})
+	return err
+}
+
+// Failure stores a failure record on m365.failures.<instance>.
+func (p *Publisher) Failure(ctx context.Context, f *jobs.FailureRecord) error {
+	f.SchemaVersion = jobs.SchemaVersion
+	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Failures(f.Instance), MsgID: failureMsgID(f.JobID), Value: f})
+	return err
+}

@@ -1,0 +1,149 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	"github.com/nats-io/nuid"
+
+	"github.com/tevyra/m365-worker/jobs"
+)
+
+// Config configures a Worker. Every field documents its default; zero values
+// take the default (see WithDefaults).
+type Config struct {
+	// Subjects names the deployment's subjects. Default prefix "m365".
+	Subjects jobs.Subjects
+	// Pool is the worker pool this worker serves. Default "default".
+	Pool string
+	// ID names this worker in results, failure records and the live-worker
+	// registry. Default: <hostname>-<random>.
+	ID string
+	// Concurrency is the number of jobs handled at once. Default 8. Jobs
+	// are fetched only when a slot is free, so none wait in a buffer while
+	// their ack timer runs.
+	Concurrency int
+	// AckWait is the consumer's ack wait: a job not settled or heartbeated
+	// for this long is redelivered to another worker. Default 60s.
+	AckWait time.Duration
+	// Heartbeat is how often a running job reports progress. Default
+	// AckWait/3.
+	Heartbeat time.Duration
+	// MaxAttempts is how many handler runs a job gets before it fails with
+	// attempts_exhausted. Throttled waits (RetryAfter) and shutdown
+	// give-backs do not count. Default 5.
+	MaxAttempts int
+	// RetryBackoff is the delay before the second attempt; it doubles per
+	// attempt up to MaxRetryBackoff. Defaults 2s and 5m.
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// PollWait is how long one pull waits for jobs; it bounds how long a
+	// shutdown waits for the current pull. Default 2s.
+	PollWait time.Duration
+	// ShutdownTimeout is how long in-flight jobs may run on after a
+	// shutdown starts; the rest are given back for redelivery. Default 30s.
+	ShutdownTimeout time.Duration
+	// SyncLockTTL bounds how long a dead worker's sync lock outlives it.
+	// Default 30s; a live worker refreshes its lock every SyncLockTTL/3.
+	SyncLockTTL time.Duration
+	// LedgerTTL is how long a finished job's id is remembered, so a job
+	// redelivered or republished with the same id gets no second result.
+	// Default 8 days (longer than the jobs stream keeps jobs).
+	LedgerTTL time.Duration
+	// PoolKey opens secrets sealed to the pool (instance secrets, job
+	// passwords). Optional until a handler needs it.
+	PoolKey nkeys.KeyPair
+	// Logger receives the worker's logs. Default: discard.
+	Logger *slog.Logger
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Pool == "" {
+		c.Pool = jobs.DefaultPool
+	}
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		if host == "" {
+			host = "worker"
+		}
+		c.ID = sanitizeToken(host) + "-" + nuid.Next()[16:]
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 8
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 60 * time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = c.AckWait / 3
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 5
+	}
+	if c.RetryBackoff <= 0 {
+		c.RetryBackoff = 2 * time.Second
+	}
+	if c.MaxRetryBackoff <= 0 {
+		c.MaxRetryBackoff = 5 * time.Minute
+	}
+	if c.PollWait <= 0 {
+		c.PollWait = 2 * time.Second
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 30 * time.Second
+	}
+	if c.SyncLockTTL <= 0 {
+		c.SyncLockTTL = 30 * time.Second
+	}
+	if c.LedgerTTL <= 0 {
+		c.LedgerTTL = 8 * 24 * time.Hour
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if err := jobs.CheckToken("pool", c.Pool); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Subjects.Prefix != "" {
+		if err := jobs.CheckToken("subject prefix", c.Subjects.Prefix); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Heartbeat >= c.AckWait {
+		errs = append(errs, fmt.Errorf("heartbeat %s must be shorter than ack wait %s", c.Heartbeat, c.AckWait))
+	}
+	if c.SyncLockTTL < time.Second {
+		errs = append(errs, fmt.Errorf("sync lock TTL %s must be at least 1s", c.SyncLockTTL))
+	}
+	if c.Concurrency > 1000 {
+		errs = append(errs, fmt.Errorf("concurrency %d is above the consumer's MaxAckPending (1000)", c.Concurrency))
+	}
+	return errors.Join(errs...)
+}
+
+// sanitizeToken keeps what a KV key and a subject token allow.
+func sanitizeToken(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+// consumerName is the durable consumer a pool's workers share.
+func consumerName(prefix, pool string) string { return prefix + "_pool_" + pool }
+
+var _ = jetstream.AckExplicitPolicy

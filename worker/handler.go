@@ -1,0 +1,115 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/tevyra/m365-worker/jobs"
+)
+
+// Job is what a handler receives: the envelope, the typed parameters and the
+// runtime's view of this delivery.
+type Job struct {
+	*jobs.Job
+	// Params are the decoded, validated parameters; handlers registered with
+	// Register receive them typed.
+	Params jobs.Params
+	// Pool serving the job.
+	Pool string
+	// Attempt is 1 for the first handler run, counting only runs that used
+	// an attempt.
+	Attempt int
+	// StreamSeq is the job's sequence in the jobs stream.
+	StreamSeq uint64
+	// InstanceConfig is the instance configuration, when one exists.
+	InstanceConfig *Instance
+	// Logger carries job_id, instance and action.
+	Logger *slog.Logger
+
+	progress func()
+}
+
+// Progress tells JetStream the job is still being worked on, resetting its
+// ack timer. The runtime already sends heartbeats every Config.Heartbeat;
+// call it after a step that may have taken longer.
+func (j *Job) Progress() {
+	if j.progress != nil {
+		j.progress()
+	}
+}
+
+// HandlerFunc handles one job. Its output (nil, or a value marshalled to
+// JSON) becomes the result's output; for sync jobs it must be a
+// *jobs.SyncReport. The returned error steers settlement:
+//   - nil: success, result published, job acked;
+//   - RetryAfter(d, err): given back for redelivery after d without using an
+//     attempt (throttling);
+//   - a *jobs.Error with Retryable false (see Permanent): failed result and
+//     failure record, never retried;
+//   - anything else: retried after a backoff until MaxAttempts, then failed
+//     with attempts_exhausted.
+type HandlerFunc func(ctx context.Context, j *Job) (any, error)
+
+// Registry maps action names to handlers.
+type Registry map[string]HandlerFunc
+
+// Register adds a typed handler for action to r.
+func Register[P jobs.Params](r Registry, action string, fn func(ctx context.Context, j *Job, p P) (any, error)) {
+	r[jobs.FullAction(action)] = func(ctx context.Context, j *Job) (any, error) {
+		p, ok := j.Params.(P)
+		if !ok {
+			return nil, Permanent(jobs.CodeInternal, fmt.Sprintf("handler for %s got parameters of type %T", action, j.Params))
+		}
+		return fn(ctx, j, p)
+	}
+}
+
+// retryAfterError asks for a redelivery after a delay without using an
+// attempt.
+type retryAfterError struct {
+	delay time.Duration
+	err   error
+}
+
+func (e *retryAfterError) Error() string {
+	return fmt.Sprintf("retry after %s: %v", e.delay, e.err)
+}
+func (e *retryAfterError) Unwrap() error { return e.err }
+
+// RetryAfter returns an error that gives the job back for redelivery after d
+// without using an attempt: the handler's answer to throttling.
+func RetryAfter(d time.Duration, err error) error {
+	if err == nil {
+		err = errors.New("throttled")
+	}
+	return &retryAfterError{delay: d, err: err}
+}
+
+// Permanent returns an error that fails the job at once, never retried.
+func Permanent(code, message string) error {
+	return &jobs.Error{Code: code, Message: message}
+}
+
+// ErrNotImplemented is the error of an action the contract has but this
+// worker has no handler for.
+func notImplemented(action string) *jobs.Error {
+	return &jobs.Error{Code: jobs.CodeNotImplemented, Message: fmt.Sprintf("action %s is part of the contract but this worker has no handler for it yet", action)}
+}
+
+func marshalOutput(v any) (json.RawMessage, error) {
+	if v == nil {
+		return nil, nil
+	}
+	if raw, ok := v.(json.RawMessage); ok {
+		return raw, nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode output: %w", err)
+	}
+	return b, nil
+}

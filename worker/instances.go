@@ -1,0 +1,298 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/jobs"
+)
+
+// Clouds an instance can live in.
+const (
+	CloudGlobal   = "global"
+	CloudUSGov    = "usgov"
+	CloudUSGovDoD = "usgov-dod"
+	CloudChina    = "china"
+)
+
+// DefaultSyncInterval is an instance's sync interval unless set.
+const DefaultSyncInterval = 5 * time.Minute
+
+// Duration is a time.Duration that reads and writes JSON as "5m0s".
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string such as \"5m\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Instance is one configured tenant: what the m365_instances bucket holds
+// under the instance id. Secrets are sealed to the pool's public key.
+type Instance struct {
+	// ID is Tevyra's module-instance id.
+	ID string `json:"id"`
+	// Pool is the worker pool that serves the instance. Default "default".
+	Pool string `json:"pool"`
+	// TenantID is the Entra tenant (GUID or verified domain).
+	TenantID string `json:"tenant_id"`
+	// ClientID is the app registration's application (client) id.
+	ClientID string `json:"client_id"`
+	// ClientSecret, sealed; or CertificateKey with Certificate.
+	ClientSecret *jobs.SealedSecret `json:"client_secret,omitempty"`
+	// Certificate is the app's certificate (PEM, public).
+	Certificate string `json:"certificate,omitempty"`
+	// CertificateKey is the certificate's private key (PEM), sealed.
+	CertificateKey *jobs.SealedSecret `json:"certificate_key,omitempty"`
+	// Cloud is global (default), usgov, usgov-dod or china.
+	Cloud string `json:"cloud,omitempty"`
+	// Authority and GraphRoot override the cloud's endpoints (a simulator).
+	Authority string `json:"authority,omitempty"`
+	GraphRoot string `json:"graph_root,omitempty"`
+	// CAPEM adds trusted roots for Authority and GraphRoot (a simulator).
+	CAPEM string `json:"ca_pem,omitempty"`
+	// HTTPProxy sends this instance's Graph traffic through a forward
+	// proxy (HTTP CONNECT).
+	HTTPProxy string `json:"http_proxy,omitempty"`
+	// SyncInterval between scheduled syncs. Default 5m.
+	SyncInterval Duration `json:"sync_interval,omitempty"`
+	// UpdatedAt is set by Put.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+var domainRE = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$`)
+
+// WithDefaults fills the defaults in.
+func (in Instance) WithDefaults() Instance {
+	if in.Pool == "" {
+		in.Pool = jobs.DefaultPool
+	}
+	if in.Cloud == "" {
+		in.Cloud = CloudGlobal
+	}
+	if in.SyncInterval == 0 {
+		in.SyncInterval = Duration(DefaultSyncInterval)
+	}
+	return in
+}
+
+// Validate reports every problem of the configuration.
+func (in Instance) Validate() error {
+	var ve jobs.ValidationError
+	if !jobs.ValidToken(in.ID) {
+		ve.Add("id", "must be 1 to 64 letters, digits, '-' or '_'")
+	}
+	if !jobs.ValidToken(in.Pool) {
+		ve.Add("pool", "must be 1 to 64 letters, digits, '-' or '_'")
+	}
+	if !jobs.IsGUID(in.TenantID) && !domainRE.MatchString(in.TenantID) {
+		ve.Add("tenant_id", "must be the directory (tenant) id, a GUID, or a verified domain")
+	}
+	if !jobs.IsGUID(in.ClientID) {
+		ve.Add("client_id", "must be the application (client) id, a GUID")
+	}
+	switch {
+	case in.ClientSecret == nil && in.CertificateKey == nil:
+		ve.Add("client_secret", "is required (or certificate and certificate_key)")
+	case in.ClientSecret != nil && in.CertificateKey != nil:
+		ve.Add("certificate_key", "must not be given with client_secret")
+	case in.CertificateKey != nil && in.Certificate == "":
+		ve.Add("certificate", "is required with certificate_key")
+	}
+	switch in.Cloud {
+	case CloudGlobal, CloudUSGov, CloudUSGovDoD, CloudChina:
+	default:
+		ve.Add("cloud", "must be one of global, usgov, usgov-dod, china")
+	}
+	for field, v := range map[string]string{"authority": in.Authority, "graph_root": in.GraphRoot} {
+		if v == "" {
+			continue
+		}
+		if u, err := url.Parse(v); err != nil || u.Scheme != "https" || u.Host == "" {
+			ve.Add(field, "must be an https URL")
+		}
+	}
+	if in.HTTPProxy != "" {
+		if u, err := url.Parse(in.HTTPProxy); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			ve.Add("http_proxy", "must be an http:// or https:// URL")
+		}
+	}
+	if time.Duration(in.SyncInterval) < time.Second {
+		ve.Add("sync_interval", "must be at least 1s")
+	}
+	if len(ve.Fields) > 0 {
+		return fmt.Errorf("instance %q: %s", in.ID, ve.Summary())
+	}
+	return nil
+}
+
+// ErrInstanceNotFound means no configuration exists for an instance id.
+var ErrInstanceNotFound = errors.New("instance not found")
+
+// Instances reads and writes instance configuration in the m365_instances
+// bucket. Watch keeps a local copy current for Lookup.
+type Instances struct {
+	kv jetstream.KeyValue
+
+	mu    sync.RWMutex
+	cache map[string]*Instance
+}
+
+// OpenInstances opens the instances bucket (created by Setup).
+func OpenInstances(ctx context.Context, js jetstream.JetStream, t Topology) (*Instances, error) {
+	t = t.withDefaults()
+	kv, err := js.KeyValue(ctx, t.InstancesBucket())
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s (run setup first): %w", t.InstancesBucket(), err)
+	}
+	return &Instances{kv: kv, cache: map[string]*Instance{}}, nil
+}
+
+// Put validates and stores an instance.
+func (s *Instances) Put(ctx context.Context, in Instance) (Instance, error) {
+	in = in.WithDefaults()
+	if err := in.Validate(); err != nil {
+		return in, err
+	}
+	in.UpdatedAt = time.Now().UTC()
+	b, err := json.Marshal(in)
+	if err != nil {
+		return in, err
+	}
+	if _, err := s.kv.Put(ctx, in.ID, b); err != nil {
+		return in, fmt.Errorf("store instance %s: %w", in.ID, err)
+	}
+	s.set(&in)
+	return in, nil
+}
+
+// Get reads an instance from the bucket.
+func (s *Instances) Get(ctx context.Context, id string) (*Instance, error) {
+	if !jobs.ValidToken(id) {
+		return nil, fmt.Errorf("%w: %q is not a valid instance id", ErrInstanceNotFound, id)
+	}
+	e, err := s.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, fmt.Errorf("%w: %s", ErrInstanceNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read instance %s: %w", id, err)
+	}
+	var in Instance
+	if err := json.Unmarshal(e.Value(), &in); err != nil {
+		return nil, fmt.Errorf("instance %s is stored in a form this worker cannot read: %w", id, err)
+	}
+	return &in, nil
+}
+
+// Delete removes an instance.
+func (s *Instances) Delete(ctx context.Context, id string) error {
+	if _, err := s.Get(ctx, id); err != nil {
+		return err
+	}
+	if err := s.kv.Delete(ctx, id); err != nil {
+		return fmt.Errorf("delete instance %s: %w", id, err)
+	}
+	s.mu.Lock()
+	delete(s.cache, id)
+	s.mu.Unlock()
+	return nil
+}
+
+// List returns every instance, sorted by id.
+func (s *Instances) List(ctx context.Context) ([]Instance, error) {
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Instance
+	for k := range lister.Keys() {
+		in, err := s.Get(ctx, k)
+		if errors.Is(err, ErrInstanceNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *in)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+func (s *Instances) set(in *Instance) {
+	s.mu.Lock()
+	s.cache[in.ID] = in
+	s.mu.Unlock()
+}
+
+// Watch keeps the local copy current until ctx ends. onChange, if not nil,
+// is called with each changed instance (nil for a deletion) and its id.
+func (s *Instances) Watch(ctx context.Context, onChange func(id string, in *Instance)) error {
+	w, err := s.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch instances: %w", err)
+	}
+	go func() {
+		defer w.Stop()
+		for e := range w.Updates() {
+			if e == nil {
+				continue // end of the initial values
+			}
+			id := e.Key()
+			var in *Instance
+			if e.Operation() == jetstream.KeyValuePut {
+				var v Instance
+				if json.Unmarshal(e.Value(), &v) == nil {
+					in = &v
+				}
+			}
+			s.mu.Lock()
+			if in == nil {
+				delete(s.cache, id)
+			} else {
+				s.cache[id] = in
+			}
+			s.mu.Unlock()
+			if onChange != nil {
+				onChange(id, in)
+			}
+		}
+	}()
+	return nil
+}
+
+// Lookup returns an instance from the local copy, reading the bucket on a
+// miss (an instance added a moment ago).
+func (s *Instances) Lookup(ctx context.Context, id string) (*Instance, error) {
+	s.mu.RLock()
+	in, ok := s.cache[id]
+	s.mu.RUnlock()
+	if ok {
+		return in, nil
+	}
+	in, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	s.set(in)
+	return in, nil
+}

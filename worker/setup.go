@@ -1,0 +1,181 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/jobs"
+)
+
+// Topology names the streams and buckets of one deployment (one prefix).
+type Topology struct {
+	Subjects jobs.Subjects
+	// Replicas for every stream and bucket: 1 for a single server, 3 in a
+	// cluster. Default 1.
+	Replicas int
+	// JobsMaxAge is how long jobs stay in the jobs stream (for replay).
+	// Default 7 days.
+	JobsMaxAge time.Duration
+	// ResultsMaxAge is how long results stay. Default 14 days.
+	ResultsMaxAge time.Duration
+	// FailuresMaxAge is how long failure records stay. Default 90 days.
+	FailuresMaxAge time.Duration
+}
+
+func (t Topology) withDefaults() Topology {
+	if t.Replicas <= 0 {
+		t.Replicas = 1
+	}
+	if t.JobsMaxAge <= 0 {
+		t.JobsMaxAge = 7 * 24 * time.Hour
+	}
+	if t.ResultsMaxAge <= 0 {
+		t.ResultsMaxAge = 14 * 24 * time.Hour
+	}
+	if t.FailuresMaxAge <= 0 {
+		t.FailuresMaxAge = 90 * 24 * time.Hour
+	}
+	return t
+}
+
+func (t Topology) prefix() string {
+	if t.Subjects.Prefix == "" {
+		return jobs.DefaultPrefix
+	}
+	return t.Subjects.Prefix
+}
+
+// Names of the streams and buckets for the default prefix; other prefixes
+// use their upper-cased prefix (streams) or the prefix (buckets).
+func (t Topology) JobsStream() string     { return strings.ToUpper(t.prefix()) + "_JOBS" }
+func (t Topology) ResultsStream() string  { return strings.ToUpper(t.prefix()) + "_RESULTS" }
+func (t Topology) FailuresStream() string { return strings.ToUpper(t.prefix()) + "_FAILURES" }
+func (t Topology) InstancesBucket() string {
+	return t.prefix() + "_instances"
+}
+func (t Topology) StateBucket() string { return t.prefix() + "_state" }
+
+// ResultsDuplicateWindow is the results stream's dedup window. It covers a
+// worker that dies between publishing a result and recording the job as done,
+// whose job is redelivered one ack wait later.
+const ResultsDuplicateWindow = 30 * time.Minute
+
+// Setup creates or updates the streams and buckets. It is idempotent and safe
+// to run from many workers at once and on upgrade: a concurrent creation is
+// absorbed, and an existing stream is updated in place to this configuration.
+func Setup(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	t = t.withDefaults()
+	s := t.Subjects
+	streams := []jetstream.StreamConfig{
+		{
+			Name:              t.JobsStream(),
+			Description:       "m365-worker jobs and per-instance sync schedules",
+			Subjects:          []string{s.JobsAll(), s.SchedulesAll()},
+			Retention:         jetstream.LimitsPolicy,
+			MaxAge:            t.JobsMaxAge,
+			Duplicates:        2 * time.Minute,
+			Storage:           jetstream.FileStorage,
+			Replicas:          t.Replicas,
+			AllowMsgTTL:       true,
+			AllowMsgSchedules: true,
+			AllowRollup:       true,
+		},
+		{
+			Name:        t.ResultsStream(),
+			Description: "m365-worker results: asset deltas, indicators, action results, sync reports",
+			Subjects:    []string{s.ResultsAll()},
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      t.ResultsMaxAge,
+			Duplicates:  ResultsDuplicateWindow,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+		},
+		{
+			Name:        t.FailuresStream(),
+			Description: "m365-worker failure records: one per job that will not be retried",
+			Subjects:    []string{s.FailuresAll()},
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      t.FailuresMaxAge,
+			Duplicates:  ResultsDuplicateWindow,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+		},
+	}
+	for _, cfg := range streams {
+		if err := retryConflict(ctx, func() error {
+			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			return err
+		}); err != nil {
+			return fmt.Errorf("set up stream %s: %w", cfg.Name, err)
+		}
+	}
+	kvs := []jetstream.KeyValueConfig{
+		{Bucket: t.InstancesBucket(), Description: "m365-worker instance configuration (secrets sealed)", History: 5, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: t.StateBucket(), Description: "m365-worker state: delta links, asset state, locks, job ledger, live workers", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, LimitMarkerTTL: time.Second},
+	}
+	for _, cfg := range kvs {
+		if err := retryConflict(ctx, func() error {
+			_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		}); err != nil {
+			return fmt.Errorf("set up bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// retryConflict retries an idempotent setup call that lost a race with
+// another worker doing the same.
+func retryConflict(ctx context.Context, f func() error) error {
+	var err error
+	for i := 0; i < 5; i++ {
+		if err = f(); err == nil {
+			return nil
+		}
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(50*(i+1)) * time.Millisecond):
+		}
+	}
+	return err
+}
+
+// PoolConsumer creates or updates the durable pull consumer a pool's
+// workers share, filtered to m365.jobs.<pool>.>.
+func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool string, ackWait time.Duration) (jetstream.Consumer, error) {
+	t = t.withDefaults()
+	cfg := jetstream.ConsumerConfig{
+		Durable:       consumerName(t.prefix(), pool),
+		Description:   "m365-worker pool " + pool,
+		FilterSubject: t.Subjects.PoolJobs(pool),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		// Attempts are counted by the worker (throttled waits must not use
+		// them up); this is only a backstop against a job that kills every
+		// worker that touches it.
+		MaxDeliver:    1000,
+		MaxAckPending: 1000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Replicas:      t.Replicas,
+	}
+	var cons jetstream.Consumer
+	err := retryConflict(ctx, func() error {
+		c, err := js.CreateOrUpdateConsumer(ctx, t.JobsStream(), cfg)
+		cons = c
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up consumer %s: %w", cfg.Durable, err)
+	}
+	return cons, nil
+}

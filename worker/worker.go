@@ -1,0 +1,255 @@
+// Package worker is the runtime of the m365-worker pool: it sets up the
+// streams and buckets, pulls jobs from the pool's durable consumer with
+// bounded concurrency, dispatches them to typed handlers, and settles each
+// one (ack, nak with a delay, in-progress heartbeats, terminate) so that
+// every job id gets exactly one result and every job that will not be
+// retried gets a failure record.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/publisher"
+)
+
+// Headers the runtime reads on jobs.
+const (
+	// HeaderReplayOf names the job a replayed job replays.
+	HeaderReplayOf = "M365-Replay-Of"
+	// headerScheduler is set by the server on messages a schedule produced.
+	headerScheduler = "Nats-Scheduler"
+)
+
+// Worker runs jobs of one pool.
+type Worker struct {
+	cfg       Config
+	topo      Topology
+	js        jetstream.JetStream
+	handlers  Registry
+	pub       *publisher.Publisher
+	state     *state
+	instances *Instances
+	log       *slog.Logger
+
+	inFlight atomic.Int64
+	stats    Stats
+}
+
+// Stats counts what a worker did since it started.
+type Stats struct {
+	Handled   atomic.Int64 // jobs settled with a final result
+	Succeeded atomic.Int64
+	Failed    atomic.Int64
+	Retried   atomic.Int64 // given back after a retryable error
+	Snoozed   atomic.Int64 // given back after RetryAfter
+	Skipped   atomic.Int64 // deliveries of jobs already done
+}
+
+// New prepares a worker: it checks the configuration and opens the pool's
+// consumer and the buckets (Setup must have run).
+func New(ctx context.Context, js jetstream.JetStream, topo Topology, cfg Config, handlers Registry) (*Worker, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	topo.Subjects = cfg.Subjects
+	topo = topo.withDefaults()
+	st, err := openState(ctx, js, topo)
+	if err != nil {
+		return nil, err
+	}
+	inst, err := OpenInstances(ctx, js, topo)
+	if err != nil {
+		return nil, err
+	}
+	if handlers == nil {
+		handlers = Registry{}
+	}
+	return &Worker{
+		cfg: cfg, topo: topo, js: js, handlers: handlers,
+		pub:       publisher.New(js, publisher.Config{Subjects: cfg.Subjects}),
+		state:     st,
+		instances: inst,
+		log:       cfg.Logger.With("worker", cfg.ID, "pool", cfg.Pool),
+	}, nil
+}
+
+// ID is the worker's id.
+func (w *Worker) ID() string { return w.cfg.ID }
+
+// Stats returns the worker's counters.
+func (w *Worker) Stats() *Stats { return &w.stats }
+
+// InFlight is the number of jobs being handled now.
+func (w *Worker) InFlight() int64 { return w.inFlight.Load() }
+
+// Instances gives access to the instance configuration.
+func (w *Worker) Instances() *Instances { return w.instances }
+
+// Run pulls and handles jobs until ctx ends, then shuts down gracefully: it
+// stops pulling, lets in-flight jobs finish for up to ShutdownTimeout,
+// cancels the rest and gives them back for redelivery. It returns nil after a
+// clean shutdown.
+func (w *Worker) Run(ctx context.Context) error {
+	cons, err := PoolConsumer(ctx, w.js, w.topo, w.cfg.Pool, w.cfg.AckWait)
+	if err != nil {
+		return err
+	}
+	if err := w.instances.Watch(ctx, nil); err != nil {
+		return err
+	}
+	stopLive := w.announce()
+	defer stopLive()
+	w.log.Info("worker: started", "concurrency", w.cfg.Concurrency, "consumer", consumerName(w.topo.prefix(), w.cfg.Pool))
+
+	// Handlers run under their own context: cancelled only when the
+	// shutdown deadline passes, not when the pull loop stops.
+	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHandlers()
+
+	slots := make(chan struct{}, w.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for ctx.Err() == nil {
+		// Wait for one free slot, then take every other free one.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
+		n := 1
+		for n < w.cfg.Concurrency {
+			select {
+			case slots <- struct{}{}:
+				n++
+				continue
+			default:
+			}
+			break
+		}
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(w.cfg.PollWait))
+		got := 0
+		if err == nil {
+			for msg := range batch.Messages() {
+				got++
+				if ctx.Err() != nil {
+					// Arrived after the shutdown began: give it back.
+					w.giveBack(msg, "shutdown")
+					<-slots
+					continue
+				}
+				wg.Add(1)
+				w.inFlight.Add(1)
+				go func() {
+					defer func() { w.inFlight.Add(-1); <-slots; wg.Done() }()
+					w.process(hctx, msg)
+				}()
+			}
+			err = batch.Error()
+		}
+		for i := got; i < n; i++ {
+			<-slots
+		}
+		if err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			w.log.Warn("worker: pull failed", "error", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+
+	w.log.Info("worker: draining", "in_flight", w.inFlight.Load(), "deadline", w.cfg.ShutdownTimeout)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.ShutdownTimeout):
+		w.log.Warn("worker: shutdown deadline passed; giving back unfinished jobs", "in_flight", w.inFlight.Load())
+		cancelHandlers()
+		<-done
+	}
+	w.log.Info("worker: stopped")
+	return nil
+}
+
+// announce registers the worker as live in the state bucket (a key with a
+// TTL, refreshed) until the returned func is called.
+func (w *Worker) announce() func() {
+	key := "workers." + w.cfg.Pool + "." + sanitizeToken(w.cfg.ID)
+	stop := make(chan struct{})
+	var once sync.Once
+	put := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = w.state.putTTL(ctx, key, []byte(time.Now().UTC().Format(time.RFC3339)), liveWorkerTTL, 0)
+	}
+	put()
+	go func() {
+		t := time.NewTicker(liveWorkerTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				put()
+			}
+		}
+	}()
+	return func() {
+		once.Do(func() {
+			close(stop)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = w.state.kv.Purge(ctx, key)
+		})
+	}
+}
+
+const liveWorkerTTL = 15 * time.Second
+
+// LiveWorkers counts the workers of a pool that announced themselves within
+// the last 15 seconds.
+func LiveWorkers(ctx context.Context, js jetstream.JetStream, t Topology, pool string) (int, error) {
+	st, err := openState(ctx, js, t.withDefaults())
+	if err != nil {
+		return 0, err
+	}
+	lister, err := st.kv.ListKeysFiltered(ctx, "workers."+pool+".*")
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for range lister.Keys() {
+		n++
+	}
+	return n, nil
+}
+
+// giveBack returns a job for redelivery without using an attempt.
+func (w *Worker) giveBack(msg jetstream.Msg, why string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	id := fallbackJobID(msg)
+	if j, _, err := jobs.ParseJob(msg.Data()); err == nil {
+		id = jobIDFor(msg, j)
+	}
+	if err := w.state.addSnooze(ctx, id, w.cfg.LedgerTTL); err != nil {
+		w.log.Warn("worker: cannot record give-back", "job_id", id, "error", err)
+	}
+	if err := msg.Nak(); err != nil {
+		w.log.Warn("worker: give back failed; the job returns after the ack wait", "job_id", id, "reason", why, "error", err)
+	}
+}
+
+var _ = fmt.Sprintf

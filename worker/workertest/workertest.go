@@ -1,0 +1,142 @@
+// Package workertest starts real in-process JetStream servers for tests and
+// reads what workers published, the way httptest serves HTTP.
+package workertest
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// Server is an in-process JetStream server with the m365 topology set up.
+type Server struct {
+	*server.Server
+	Topology worker.Topology
+	URL      string
+}
+
+// Start starts a JetStream server on a free loopback port with its store in
+// a temporary directory, runs worker.Setup, and stops it when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s, err := worker.StartEmbedded(worker.EmbeddedOptions{StoreDir: t.TempDir(), Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	srv := &Server{Server: s, URL: s.ClientURL()}
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := worker.Setup(ctx, js, srv.Topology); err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+// Connect opens a client connection closed when the test ends.
+func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(s.URL, nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// PublishJob publishes a job envelope the way Tevyra does: on its subject,
+// with Nats-Msg-Id set to the job id.
+func PublishJob(t testing.TB, js jetstream.JetStream, pool string, j *jobs.Job) *jetstream.PubAck {
+	t.Helper()
+	if j.SchemaVersion == 0 {
+		j.SchemaVersion = jobs.SchemaVersion
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := js.Publish(context.Background(), jobs.Subjects{}.JobSubject(pool, j), b, jetstream.WithMsgID(j.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack
+}
+
+// Messages returns every message stored on subject (a filter) in stream.
+func Messages(t testing.TB, js jetstream.JetStream, stream, subject string) []jetstream.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for _, n := range info.State.Subjects {
+		total += n
+	}
+	if total == 0 {
+		return nil
+	}
+	c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for uint64(len(out)) < total {
+		batch, err := c.Fetch(int(total)-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			out = append(out, m)
+			n++
+		}
+		if n == 0 {
+			t.Fatalf("read %d of %d messages on %s", len(out), total, subject)
+		}
+	}
+	return out
+}
+
+// Decode unmarshals every message into a T.
+func Decode[T any](t testing.TB, msgs []jetstream.Msg) []T {
+	t.Helper()
+	out := make([]T, len(msgs))
+	for i, m := range msgs {
+		if err := json.Unmarshal(m.Data(), &out[i]); err != nil {
+			t.Fatalf("decode %s: %v", m.Subject(), err)
+		}
+	}
+	return out
+}
+
+// Eventually polls cond until it is true or the deadline passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
