@@ -1,0 +1,326 @@
+// Command m365-worker runs the Microsoft 365 worker pool of Tevyra.
+//
+//	m365-worker run      all-in-one: embedded JetStream + workers (the default demo)
+//	m365-worker worker   a worker that joins an existing NATS system
+//
+// Every flag has an M365_* environment variable equivalent (--data-dir is
+// M365_DATA_DIR); a flag given on the command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+const usage = `m365-worker: the Microsoft 365 worker pool of Tevyra
+
+Usage:
+  m365-worker <command> [flags]
+
+Commands:
+  run       start an embedded JetStream server and the workers (no configuration needed)
+  worker    run workers against an existing NATS system (--nats)
+  version   print the version
+
+Run 'm365-worker <command> --help' for the flags of a command.
+Every flag can also be set through its M365_* environment variable, e.g. --data-dir as M365_DATA_DIR.
+`
+
+var version = "dev"
+
+func main() {
+	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func runMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(ctx, args[1:], stdout, stderr)
+	case "worker":
+		err = cmdWorker(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "m365-worker", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "m365-worker: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		var ue usageError
+		fmt.Fprintln(stderr, "m365-worker:", err)
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+type usageError struct{ error }
+
+// flagSet is a flag.FlagSet whose flags default to their M365_* variables.
+type flagSet struct {
+	*flag.FlagSet
+	envErr []error
+}
+
+func newFlagSet(name, summary string, stderr io.Writer) *flagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: m365-worker %s [flags]\n\n%s\n\nFlags (environment variable in brackets):\n", name, summary)
+		fs.PrintDefaults()
+	}
+	return &flagSet{FlagSet: fs}
+}
+
+func envName(flagName string) string {
+	return "M365_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func (f *flagSet) String(name, def, help string) *string {
+	if v, ok := os.LookupEnv(envName(name)); ok {
+		def = v
+	}
+	return f.FlagSet.String(name, def, help+" ["+envName(name)+"]")
+}
+
+func (f *flagSet) Int(name string, def int, help string) *int {
+	if v, ok := os.LookupEnv(envName(name)); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q is not a number", envName(name), v))
+		}
+		def = n
+	}
+	return f.FlagSet.Int(name, def, help+" ["+envName(name)+"]")
+}
+
+func (f *flagSet) Duration(name string, def time.Duration, help string) *time.Duration {
+	if v, ok := os.LookupEnv(envName(name)); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q is not a duration such as 30s", envName(name), v))
+		}
+		def = d
+	}
+	return f.FlagSet.Duration(name, def, help+" ["+envName(name)+"]")
+}
+
+func (f *flagSet) parse(args []string) error {
+	if err := f.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if f.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", f.Arg(0))}
+	}
+	if len(f.envErr) > 0 {
+		return usageError{errors.Join(f.envErr...)}
+	}
+	return nil
+}
+
+// poolFlags are the flags every worker-running command shares.
+type poolFlags struct {
+	pool, logLevel, logFormat, prefix, poolKeyFile *string
+	concurrency, replicas                          *int
+	ackWait, shutdown                              *time.Duration
+}
+
+func addPoolFlags(fs *flagSet) *poolFlags {
+	return &poolFlags{
+		pool:        fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
+		concurrency: fs.Int("concurrency", 8, "jobs handled at once by this worker"),
+		ackWait:     fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
+		shutdown:    fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
+		logLevel:    fs.String("log-level", "info", "debug, info, warn or error"),
+		logFormat:   fs.String("log-format", "text", "text or json"),
+		prefix:      fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
+		replicas:    fs.Int("replicas", 1, "stream and bucket replicas (3 in a cluster)"),
+		poolKeyFile: fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
+	}
+}
+
+func (p *poolFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*p.logLevel)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level %q: use debug, info, warn or error", *p.logLevel)}
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch *p.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: use text or json", *p.logFormat)}
+}
+
+// poolKey reads the pool's curve key from M365_POOL_KEY or --pool-key-file.
+func (p *poolFlags) poolKey() (nkeys.KeyPair, error) {
+	seed := os.Getenv("M365_POOL_KEY")
+	if *p.poolKeyFile != "" {
+		b, err := os.ReadFile(*p.poolKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("read pool key: %w", err)
+		}
+		seed = strings.TrimSpace(string(b))
+	}
+	if seed == "" {
+		return nil, nil
+	}
+	kp, err := nkeys.FromCurveSeed([]byte(seed))
+	if err != nil {
+		return nil, fmt.Errorf("the pool key is not a curve seed (SX...): %w", err)
+	}
+	return kp, nil
+}
+
+// runPool sets up the topology and runs one worker until ctx ends.
+func runPool(ctx context.Context, nc *nats.Conn, p *poolFlags, log *slog.Logger) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	topo := worker.Topology{Subjects: jobs.Subjects{Prefix: *p.prefix}, Replicas: *p.replicas}
+	setupCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := worker.Setup(setupCtx, js, topo); err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted while starting: nothing to drain
+		}
+		return fmt.Errorf("set up streams and buckets: %w", err)
+	}
+	key, err := p.poolKey()
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(ctx, js, topo, worker.Config{
+		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, AckWait: *p.ackWait,
+		ShutdownTimeout: *p.shutdown, PoolKey: key, Logger: log,
+	}, handlers())
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx)
+}
+
+// handlers is the registry of job handlers. Actions without a handler get a
+// failed result with code not_implemented.
+func handlers() worker.Registry { return worker.Registry{} }
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run", "Start an embedded NATS server with JetStream (file store under --data-dir,\nlistening on --nats-listen) and the worker pool. With --nats, join that NATS instead.", stderr)
+	dataDir := fs.String("data-dir", "./data", "directory for JetStream's files")
+	listen := fs.String("nats-listen", "127.0.0.1:4222", "host:port the embedded NATS listens on")
+	natsURL := fs.String("nats", "", "join this NATS system instead of starting one")
+	p := addPoolFlags(fs)
+	if err := fs.parse(args); err != nil {
+		return err
+	}
+	log, err := p.logger(stderr)
+	if err != nil {
+		return err
+	}
+	url := *natsURL
+	if url == "" {
+		host, portStr, err := net.SplitHostPort(*listen)
+		if err != nil {
+			return usageError{fmt.Errorf("--nats-listen %q: want host:port", *listen)}
+		}
+		port, err := strconv.Atoi(portStr)
+		if err != nil {
+			return usageError{fmt.Errorf("--nats-listen %q: the port is not a number", *listen)}
+		}
+		storeDir := filepath.Join(*dataDir, "jetstream")
+		if err := os.MkdirAll(storeDir, 0o700); err != nil {
+			return fmt.Errorf("create data directory: %w", err)
+		}
+		srv, err := worker.StartEmbedded(worker.EmbeddedOptions{StoreDir: storeDir, Host: host, Port: port})
+		if err != nil {
+			return err
+		}
+		defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+		url = srv.ClientURL()
+		abs, _ := filepath.Abs(storeDir)
+		fmt.Fprintf(stdout, "NATS with JetStream listening on %s (data in %s)\n", url, abs)
+		fmt.Fprintf(stdout, "Look at it with the nats CLI:\n  nats --server %s stream ls\n  nats --server %s sub 'm365.results.>'\n", url, url)
+	}
+	nc, err := nats.Connect(url, nats.Name("m365-worker run"), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(stdout, "Workers serving pool %q; Ctrl-C drains and exits.\n", *p.pool)
+	return runPool(ctx, nc, p, log)
+}
+
+func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("worker", "Run a worker of one pool against an existing NATS system.", stderr)
+	natsURL := fs.String("nats", "", "NATS server URL(s), comma-separated (required)")
+	creds := fs.String("creds", "", "NATS credentials file")
+	tlsCA := fs.String("tls-ca", "", "CA file to verify the NATS servers")
+	tlsCert := fs.String("tls-cert", "", "client certificate file for NATS")
+	tlsKey := fs.String("tls-key", "", "client key file for NATS")
+	p := addPoolFlags(fs)
+	if err := fs.parse(args); err != nil {
+		return err
+	}
+	if *natsURL == "" {
+		return usageError{errors.New("--nats (or M365_NATS) is required: the URL of the NATS system to join")}
+	}
+	log, err := p.logger(stderr)
+	if err != nil {
+		return err
+	}
+	opts := []nats.Option{nats.Name("m365-worker"), nats.MaxReconnects(-1)}
+	if *creds != "" {
+		opts = append(opts, nats.UserCredentials(*creds))
+	}
+	if *tlsCA != "" {
+		opts = append(opts, nats.RootCAs(*tlsCA))
+	}
+	if *tlsCert != "" || *tlsKey != "" {
+		opts = append(opts, nats.ClientCert(*tlsCert, *tlsKey))
+	}
+	nc, err := nats.Connect(*natsURL, opts...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(stdout, "Worker connected to %s, serving pool %q\n", nc.ConnectedUrlRedacted(), *p.pool)
+	return runPool(ctx, nc, p, log)
+}

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/jobs"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "m365-worker-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "m365-worker")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		panic("build m365-worker: " + err.Error() + "\n" + string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// started is a running m365-worker process.
+type started struct {
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr *bytes.Buffer
+}
+
+func start(t *testing.T, args ...string) *started {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "M365_LOG_LEVEL=debug")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &started{cmd: cmd, lines: make(chan string, 100), stderr: &bytes.Buffer{}}
+	cmd.Stderr = s.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			s.lines <- sc.Text()
+		}
+		close(s.lines)
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return s
+}
+
+// waitLine returns the first stdout line containing substr.
+func (s *started) waitLine(t *testing.T, substr string) string {
+	t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				t.Fatalf("exited before printing %q; stderr:\n%s", substr, s.stderr)
+			}
+			if strings.Contains(l, substr) {
+				return l
+			}
+		case <-timeout:
+			t.Fatalf("no line with %q within 60s; stderr:\n%s", substr, s.stderr)
+		}
+	}
+}
+
+func (s *started) interrupt(t *testing.T) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGINT: %v; stderr:\n%s", err, s.stderr)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("did not exit within 60s of SIGINT")
+	}
+}
+
+func streamNames(t *testing.T, js jetstream.JetStream) []string {
+	t.Helper()
+	var names []string
+	l := js.StreamNames(context.Background())
+	for n := range l.Name() {
+		names = append(names, n)
+	}
+	if l.Err() != nil {
+		t.Fatal(l.Err())
+	}
+	sort.Strings(names)
+	return names
+}
+
+func TestRunEmbeddedDefault(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	addr := freePort(t)
+	s := start(t, "run", "--data-dir", dataDir, "--nats-listen", addr)
+	line := s.waitLine(t, "listening on")
+	if !strings.Contains(line, "nats://"+addr) {
+		t.Fatalf("startup line %q does not say where NATS listens (%s)", line, addr)
+	}
+	s.waitLine(t, "stream ls")
+
+	nc, err := nats.Connect("nats://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	want := []string{"KV_m365_instances", "KV_m365_state", "M365_FAILURES", "M365_JOBS", "M365_RESULTS"}
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Join(streamNames(t, js), ",") != strings.Join(want, ",") {
+		if time.Now().After(deadline) {
+			t.Fatalf("streams %v, want %v", streamNames(t, js), want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A job whose handler has not landed yet: an honest not_implemented.
+	sub, err := nc.SubscribeSync("m365.results.demo.actions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := `{"schema_version":1,"id":"e2e-1","instance":"demo","action":"microsoft-365.disable_user","params":{"user":"adele@contoso.com"}}`
+	if _, err := js.Publish(context.Background(), "m365.jobs.default.demo.action.disable_user", []byte(job), jetstream.WithMsgID("e2e-1")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(60 * time.Second)
+	if err != nil {
+		t.Fatalf("no result: %v; stderr:\n%s", err, s.stderr)
+	}
+	var res jobs.ActionResult
+	if err := json.Unmarshal(m.Data, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.JobID != "e2e-1" || res.Status != jobs.StatusFailed || res.Error == nil || res.Error.Code != jobs.CodeNotImplemented {
+		t.Fatalf("result %s", m.Data)
+	}
+	nc.Close()
+	s.interrupt(t)
+	if !strings.Contains(s.stderr.String(), "worker: stopped") {
+		t.Errorf("no clean stop in the log:\n%s", s.stderr)
+	}
+
+	// A second start on the same data directory finds the job and its result.
+	s2 := start(t, "run", "--data-dir", dataDir, "--nats-listen", addr)
+	s2.waitLine(t, "listening on")
+	nc2, err := nats.Connect("nats://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc2.Close()
+	js2, _ := jetstream.New(nc2)
+	st, err := js2.Stream(context.Background(), "M365_RESULTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil || info.State.Msgs != 1 {
+		t.Fatalf("results after restart: %+v %v", info.State, err)
+	}
+	s2.interrupt(t)
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"worker"}, 2, "--nats"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"run", "--log-level", "loud"}, 2, "--log-level"},
+		{[]string{"run", "--nats-listen", "nowhere"}, 2, "host:port"},
+		{[]string{}, 2, "Commands:"},
+	} {
+		cmd := exec.Command(binary, c.args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		if code != c.code || !strings.Contains(stderr.String(), c.says) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, stderr.String(), c.code, c.says)
+		}
+	}
+	out, err := exec.Command(binary, "run", "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "M365_DATA_DIR") {
+		t.Errorf("run --help: %v\n%s", err, out)
+	}
+}
