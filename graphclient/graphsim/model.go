@@ -1,0 +1,286 @@
+package graphsim
+
+import (
+	"sort"
+	"strings"
+	"time"
+)
+
+// User is a simulated Entra user. Pointer fields are null when unset.
+type User struct {
+	ID                    string
+	UserPrincipalName     string
+	DisplayName           string
+	GivenName             *string
+	Surname               *string
+	Mail                  *string
+	MailNickname          string
+	JobTitle              *string
+	Department            *string
+	OfficeLocation        *string
+	MobilePhone           *string
+	BusinessPhones        []string
+	AccountEnabled        bool
+	UserType              string
+	UsageLocation         *string
+	CreatedDateTime       time.Time
+	OnPremisesSyncEnabled *bool
+	Licenses              []License // assignedLicenses
+	// PasswordSet counts password changes (the password itself is dropped).
+	PasswordSet int
+	// Admin marks a user holding an admin role (needs a privileged role to
+	// reset).
+	Admin bool
+
+	version   uint64    // tenant version of the last change
+	visibleAt time.Time // eventual consistency: invisible to reads before
+}
+
+// License is one assigned licence.
+type License struct {
+	SkuID         string
+	DisabledPlans []string
+}
+
+// Group is a simulated group.
+type Group struct {
+	ID              string
+	DisplayName     string
+	Description     *string
+	Mail            *string
+	MailNickname    string
+	MailEnabled     bool
+	SecurityEnabled bool
+	GroupTypes      []string
+	Visibility      *string
+	MembershipRule  *string
+	CreatedDateTime time.Time
+	Members         map[string]bool
+
+	version   uint64
+	visibleAt time.Time
+	// memberLog records membership changes for delta.
+	memberLog []memberChange
+}
+
+type memberChange struct {
+	member  string
+	added   bool
+	version uint64
+}
+
+// Dynamic reports whether membership is rule-based.
+func (g *Group) Dynamic() bool {
+	for _, t := range g.GroupTypes {
+		if t == "DynamicMembership" {
+			return true
+		}
+	}
+	return false
+}
+
+// MemberIDs returns the member ids, sorted.
+func (g *Group) MemberIDs() []string {
+	out := make([]string, 0, len(g.Members))
+	for id := range g.Members {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// SKU is a subscribed SKU.
+type SKU struct {
+	SkuID            string
+	SkuPartNumber    string
+	CapabilityStatus string
+	AppliesTo        string
+	Enabled          int
+	Suspended        int
+	Warning          int
+	LockedOut        int
+	Plans            []Plan
+	AccountID        string
+	AccountName      string
+	SubscriptionIDs  []string
+}
+
+// Plan is a service plan of a SKU.
+type Plan struct {
+	ID   string
+	Name string
+}
+
+// tombstone remembers a deleted object for delta.
+type tombstone struct {
+	id      string
+	reason  string // "changed" (soft) or "deleted" (hard)
+	version uint64
+}
+
+// App is an app registration that may call the tenant.
+type App struct {
+	ClientID string
+	Secret   string
+	// CertPEM is the registered certificate (for client assertions).
+	CertPEM []byte
+	// Roles are the granted application permissions.
+	Roles []string
+	// UserAdmin: the app's service principal holds the User Administrator
+	// role (needed for password resets).
+	UserAdmin bool
+	// PrivilegedAuthAdmin: it holds Privileged Authentication
+	// Administrator (needed to reset admins' passwords).
+	PrivilegedAuthAdmin bool
+	// Disabled apps get AADSTS7000112.
+	Disabled bool
+}
+
+func (a *App) has(role string) bool {
+	for _, r := range a.Roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
+
+// FullPermissions are the module's permissions.
+var FullPermissions = []string{"User.Read.All", "Group.Read.All", "Directory.Read.All", "User.ReadWrite.All", "Group.ReadWrite.All", "User.ManageIdentities.All"}
+
+// ReadOnlyPermissions are enough for sync.
+var ReadOnlyPermissions = []string{"User.Read.All", "Group.Read.All", "Directory.Read.All"}
+
+// Tenant is one simulated directory.
+type Tenant struct {
+	ID      string
+	Domains []string // verified domains; the first is the default
+	Name    string
+
+	apps     map[string]*App
+	users    map[string]*User
+	upn      map[string]string // lower-case UPN → id
+	groups   map[string]*Group
+	nickname map[string]string // lower-case mailNickname → group id
+	skus     []*SKU
+	deleted  map[string]deletedItem // recycle bin
+
+	version        uint64
+	userTombs      []tombstone
+	groupTombs     []tombstone
+	resetEpoch     time.Time // delta tokens issued before it get 410
+	forcedThrottle int       // next N requests get 429 (fault injection)
+}
+
+type deletedItem struct {
+	user      *User
+	group     *Group
+	deletedAt time.Time
+}
+
+func (t *Tenant) bump() uint64 {
+	t.version++
+	return t.version
+}
+
+// DefaultDomain is the tenant's first verified domain.
+func (t *Tenant) DefaultDomain() string { return t.Domains[0] }
+
+func (t *Tenant) verifiedDomain(d string) bool {
+	for _, v := range t.Domains {
+		if strings.EqualFold(v, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// sizeClass by user count, GRAPH.md §1.
+func (t *Tenant) ruBudget() float64 {
+	n := len(t.users)
+	switch {
+	case n < 50:
+		return 3500
+	case n <= 500:
+		return 5000
+	}
+	return 8000
+}
+
+func (t *Tenant) consumed(skuID string) int {
+	n := 0
+	for _, u := range t.users {
+		for _, l := range u.Licenses {
+			if l.SkuID == skuID {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (t *Tenant) skuByID(id string) *SKU {
+	for _, s := range t.skus {
+		if strings.EqualFold(s.SkuID, id) {
+			return s
+		}
+	}
+	return nil
+}
+
+func (t *Tenant) addUser(u *User) {
+	t.users[u.ID] = u
+	t.upn[strings.ToLower(u.UserPrincipalName)] = u.ID
+	u.version = t.bump()
+}
+
+func (t *Tenant) addGroup(g *Group) {
+	t.groups[g.ID] = g
+	t.nickname[strings.ToLower(g.MailNickname)] = g.ID
+	g.version = t.bump()
+}
+
+func (t *Tenant) touchUser(u *User)   { u.version = t.bump() }
+func (t *Tenant) touchGroup(g *Group) { g.version = t.bump() }
+
+func (t *Tenant) setMember(g *Group, member string, add bool) {
+	if add == g.Members[member] {
+		return
+	}
+	if add {
+		g.Members[member] = true
+	} else {
+		delete(g.Members, member)
+	}
+	v := t.bump()
+	g.version = v
+	g.memberLog = append(g.memberLog, memberChange{member: member, added: add, version: v})
+}
+
+// removeUser takes a user out of the directory (soft: recycle bin).
+func (t *Tenant) removeUser(u *User, soft bool, now time.Time) {
+	delete(t.users, u.ID)
+	delete(t.upn, strings.ToLower(u.UserPrincipalName))
+	reason := "deleted"
+	if soft {
+		reason = "changed"
+		t.deleted[u.ID] = deletedItem{user: u, deletedAt: now}
+	}
+	for _, g := range t.groups {
+		if g.Members[u.ID] {
+			t.setMember(g, u.ID, false)
+		}
+	}
+	t.userTombs = append(t.userTombs, tombstone{id: u.ID, reason: reason, version: t.bump()})
+}
+
+func (t *Tenant) removeGroup(g *Group, soft bool, now time.Time) {
+	delete(t.groups, g.ID)
+	delete(t.nickname, strings.ToLower(g.MailNickname))
+	reason := "deleted"
+	if soft {
+		reason = "changed"
+		t.deleted[g.ID] = deletedItem{group: g, deletedAt: now}
+	}
+	t.groupTombs = append(t.groupTombs, tombstone{id: g.ID, reason: reason, version: t.bump()})
+}

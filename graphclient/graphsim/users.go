@@ -1,0 +1,362 @@
+package graphsim
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+)
+
+var userDefaults = []string{"businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone", "officeLocation", "preferredLanguage", "surname", "userPrincipalName"}
+
+var userWritable = map[string]bool{
+	"accountEnabled": true, "displayName": true, "mailNickname": true, "userPrincipalName": true, "passwordProfile": true,
+	"givenName": true, "surname": true, "jobTitle": true, "department": true, "officeLocation": true, "mobilePhone": true,
+	"businessPhones": true, "usageLocation": true, "mail": true, "passwordPolicies": true, "preferredLanguage": true,
+}
+
+func (c *gctx) userProps(u *User) map[string]any {
+	lic := make([]any, 0, len(u.Licenses))
+	for _, l := range u.Licenses {
+		lic = append(lic, map[string]any{"skuId": l.SkuID, "disabledPlans": nonNil(l.DisabledPlans)})
+	}
+	return map[string]any{
+		"id": u.ID, "userPrincipalName": u.UserPrincipalName, "displayName": u.DisplayName, "givenName": u.GivenName,
+		"surname": u.Surname, "mail": u.Mail, "mailNickname": u.MailNickname, "jobTitle": u.JobTitle, "department": u.Department,
+		"officeLocation": u.OfficeLocation, "mobilePhone": u.MobilePhone, "businessPhones": nonNil(u.BusinessPhones),
+		"accountEnabled": u.AccountEnabled, "userType": u.UserType, "usageLocation": u.UsageLocation,
+		"createdDateTime": u.CreatedDateTime.UTC().Format(time.RFC3339), "onPremisesSyncEnabled": u.OnPremisesSyncEnabled,
+		"assignedLicenses": lic, "preferredLanguage": nil,
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// findUser resolves an id or UPN to a visible user.
+func (c *gctx) findUser(key string) *User {
+	u := c.t.users[key]
+	if u == nil {
+		if id, ok := c.t.upn[strings.ToLower(key)]; ok {
+			u = c.t.users[id]
+		}
+	}
+	if u == nil || !c.visible(u.visibleAt) {
+		return nil
+	}
+	return u
+}
+
+func (c *gctx) listUsers() (*response, *apiError) {
+	if e := c.require(readRoles("users")...); e != nil {
+		return nil, e
+	}
+	ids := c.t.sortedUserIDs()
+	vis := ids[:0:0]
+	for _, id := range ids {
+		if c.visible(c.t.users[id].visibleAt) {
+			vis = append(vis, id)
+		}
+	}
+	return c.list("users", "user", vis, func(id string) map[string]any { return c.userProps(c.t.users[id]) }, userDefaults)
+}
+
+func (c *gctx) getUser(key string) (*response, *apiError) {
+	if e := c.require(readRoles("users")...); e != nil {
+		return nil, e
+	}
+	u := c.findUser(key)
+	if u == nil {
+		return nil, notFound("user", key)
+	}
+	p, e := project(c.userProps(u), c.q.selects, userDefaults, "user")
+	if e != nil {
+		return nil, e
+	}
+	p["@odata.context"] = c.context("users/$entity")
+	c.objects = 1
+	return &response{status: 200, body: p}, nil
+}
+
+var passwordRE = regexp.MustCompile(`^.{8,256}$`)
+
+// passwordOK applies Entra's complexity rule: 8 to 256 characters and three
+// of lower case, upper case, digits and symbols.
+func passwordOK(p string) bool {
+	if !passwordRE.MatchString(p) {
+		return false
+	}
+	var lo, up, di, sy int
+	for _, r := range p {
+		switch {
+		case unicode.IsLower(r):
+			lo = 1
+		case unicode.IsUpper(r):
+			up = 1
+		case unicode.IsDigit(r):
+			di = 1
+		default:
+			sy = 1
+		}
+	}
+	return lo+up+di+sy >= 3
+}
+
+var errWeakPassword = func() *apiError {
+	return newErr(400, "Request_BadRequest", "The specified password does not comply with password complexity requirements. Please provide a different password.")
+}
+
+func (c *gctx) createUser() (*response, *apiError) {
+	if e := c.require("User.ReadWrite.All", "Directory.ReadWrite.All"); e != nil {
+		return nil, e
+	}
+	m, e := decodeStrict(c.body, "user", userWritable)
+	if e != nil {
+		return nil, e
+	}
+	for _, req := range []string{"accountEnabled", "displayName", "mailNickname", "userPrincipalName", "passwordProfile"} {
+		if _, ok := m[req]; !ok {
+			return nil, newErr(400, "Request_BadRequest", fmt.Sprintf("Property '%s' is required when creating the resource.", req))
+		}
+	}
+	u := &User{UserType: "Member", BusinessPhones: []string{}, CreatedDateTime: time.Now().UTC().Truncate(time.Second)}
+	if e := c.applyUser(u, m, true); e != nil {
+		return nil, e
+	}
+	u.ID = newID()
+	u.visibleAt = time.Now().Add(c.s.opts.ConsistencyDelay)
+	c.t.addUser(u)
+	p := c.userProps(u)
+	p["@odata.context"] = c.context("users/$entity")
+	c.objects = 1
+	return &response{status: 201, body: p}, nil
+}
+
+// applyUser sets properties from a create or update body.
+func (c *gctx) applyUser(u *User, m map[string]json.RawMessage, create bool) *apiError {
+	if raw, ok := m["accountEnabled"]; ok {
+		if err := json.Unmarshal(raw, &u.AccountEnabled); err != nil {
+			return newErr(400, "Request_BadRequest", "Invalid value specified for property 'accountEnabled' of resource 'User'.")
+		}
+	}
+	if v, ok, e := str(m, "userPrincipalName"); e != nil {
+		return e
+	} else if ok {
+		if v == nil || !strings.Contains(*v, "@") {
+			return newErr(400, "Request_BadRequest", "Invalid value specified for property 'userPrincipalName' of resource 'User'.")
+		}
+		_, domain, _ := strings.Cut(*v, "@")
+		if !c.t.verifiedDomain(domain) {
+			return newErr(400, "Request_BadRequest", "The domain portion of the userPrincipalName property is invalid. You must use one of the verified domain names in your organization.")
+		}
+		if id, taken := c.t.upn[strings.ToLower(*v)]; taken && id != u.ID {
+			e := newErr(400, "Request_BadRequest", "Another object with the same value for property userPrincipalName already exists.")
+			e.details = []map[string]string{{"code": "ObjectConflict", "message": "Another object with the same value for property userPrincipalName already exists.", "target": "userPrincipalName"}}
+			return e
+		}
+		if !create {
+			delete(c.t.upn, strings.ToLower(u.UserPrincipalName))
+			c.t.upn[strings.ToLower(*v)] = u.ID
+		}
+		u.UserPrincipalName = *v
+	}
+	if raw, ok := m["passwordProfile"]; ok {
+		var pp struct {
+			Password                      *string `json:"password"`
+			ForceChangePasswordNextSignIn *bool   `json:"forceChangePasswordNextSignIn"`
+		}
+		if err := json.Unmarshal(raw, &pp); err != nil || pp.Password == nil {
+			return newErr(400, "Request_BadRequest", "Invalid value specified for property 'passwordProfile' of resource 'User'.")
+		}
+		if !create {
+			if !c.hasWid(roleUserAdmin) && !c.hasWid(rolePrivilegedAuthAdmin) {
+				return errInsufficient()
+			}
+			if u.Admin && !c.hasWid(rolePrivilegedAuthAdmin) {
+				return errInsufficient()
+			}
+			if u.OnPremisesSyncEnabled != nil && *u.OnPremisesSyncEnabled {
+				return newErr(400, "Request_BadRequest", "Unable to update the specified properties for on-premises mastered Directory Sync objects or objects currently undergoing migration.")
+			}
+		}
+		if !passwordOK(*pp.Password) {
+			return errWeakPassword()
+		}
+		u.PasswordSet++
+	}
+	fields := map[string]**string{"givenName": &u.GivenName, "surname": &u.Surname, "jobTitle": &u.JobTitle, "department": &u.Department,
+		"officeLocation": &u.OfficeLocation, "mobilePhone": &u.MobilePhone, "mail": &u.Mail}
+	for k, dst := range fields {
+		if v, ok, e := str(m, k); e != nil {
+			return e
+		} else if ok {
+			*dst = v
+		}
+	}
+	if v, ok, e := str(m, "usageLocation"); e != nil {
+		return e
+	} else if ok {
+		if v != nil && (len(*v) != 2 || strings.ToUpper(*v) != *v) {
+			return newErr(400, "Request_BadRequest", "Invalid value specified for property 'usageLocation' of resource 'User'.")
+		}
+		u.UsageLocation = v
+	}
+	if v, ok, e := str(m, "displayName"); e != nil {
+		return e
+	} else if ok {
+		if v == nil || strings.TrimSpace(*v) == "" {
+			return newErr(400, "Request_BadRequest", "Invalid value specified for property 'displayName' of resource 'User'.")
+		}
+		u.DisplayName = *v
+	}
+	if v, ok, e := str(m, "mailNickname"); e != nil {
+		return e
+	} else if ok {
+		if v == nil || *v == "" || strings.ContainsAny(*v, "@()\\[]\";:<>, ") {
+			return newErr(400, "Request_BadRequest", "Invalid value specified for property 'mailNickname' of resource 'User'.")
+		}
+		u.MailNickname = *v
+	}
+	if raw, ok := m["businessPhones"]; ok {
+		var bp []string
+		if err := json.Unmarshal(raw, &bp); err != nil {
+			return newErr(400, "Request_BadRequest", "Invalid value specified for property 'businessPhones' of resource 'User'.")
+		}
+		u.BusinessPhones = bp
+	}
+	return nil
+}
+
+func (c *gctx) updateUser(key string) (*response, *apiError) {
+	if e := c.require("User.ReadWrite.All", "Directory.ReadWrite.All", "User-PasswordProfile.ReadWrite.All"); e != nil {
+		return nil, e
+	}
+	u := c.findUser(key)
+	if u == nil {
+		return nil, notFound("user", key)
+	}
+	m, e := decodeStrict(c.body, "user", userWritable)
+	if e != nil {
+		return nil, e
+	}
+	if _, onlyPwd := m["passwordProfile"]; !(onlyPwd && len(m) == 1) && !c.has("User.ReadWrite.All") && !c.has("Directory.ReadWrite.All") {
+		return nil, errInsufficient()
+	}
+	cp := *u
+	if e := c.applyUser(&cp, m, false); e != nil {
+		return nil, e
+	}
+	*u = cp
+	c.t.touchUser(u)
+	return &response{status: 204}, nil
+}
+
+func (c *gctx) deleteUser(key string) (*response, *apiError) {
+	if e := c.require("User.ReadWrite.All", "Directory.ReadWrite.All"); e != nil {
+		return nil, e
+	}
+	u := c.findUser(key)
+	if u == nil {
+		return nil, notFound("user", key)
+	}
+	c.t.removeUser(u, true, time.Now())
+	return &response{status: 204}, nil
+}
+
+func (c *gctx) assignLicense(key string) (*response, *apiError) {
+	if e := c.require("User.ReadWrite.All", "Directory.ReadWrite.All", "LicenseAssignment.ReadWrite.All"); e != nil {
+		return nil, e
+	}
+	u := c.findUser(key)
+	if u == nil {
+		return nil, notFound("user", key)
+	}
+	var body struct {
+		AddLicenses []struct {
+			SkuID         string   `json:"skuId"`
+			DisabledPlans []string `json:"disabledPlans"`
+		} `json:"addLicenses"`
+		RemoveLicenses []string `json:"removeLicenses"`
+	}
+	m, e := decodeStrict(c.body, "assignLicense", map[string]bool{"addLicenses": true, "removeLicenses": true})
+	if e != nil {
+		return nil, e
+	}
+	if _, ok := m["addLicenses"]; !ok {
+		return nil, newErr(400, "Request_BadRequest", "Invalid value specified for property 'addLicenses' of resource 'assignLicense'.")
+	}
+	if _, ok := m["removeLicenses"]; !ok {
+		return nil, newErr(400, "Request_BadRequest", "Invalid value specified for property 'removeLicenses' of resource 'assignLicense'.")
+	}
+	if err := json.Unmarshal(c.body, &body); err != nil {
+		return nil, newErr(400, "BadRequest", "Unable to read JSON request payload.")
+	}
+	next := append([]License(nil), u.Licenses...)
+	for _, rm := range body.RemoveLicenses {
+		found := false
+		for i, l := range next {
+			if strings.EqualFold(l.SkuID, rm) {
+				next = append(next[:i], next[i+1:]...)
+				found = true
+				break
+			}
+		}
+		if !found {
+			return nil, newErr(400, "Request_BadRequest", fmt.Sprintf("User does not have a corresponding license with skuId %s.", rm))
+		}
+	}
+	for _, add := range body.AddLicenses {
+		sku := c.t.skuByID(add.SkuID)
+		if sku == nil {
+			return nil, newErr(400, "Request_BadRequest", fmt.Sprintf("License %s does not correspond to a valid company License.", add.SkuID))
+		}
+		if u.UsageLocation == nil {
+			return nil, newErr(400, "Request_BadRequest", "License assignment cannot be done for user with invalid usage location.")
+		}
+		for _, p := range add.DisabledPlans {
+			ok := false
+			for _, pl := range sku.Plans {
+				if strings.EqualFold(pl.ID, p) {
+					ok = true
+				}
+			}
+			if !ok {
+				return nil, newErr(400, "Request_BadRequest", fmt.Sprintf("Service plan %s is not part of SKU %s.", p, sku.SkuID))
+			}
+		}
+		replaced := false
+		for i, l := range next {
+			if strings.EqualFold(l.SkuID, add.SkuID) {
+				next[i].DisabledPlans = nonNil(add.DisabledPlans)
+				replaced = true
+			}
+		}
+		if !replaced {
+			if c.t.consumed(sku.SkuID) >= sku.Enabled {
+				return nil, newErr(400, "Request_BadRequest", fmt.Sprintf("Subscription with SKU %s does not have any available licenses.", sku.SkuID))
+			}
+			next = append(next, License{SkuID: sku.SkuID, DisabledPlans: nonNil(add.DisabledPlans)})
+		}
+	}
+	u.Licenses = next
+	c.t.touchUser(u)
+	p, _ := project(c.userProps(u), nil, userDefaults, "user")
+	p["@odata.context"] = c.context("users/$entity")
+	c.objects = 1
+	return &response{status: 200, body: p}, nil
+}
+
+// newID is a random GUID for created objects.
+func newID() string {
+	var b [16]byte
+	_, _ = cryptoRead(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
