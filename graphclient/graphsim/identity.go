@@ -81,8 +81,19 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, t *Tenant, tenant
 		aadError(w, 400, "unsupported_grant_type", 70003, fmt.Sprintf("The app requested an unsupported grant type '%s'.", gt))
 		return
 	}
-	scope := r.PostForm.Get("scope")
-	if !strings.HasSuffix(scope, "/.default") {
+	// MSAL adds the OIDC scopes; one resource's /.default is required.
+	scope, bad := "", false
+	for _, sc := range strings.Fields(r.PostForm.Get("scope")) {
+		switch {
+		case strings.HasSuffix(sc, "/.default") && scope == "":
+			scope = sc
+		case sc == "openid" || sc == "offline_access" || sc == "profile":
+		default:
+			bad = true
+		}
+	}
+	if scope == "" || bad {
+		scope = r.PostForm.Get("scope")
 		aadError(w, 400, "invalid_scope", 1002012, fmt.Sprintf("The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", scope))
 		return
 	}

@@ -1,0 +1,137 @@
+package graphsim_test
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/tevyra/m365-worker/graphclient/graphsim"
+)
+
+const scale = 20 // model time runs 20× faster: a 10 s budget window lasts 0.5 s
+
+func TestThrottleRetryAfterLetsThrough(t *testing.T) {
+	sim := start(t, graphsim.Options{Users: 20, Groups: 2, TimeScale: 5})
+	r := newRaw(t, sim, sim.Credentials()[0])
+	// Blast well past the S budget (3,500 RU / 10 s) with 3-RU requests
+	// until throttled.
+	var throttled *http.Response
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var stop atomic.Bool
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 5000 && !stop.Load(); i++ {
+				resp, _ := r.do("GET", "/subscribedSkus", nil)
+				if resp.StatusCode == 429 {
+					mu.Lock()
+					if throttled == nil {
+						throttled = resp
+					}
+					mu.Unlock()
+					stop.Store(true)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if throttled == nil {
+		t.Fatal("never throttled")
+	}
+	ra, err := strconv.ParseFloat(throttled.Header.Get("Retry-After"), 64)
+	if err != nil || ra <= 0 {
+		t.Fatalf("Retry-After %q", throttled.Header.Get("Retry-After"))
+	}
+	if throttled.Header.Get("x-ms-throttle-scope") == "" || throttled.Header.Get("x-ms-throttle-information") != "ResourceUnitLimitExceeded" {
+		t.Errorf("throttle headers: %v", throttled.Header)
+	}
+	// Requests made during the Retry-After are still charged: an early
+	// retry is refused again.
+	resp, b := r.do("GET", "/subscribedSkus", nil)
+	if resp.StatusCode != 429 {
+		t.Fatalf("retry before Retry-After: %d %s", resp.StatusCode, b)
+	}
+	code, _ := graphErr(t, b)
+	if code != "TooManyRequests" {
+		t.Errorf("code %s", code)
+	}
+	ra, _ = strconv.ParseFloat(resp.Header.Get("Retry-After"), 64)
+	time.Sleep(time.Duration(ra * float64(time.Second)))
+	if resp, b := r.do("GET", "/subscribedSkus", nil); resp.StatusCode != 200 {
+		t.Fatalf("after honouring Retry-After %.3fs: %d %s", ra, resp.StatusCode, b)
+	}
+}
+
+func TestThrottlePacedClientNeverThrottled(t *testing.T) {
+	sim := start(t, graphsim.Options{Users: 20, Groups: 2, TimeScale: scale})
+	r := newRaw(t, sim, sim.Credentials()[0])
+	// 95 % of 3,500 RU / 10 s at 1 RU a request, in wall-clock terms.
+	lim := rate.NewLimiter(rate.Limit(0.95*350*scale), 10)
+	var n, throttled, sawPct atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(3 * 10 * time.Second / scale) // three budget windows
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				if err := lim.Wait(context.Background()); err != nil {
+					return
+				}
+				resp, _ := r.do("GET", "/users?$select=id", nil)
+				n.Add(1)
+				if resp.StatusCode == 429 {
+					throttled.Add(1)
+				}
+				if resp.Header.Get("x-ms-throttle-limit-percentage") != "" {
+					sawPct.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if throttled.Load() != 0 {
+		t.Errorf("%d of %d paced requests throttled", throttled.Load(), n.Load())
+	}
+	if n.Load() < 100 {
+		t.Errorf("only %d requests made", n.Load())
+	}
+	t.Logf("%d requests, %d with x-ms-throttle-limit-percentage", n.Load(), sawPct.Load())
+}
+
+func TestForcedThrottleAndPermissions(t *testing.T) {
+	sim := start(t, graphsim.Options{Users: 10, Groups: 2, NoThrottling: true, ReadOnly: true})
+	cred := sim.Credentials()[0]
+	r := newRaw(t, sim, cred)
+	_ = sim.Mutate(cred.TenantID, func(a *graphsim.Admin) error { a.ThrottleNext(2); return nil })
+	for i := 0; i < 2; i++ {
+		if resp, _ := r.do("GET", "/users", nil); resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("forced throttle %d: %d", i, resp.StatusCode)
+		}
+	}
+	if resp, _ := r.do("GET", "/users", nil); resp.StatusCode != 200 {
+		t.Fatalf("after forced throttle: %d", resp.StatusCode)
+	}
+	// A read-only app cannot write.
+	resp, b := r.do("PATCH", "/users/"+mustFirstUser(t, sim, cred.TenantID), map[string]any{"jobTitle": "x"})
+	code, msg := graphErr(t, b)
+	if resp.StatusCode != 403 || code != "Authorization_RequestDenied" || msg != "Insufficient privileges to complete the operation." {
+		t.Errorf("read-only write: %d %s", resp.StatusCode, b)
+	}
+}
+
+func mustFirstUser(t *testing.T, sim *graphsim.Server, tenant string) string {
+	snap, err := sim.Export(tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap.Users[0].ID
+}
