@@ -180,9 +180,11 @@ func Start(opts Options) (*Server, error) {
 	s.faultR = mrand.New(mrand.NewPCG(uint64(opts.Seed), 99))
 	s.tokKey = make([]byte, 32)
 	_, _ = rand.Read(s.tokKey)
-	now := time.Now().UTC()
+	// Seeded creation dates count back from a fixed day, so a seed always
+	// gives the same tenant.
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := 0; i < opts.Tenants; i++ {
-		t, app := seedTenant(i, opts.Seed, opts.Users, opts.Groups, now)
+		t, app := seedTenant(i, opts.Seed, opts.Users, opts.Groups, base)
 		if opts.ReadOnly {
 			app.Roles = append([]string(nil), ReadOnlyPermissions...)
 		}
