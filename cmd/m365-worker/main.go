@@ -39,6 +39,7 @@ Usage:
 Commands:
   run       start an embedded JetStream server and the workers (no configuration needed)
   worker    run workers against an existing NATS system (--nats)
+  graphsim  serve the Microsoft Graph simulator (HTTPS, seeded tenants) for tests and demos
   version   print the version
 
 Run 'm365-worker <command> --help' for the flags of a command.
@@ -64,6 +65,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(ctx, args[1:], stdout, stderr)
 	case "worker":
 		err = cmdWorker(ctx, args[1:], stdout, stderr)
+	case "graphsim":
+		err = cmdGraphsim(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "m365-worker", version)
 	case "help", "-h", "--help":
@@ -124,6 +127,28 @@ func (f *flagSet) Int(name string, def int, help string) *int {
 		def = n
 	}
 	return f.FlagSet.Int(name, def, help+" ["+envName(name)+"]")
+}
+
+func (f *flagSet) Bool(name string, def bool, help string) *bool {
+	if v, ok := os.LookupEnv(envName(name)); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q: use true or false", envName(name), v))
+		}
+		def = b
+	}
+	return f.FlagSet.Bool(name, def, help+" ["+envName(name)+"]")
+}
+
+func (f *flagSet) Float64(name string, def float64, help string) *float64 {
+	if v, ok := os.LookupEnv(envName(name)); ok {
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q is not a number", envName(name), v))
+		}
+		def = x
+	}
+	return f.FlagSet.Float64(name, def, help+" ["+envName(name)+"]")
 }
 
 func (f *flagSet) Duration(name string, def time.Duration, help string) *time.Duration {

@@ -4,8 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -227,4 +232,62 @@ func TestUsageErrors(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "M365_DATA_DIR") {
 		t.Errorf("run --help: %v\n%s", err, out)
 	}
+}
+
+func TestGraphsimCommand(t *testing.T) {
+	dir := t.TempDir()
+	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
+	s := start(t, "graphsim", "--listen", "127.0.0.1:0", "--tenants", "2", "--users", "50", "--groups", "5", "--ca-out", ca, "--credentials-out", creds)
+	line := s.waitLine(t, "graphsim listening on")
+	base := strings.Fields(strings.TrimPrefix(line, "graphsim listening on "))[0]
+	var tenants []struct {
+		TenantID     string `json:"tenant_id"`
+		ClientID     string `json:"client_id"`
+		ClientSecret string `json:"client_secret"`
+		Authority    string `json:"authority"`
+		GraphRoot    string `json:"graph_root"`
+	}
+	b, err := os.ReadFile(creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &tenants); err != nil || len(tenants) != 2 {
+		t.Fatalf("credentials: %v %s", err, b)
+	}
+	caPEM, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("CA file is not PEM")
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	tn := tenants[1]
+	if tn.Authority != base || tn.GraphRoot != base {
+		t.Errorf("authority %s, graph root %s, served on %s", tn.Authority, tn.GraphRoot, base)
+	}
+	resp, err := hc.PostForm(tn.Authority+"/"+tn.TenantID+"/oauth2/v2.0/token", url.Values{"grant_type": {"client_credentials"},
+		"client_id": {tn.ClientID}, "client_secret": {tn.ClientSecret}, "scope": {tn.GraphRoot + "/.default"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	req, _ := http.NewRequest("GET", tn.GraphRoot+"/v1.0/users/$count", nil)
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	req.Header.Set("ConsistencyLevel", "eventual")
+	resp, err = hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(n) != "50" {
+		t.Errorf("users/$count = %q", n)
+	}
+	s.interrupt(t)
 }
