@@ -98,7 +98,12 @@ func (c *gctx) delta(kind string) (*response, *apiError) {
 		}
 		return false
 	}
-	if kind == "users" {
+	switch {
+	case st.Full && len(st.IDs) == 0 && kind == "users":
+		ids = t.sortedUserIDs()
+	case st.Full && len(st.IDs) == 0:
+		ids = t.sortedGroupIDs()
+	case kind == "users":
 		for id, u := range t.users {
 			if (st.Full || u.version > st.From) && idOK(id) {
 				ids = append(ids, id)
@@ -111,24 +116,26 @@ func (c *gctx) delta(kind string) (*response, *apiError) {
 				}
 			}
 		}
-	} else {
+	default:
 		for id, g := range t.groups {
 			if (st.Full || g.version > st.From) && idOK(id) {
 				ids = append(ids, id)
 			}
 		}
-		if !st.Full {
-			for _, tb := range t.groupTombs {
-				if tb.version > st.From && idOK(tb.id) && t.groups[tb.id] == nil {
-					removed[tb.id] = tb.reason
-				}
+	}
+	if !st.Full && kind == "groups" {
+		for _, tb := range t.groupTombs {
+			if tb.version > st.From && idOK(tb.id) && t.groups[tb.id] == nil {
+				removed[tb.id] = tb.reason
 			}
 		}
 	}
 	for id := range removed {
 		ids = append(ids, id)
 	}
-	sort.Strings(ids)
+	if !(st.Full && len(st.IDs) == 0) {
+		sort.Strings(ids)
+	}
 	start := sort.SearchStrings(ids, st.Cursor)
 	if st.Cursor != "" && start < len(ids) && ids[start] == st.Cursor && st.MemOff == 0 {
 		start++

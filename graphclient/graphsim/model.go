@@ -165,6 +165,9 @@ type Tenant struct {
 	skus     []*SKU
 	deleted  map[string]deletedItem // recycle bin
 
+	// sorted id caches, dropped when the sets change
+	userIDs, groupIDs []string
+
 	version        uint64
 	userTombs      []tombstone
 	groupTombs     []tombstone
@@ -229,12 +232,14 @@ func (t *Tenant) skuByID(id string) *SKU {
 }
 
 func (t *Tenant) addUser(u *User) {
+	t.userIDs = nil
 	t.users[u.ID] = u
 	t.upn[strings.ToLower(u.UserPrincipalName)] = u.ID
 	u.version = t.bump()
 }
 
 func (t *Tenant) addGroup(g *Group) {
+	t.groupIDs = nil
 	t.groups[g.ID] = g
 	t.nickname[strings.ToLower(g.MailNickname)] = g.ID
 	g.version = t.bump()
@@ -259,6 +264,7 @@ func (t *Tenant) setMember(g *Group, member string, add bool) {
 
 // removeUser takes a user out of the directory (soft: recycle bin).
 func (t *Tenant) removeUser(u *User, soft bool, now time.Time) {
+	t.userIDs = nil
 	delete(t.users, u.ID)
 	delete(t.upn, strings.ToLower(u.UserPrincipalName))
 	reason := "deleted"
@@ -275,6 +281,7 @@ func (t *Tenant) removeUser(u *User, soft bool, now time.Time) {
 }
 
 func (t *Tenant) removeGroup(g *Group, soft bool, now time.Time) {
+	t.groupIDs = nil
 	delete(t.groups, g.ID)
 	delete(t.nickname, strings.ToLower(g.MailNickname))
 	reason := "deleted"

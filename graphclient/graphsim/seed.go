@@ -64,7 +64,7 @@ func seedTenant(i int, seed int64, users, groups int, now time.Time) (*Tenant, *
 	}
 
 	userIDs := make([]string, 0, users)
-	byDept := map[string][]string{}
+	byDeptOffice := map[string][]string{}
 	for n := 0; n < users; n++ {
 		first, last := firstNames[r.IntN(len(firstNames))], lastNames[r.IntN(len(lastNames))]
 		alias := strings.ToLower(fmt.Sprintf("%s.%s%d", first, last, n))
@@ -104,7 +104,7 @@ func seedTenant(i int, seed int64, users, groups int, now time.Time) (*Tenant, *
 					u.Licenses = append(u.Licenses, License{SkuID: t.skus[3].SkuID, DisabledPlans: []string{}})
 				}
 			}
-			byDept[dept] = append(byDept[dept], u.ID)
+			byDeptOffice[dept+"|"+offices[oi]] = append(byDeptOffice[dept+"|"+offices[oi]], u.ID)
 		}
 		u.Admin = n < 3
 		t.addUser(u)
@@ -129,13 +129,14 @@ func seedTenant(i int, seed int64, users, groups int, now time.Time) (*Tenant, *
 		dept := departments[r.IntN(len(departments))]
 		kind := r.Float64()
 		switch {
-		case kind < 0.1:
-			g.DisplayName = fmt.Sprintf("All %s (dynamic %d)", dept, n)
+		case kind < 0.03:
+			office := offices[r.IntN(len(offices))]
+			g.DisplayName = fmt.Sprintf("%s %s (dynamic %d)", dept, office, n)
 			g.MailNickname = fmt.Sprintf("dyn-%s-%d", strings.ToLower(strings.ReplaceAll(dept, " ", "")), n)
 			g.SecurityEnabled = true
 			g.GroupTypes = []string{"DynamicMembership"}
-			g.MembershipRule = strp(fmt.Sprintf(`user.department -eq "%s"`, dept))
-			for _, id := range byDept[dept] {
+			g.MembershipRule = strp(fmt.Sprintf(`(user.department -eq "%s") -and (user.officeLocation -eq "%s")`, dept, office))
+			for _, id := range byDeptOffice[dept+"|"+office] {
 				g.Members[id] = true
 			}
 		case kind < 0.4:
@@ -156,7 +157,7 @@ func seedTenant(i int, seed int64, users, groups int, now time.Time) (*Tenant, *
 		}
 		if !g.Dynamic() && len(userIDs) > 0 {
 			// Long tail: most groups small, a few with thousands.
-			size := int(2 / math.Pow(1-r.Float64(), 1/1.3))
+			size := min(int(2/math.Pow(1-r.Float64(), 1/1.5)), 1500)
 			if n < 3 && users >= 5000 {
 				size = 2000 + r.IntN(3000)
 			}
@@ -179,21 +180,27 @@ func randomSecret(r *rand.Rand) string {
 	return string(b)
 }
 
-// sortedUsers returns the tenant's user ids in order.
+// sortedUserIDs returns the tenant's user ids in order (shared: do not
+// modify).
 func (t *Tenant) sortedUserIDs() []string {
-	out := make([]string, 0, len(t.users))
-	for id := range t.users {
-		out = append(out, id)
+	if t.userIDs == nil {
+		t.userIDs = make([]string, 0, len(t.users))
+		for id := range t.users {
+			t.userIDs = append(t.userIDs, id)
+		}
+		sort.Strings(t.userIDs)
 	}
-	sort.Strings(out)
-	return out
+	return t.userIDs
 }
 
+// sortedGroupIDs returns the tenant's group ids in order (shared).
 func (t *Tenant) sortedGroupIDs() []string {
-	out := make([]string, 0, len(t.groups))
-	for id := range t.groups {
-		out = append(out, id)
+	if t.groupIDs == nil {
+		t.groupIDs = make([]string, 0, len(t.groups))
+		for id := range t.groups {
+			t.groupIDs = append(t.groupIDs, id)
+		}
+		sort.Strings(t.groupIDs)
 	}
-	sort.Strings(out)
-	return out
+	return t.groupIDs
 }
