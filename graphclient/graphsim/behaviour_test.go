@@ -219,3 +219,20 @@ func TestAdminHTTP(t *testing.T) {
 		t.Error("the same seed gave another tenant")
 	}
 }
+
+func TestLatencyProfile(t *testing.T) {
+	sim := start(t, graphsim.Options{Users: 300, Groups: 2, NoThrottling: true, Latency: graphsim.RealisticLatency})
+	r := newRaw(t, sim, sim.Credentials()[0])
+	// A 200-object page takes at least 100 ms + 200 × 0.5 ms; a write 150 ms.
+	t0 := time.Now()
+	r.json("GET", "/users?$select=id&$top=200", nil, 200)
+	if el := time.Since(t0); el < 200*time.Millisecond {
+		t.Errorf("a 200-user page answered in %s", el)
+	}
+	snap, _ := sim.Export(r.cred.TenantID)
+	t0 = time.Now()
+	r.json("PATCH", "/users/"+snap.Users[0].ID, map[string]any{"jobTitle": "x"}, 204)
+	if el := time.Since(t0); el < 150*time.Millisecond {
+		t.Errorf("a write answered in %s", el)
+	}
+}

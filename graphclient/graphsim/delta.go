@@ -176,6 +176,9 @@ func (c *gctx) deltaPage(kind string, st deltaState, ids []string, latest bool) 
 		}
 		if !wantMembers {
 			values = append(values, props)
+			if c.s.duplicate() {
+				values = append(values, props)
+			}
 			continue
 		}
 		members := c.memberDelta(t.groups[id], st)
@@ -189,6 +192,9 @@ func (c *gctx) deltaPage(kind string, st deltaState, ids []string, latest bool) 
 				entry["members@delta"] = members[memOff:end]
 			}
 			values = append(values, entry)
+			if c.s.duplicate() {
+				values = append(values, entry)
+			}
 			memOff = end
 			if memOff >= len(members) {
 				memOff = 0
@@ -303,4 +309,14 @@ func isNil(v any) bool {
 		return x == nil
 	}
 	return false
+}
+
+// duplicate draws whether to repeat a delta entry.
+func (s *Server) duplicate() bool {
+	if s.opts.DeltaDuplicateRate <= 0 {
+		return false
+	}
+	s.faultMu.Lock()
+	defer s.faultMu.Unlock()
+	return s.faultR.Float64() < s.opts.DeltaDuplicateRate
 }

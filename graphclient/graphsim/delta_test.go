@@ -18,6 +18,8 @@ type replica struct {
 	member map[string]map[string]bool
 	// entries counts how often each group id appeared in the last walk.
 	entries map[string]int
+	// dups counts entries repeated within one page.
+	dups int
 }
 
 func newReplica() *replica {
@@ -30,9 +32,14 @@ func (rp *replica) walk(t *testing.T, r *raw, kind, link string) string {
 	rp.entries = map[string]int{}
 	for {
 		m := r.json("GET", link, nil, 200)
+		inPage := map[string]bool{}
 		for _, v := range m["value"].([]any) {
 			o := v.(map[string]any)
 			id := o["id"].(string)
+			if inPage[id] && kind == "users" {
+				rp.dups++
+			}
+			inPage[id] = true
 			store := rp.users
 			if kind == "groups" {
 				store = rp.groups
@@ -138,7 +145,7 @@ func nonNilStrings(s []string) []string {
 }
 
 func TestDeltaRebuildsGroundTruth(t *testing.T) {
-	sim := start(t, graphsim.Options{Users: 5200, Groups: 40, NoThrottling: true})
+	sim := start(t, graphsim.Options{Users: 5200, Groups: 40, NoThrottling: true, DeltaDuplicateRate: 0.02})
 	cred := sim.Credentials()[0]
 	r := newRaw(t, sim, cred)
 	rp := newReplica()
@@ -154,6 +161,9 @@ func TestDeltaRebuildsGroundTruth(t *testing.T) {
 	}
 	if split == 0 {
 		t.Error("no large group was split across entries")
+	}
+	if rp.dups == 0 {
+		t.Error("no duplicate entries at a 2 % duplicate rate")
 	}
 	for round := uint64(1); round <= 4; round++ {
 		if err := sim.Mutate(cred.TenantID, func(a *graphsim.Admin) error { a.RandomChanges(150, round); return nil }); err != nil {

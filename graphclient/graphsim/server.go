@@ -97,6 +97,10 @@ type Options struct {
 	TokenLifetime time.Duration
 	// DeltaPageSize is the number of objects per delta page. Default 200.
 	DeltaPageSize int
+	// DeltaDuplicateRate repeats an object in a delta page at this rate
+	// (0..1), as Graph may: consumers must apply changes idempotently.
+	// Default 0.
+	DeltaDuplicateRate float64
 	// ReadOnly grants seeded apps only the read permissions.
 	ReadOnly bool
 	// NoUserAdminRole: seeded apps lack the User Administrator role.
