@@ -250,8 +250,15 @@ func (a *Admin) SetSeats(partNumber string, enabled int) error {
 // ResetDelta makes every delta token issued so far answer 410 Gone.
 func (a *Admin) ResetDelta() { a.t.resetEpoch = a.s.clock.now().Add(time.Nanosecond) }
 
-// ThrottleNext makes the next n Graph requests of the tenant answer 429.
-func (a *Admin) ThrottleNext(n int) { a.t.forcedThrottle = n }
+// ThrottleNext makes the next n Graph requests of the tenant answer 429
+// with Retry-After: 1.
+func (a *Admin) ThrottleNext(n int) { a.ThrottleNextWith(n, time.Second, false) }
+
+// ThrottleNextWith makes the next n requests answer 429 with Retry-After d,
+// as seconds (fractional) or, with asDate, as an HTTP date.
+func (a *Admin) ThrottleNextWith(n int, d time.Duration, asDate bool) {
+	a.t.forcedThrottle, a.t.forcedWait, a.t.forcedDate = n, d, asDate
+}
 
 // App returns the tenant's app by client id (the first when empty).
 func (a *Admin) App(clientID string) *App {

@@ -191,14 +191,14 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 	write := method != http.MethodGet
 	s.mu.Lock()
 	budget := t.ruBudget()
-	forced := t.forcedThrottle > 0
+	forced, forcedWait, forcedDate := t.forcedThrottle > 0, t.forcedWait, t.forcedDate
 	if forced {
 		t.forcedThrottle--
 	}
 	s.mu.Unlock()
 	v := s.th.charge(claims.AppID, t.ID, budget, ruCost(method, path, q), write)
 	if forced && !v.throttled {
-		v.throttled, v.retryAfter, v.scope, v.info = true, time.Second, "Tenant_Application/ReadWrite/"+claims.AppID+"/"+t.ID, "ResourceUnitLimitExceeded"
+		v.throttled, v.retryAfter, v.scope, v.info = true, forcedWait, "Tenant_Application/ReadWrite/"+claims.AppID+"/"+t.ID, "ResourceUnitLimitExceeded"
 	}
 	hdr := http.Header{}
 	hdr.Set("x-ms-resource-unit", strconv.Itoa(ruCost(method, path, q)))
@@ -210,6 +210,9 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 		e := newErr(429, "TooManyRequests", "Please retry again later.")
 		e.header = hdr
 		e.header.Set("Retry-After", formatRetryAfter(v.retryAfter))
+		if forced && forcedDate {
+			e.header.Set("Retry-After", time.Now().Add(v.retryAfter).UTC().Format(http.TimeFormat))
+		}
 		e.header.Set("x-ms-throttle-scope", v.scope)
 		e.header.Set("x-ms-throttle-information", v.info)
 		return nil, e, 0

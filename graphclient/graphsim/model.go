@@ -173,6 +173,8 @@ type Tenant struct {
 	groupTombs     []tombstone
 	resetEpoch     time.Time // delta tokens issued before it get 410
 	forcedThrottle int       // next N requests get 429 (fault injection)
+	forcedWait     time.Duration
+	forcedDate     bool
 }
 
 type deletedItem struct {

@@ -32,16 +32,10 @@ type bucket struct {
 	last     time.Time
 	scope    string // x-ms-throttle-scope value
 	info     string // x-ms-throttle-information value
-
-	// Usage within the current fixed window, for
-	// x-ms-throttle-limit-percentage.
-	window      time.Duration
-	windowStart time.Time
-	windowUsed  float64
 }
 
 func newBucket(capacity float64, window time.Duration, now time.Time, scope, info string) *bucket {
-	return &bucket{capacity: capacity, rate: capacity / window.Seconds(), level: capacity, last: now, scope: scope, info: info, window: window, windowStart: now}
+	return &bucket{capacity: capacity, rate: capacity / window.Seconds(), level: capacity, last: now, scope: scope, info: info}
 }
 
 func (b *bucket) refill(now time.Time) {
@@ -129,11 +123,9 @@ func (th *throttler) charge(appID, tenantID string, ruBudget float64, ru int, wr
 		if v.throttled && u.b.level < u.cost {
 			wait = math.Max(wait, (u.cost-u.b.level)/u.b.rate)
 		}
-		if now.Sub(u.b.windowStart) >= u.b.window {
-			u.b.windowStart, u.b.windowUsed = now, 0
-		}
-		u.b.windowUsed += u.cost
-		if used := u.b.windowUsed / u.b.capacity; used > 0.8 {
+		// "Used" is how far the bucket is drawn down: near 1 the next
+		// requests are throttled.
+		if used := (u.b.capacity - u.b.level) / u.b.capacity; used > 0.8 {
 			v.limitPct = math.Max(v.limitPct, math.Min(used, 1.8))
 		}
 	}

@@ -1,0 +1,381 @@
+// Package graphclient is the only code that speaks Microsoft Graph. It builds
+// msgraph-sdk-go clients per instance (tenant) with azidentity credentials
+// (client secret or certificate, any national cloud), paces them against
+// Graph's throttling budgets with one retry layer of its own, returns typed
+// errors, and offers the typed operations the sync and the actions need.
+package graphclient
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	auth "github.com/microsoft/kiota-authentication-azure-go"
+	khttp "github.com/microsoft/kiota-http-go"
+	msgraph "github.com/microsoftgraph/msgraph-sdk-go"
+	msgraphcore "github.com/microsoftgraph/msgraph-sdk-go-core"
+)
+
+// Config is one instance's connection to Graph.
+type Config struct {
+	// Instance names the instance in logs and metrics.
+	Instance string
+	TenantID string
+	ClientID string
+	// ClientSecret, or CertificatePEM with PrivateKeyPEM. Never logged.
+	ClientSecret   string
+	CertificatePEM []byte
+	PrivateKeyPEM  []byte
+	// Cloud is global (default), usgov, usgov-dod or china.
+	Cloud string
+	// Authority and GraphRoot override the cloud's (the simulator).
+	Authority string
+	GraphRoot string
+	// CAPEM adds trusted roots (the simulator's CA).
+	CAPEM []byte
+	// HTTPProxy sends Graph and token traffic through a forward proxy
+	// (HTTP CONNECT). Empty: the standard proxy environment variables.
+	HTTPProxy string
+	// Users is the tenant's user count when known: it sets the size class
+	// (S under 50, M to 500, L above). Default 0 (class S, the safest).
+	Users int
+}
+
+// String redacts the secrets.
+func (c Config) String() string {
+	return fmt.Sprintf("graphclient.Config{Instance:%s TenantID:%s ClientID:%s Cloud:%s}", c.Instance, c.TenantID, c.ClientID, c.Cloud)
+}
+
+// LogValue redacts the secrets.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("instance", c.Instance), slog.String("tenant_id", c.TenantID), slog.String("client_id", c.ClientID))
+}
+
+func (c Config) fingerprint() string {
+	h := sha256.New()
+	for _, s := range []string{c.TenantID, c.ClientID, c.ClientSecret, string(c.CertificatePEM), string(c.PrivateKeyPEM), c.Cloud, c.Authority, c.GraphRoot, string(c.CAPEM), c.HTTPProxy} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// PoolConfig configures a Pool. Zero values take the defaults.
+type PoolConfig struct {
+	// Workers returns the live number of workers sharing each tenant's
+	// budget; each takes its share. Default: always 1.
+	Workers func() int
+	// MaxWait is the longest a call waits for a budget or a Retry-After;
+	// beyond it the call returns an *Error carrying the wait
+	// (errors.Is(err, ErrThrottled)). Default 30s.
+	MaxWait time.Duration
+	// MaxConcurrency caps requests in flight per tenant. Default 8.
+	MaxConcurrency int
+	// MaxAttempts per request (throttling, 5xx, network). Default 5.
+	MaxAttempts int
+	// TimeScale speeds the budgets up to match a simulator run with the
+	// same time scale. Default 1.
+	TimeScale float64
+	// AuthBackoff is the first pause after a credential failure, doubling
+	// up to 30 minutes; calls in between fail at once. Default 30s.
+	AuthBackoff time.Duration
+	Logger      *slog.Logger
+}
+
+// Pool hands out clients per instance and holds the app-wide budgets.
+type Pool struct {
+	cfg     PoolConfig
+	mu      sync.Mutex
+	apps    map[string]*pacer // by client id
+	clients map[string]*Client
+}
+
+// NewPool returns an empty pool.
+func NewPool(cfg PoolConfig) *Pool {
+	if cfg.Workers == nil {
+		cfg.Workers = func() int { return 1 }
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = 30 * time.Second
+	}
+	if cfg.MaxConcurrency <= 0 {
+		cfg.MaxConcurrency = 8
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 5
+	}
+	if cfg.TimeScale <= 0 {
+		cfg.TimeScale = 1
+	}
+	if cfg.AuthBackoff <= 0 {
+		cfg.AuthBackoff = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Pool{cfg: cfg, apps: map[string]*pacer{}, clients: map[string]*Client{}}
+}
+
+// Client is a paced Graph client for one instance.
+type Client struct {
+	cfg      Config
+	fp       string
+	Graph    *msgraph.GraphServiceClient
+	adapter  *msgraph.GraphRequestAdapter
+	tenant   *pacer
+	counters Counters
+	cred     *guardedCredential
+	graphURL string
+	http     *http.Client // the paced client, for raw requests ($batch)
+	log      *slog.Logger
+}
+
+// Client returns the instance's client, building it on first use and again
+// when its configuration changed.
+func (p *Pool) Client(cfg Config) (*Client, error) {
+	key := cfg.Instance
+	if key == "" {
+		key = cfg.TenantID + "/" + cfg.ClientID
+	}
+	fp := cfg.fingerprint()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.clients[key]; ok && c.fp == fp {
+		if cfg.Users > 0 {
+			c.tenant.setRUBudget(RUBudget(cfg.Users))
+		}
+		return c, nil
+	}
+	app := p.apps[cfg.ClientID]
+	if app == nil {
+		app = newAppPacer(p.cfg.Workers(), p.cfg.TimeScale)
+		p.apps[cfg.ClientID] = app
+	}
+	c, err := newClient(cfg, fp, app, p.cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.clients[key] = c
+	return c, nil
+}
+
+// Forget drops an instance's client (its configuration was removed).
+func (p *Pool) Forget(instance string) {
+	p.mu.Lock()
+	delete(p.clients, instance)
+	p.mu.Unlock()
+}
+
+func newClient(cfg Config, fp string, app *pacer, pc PoolConfig) (*Client, error) {
+	cl, err := LookupCloud(cfg.Cloud)
+	if err != nil {
+		return nil, err
+	}
+	authority, graphRoot := strings.TrimRight(cl.Authority, "/"), strings.TrimRight(cl.GraphRoot, "/")
+	if cfg.Authority != "" {
+		authority = strings.TrimRight(cfg.Authority, "/")
+	}
+	if cfg.GraphRoot != "" {
+		graphRoot = strings.TrimRight(cfg.GraphRoot, "/")
+	}
+	gu, err := url.Parse(graphRoot)
+	if err != nil || gu.Scheme != "https" || gu.Host == "" {
+		return nil, fmt.Errorf("graph root %q must be an https URL", graphRoot)
+	}
+	base, err := baseTransport(cfg)
+	if err != nil {
+		return nil, err
+	}
+	log := pc.Logger.With("instance", cfg.Instance, "tenant_id", cfg.TenantID)
+	cred, err := newCredential(cfg, authority, base, pc.AuthBackoff)
+	if err != nil {
+		return nil, err
+	}
+	ap, err := auth.NewAzureIdentityAuthenticationProviderWithScopesAndValidHosts(cred, []string{graphRoot + "/.default"}, []string{gu.Hostname()})
+	if err != nil {
+		return nil, err
+	}
+	tenant := newTenantPacer(cfg.Users, pc.Workers(), pc.TimeScale, pc.MaxConcurrency)
+	c := &Client{cfg: cfg, fp: fp, tenant: tenant, cred: cred, graphURL: graphRoot + "/v1.0", log: log}
+	tr := &transport{base: base, tenant: tenant, app: app, workers: pc.Workers, maxWait: pc.MaxWait, maxAttempts: pc.MaxAttempts, counters: &c.counters, log: log}
+	// The SDK's default middleware without its retry handler: ours is the
+	// only retry layer.
+	var mws []khttp.Middleware
+	for _, m := range msgraphcore.GetDefaultMiddlewaresWithOptions(&msgraphcore.GraphClientOptions{}) {
+		if _, isRetry := m.(*khttp.RetryHandler); !isRetry {
+			mws = append(mws, m)
+		}
+	}
+	hc := &http.Client{Transport: khttp.NewCustomTransportWithParentTransport(tr, mws...)}
+	adapter, err := msgraph.NewGraphRequestAdapterWithParseNodeFactoryAndSerializationWriterFactoryAndHttpClient(ap, nil, nil, hc)
+	if err != nil {
+		return nil, err
+	}
+	adapter.SetBaseUrl(c.graphURL)
+	c.adapter = adapter
+	c.Graph = msgraph.NewGraphServiceClient(adapter)
+	c.http = &http.Client{Transport: &authTransport{next: tr, cred: cred, scope: graphRoot + "/.default"}}
+	return c, nil
+}
+
+// baseTransport is the HTTP transport under everything: TLS roots and proxy.
+func baseTransport(cfg Config) (*http.Transport, error) {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 32
+	if len(cfg.CAPEM) > 0 {
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(cfg.CAPEM) {
+			return nil, errors.New("the CA certificate is not PEM")
+		}
+		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	if cfg.HTTPProxy != "" {
+		pu, err := url.Parse(cfg.HTTPProxy)
+		if err != nil || pu.Host == "" {
+			return nil, fmt.Errorf("http_proxy %q is not a URL", cfg.HTTPProxy)
+		}
+		t.Proxy = http.ProxyURL(pu)
+	} else {
+		t.Proxy = http.ProxyFromEnvironment
+	}
+	return t, nil
+}
+
+// Stats returns the client's traffic counters.
+func (c *Client) Stats() Stats { return c.counters.Snapshot() }
+
+// SetUsers updates the tenant's size class from its user count.
+func (c *Client) SetUsers(n int) { c.tenant.setRUBudget(RUBudget(n)) }
+
+// --- credentials -------------------------------------------------------
+
+var aadstsRE = regexp.MustCompile(`AADSTS(\d+)`)
+
+// guardedCredential wraps azidentity: after a credential failure it fails
+// every call at once until a backoff passes, so a bad secret never makes a
+// worker hammer the token endpoint.
+type guardedCredential struct {
+	inner   azcore.TokenCredential
+	first   time.Duration
+	mu      sync.Mutex
+	failErr *Error
+	until   time.Time
+	next    time.Duration
+}
+
+func newCredential(cfg Config, authority string, base *http.Transport, backoff time.Duration) (*guardedCredential, error) {
+	co := azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: authority + "/"}, Transport: &http.Client{Transport: base}}
+	// azcore retries throttled and failed token requests by itself; keep
+	// that small.
+	co.Retry = policy.RetryOptions{MaxRetries: 2}
+	var inner azcore.TokenCredential
+	var err error
+	switch {
+	case cfg.ClientSecret != "":
+		inner, err = azidentity.NewClientSecretCredential(cfg.TenantID, cfg.ClientID, cfg.ClientSecret, &azidentity.ClientSecretCredentialOptions{ClientOptions: co, DisableInstanceDiscovery: true})
+	case len(cfg.CertificatePEM) > 0:
+		certs, key, perr := azidentity.ParseCertificates(append(append([]byte{}, cfg.CertificatePEM...), cfg.PrivateKeyPEM...), nil)
+		if perr != nil {
+			return nil, fmt.Errorf("certificate: %w", perr)
+		}
+		inner, err = azidentity.NewClientCertificateCredential(cfg.TenantID, cfg.ClientID, certs, key, &azidentity.ClientCertificateCredentialOptions{ClientOptions: co, DisableInstanceDiscovery: true})
+	default:
+		return nil, errors.New("no client secret or certificate configured")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &guardedCredential{inner: inner, first: backoff, next: backoff}, nil
+}
+
+func (g *guardedCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	g.mu.Lock()
+	if g.failErr != nil && time.Now().Before(g.until) {
+		e := *g.failErr
+		e.RetryAfter = time.Until(g.until)
+		g.mu.Unlock()
+		return azcore.AccessToken{}, &e
+	}
+	g.mu.Unlock()
+	tok, err := g.inner.GetToken(ctx, opts)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err == nil {
+		g.failErr, g.next = nil, g.first
+		return tok, nil
+	}
+	var af *azidentity.AuthenticationFailedError
+	if !errors.As(err, &af) || af.RawResponse == nil || af.RawResponse.StatusCode >= 500 {
+		return tok, &Error{Op: "get token", Message: err.Error(), err: err}
+	}
+	e := authError(err, af.RawResponse.StatusCode)
+	g.failErr, g.until = e, time.Now().Add(g.next)
+	g.next = min(g.next*2, 30*time.Minute)
+	return tok, e
+}
+
+// authError turns a token failure into an *Error named by its AADSTS code.
+func authError(err error, status int) *Error {
+	e := &Error{Op: "get token", Status: status, Message: err.Error(), err: err}
+	if m := aadstsRE.FindStringSubmatch(err.Error()); m != nil {
+		e.Code = "AADSTS" + m[1]
+	}
+	switch e.Code {
+	case "AADSTS7000215":
+		e.Hint = "the client secret is wrong: copy the secret's Value (not its ID) from the app registration's Certificates & secrets page"
+	case "AADSTS7000222":
+		e.Hint = "the client secret has expired: create a new one in the app registration"
+	case "AADSTS700016":
+		e.Hint = "no app with this client id in the tenant: check the client id, or grant admin consent in the tenant"
+	case "AADSTS90002":
+		e.Hint = "the tenant does not exist: check the tenant id"
+	case "AADSTS7000112":
+		e.Hint = "the app registration is disabled in the tenant"
+	case "AADSTS700027":
+		e.Hint = "the certificate does not match the one uploaded to the app registration"
+	}
+	if i := strings.Index(e.Message, e.Code+":"); e.Code != "" && i >= 0 {
+		// Keep azidentity's AADSTS sentence, without the request dump.
+		msg := e.Message[i:]
+		if j := strings.Index(msg, " Trace ID:"); j > 0 {
+			msg = msg[:j]
+		}
+		e.Message = msg
+	}
+	return e
+}
+
+// authTransport adds the bearer token for raw requests ($batch).
+type authTransport struct {
+	next  http.RoundTripper
+	cred  azcore.TokenCredential
+	scope string
+}
+
+func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	tok, err := a.cred.GetToken(req.Context(), policy.TokenRequestOptions{Scopes: []string{a.scope}})
+	if err != nil {
+		return nil, err
+	}
+	r := req.Clone(req.Context())
+	r.Header.Set("Authorization", "Bearer "+tok.Token)
+	return a.next.RoundTrip(r)
+}
