@@ -21,7 +21,11 @@ func startTinyproxy(t *testing.T) (string, string) {
 	t.Helper()
 	bin, err := exec.LookPath("tinyproxy")
 	if err != nil {
-		t.Fatal("tinyproxy is not installed: apt-get install -y tinyproxy (.ci/run does this)")
+		// A fresh Debian machine: install it the way .ci/run does.
+		out, ierr := exec.Command("sh", "-c", "apt-get update -qq && apt-get install -y -qq tinyproxy").CombinedOutput()
+		if bin, err = exec.LookPath("tinyproxy"); err != nil {
+			t.Fatalf("tinyproxy is needed and could not be installed (apt-get install -y tinyproxy): %v\n%s", ierr, out)
+		}
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
