@@ -1,0 +1,757 @@
+package graphclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	abstractions "github.com/microsoft/kiota-abstractions-go"
+	"github.com/microsoftgraph/msgraph-sdk-go/groups"
+	"github.com/microsoftgraph/msgraph-sdk-go/models"
+	"github.com/microsoftgraph/msgraph-sdk-go/users"
+)
+
+// Removal reasons in delta.
+const (
+	RemovedSoft = "changed" // in the recycle bin, restorable for 30 days
+	RemovedHard = "deleted" // gone for good
+)
+
+// UserChange is one entry of a user delta round.
+type UserChange struct {
+	ID string
+	// Removed is "", RemovedSoft or RemovedHard.
+	Removed string
+	// User is set unless Removed.
+	User *User
+}
+
+// DeltaPage is called with each page of a delta round; returning an error
+// stops the round.
+type DeltaPage[T any] func(changes []T) error
+
+func removedReason(ad map[string]any) string {
+	rm, ok := ad["@removed"]
+	if !ok {
+		return ""
+	}
+	if m, ok := rm.(map[string]any); ok {
+		if r, ok := m["reason"].(*string); ok && r != nil {
+			return *r
+		}
+		if r, ok := m["reason"].(string); ok {
+			return r
+		}
+	}
+	return RemovedSoft
+}
+
+// UserDelta runs one user delta round. link is the deltaLink of the last
+// round ("" starts a full round, "latest" takes a tracking point without
+// data). Pages go to fn as they arrive; the new deltaLink is returned. An
+// expired or reset token gives an error matching ErrDeltaExpired: start a
+// full round.
+func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserChange]) (string, error) {
+	b := c.Graph.Users().Delta()
+	var resp users.DeltaGetResponseable
+	var err error
+	switch link {
+	case "", "latest":
+		cfg := &users.DeltaRequestBuilderGetRequestConfiguration{QueryParameters: &users.DeltaRequestBuilderGetQueryParameters{Select: UserSelect}}
+		if link == "latest" {
+			b = b.WithUrl(c.graphURL + "/users/delta?$deltatoken=latest&$select=" + strings.Join(UserSelect, ","))
+			cfg = nil
+		}
+		resp, err = b.GetAsDeltaGetResponse(ctx, cfg)
+	default:
+		resp, err = b.WithUrl(link).GetAsDeltaGetResponse(ctx, nil)
+	}
+	for {
+		if err != nil {
+			return "", fromSDK("user delta", err)
+		}
+		page := make([]UserChange, 0, len(resp.GetValue()))
+		for _, u := range resp.GetValue() {
+			ch := UserChange{ID: str(u.GetId()), Removed: removedReason(u.GetAdditionalData())}
+			if ch.Removed == "" {
+				rec := userFrom(u)
+				ch.User = &rec
+			}
+			page = append(page, ch)
+		}
+		if err := fn(page); err != nil {
+			return "", err
+		}
+		if next := resp.GetOdataNextLink(); next != nil && *next != "" {
+			resp, err = c.Graph.Users().Delta().WithUrl(*next).GetAsDeltaGetResponse(ctx, nil)
+			continue
+		}
+		if dl := resp.GetOdataDeltaLink(); dl != nil {
+			return *dl, nil
+		}
+		return "", &Error{Op: "user delta", Message: "the last page carries neither a nextLink nor a deltaLink"}
+	}
+}
+
+// GroupChange is one group of a group delta round, its member slices merged
+// across entries and pages.
+type GroupChange struct {
+	ID      string
+	Removed string
+	// Group is set unless Removed (it may lack properties if the round saw
+	// only member changes of a group: then Partial is true).
+	Group   *Group
+	Partial bool
+	// MembersAdded and MembersRemoved are member ids (users and groups).
+	MembersAdded   []string
+	MembersRemoved []string
+}
+
+// GroupDelta runs one group delta round with members, like UserDelta. A
+// group split across entries or pages is merged; fn receives each page's
+// groups once the page is read, and a group continued on a later page is
+// sent again with the rest of its members (apply idempotently).
+func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[GroupChange]) (string, error) {
+	sel := append(append([]string{}, GroupSelect...), "members")
+	b := c.Graph.Groups().Delta()
+	var resp groups.DeltaGetResponseable
+	var err error
+	switch link {
+	case "", "latest":
+		cfg := &groups.DeltaRequestBuilderGetRequestConfiguration{QueryParameters: &groups.DeltaRequestBuilderGetQueryParameters{Select: sel}}
+		if link == "latest" {
+			b = b.WithUrl(c.graphURL + "/groups/delta?$deltatoken=latest&$select=" + strings.Join(sel, ","))
+			cfg = nil
+		}
+		resp, err = b.GetAsDeltaGetResponse(ctx, cfg)
+	default:
+		resp, err = b.WithUrl(link).GetAsDeltaGetResponse(ctx, nil)
+	}
+	for {
+		if err != nil {
+			return "", fromSDK("group delta", err)
+		}
+		byID := map[string]*GroupChange{}
+		var order []string
+		for _, g := range resp.GetValue() {
+			id := str(g.GetId())
+			ch := byID[id]
+			if ch == nil {
+				ch = &GroupChange{ID: id, Partial: true}
+				byID[id] = ch
+				order = append(order, id)
+			}
+			ad := g.GetAdditionalData()
+			if r := removedReason(ad); r != "" {
+				ch.Removed, ch.Group = r, nil
+				continue
+			}
+			if g.GetDisplayName() != nil {
+				rec := groupFrom(g)
+				ch.Group, ch.Partial = &rec, false
+			}
+			if md, ok := ad["members@delta"].([]any); ok {
+				for _, e := range md {
+					m, ok := e.(map[string]any)
+					if !ok {
+						continue
+					}
+					mid := anyString(m["id"])
+					if _, gone := m["@removed"]; gone {
+						ch.MembersRemoved = append(ch.MembersRemoved, mid)
+					} else {
+						ch.MembersAdded = append(ch.MembersAdded, mid)
+					}
+				}
+			}
+		}
+		page := make([]GroupChange, 0, len(order))
+		for _, id := range order {
+			page = append(page, *byID[id])
+		}
+		if err := fn(page); err != nil {
+			return "", err
+		}
+		if next := resp.GetOdataNextLink(); next != nil && *next != "" {
+			resp, err = c.Graph.Groups().Delta().WithUrl(*next).GetAsDeltaGetResponse(ctx, nil)
+			continue
+		}
+		if dl := resp.GetOdataDeltaLink(); dl != nil {
+			return *dl, nil
+		}
+		return "", &Error{Op: "group delta", Message: "the last page carries neither a nextLink nor a deltaLink"}
+	}
+}
+
+func anyString(v any) string {
+	switch s := v.(type) {
+	case string:
+		return s
+	case *string:
+		return str(s)
+	}
+	return ""
+}
+
+// SubscribedSKUs returns the tenant's licences.
+func (c *Client) SubscribedSKUs(ctx context.Context) ([]SKU, error) {
+	resp, err := c.Graph.SubscribedSkus().Get(ctx, nil)
+	if err != nil {
+		return nil, fromSDK("list subscribed SKUs", err)
+	}
+	out := make([]SKU, 0, len(resp.GetValue()))
+	for _, s := range resp.GetValue() {
+		out = append(out, skuFrom(s))
+	}
+	return out, nil
+}
+
+// FindSKU resolves a skuId or a skuPartNumber.
+func (c *Client) FindSKU(ctx context.Context, ref string) (*SKU, error) {
+	skus, err := c.SubscribedSKUs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for i, s := range skus {
+		if strings.EqualFold(s.SkuID, ref) || strings.EqualFold(s.SkuPartNumber, ref) {
+			return &skus[i], nil
+		}
+		names = append(names, s.SkuPartNumber)
+	}
+	sort.Strings(names)
+	return nil, &Error{Op: "find licence " + ref, Status: http.StatusNotFound, Code: "Request_ResourceNotFound",
+		Message: fmt.Sprintf("the tenant has no subscription %q (it has %s)", ref, strings.Join(names, ", "))}
+}
+
+// GetUser reads a user by object id or UPN.
+func (c *Client) GetUser(ctx context.Context, ref string) (*User, error) {
+	u, err := c.Graph.Users().ByUserId(ref).Get(ctx, &users.UserItemRequestBuilderGetRequestConfiguration{
+		QueryParameters: &users.UserItemRequestBuilderGetQueryParameters{Select: UserSelect}})
+	if err != nil {
+		return nil, fromSDK("read user "+ref, err)
+	}
+	rec := userFrom(u)
+	return &rec, nil
+}
+
+// GetGroup reads a group by object id, or by mail nickname.
+func (c *Client) GetGroup(ctx context.Context, ref string) (*Group, error) {
+	if isGUID(ref) {
+		g, err := c.Graph.Groups().ByGroupId(ref).Get(ctx, &groups.GroupItemRequestBuilderGetRequestConfiguration{
+			QueryParameters: &groups.GroupItemRequestBuilderGetQueryParameters{Select: GroupSelect}})
+		if err != nil {
+			return nil, fromSDK("read group "+ref, err)
+		}
+		rec := groupFrom(g)
+		return &rec, nil
+	}
+	filter := "mailNickname eq '" + strings.ReplaceAll(ref, "'", "''") + "'"
+	resp, err := c.Graph.Groups().Get(ctx, &groups.GroupsRequestBuilderGetRequestConfiguration{
+		QueryParameters: &groups.GroupsRequestBuilderGetQueryParameters{Select: GroupSelect, Filter: &filter}})
+	if err != nil {
+		return nil, fromSDK("find group "+ref, err)
+	}
+	if len(resp.GetValue()) == 0 {
+		return nil, &Error{Op: "find group " + ref, Status: http.StatusNotFound, Code: "Request_ResourceNotFound", Message: "no group with mail nickname " + ref}
+	}
+	rec := groupFrom(resp.GetValue()[0])
+	return &rec, nil
+}
+
+func isGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, r := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if r != '-' {
+				return false
+			}
+		default:
+			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// NewUser is what CreateUser needs. Password is never logged.
+type NewUser struct {
+	DisplayName, UserPrincipalName, MailNickname string
+	GivenName, Surname, JobTitle, Department      string
+	OfficeLocation, MobilePhone, UsageLocation    string
+	AccountEnabled                                bool
+	Password                                      string
+	ForceChangePassword                           bool
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// CreateUser creates a user.
+func (c *Client) CreateUser(ctx context.Context, n NewUser) (*User, error) {
+	u := models.NewUser()
+	u.SetDisplayName(&n.DisplayName)
+	u.SetUserPrincipalName(&n.UserPrincipalName)
+	u.SetMailNickname(&n.MailNickname)
+	u.SetAccountEnabled(&n.AccountEnabled)
+	u.SetGivenName(optional(n.GivenName))
+	u.SetSurname(optional(n.Surname))
+	u.SetJobTitle(optional(n.JobTitle))
+	u.SetDepartment(optional(n.Department))
+	u.SetOfficeLocation(optional(n.OfficeLocation))
+	u.SetMobilePhone(optional(n.MobilePhone))
+	u.SetUsageLocation(optional(n.UsageLocation))
+	pp := models.NewPasswordProfile()
+	pp.SetPassword(&n.Password)
+	pp.SetForceChangePasswordNextSignIn(&n.ForceChangePassword)
+	u.SetPasswordProfile(pp)
+	created, err := c.Graph.Users().Post(ctx, u, nil)
+	if err != nil {
+		return nil, fromSDK("create user "+n.UserPrincipalName, err)
+	}
+	rec := userFrom(created)
+	return &rec, nil
+}
+
+// UserPatch lists the properties to change; nil fields stay, a pointer to
+// "" clears an optional property.
+type UserPatch struct {
+	DisplayName, UserPrincipalName, MailNickname, GivenName, Surname *string
+	JobTitle, Department, OfficeLocation, MobilePhone, UsageLocation *string
+	AccountEnabled                                                   *bool
+}
+
+// UpdateUser changes a user's properties.
+func (c *Client) UpdateUser(ctx context.Context, id string, p UserPatch) error {
+	u := models.NewUser()
+	clear := map[string]any{}
+	set := func(name string, v *string, f func(*string)) {
+		switch {
+		case v == nil:
+		case *v == "":
+			clear[name] = nil // sent as JSON null
+		default:
+			f(v)
+		}
+	}
+	set("displayName", p.DisplayName, u.SetDisplayName)
+	set("userPrincipalName", p.UserPrincipalName, u.SetUserPrincipalName)
+	set("mailNickname", p.MailNickname, u.SetMailNickname)
+	set("givenName", p.GivenName, u.SetGivenName)
+	set("surname", p.Surname, u.SetSurname)
+	set("jobTitle", p.JobTitle, u.SetJobTitle)
+	set("department", p.Department, u.SetDepartment)
+	set("officeLocation", p.OfficeLocation, u.SetOfficeLocation)
+	set("mobilePhone", p.MobilePhone, u.SetMobilePhone)
+	set("usageLocation", p.UsageLocation, u.SetUsageLocation)
+	if len(clear) > 0 {
+		u.SetAdditionalData(clear)
+	}
+	if p.AccountEnabled != nil {
+		u.SetAccountEnabled(p.AccountEnabled)
+	}
+	if _, err := c.Graph.Users().ByUserId(id).Patch(ctx, u, nil); err != nil {
+		return fromSDK("update user "+id, err)
+	}
+	return nil
+}
+
+// SetPassword sets a user's password (a password reset). Needs the User
+// Administrator directory role on top of User.ReadWrite.All.
+func (c *Client) SetPassword(ctx context.Context, id, password string, forceChange bool) error {
+	u := models.NewUser()
+	pp := models.NewPasswordProfile()
+	pp.SetPassword(&password)
+	pp.SetForceChangePasswordNextSignIn(&forceChange)
+	u.SetPasswordProfile(pp)
+	if _, err := c.Graph.Users().ByUserId(id).Patch(ctx, u, nil); err != nil {
+		e := fromSDK("reset the password of "+id, err)
+		if ge, ok := e.(*Error); ok && ge.Is(ErrForbidden) {
+			ge.Hint = "the app needs the User Administrator directory role (Privileged Authentication Administrator for admins) besides User.ReadWrite.All"
+		}
+		return e
+	}
+	return nil
+}
+
+// DeleteUser moves a user to the recycle bin.
+func (c *Client) DeleteUser(ctx context.Context, id string) error {
+	if err := c.Graph.Users().ByUserId(id).Delete(ctx, nil); err != nil {
+		return fromSDK("delete user "+id, err)
+	}
+	return nil
+}
+
+// DeletedUser reads a user from the recycle bin.
+func (c *Client) DeletedUser(ctx context.Context, id string) (*User, error) {
+	o, err := c.Graph.Directory().DeletedItems().ByDirectoryObjectId(id).Get(ctx, nil)
+	if err != nil {
+		return nil, fromSDK("read deleted item "+id, err)
+	}
+	rec := User{ID: str(o.GetId())}
+	if u, ok := o.(models.Userable); ok {
+		rec = userFrom(u)
+	}
+	return &rec, nil
+}
+
+// Restore brings a user or group back from the recycle bin.
+func (c *Client) Restore(ctx context.Context, id string) error {
+	if _, err := c.Graph.Directory().DeletedItems().ByDirectoryObjectId(id).Restore().Post(ctx, nil); err != nil {
+		return fromSDK("restore "+id, err)
+	}
+	return nil
+}
+
+// LicenseChange is one licence to add.
+type LicenseChange struct {
+	SkuID         string
+	DisabledPlans []string
+}
+
+// AssignLicense adds and removes licences (skuIds) of a user.
+func (c *Client) AssignLicense(ctx context.Context, id string, add []LicenseChange, remove []string) error {
+	body := users.NewItemAssignLicensePostRequestBody()
+	var adds []models.AssignedLicenseable
+	for _, a := range add {
+		sku, err := parseUUIDs([]string{a.SkuID})
+		if err != nil {
+			return &Error{Op: "assign licence", Message: "skuId " + a.SkuID + " is not a GUID"}
+		}
+		plans, err := parseUUIDs(a.DisabledPlans)
+		if err != nil {
+			return &Error{Op: "assign licence", Message: "a disabled plan is not a GUID"}
+		}
+		l := models.NewAssignedLicense()
+		l.SetSkuId(&sku[0])
+		l.SetDisabledPlans(plans)
+		adds = append(adds, l)
+	}
+	rm, err := parseUUIDs(remove)
+	if err != nil {
+		return &Error{Op: "remove licence", Message: "a skuId to remove is not a GUID"}
+	}
+	body.SetAddLicenses(adds)
+	body.SetRemoveLicenses(rm)
+	if adds == nil {
+		body.SetAddLicenses([]models.AssignedLicenseable{})
+	}
+	if _, err := c.Graph.Users().ByUserId(id).AssignLicense().Post(ctx, body, nil); err != nil {
+		e := fromSDK("change licences of "+id, err)
+		if ge, ok := e.(*Error); ok {
+			switch {
+			case strings.Contains(ge.Message, "invalid usage location"):
+				ge.Hint = "the user has no usage location: set usage_location (ISO country code) first"
+			case strings.Contains(ge.Message, "does not have any available licenses"):
+				ge.Hint = "no free seat left in the subscription"
+			}
+		}
+		return e
+	}
+	return nil
+}
+
+// NewGroup is what CreateGroup needs.
+type NewGroup struct {
+	DisplayName, MailNickname, Description string
+	// Unified makes a Microsoft 365 group; otherwise a security group.
+	Unified    bool
+	Visibility string
+	// Members are user object ids bound at creation.
+	Members []string
+}
+
+// CreateGroup creates a security or Microsoft 365 group.
+func (c *Client) CreateGroup(ctx context.Context, n NewGroup) (*Group, error) {
+	g := models.NewGroup()
+	g.SetDisplayName(&n.DisplayName)
+	g.SetMailNickname(&n.MailNickname)
+	g.SetDescription(optional(n.Description))
+	mail, sec := n.Unified, !n.Unified
+	g.SetMailEnabled(&mail)
+	g.SetSecurityEnabled(&sec)
+	if n.Unified {
+		g.SetGroupTypes([]string{"Unified"})
+		g.SetVisibility(optional(n.Visibility))
+	} else {
+		g.SetGroupTypes([]string{})
+	}
+	if len(n.Members) > 0 {
+		binds := make([]string, len(n.Members))
+		for i, m := range n.Members {
+			binds[i] = c.graphURL + "/directoryObjects/" + m
+		}
+		g.SetAdditionalData(map[string]any{"members@odata.bind": binds})
+	}
+	created, err := c.Graph.Groups().Post(ctx, g, nil)
+	if err != nil {
+		return nil, fromSDK("create group "+n.MailNickname, err)
+	}
+	rec := groupFrom(created)
+	return &rec, nil
+}
+
+// GroupPatch lists the properties to change.
+type GroupPatch struct {
+	DisplayName, MailNickname, Description, Visibility *string
+}
+
+// UpdateGroup changes a group.
+func (c *Client) UpdateGroup(ctx context.Context, id string, p GroupPatch) error {
+	g := models.NewGroup()
+	if p.DisplayName != nil {
+		g.SetDisplayName(p.DisplayName)
+	}
+	if p.MailNickname != nil {
+		g.SetMailNickname(p.MailNickname)
+	}
+	if p.Description != nil {
+		g.SetDescription(optional(*p.Description))
+	}
+	if p.Visibility != nil {
+		g.SetVisibility(p.Visibility)
+	}
+	if _, err := c.Graph.Groups().ByGroupId(id).Patch(ctx, g, nil); err != nil {
+		return fromSDK("update group "+id, err)
+	}
+	return nil
+}
+
+// DeleteGroup deletes a group (restorable for 30 days).
+func (c *Client) DeleteGroup(ctx context.Context, id string) error {
+	if err := c.Graph.Groups().ByGroupId(id).Delete(ctx, nil); err != nil {
+		return fromSDK("delete group "+id, err)
+	}
+	return nil
+}
+
+// AddMember adds a directory object to a group.
+func (c *Client) AddMember(ctx context.Context, groupID, memberID string) error {
+	ref := models.NewReferenceCreate()
+	u := c.graphURL + "/directoryObjects/" + memberID
+	ref.SetOdataId(&u)
+	if err := c.Graph.Groups().ByGroupId(groupID).Members().Ref().Post(ctx, ref, nil); err != nil {
+		e := fromSDK("add "+memberID+" to group "+groupID, err)
+		if ge, ok := e.(*Error); ok && strings.Contains(ge.Message, "dynamic membership") {
+			ge.Hint = "the group's membership is rule-based (dynamic): change the rule, not the members"
+		}
+		return e
+	}
+	return nil
+}
+
+// RemoveMember removes a member from a group.
+func (c *Client) RemoveMember(ctx context.Context, groupID, memberID string) error {
+	if err := c.Graph.Groups().ByGroupId(groupID).Members().ByDirectoryObjectId(memberID).Ref().Delete(ctx, nil); err != nil {
+		return fromSDK("remove "+memberID+" from group "+groupID, err)
+	}
+	return nil
+}
+
+// IsMember reports whether memberID is a direct member of the group.
+func (c *Client) IsMember(ctx context.Context, groupID, memberID string) (bool, error) {
+	filter := "id eq '" + memberID + "'"
+	resp, err := c.Graph.Groups().ByGroupId(groupID).Members().Get(ctx, &groups.ItemMembersRequestBuilderGetRequestConfiguration{
+		QueryParameters: &groups.ItemMembersRequestBuilderGetQueryParameters{Filter: &filter, Select: []string{"id"}}})
+	if err != nil {
+		// Fall back to paging the members (small groups) when the filter is
+		// refused.
+		return false, fromSDK("check membership of "+memberID+" in "+groupID, err)
+	}
+	for _, m := range resp.GetValue() {
+		if str(m.GetId()) == memberID {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func eventual() *abstractions.RequestHeaders {
+	h := abstractions.NewRequestHeaders()
+	h.Add("ConsistencyLevel", "eventual")
+	return h
+}
+
+// Counts are the directory counts behind the indicators.
+type Counts struct {
+	Users, UsersEnabled, UsersLicensed, Groups int
+}
+
+// CountDirectory counts users (all, enabled, licensed) and groups with
+// $count and ConsistencyLevel: eventual (the counts may lag by seconds).
+func (c *Client) CountDirectory(ctx context.Context) (Counts, error) {
+	var out Counts
+	n, err := c.Graph.Users().Count().Get(ctx, &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual()})
+	if err != nil {
+		return out, fromSDK("count users", err)
+	}
+	out.Users = int(*n)
+	enabled := "accountEnabled eq true"
+	if n, err = c.Graph.Users().Count().Get(ctx, &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual(),
+		QueryParameters: &users.CountRequestBuilderGetQueryParameters{Filter: &enabled}}); err != nil {
+		return out, fromSDK("count enabled users", err)
+	}
+	out.UsersEnabled = int(*n)
+	licensed := "assignedLicenses/$count ne 0"
+	if n, err = c.Graph.Users().Count().Get(ctx, &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual(),
+		QueryParameters: &users.CountRequestBuilderGetQueryParameters{Filter: &licensed}}); err != nil {
+		return out, fromSDK("count licensed users", err)
+	}
+	out.UsersLicensed = int(*n)
+	if n, err = c.Graph.Groups().Count().Get(ctx, &groups.CountRequestBuilderGetRequestConfiguration{Headers: eventual()}); err != nil {
+		return out, fromSDK("count groups", err)
+	}
+	out.Groups = int(*n)
+	return out, nil
+}
+
+// BatchRequest is one item of a JSON batch.
+type BatchRequest struct {
+	ID        string            `json:"id"`
+	Method    string            `json:"method"`
+	URL       string            `json:"url"` // relative to /v1.0, e.g. "/users/{id}"
+	Headers   map[string]string `json:"headers,omitempty"`
+	Body      any               `json:"body,omitempty"`
+	DependsOn []string          `json:"dependsOn,omitempty"`
+}
+
+// BatchResponse is one item's answer.
+type BatchResponse struct {
+	ID      string            `json:"id"`
+	Status  int               `json:"status"`
+	Headers map[string]string `json:"headers"`
+	Body    json.RawMessage   `json:"body"`
+}
+
+// Err returns the item's error, or nil for a 2xx.
+func (r BatchResponse) Err() error {
+	if r.Status < 300 {
+		return nil
+	}
+	e := &Error{Op: "batch item " + r.ID, Status: r.Status}
+	var body struct {
+		Error struct {
+			Code    string   `json:"code"`
+			Message string   `json:"message"`
+			Details []Detail `json:"details"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(r.Body, &body) == nil {
+		e.Code, e.Message, e.Details = body.Error.Code, body.Error.Message, body.Error.Details
+	}
+	if ra, ok := parseRetryAfter(http.Header{"Retry-After": {r.Headers["Retry-After"]}}, time.Now()); ok {
+		e.RetryAfter = ra
+	}
+	return e
+}
+
+// Batch sends up to 20 requests as one $batch, retrying throttled (429)
+// items after their Retry-After until every item has a final answer or the
+// attempts run out. Responses come back in request order.
+func (c *Client) Batch(ctx context.Context, reqs []BatchRequest) ([]BatchResponse, error) {
+	if len(reqs) > 20 {
+		return nil, &Error{Op: "batch", Message: fmt.Sprintf("%d requests; a batch takes at most 20", len(reqs))}
+	}
+	final := map[string]BatchResponse{}
+	pending := reqs
+	for attempt := 1; len(pending) > 0; attempt++ {
+		b, _ := json.Marshal(map[string]any{"requests": pending})
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.graphURL+"/$batch", bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := c.http.Do(req)
+		if err != nil {
+			return nil, fromSDK("batch", unwrapURLError(err))
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, BatchResponse{ID: "$batch", Status: resp.StatusCode, Body: raw, Headers: map[string]string{"Retry-After": resp.Header.Get("Retry-After")}}.Err()
+		}
+		var out struct {
+			Responses []BatchResponse `json:"responses"`
+		}
+		if err := json.Unmarshal(raw, &out); err != nil {
+			return nil, &Error{Op: "batch", Message: "unreadable batch response: " + err.Error()}
+		}
+		var retry []BatchRequest
+		var wait time.Duration
+		byID := map[string]BatchRequest{}
+		for _, r := range pending {
+			byID[r.ID] = r
+		}
+		for _, r := range out.Responses {
+			if ra, _ := strconv.Atoi(r.Headers["x-ms-resource-unit"]); ra > 0 {
+				c.counters.ru.Add(int64(ra))
+			}
+			if r.Status == http.StatusTooManyRequests && attempt < 5 {
+				c.counters.throttled.Add(1)
+				c.counters.retries.Add(1)
+				d, ok := parseRetryAfter(http.Header{"Retry-After": {r.Headers["Retry-After"]}}, time.Now())
+				if !ok {
+					d = time.Duration(attempt) * time.Second
+				}
+				c.tenant.throttled(d)
+				wait = max(wait, d)
+				retry = append(retry, byID[r.ID])
+				continue
+			}
+			final[r.ID] = r
+		}
+		// Dependents of a retried item (424) are retried with it.
+		retried := map[string]bool{}
+		for _, r := range retry {
+			retried[r.ID] = true
+		}
+		for _, r := range pending {
+			if f, ok := final[r.ID]; ok && f.Status == http.StatusFailedDependency {
+				for _, d := range r.DependsOn {
+					if retried[d] {
+						delete(final, r.ID)
+						retry = append(retry, r)
+						retried[r.ID] = true
+						break
+					}
+				}
+			}
+		}
+		idx := map[string]int{}
+		for i, r := range reqs {
+			idx[r.ID] = i
+		}
+		sort.Slice(retry, func(i, j int) bool { return idx[retry[i].ID] < idx[retry[j].ID] })
+		pending = retry
+		if len(pending) > 0 {
+			if err := sleepCtx(ctx, wait); err != nil {
+				return nil, err
+			}
+		}
+	}
+	res := make([]BatchResponse, 0, len(reqs))
+	for _, r := range reqs {
+		res = append(res, final[r.ID])
+	}
+	return res, nil
+}
+
+func unwrapURLError(err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		return ue.Err
+	}
+	return err
+}
