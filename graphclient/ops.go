@@ -289,11 +289,11 @@ func isGUID(s string) bool {
 // NewUser is what CreateUser needs. Password is never logged.
 type NewUser struct {
 	DisplayName, UserPrincipalName, MailNickname string
-	GivenName, Surname, JobTitle, Department      string
-	OfficeLocation, MobilePhone, UsageLocation    string
-	AccountEnabled                                bool
-	Password                                      string
-	ForceChangePassword                           bool
+	GivenName, Surname, JobTitle, Department     string
+	OfficeLocation, MobilePhone, UsageLocation   string
+	AccountEnabled                               bool
+	Password                                     string
+	ForceChangePassword                          bool
 }
 
 func optional(s string) *string {
