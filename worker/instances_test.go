@@ -1,0 +1,150 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
+)
+
+func TestInstancesStoreAndWatch(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	store, err := worker.OpenInstances(ctx, js, srv.Topology)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, _ := nkeys.CreateCurveKeys()
+	pub, _ := kp.PublicKey()
+	secret, _ := jobs.Seal([]byte("client-secret-value"), pub)
+
+	// Validation names every bad field.
+	_, err = store.Put(ctx, worker.Instance{ID: "bad id", TenantID: "nope", ClientID: "x", Cloud: "mars", HTTPProxy: "ftp://x", Authority: "http://plain"})
+	for _, f := range []string{"id", "tenant_id", "client_id", "client_secret", "cloud", "http_proxy", "authority"} {
+		if err == nil || !strings.Contains(err.Error(), f+" ") {
+			t.Errorf("validation error misses %s: %v", f, err)
+		}
+	}
+
+	var mu sync.Mutex
+	seen := map[string]*worker.Instance{}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	other, _ := worker.OpenInstances(ctx, js, srv.Topology)
+	if err := other.Watch(wctx, func(id string, in *worker.Instance) { mu.Lock(); seen[id] = in; mu.Unlock() }); err != nil {
+		t.Fatal(err)
+	}
+	in, err := store.Put(ctx, worker.Instance{ID: "acme", TenantID: "6e7b768e-07e2-4810-8459-485f84f8f204", ClientID: "1c4a6a0b-5f6d-4bb8-9f1e-2f7f0f6e4d11", ClientSecret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Pool != "default" || in.Cloud != "global" || time.Duration(in.SyncInterval) != 5*time.Minute {
+		t.Errorf("defaults: %+v", in)
+	}
+	workertest.Eventually(t, 30*time.Second, "the watcher to see acme", func() bool { mu.Lock(); defer mu.Unlock(); return seen["acme"] != nil })
+	got, err := other.Lookup(ctx, "acme")
+	if err != nil || got.TenantID != in.TenantID {
+		t.Fatalf("lookup: %+v %v", got, err)
+	}
+	plain, err := got.ClientSecret.Open(kp)
+	if err != nil || string(plain) != "client-secret-value" {
+		t.Fatalf("sealed secret round trip: %v", err)
+	}
+	// The bucket holds the secret sealed, never in clear.
+	e, err := js.KeyValue(ctx, "m365_instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := e.Get(ctx, "acme")
+	if strings.Contains(string(raw.Value()), "client-secret-value") {
+		t.Fatal("the secret sits in clear in the bucket")
+	}
+	list, err := store.List(ctx)
+	if err != nil || len(list) != 1 || list[0].ID != "acme" {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	if err := store.Delete(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	workertest.Eventually(t, 30*time.Second, "the watcher to see the deletion", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		v, ok := seen["acme"]
+		return ok && v == nil
+	})
+	if _, err := other.Lookup(ctx, "acme"); !errors.Is(err, worker.ErrInstanceNotFound) {
+		t.Errorf("lookup after delete: %v", err)
+	}
+}
+
+func TestSetupIsIdempotentAndConcurrent(t *testing.T) {
+	srv := workertest.Start(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for i := 0; i < 6; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, js := srv.Connect(t)
+			errs <- worker.Setup(context.Background(), js, srv.Topology)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("concurrent setup: %v", err)
+		}
+	}
+	// An upgrade that changes a setting updates the stream in place.
+	_, js := srv.Connect(t)
+	if err := worker.Setup(context.Background(), js, worker.Topology{ResultsMaxAge: 48 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := js.Stream(context.Background(), "M365_RESULTS")
+	info, _ := st.Info(context.Background())
+	if info.Config.MaxAge != 48*time.Hour {
+		t.Errorf("results max age %s after upgrade", info.Config.MaxAge)
+	}
+}
+
+func TestShutdownDeadlineGivesJobsBack(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	started := make(chan struct{}, 1)
+	var calls int
+	var mu sync.Mutex
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		if n == 1 {
+			started <- struct{}{}
+			<-ctx.Done() // a handler slower than the shutdown deadline
+			return nil, ctx.Err()
+		}
+		return "done", nil
+	})
+	slow := startWorker(t, srv, worker.Config{ShutdownTimeout: 200 * time.Millisecond}, reg)
+	workertest.PublishJob(t, js, "default", disableJob("slow-1"))
+	<-started
+	slow.stop(t)
+	// Given back at once (not after the ack wait), without using an attempt.
+	startWorker(t, srv, worker.Config{}, reg)
+	workertest.Eventually(t, 30*time.Second, "the result", func() bool { return len(results(t, js, "acme")) == 1 })
+	res := results(t, js, "acme")[0]
+	if res.Status != jobs.StatusSucceeded || res.Attempts != 1 {
+		t.Errorf("result after a give-back: %+v", res)
+	}
+}
