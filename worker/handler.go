@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nkeys"
+
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -31,6 +33,19 @@ type Job struct {
 	Logger *slog.Logger
 
 	progress func()
+	poolKey  nkeys.KeyPair
+}
+
+// ErrNoPoolKey means a sealed secret was given but the worker has no pool
+// key to open it.
+var ErrNoPoolKey = errors.New("this worker has no pool key to open sealed secrets (set M365_POOL_KEY or --pool-key-file)")
+
+// OpenSecret opens a secret sealed to the pool's key.
+func (j *Job) OpenSecret(s *jobs.SealedSecret) ([]byte, error) {
+	if j.poolKey == nil {
+		return nil, ErrNoPoolKey
+	}
+	return s.Open(j.poolKey)
 }
 
 // Progress tells JetStream the job is still being worked on, resetting its

@@ -150,7 +150,8 @@ var ErrInstanceNotFound = errors.New("instance not found")
 // Instances reads and writes instance configuration in the m365_instances
 // bucket. Watch keeps a local copy current for Lookup.
 type Instances struct {
-	kv jetstream.KeyValue
+	kv        jetstream.KeyValue
+	schedules *Schedules
 
 	mu    sync.RWMutex
 	cache map[string]*Instance
@@ -163,14 +164,20 @@ func OpenInstances(ctx context.Context, js jetstream.JetStream, t Topology) (*In
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s (run setup first): %w", t.InstancesBucket(), err)
 	}
-	return &Instances{kv: kv, cache: map[string]*Instance{}}, nil
+	return &Instances{kv: kv, schedules: NewSchedules(js, t), cache: map[string]*Instance{}}, nil
 }
 
-// Put validates and stores an instance.
+// Put validates and stores an instance, and sets its sync schedule (moved
+// when the instance changes pool).
 func (s *Instances) Put(ctx context.Context, in Instance) (Instance, error) {
 	in = in.WithDefaults()
 	if err := in.Validate(); err != nil {
 		return in, err
+	}
+	if old, err := s.Get(ctx, in.ID); err == nil && old.Pool != in.Pool {
+		if err := s.schedules.Remove(ctx, old.Pool, old.ID); err != nil {
+			return in, err
+		}
 	}
 	in.UpdatedAt = time.Now().UTC()
 	b, err := json.Marshal(in)
@@ -179,6 +186,9 @@ func (s *Instances) Put(ctx context.Context, in Instance) (Instance, error) {
 	}
 	if _, err := s.kv.Put(ctx, in.ID, b); err != nil {
 		return in, fmt.Errorf("store instance %s: %w", in.ID, err)
+	}
+	if err := s.schedules.Set(ctx, in); err != nil {
+		return in, err
 	}
 	s.set(&in)
 	return in, nil
@@ -203,9 +213,13 @@ func (s *Instances) Get(ctx context.Context, id string) (*Instance, error) {
 	return &in, nil
 }
 
-// Delete removes an instance.
+// Delete removes an instance and its sync schedule.
 func (s *Instances) Delete(ctx context.Context, id string) error {
-	if _, err := s.Get(ctx, id); err != nil {
+	old, err := s.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := s.schedules.Remove(ctx, old.Pool, id); err != nil {
 		return err
 	}
 	if err := s.kv.Delete(ctx, id); err != nil {

@@ -151,7 +151,7 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
 		inst = in
 	}
 	hj := &Job{Job: job, Params: params, Pool: addr.Pool, Attempt: d.attempt, StreamSeq: meta.Sequence.Stream,
-		InstanceConfig: inst, Logger: d.log, progress: func() { _ = msg.InProgress() }}
+		InstanceConfig: inst, Logger: d.log, progress: func() { _ = msg.InProgress() }, poolKey: w.cfg.PoolKey}
 
 	out, herr := w.runHandler(ctx, d, h, hj)
 	var ra *retryAfterError

@@ -1,0 +1,658 @@
+// Package handlers holds the Graph-backed job handlers: the sync job and
+// (as they land) the microsoft-365.* actions. They use graphclient for Graph,
+// publisher for results and the state bucket for what must outlive a worker.
+package handlers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/publisher"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// SyncConfig configures the sync handler. Zero values take the defaults.
+type SyncConfig struct {
+	Topology worker.Topology
+	// Graph hands out the paced Graph clients.
+	Graph *graphclient.Pool
+	// BatchChanges bounds the changes in one asset-delta message. Default
+	// 200.
+	BatchChanges int
+	// BatchBytes bounds one asset-delta message (under the NATS payload
+	// limit, 1 MiB by default). Default 512 KiB.
+	BatchBytes int
+	Logger     *slog.Logger
+}
+
+// Syncer runs sync jobs.
+type Syncer struct {
+	cfg   SyncConfig
+	js    jetstream.JetStream
+	kv    jetstream.KeyValue
+	pub   *publisher.Publisher
+	subjs jobs.Subjects
+}
+
+// NewSyncer opens the state bucket.
+func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Syncer, error) {
+	if cfg.BatchChanges <= 0 {
+		cfg.BatchChanges = 200
+	}
+	if cfg.BatchBytes <= 0 {
+		cfg.BatchBytes = 512 << 10
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Graph == nil {
+		return nil, errors.New("sync: no Graph client pool")
+	}
+	kv, err := js.KeyValue(ctx, cfg.Topology.StateBucket())
+	if err != nil {
+		return nil, fmt.Errorf("sync: open state bucket: %w", err)
+	}
+	return &Syncer{cfg: cfg, js: js, kv: kv, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects}, nil
+}
+
+// Register adds the sync handler to reg.
+func (s *Syncer) Register(reg worker.Registry) { reg[jobs.ActionSync] = s.Handle }
+
+// SyncMeta is an instance's sync state: delta links, the last round, and
+// credential health. It lives under sync.<instance> in the state bucket.
+type SyncMeta struct {
+	UserLink    string    `json:"user_delta_link,omitempty"`
+	GroupLink   string    `json:"group_delta_link,omitempty"`
+	LastSyncID  string    `json:"last_sync_id,omitempty"`
+	LastMode    string    `json:"last_mode,omitempty"`
+	LastOutcome string    `json:"last_outcome,omitempty"`
+	LastAt      time.Time `json:"last_at"`
+	Users       int       `json:"users"`
+	// AuthFailed is set while the instance's credentials are refused.
+	AuthFailed bool   `json:"auth_failed,omitempty"`
+	AuthError  string `json:"auth_error,omitempty"`
+	// Indicators are the last published indicators.
+	Indicators *jobs.Indicators `json:"indicators,omitempty"`
+}
+
+func metaKey(instance string) string { return "sync." + instance }
+
+// Meta reads an instance's sync state (zero when it never synced).
+func (s *Syncer) Meta(ctx context.Context, instance string) (SyncMeta, error) {
+	var m SyncMeta
+	e, err := s.kv.Get(ctx, metaKey(instance))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return m, nil
+	}
+	if err != nil {
+		return m, err
+	}
+	err = json.Unmarshal(e.Value(), &m)
+	return m, err
+}
+
+func (s *Syncer) saveMeta(ctx context.Context, instance string, m SyncMeta) error {
+	b, _ := json.Marshal(m)
+	_, err := s.kv.Put(ctx, metaKey(instance), b)
+	return err
+}
+
+// asset state keys: a.<instance>.<u|g|l>.<id>
+func assetKey(instance, kind, id string) string { return "a." + instance + "." + kind + "." + id }
+
+type userState struct {
+	Hash     string `json:"h"`
+	Enabled  bool   `json:"e,omitempty"`
+	Licensed bool   `json:"l,omitempty"`
+}
+
+type groupState struct {
+	Hash    string          `json:"h"`
+	Record  json.RawMessage `json:"r"`
+	Members []string        `json:"m"`
+}
+
+func hashOf(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:12])
+}
+
+// clientFor builds the instance's Graph client, opening its sealed secret.
+func (s *Syncer) clientFor(j *worker.Job, users int) (*graphclient.Client, error) {
+	in := j.InstanceConfig
+	if in == nil {
+		return nil, worker.Permanent(jobs.CodeInstanceNotFound, fmt.Sprintf("no configuration for instance %q in the instances bucket", j.Job.Instance))
+	}
+	cfg := graphclient.Config{Instance: in.ID, TenantID: in.TenantID, ClientID: in.ClientID, Cloud: in.Cloud, Authority: in.Authority,
+		GraphRoot: in.GraphRoot, CAPEM: []byte(in.CAPEM), HTTPProxy: in.HTTPProxy, Users: users}
+	switch {
+	case in.ClientSecret != nil:
+		b, err := j.OpenSecret(in.ClientSecret)
+		if err != nil {
+			return nil, worker.Permanent("secret_unreadable", fmt.Sprintf("cannot open the client secret of %s: %v", in.ID, err))
+		}
+		cfg.ClientSecret = string(b)
+	case in.CertificateKey != nil:
+		b, err := j.OpenSecret(in.CertificateKey)
+		if err != nil {
+			return nil, worker.Permanent("secret_unreadable", fmt.Sprintf("cannot open the certificate key of %s: %v", in.ID, err))
+		}
+		cfg.CertificatePEM, cfg.PrivateKeyPEM = []byte(in.Certificate), b
+	}
+	return s.cfg.Graph.Client(cfg)
+}
+
+// round is one sync round's working state.
+type round struct {
+	s        *Syncer
+	ctx      context.Context
+	job      *worker.Job
+	instance string
+	syncID   string
+	mode     string
+	counts   map[string]jobs.SyncCounts
+	skuPart  map[string]string
+	log      *slog.Logger
+}
+
+// Handle runs one sync round of the job's instance.
+func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
+	started := time.Now().UTC()
+	params, _ := j.Params.(*jobs.SyncParams)
+	meta, err := s.Meta(ctx, j.Job.Instance)
+	if err != nil {
+		return nil, fmt.Errorf("read sync state: %w", err)
+	}
+	c, err := s.clientFor(j, meta.Users)
+	if err != nil {
+		return nil, err
+	}
+	before := c.Stats()
+	// A rerun of an interrupted round gets its own sync id: consumers never
+	// see two different runs under one id.
+	syncID := j.ID
+	if j.Attempt > 1 {
+		syncID = fmt.Sprintf("%s~%d", j.ID, j.Attempt)
+	}
+	r := &round{s: s, ctx: ctx, job: j, instance: j.Job.Instance, syncID: syncID, counts: map[string]jobs.SyncCounts{}, log: j.Logger}
+	full := meta.UserLink == "" || meta.GroupLink == "" || (params != nil && params.Full)
+	r.mode = jobs.ModeIncremental
+	if full {
+		r.mode = jobs.ModeFull
+	}
+	report, err := r.run(c, &meta)
+	stats := c.Stats().Sub(before)
+	if err != nil {
+		if errors.Is(err, graphclient.ErrAuth) {
+			meta.AuthFailed, meta.AuthError = true, err.Error()
+			_ = s.saveMeta(context.WithoutCancel(ctx), r.instance, meta)
+			return nil, &jobs.Error{Code: "auth_failed", Message: err.Error()}
+		}
+		var ge *graphclient.Error
+		if errors.As(err, &ge) && errors.Is(err, graphclient.ErrThrottled) {
+			return nil, worker.RetryAfter(ge.RetryAfter, err)
+		}
+		return nil, err
+	}
+	report.StartedAt = started
+	report.GraphRequests, report.ResourceUnits, report.Throttled, report.Retries = stats.Requests, stats.ResourceUnits, stats.Throttled, stats.Retries
+	return report, nil
+}
+
+func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, error) {
+	// Licences first: users' records name their SKUs' part numbers.
+	skus, err := c.SubscribedSKUs(r.ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.skuPart = map[string]string{}
+	for _, s := range skus {
+		r.skuPart[strings.ToLower(s.SkuID)] = s.SkuPartNumber
+	}
+	if err := r.syncLicenses(skus); err != nil {
+		return nil, err
+	}
+	userLink, err := r.syncUsers(c, meta.UserLink)
+	if err != nil {
+		return nil, err
+	}
+	groupLink, err := r.syncGroups(c, meta.GroupLink)
+	if err != nil {
+		return nil, err
+	}
+	ind, err := r.indicators(skus)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.s.pub.Indicators(r.ctx, ind); err != nil {
+		return nil, err
+	}
+	meta.UserLink, meta.GroupLink = userLink, groupLink
+	meta.LastSyncID, meta.LastMode, meta.LastOutcome, meta.LastAt = r.syncID, r.mode, jobs.OutcomeSucceeded, time.Now().UTC()
+	meta.Users, meta.AuthFailed, meta.AuthError, meta.Indicators = ind.UsersTotal, false, "", ind
+	if err := r.s.saveMeta(context.WithoutCancel(r.ctx), r.instance, *meta); err != nil {
+		return nil, fmt.Errorf("save sync state: %w", err)
+	}
+	return &jobs.SyncReport{SyncID: r.syncID, Mode: r.mode, Outcome: jobs.OutcomeSucceeded, Counts: r.counts}, nil
+}
+
+// batcher publishes asset deltas of one type in bounded, numbered batches,
+// storing each change's state only once its batch is stored.
+type batcher struct {
+	r       *round
+	typ     string
+	batch   int
+	changes []jobs.AssetChange
+	states  []func() error
+	size    int
+}
+
+func (r *round) batcher(typ string) *batcher { return &batcher{r: r, typ: typ} }
+
+func (b *batcher) add(ch jobs.AssetChange, store func() error) error {
+	n := len(ch.Asset) + len(ch.ID) + 64
+	if len(b.changes) > 0 && (len(b.changes) >= b.r.s.cfg.BatchChanges || b.size+n > b.r.s.cfg.BatchBytes) {
+		if err := b.flush(false); err != nil {
+			return err
+		}
+	}
+	b.changes = append(b.changes, ch)
+	b.states = append(b.states, store)
+	b.size += n
+	c := b.r.counts[b.typ]
+	if ch.Op == jobs.OpUpsert {
+		c.Upserts++
+	} else {
+		c.Deletes++
+	}
+	b.r.counts[b.typ] = c
+	return nil
+}
+
+func (b *batcher) flush(last bool) error {
+	b.batch++
+	d := &jobs.AssetDelta{SchemaVersion: jobs.SchemaVersion, Instance: b.r.instance, SyncID: b.r.syncID, Type: b.typ, Mode: b.r.mode,
+		Batch: b.batch, Last: last, Changes: b.changes}
+	if d.Changes == nil {
+		d.Changes = []jobs.AssetChange{}
+	}
+	msgID := fmt.Sprintf("assets:%s:%s:%d", b.r.syncID, b.typ, b.batch)
+	if _, err := b.r.s.pub.Publish(b.r.ctx, publisher.Message{Subject: b.r.s.subjs.Assets(b.r.instance, b.typ), MsgID: msgID, Value: d}); err != nil {
+		return err
+	}
+	for _, st := range b.states {
+		if err := st(); err != nil {
+			return fmt.Errorf("store sync state: %w", err)
+		}
+	}
+	b.changes, b.states, b.size = nil, nil, 0
+	b.r.job.Progress()
+	return nil
+}
+
+func (r *round) putState(key string, v any) func() error {
+	return func() error {
+		b, _ := json.Marshal(v)
+		_, err := r.s.kv.Put(context.WithoutCancel(r.ctx), key, b)
+		return err
+	}
+}
+
+func (r *round) deleteState(key string) func() error {
+	return func() error {
+		err := r.s.kv.Purge(context.WithoutCancel(r.ctx), key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		return err
+	}
+}
+
+func (r *round) getState(key string, v any) (bool, error) {
+	e, err := r.s.kv.Get(r.ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, json.Unmarshal(e.Value(), v)
+}
+
+// knownIDs lists the ids of one kind of asset in the state.
+func (r *round) knownIDs(kind string) (map[string]bool, error) {
+	prefix := "a." + r.instance + "." + kind + "."
+	lister, err := r.s.kv.ListKeysFiltered(r.ctx, prefix+"*")
+	out := map[string]bool{}
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for k := range lister.Keys() {
+		out[strings.TrimPrefix(k, prefix)] = true
+	}
+	return out, nil
+}
+
+// deleteMissing deletes what a full round did not see.
+func (r *round) deleteMissing(b *batcher, kind string, seen map[string]bool) error {
+	known, err := r.knownIDs(kind)
+	if err != nil {
+		return err
+	}
+	ids := make([]string, 0)
+	for id := range known {
+		if !seen[id] {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: jobs.ReasonMissingAfterFullSync}, r.deleteState(assetKey(r.instance, kind, id))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *round) userAsset(u *graphclient.User) jobs.UserAsset {
+	a := jobs.UserAsset{ID: u.ID, UserPrincipalName: u.UserPrincipalName, DisplayName: u.DisplayName, GivenName: u.GivenName, Surname: u.Surname,
+		Mail: u.Mail, JobTitle: u.JobTitle, Department: u.Department, OfficeLocation: u.OfficeLocation, MobilePhone: u.MobilePhone,
+		BusinessPhones: u.BusinessPhones, AccountEnabled: u.AccountEnabled != nil && *u.AccountEnabled, UsageLocation: u.UsageLocation,
+		CreatedDateTime: u.CreatedDateTime, OnPremisesSyncEnabled: u.OnPremisesSyncEnabled, AssignedLicenses: []jobs.AssignedLicense{}}
+	if a.BusinessPhones == nil {
+		a.BusinessPhones = []string{}
+	}
+	if u.UserType != nil {
+		a.UserType = *u.UserType
+	}
+	for _, l := range u.AssignedLicenses {
+		dp := l.DisabledPlans
+		if dp == nil {
+			dp = []string{}
+		}
+		a.AssignedLicenses = append(a.AssignedLicenses, jobs.AssignedLicense{SkuID: l.SkuID, SkuPartNumber: r.skuPart[strings.ToLower(l.SkuID)], DisabledPlans: dp})
+	}
+	return a
+}
+
+func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
+	b := r.batcher(jobs.AssetUser)
+	seen := map[string]bool{}
+	emitted := map[string]string{} // id → hash published this round
+	if r.mode == jobs.ModeFull {
+		link = ""
+	}
+	apply := func(page []graphclient.UserChange) error {
+		for _, ch := range page {
+			key := assetKey(r.instance, "u", ch.ID)
+			if ch.Removed != "" {
+				delete(seen, ch.ID)
+				delete(emitted, ch.ID)
+				var old userState
+				if ok, err := r.getState(key, &old); err != nil || !ok {
+					if err != nil {
+						return err
+					}
+					continue // never published: nothing to delete
+				}
+				reason := jobs.ReasonSoftDeleted
+				if ch.Removed == graphclient.RemovedHard {
+					reason = jobs.ReasonHardDeleted
+				}
+				if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: ch.ID, Reason: reason}, r.deleteState(key)); err != nil {
+					return err
+				}
+				continue
+			}
+			seen[ch.ID] = true
+			asset := r.userAsset(ch.User)
+			raw, _ := json.Marshal(asset)
+			st := userState{Hash: hashOf(raw), Enabled: asset.AccountEnabled, Licensed: len(asset.AssignedLicenses) > 0}
+			if emitted[ch.ID] == st.Hash {
+				continue // repeated in this round
+			}
+			var old userState
+			if ok, err := r.getState(key, &old); err != nil {
+				return err
+			} else if ok && old.Hash == st.Hash {
+				continue // unchanged (or a rerun)
+			}
+			emitted[ch.ID] = st.Hash
+			if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: ch.ID, Asset: raw}, r.putState(key, st)); err != nil {
+				return err
+			}
+		}
+		r.job.Progress()
+		return nil
+	}
+	next, err := c.UserDelta(r.ctx, link, apply)
+	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
+		r.log.Info("sync: user delta token expired or reset; running a full round")
+		r.mode = jobs.ModeFull
+		seen = map[string]bool{}
+		next, err = c.UserDelta(r.ctx, "", apply)
+	}
+	if err != nil {
+		return "", err
+	}
+	if r.mode == jobs.ModeFull {
+		if err := r.deleteMissing(b, "u", seen); err != nil {
+			return "", err
+		}
+	}
+	return next, b.flush(true)
+}
+
+func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
+	b := r.batcher(jobs.AssetGroup)
+	if r.mode == jobs.ModeFull {
+		link = ""
+	}
+	// Groups touched this round, with their merged state; published once the
+	// round is read (a large group spans pages).
+	touched := map[string]*groupState{}
+	removed := map[string]string{}
+	var order []string
+	full := r.mode == jobs.ModeFull
+	apply := func(page []graphclient.GroupChange) error {
+		for _, ch := range page {
+			if ch.Removed != "" {
+				delete(touched, ch.ID)
+				removed[ch.ID] = ch.Removed
+				continue
+			}
+			delete(removed, ch.ID)
+			st := touched[ch.ID]
+			if st == nil {
+				st = &groupState{}
+				if !full {
+					if _, err := r.getState(assetKey(r.instance, "g", ch.ID), st); err != nil {
+						return err
+					}
+				}
+				touched[ch.ID] = st
+				order = append(order, ch.ID)
+			}
+			if ch.Group != nil {
+				rec, _ := json.Marshal(ch.Group)
+				st.Record = rec
+			}
+			set := map[string]bool{}
+			for _, m := range st.Members {
+				set[m] = true
+			}
+			for _, m := range ch.MembersAdded {
+				set[m] = true
+			}
+			for _, m := range ch.MembersRemoved {
+				delete(set, m)
+			}
+			st.Members = st.Members[:0]
+			for m := range set {
+				st.Members = append(st.Members, m)
+			}
+		}
+		r.job.Progress()
+		return nil
+	}
+	next, err := c.GroupDelta(r.ctx, link, apply)
+	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
+		r.log.Info("sync: group delta token expired or reset; running a full round")
+		r.mode, full = jobs.ModeFull, true
+		touched, removed, order = map[string]*groupState{}, map[string]string{}, nil
+		next, err = c.GroupDelta(r.ctx, "", apply)
+	}
+	if err != nil {
+		return "", err
+	}
+	for _, id := range order {
+		st := touched[id]
+		if st == nil {
+			continue
+		}
+		sort.Strings(st.Members)
+		var g graphclient.Group
+		_ = json.Unmarshal(st.Record, &g)
+		asset := jobs.GroupAsset{ID: id, DisplayName: g.DisplayName, Description: g.Description, Mail: g.Mail, MailNickname: g.MailNickname,
+			MailEnabled: g.MailEnabled, SecurityEnabled: g.SecurityEnabled, GroupTypes: g.GroupTypes, Visibility: g.Visibility,
+			MembershipRule: g.MembershipRule, CreatedDateTime: g.CreatedDateTime, Members: st.Members}
+		if asset.GroupTypes == nil {
+			asset.GroupTypes = []string{}
+		}
+		if asset.Members == nil {
+			asset.Members = []string{}
+		}
+		raw, _ := json.Marshal(asset)
+		key := assetKey(r.instance, "g", id)
+		var old groupState
+		if ok, err := r.getState(key, &old); err != nil {
+			return "", err
+		} else if ok && old.Hash == hashOf(raw) {
+			continue
+		}
+		st.Hash = hashOf(raw)
+		if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: id, Asset: raw}, r.putState(key, st)); err != nil {
+			return "", err
+		}
+	}
+	ids := make([]string, 0, len(removed))
+	for id := range removed {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		key := assetKey(r.instance, "g", id)
+		var old groupState
+		if ok, err := r.getState(key, &old); err != nil {
+			return "", err
+		} else if !ok {
+			continue
+		}
+		reason := jobs.ReasonSoftDeleted
+		if removed[id] == graphclient.RemovedHard {
+			reason = jobs.ReasonHardDeleted
+		}
+		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: reason}, r.deleteState(key)); err != nil {
+			return "", err
+		}
+	}
+	if full {
+		seen := map[string]bool{}
+		for id := range touched {
+			seen[id] = true
+		}
+		if err := r.deleteMissing(b, "g", seen); err != nil {
+			return "", err
+		}
+	}
+	return next, b.flush(true)
+}
+
+func (r *round) syncLicenses(skus []graphclient.SKU) error {
+	b := r.batcher(jobs.AssetLicense)
+	seen := map[string]bool{}
+	for _, s := range skus {
+		plans := make([]jobs.ServicePlan, 0, len(s.ServicePlans))
+		for _, p := range s.ServicePlans {
+			plans = append(plans, jobs.ServicePlan{ServicePlanID: p.ID, ServicePlanName: p.Name, ProvisioningStatus: p.ProvisioningStatus, AppliesTo: p.AppliesTo})
+		}
+		asset := jobs.LicenseAsset{ID: s.ID, SkuID: s.SkuID, SkuPartNumber: s.SkuPartNumber, CapabilityStatus: s.CapabilityStatus, AppliesTo: s.AppliesTo,
+			PrepaidUnits:  jobs.PrepaidUnits{Enabled: s.Enabled, Suspended: s.Suspended, Warning: s.Warning, LockedOut: s.LockedOut},
+			ConsumedUnits: s.ConsumedUnits, AvailableUnits: s.Available(), ServicePlans: plans}
+		raw, _ := json.Marshal(asset)
+		key := assetKey(r.instance, "l", s.SkuID)
+		seen[s.SkuID] = true
+		var old userState
+		if ok, err := r.getState(key, &old); err != nil {
+			return err
+		} else if ok && old.Hash == hashOf(raw) {
+			continue
+		}
+		if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: s.SkuID, Asset: raw}, r.putState(key, userState{Hash: hashOf(raw)})); err != nil {
+			return err
+		}
+	}
+	// The SKU list is always complete: what is gone was removed.
+	if err := r.deleteMissing(b, "l", seen); err != nil {
+		return err
+	}
+	return b.flush(true)
+}
+
+// indicators counts the synced state.
+func (r *round) indicators(skus []graphclient.SKU) (*jobs.Indicators, error) {
+	ind := &jobs.Indicators{SchemaVersion: jobs.SchemaVersion, Instance: r.instance, SyncID: r.syncID, At: time.Now().UTC()}
+	groups, err := r.knownIDs("g")
+	if err != nil {
+		return nil, err
+	}
+	ind.GroupsTotal = len(groups)
+	userPrefix := "a." + r.instance + ".u."
+	// The flags are in the users' states.
+	uw, err := r.s.kv.WatchFiltered(r.ctx, []string{userPrefix + "*"}, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer uw.Stop()
+	for e := range uw.Updates() {
+		if e == nil {
+			break
+		}
+		var st userState
+		if json.Unmarshal(e.Value(), &st) != nil {
+			continue
+		}
+		ind.UsersTotal++
+		if st.Enabled {
+			ind.UsersEnabled++
+		}
+		if st.Licensed {
+			ind.UsersLicensed++
+		}
+	}
+	for _, s := range skus {
+		ind.LicensesTotal += s.Enabled
+		ind.LicensesConsumed += s.ConsumedUnits
+	}
+	for typ, n := range map[string]int{jobs.AssetUser: ind.UsersTotal, jobs.AssetGroup: ind.GroupsTotal, jobs.AssetLicense: len(skus)} {
+		c := r.counts[typ]
+		c.Total = n
+		r.counts[typ] = c
+	}
+	return ind, nil
+}

@@ -1,0 +1,344 @@
+package handlers_test
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/handlers"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
+)
+
+// env is a JetStream server, a Graph simulator, and workers with the sync
+// handler, the way cmd wires them.
+type env struct {
+	t       *testing.T
+	srv     *workertest.Server
+	js      jetstream.JetStream
+	sim     *graphsim.Server
+	poolKey nkeys.KeyPair
+	stops   []func()
+}
+
+func newEnv(t *testing.T, o graphsim.Options) *env {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	sim, err := graphsim.Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	kp, _ := nkeys.CreateCurveKeys()
+	e := &env{t: t, srv: srv, js: js, sim: sim, poolKey: kp}
+	t.Cleanup(func() {
+		for _, s := range e.stops {
+			s()
+		}
+	})
+	return e
+}
+
+func (e *env) startWorker(cfg worker.Config) *worker.Worker {
+	_, js := e.srv.Connect(e.t)
+	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graphclient.NewPool(graphclient.PoolConfig{})})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	reg := worker.Registry{}
+	syncer.Register(reg)
+	cfg.PoolKey = e.poolKey
+	if cfg.PollWait == 0 {
+		cfg.PollWait = 200 * time.Millisecond
+	}
+	w, err := worker.New(context.Background(), js, e.srv.Topology, cfg, reg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = w.Run(ctx); close(done) }()
+	e.stops = append(e.stops, func() { cancel(); <-done })
+	return w
+}
+
+// addInstance configures a simulator tenant as an instance.
+func (e *env) addInstance(id string, tenant int, interval time.Duration) worker.Instance {
+	cred := e.sim.Credentials()[tenant]
+	pub, _ := e.poolKey.PublicKey()
+	secret, err := jobs.Seal([]byte(cred.ClientSecret), pub)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	store, err := worker.OpenInstances(context.Background(), e.js, e.srv.Topology)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	in, err := store.Put(context.Background(), worker.Instance{ID: id, TenantID: cred.TenantID, ClientID: cred.ClientID, ClientSecret: secret,
+		Authority: cred.Authority, GraphRoot: cred.GraphRoot, CAPEM: string(e.sim.CAPEM()), SyncInterval: worker.Duration(interval)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return in
+}
+
+func (e *env) reports(instance string) []jobs.SyncReport {
+	return workertest.Decode[jobs.SyncReport](e.t, workertest.Messages(e.t, e.js, "M365_RESULTS", "m365.results."+instance+".syncs"))
+}
+
+// syncNow requests a sync and waits for its report.
+func (e *env) syncNow(instance string, full bool) jobs.SyncReport {
+	e.t.Helper()
+	id, err := worker.RequestSync(context.Background(), e.js, jobs.Subjects{}, "default", instance, full)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var rep jobs.SyncReport
+	workertest.Eventually(e.t, 120*time.Second, "sync report "+id, func() bool {
+		for _, r := range e.reports(instance) {
+			if r.JobID == id {
+				rep = r
+				return true
+			}
+		}
+		return false
+	})
+	if rep.Outcome != jobs.OutcomeSucceeded {
+		e.t.Fatalf("sync %s: %+v %+v", id, rep, rep.Error)
+	}
+	return rep
+}
+
+// replica is what a consumer of the asset deltas rebuilds.
+type replica struct {
+	users    map[string]jobs.UserAsset
+	groups   map[string]jobs.GroupAsset
+	licenses map[string]jobs.LicenseAsset
+}
+
+func (e *env) rebuild(instance string) *replica {
+	r := &replica{users: map[string]jobs.UserAsset{}, groups: map[string]jobs.GroupAsset{}, licenses: map[string]jobs.LicenseAsset{}}
+	for _, typ := range []string{jobs.AssetLicense, jobs.AssetUser, jobs.AssetGroup} {
+		for _, d := range workertest.Decode[jobs.AssetDelta](e.t, workertest.Messages(e.t, e.js, "M365_RESULTS", "m365.results."+instance+".assets."+typ)) {
+			for _, ch := range d.Changes {
+				switch {
+				case ch.Op == jobs.OpDelete:
+					delete(r.users, ch.ID)
+					delete(r.groups, ch.ID)
+					delete(r.licenses, ch.ID)
+				case typ == jobs.AssetUser:
+					var a jobs.UserAsset
+					_ = json.Unmarshal(ch.Asset, &a)
+					r.users[ch.ID] = a
+				case typ == jobs.AssetGroup:
+					var a jobs.GroupAsset
+					_ = json.Unmarshal(ch.Asset, &a)
+					r.groups[ch.ID] = a
+				default:
+					var a jobs.LicenseAsset
+					_ = json.Unmarshal(ch.Asset, &a)
+					r.licenses[ch.ID] = a
+				}
+			}
+		}
+	}
+	return r
+}
+
+func (e *env) checkAgainstTruth(instance string, tenant int) {
+	e.t.Helper()
+	snap, err := e.sim.Export(e.sim.Credentials()[tenant].TenantID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r := e.rebuild(instance)
+	if len(r.users) != len(snap.Users) || len(r.groups) != len(snap.Groups) || len(r.licenses) != len(snap.SKUs) {
+		e.t.Fatalf("replica: %d users, %d groups, %d licences; truth %d, %d, %d", len(r.users), len(r.groups), len(r.licenses), len(snap.Users), len(snap.Groups), len(snap.SKUs))
+	}
+	for _, su := range snap.Users {
+		u, ok := r.users[su.ID]
+		if !ok || u.UserPrincipalName != su.UserPrincipalName || u.AccountEnabled != su.AccountEnabled || u.DisplayName != su.DisplayName ||
+			str(u.JobTitle) != str(su.JobTitle) || len(u.AssignedLicenses) != len(su.AssignedLicenses) {
+			e.t.Fatalf("user %s: replica %+v, truth %+v", su.ID, u, su)
+		}
+		for i, l := range su.AssignedLicenses {
+			if u.AssignedLicenses[i].SkuID != l.SkuID || u.AssignedLicenses[i].SkuPartNumber != l.SkuPartNumber || u.AssignedLicenses[i].SkuPartNumber == "" {
+				e.t.Fatalf("user %s licence %d: %+v, truth %+v", su.ID, i, u.AssignedLicenses[i], l)
+			}
+		}
+	}
+	for _, sg := range snap.Groups {
+		g, ok := r.groups[sg.ID]
+		if !ok || g.DisplayName != sg.DisplayName || str(g.Description) != str(sg.Description) || strings.Join(g.Members, ",") != strings.Join(sg.Members, ",") {
+			e.t.Fatalf("group %s: replica has %d members, truth %d (%v)", sg.ID, len(g.Members), len(sg.Members), ok)
+		}
+	}
+	for _, s := range snap.SKUs {
+		l, ok := r.licenses[s.SkuID]
+		if !ok || l.ConsumedUnits != s.Consumed || l.PrepaidUnits.Enabled != s.Enabled || l.AvailableUnits != s.Enabled-s.Consumed {
+			e.t.Fatalf("licence %s: %+v, truth %+v", s.SkuPartNumber, l, s)
+		}
+	}
+	// Indicators equal the counts of the ground truth.
+	inds := workertest.Decode[jobs.Indicators](e.t, workertest.Messages(e.t, e.js, "M365_RESULTS", "m365.results."+instance+".indicators"))
+	last := inds[len(inds)-1]
+	want := jobs.Indicators{UsersTotal: len(snap.Users), GroupsTotal: len(snap.Groups)}
+	for _, su := range snap.Users {
+		if su.AccountEnabled {
+			want.UsersEnabled++
+		}
+		if len(su.AssignedLicenses) > 0 {
+			want.UsersLicensed++
+		}
+	}
+	for _, s := range snap.SKUs {
+		want.LicensesTotal += s.Enabled
+		want.LicensesConsumed += s.Consumed
+	}
+	if last.UsersTotal != want.UsersTotal || last.UsersEnabled != want.UsersEnabled || last.UsersLicensed != want.UsersLicensed ||
+		last.GroupsTotal != want.GroupsTotal || last.LicensesTotal != want.LicensesTotal || last.LicensesConsumed != want.LicensesConsumed {
+		e.t.Fatalf("indicators %+v, truth %+v", last, want)
+	}
+}
+
+func (e *env) rebuildFirstUser(instance string) string {
+	ids := make([]string, 0)
+	for id := range e.rebuild(instance).users {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids[0]
+}
+
+func str(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+func TestSyncRebuildsGroundTruth(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 600, Groups: 40, NoThrottling: true, DeltaDuplicateRate: 0.01})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	rep := e.syncNow("acme", false)
+	if rep.Mode != jobs.ModeFull || rep.Counts[jobs.AssetUser].Upserts != 600 || rep.GraphRequests == 0 || rep.ResourceUnits == 0 {
+		t.Fatalf("first round: %+v", rep)
+	}
+	e.checkAgainstTruth("acme", 0)
+	tenant := e.sim.Credentials()[0].TenantID
+	for round := 1; round <= 4; round++ {
+		_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error { a.RandomChanges(60, uint64(round)); return nil })
+		rep := e.syncNow("acme", false)
+		if rep.Mode != jobs.ModeIncremental {
+			t.Fatalf("round %d mode %s", round, rep.Mode)
+		}
+		e.checkAgainstTruth("acme", 0)
+	}
+	// A forced reset (410): the round turns full and deletes what it no
+	// longer sees.
+	var gone string
+	first := e.rebuildFirstUser("acme")
+	_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error {
+		a.ResetDelta()
+		u := a.User(first)
+		gone = u.ID
+		a.DeleteUser(u)
+		return a.Purge(u.ID)
+	})
+	rep = e.syncNow("acme", false)
+	if rep.Mode != jobs.ModeFull {
+		t.Fatalf("after a reset: mode %s", rep.Mode)
+	}
+	e.checkAgainstTruth("acme", 0)
+	missing := false
+	for _, d := range workertest.Decode[jobs.AssetDelta](t, workertest.Messages(t, e.js, "M365_RESULTS", "m365.results.acme.assets.m365_user")) {
+		for _, ch := range d.Changes {
+			if ch.ID == gone && ch.Op == jobs.OpDelete && ch.Reason == jobs.ReasonMissingAfterFullSync && d.SyncID == rep.SyncID {
+				missing = true
+			}
+		}
+	}
+	if !missing {
+		t.Errorf("the full round did not delete %s with reason missing_after_full_sync", gone)
+	}
+	// Quiet round: nothing to publish.
+	rep = e.syncNow("acme", false)
+	if rep.Counts[jobs.AssetUser].Upserts+rep.Counts[jobs.AssetGroup].Upserts+rep.Counts[jobs.AssetUser].Deletes != 0 {
+		t.Errorf("quiet round published %+v", rep.Counts)
+	}
+}
+
+func TestSyncScheduleAndTwoWorkers(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Tenants: 3, Users: 60, Groups: 6, NoThrottling: true})
+	e.startWorker(worker.Config{ID: "w1"})
+	e.startWorker(worker.Config{ID: "w2"})
+	for i, id := range []string{"alpha", "beta", "gamma"} {
+		e.addInstance(id, i, 2*time.Second)
+	}
+	// Every instance syncs on its schedule, several times.
+	workertest.Eventually(t, 120*time.Second, "three scheduled rounds per instance", func() bool {
+		for _, id := range []string{"alpha", "beta", "gamma"} {
+			ok := 0
+			for _, r := range e.reports(id) {
+				if r.Outcome == jobs.OutcomeSucceeded && strings.HasPrefix(r.JobID, "scheduled-sync-"+id+"@") {
+					ok++
+				}
+			}
+			if ok < 3 {
+				return false
+			}
+		}
+		return true
+	})
+	for i, id := range []string{"alpha", "beta", "gamma"} {
+		e.checkAgainstTruth(id, i)
+		// Never two rounds of one instance at once.
+		reps := e.reports(id)
+		sort.Slice(reps, func(a, b int) bool { return reps[a].StartedAt.Before(reps[b].StartedAt) })
+		for k := 1; k < len(reps); k++ {
+			if reps[k-1].Outcome == jobs.OutcomeSucceeded && reps[k].Outcome == jobs.OutcomeSucceeded && reps[k].StartedAt.Before(reps[k-1].FinishedAt) {
+				t.Errorf("%s: rounds overlap: %v–%v and %v", id, reps[k-1].StartedAt, reps[k-1].FinishedAt, reps[k].StartedAt)
+			}
+		}
+	}
+}
+
+func TestSyncBadCredentials(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Tenants: 2, Users: 30, Groups: 3, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	in := e.addInstance("broken", 0, time.Hour)
+	pub, _ := e.poolKey.PublicKey()
+	in.ClientSecret, _ = jobs.Seal([]byte("wrong-secret"), pub)
+	store, _ := worker.OpenInstances(context.Background(), e.js, e.srv.Topology)
+	if _, err := store.Put(context.Background(), in); err != nil {
+		t.Fatal(err)
+	}
+	e.addInstance("fine", 1, time.Hour)
+	id, _ := worker.RequestSync(context.Background(), e.js, jobs.Subjects{}, "default", "broken", false)
+	workertest.Eventually(t, 60*time.Second, "the failed report", func() bool {
+		for _, r := range e.reports("broken") {
+			if r.JobID == id {
+				return true
+			}
+		}
+		return false
+	})
+	rep := e.reports("broken")[0]
+	if rep.Outcome != jobs.OutcomeFailed || rep.Error == nil || rep.Error.Code != "auth_failed" || !strings.Contains(rep.Error.Message, "AADSTS7000215") {
+		t.Fatalf("report %+v %+v", rep, rep.Error)
+	}
+	if strings.Contains(rep.Error.Message, "wrong-secret") {
+		t.Fatal("the report shows the secret")
+	}
+	e.syncNow("fine", false) // other tenants are not held up
+}
