@@ -253,3 +253,31 @@ func (w *Worker) giveBack(msg jetstream.Msg, why string) {
 }
 
 var _ = fmt.Sprintf
+
+// WatchLiveWorkers returns a func reporting the live worker count of a pool,
+// refreshed every 5 seconds until ctx ends (at least 1).
+func WatchLiveWorkers(ctx context.Context, js jetstream.JetStream, t Topology, pool string) func() int {
+	var n atomic.Int64
+	n.Store(1)
+	refresh := func() {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if v, err := LiveWorkers(c, js, t, pool); err == nil && v > 0 {
+			n.Store(int64(v))
+		}
+	}
+	refresh()
+	go func() {
+		tk := time.NewTicker(5 * time.Second)
+		defer tk.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+				refresh()
+			}
+		}
+	}()
+	return func() int { return int(n.Load()) }
+}

@@ -27,6 +27,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 )
@@ -234,44 +236,45 @@ func (p *poolFlags) poolKey() (nkeys.KeyPair, error) {
 	return kp, nil
 }
 
-// runPool sets up the topology and runs one worker until ctx ends.
-func runPool(ctx context.Context, nc *nats.Conn, p *poolFlags, log *slog.Logger) error {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+// setupTopology creates or updates the streams and buckets.
+func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (worker.Topology, error) {
 	topo := worker.Topology{Subjects: jobs.Subjects{Prefix: *p.prefix}, Replicas: *p.replicas}
 	setupCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := worker.Setup(setupCtx, js, topo); err != nil {
-		if ctx.Err() != nil {
-			return nil // interrupted while starting: nothing to drain
-		}
-		return fmt.Errorf("set up streams and buckets: %w", err)
+		return topo, fmt.Errorf("set up streams and buckets: %w", err)
 	}
-	key, err := p.poolKey()
+	return topo, nil
+}
+
+// runPool runs one worker with every handler until ctx ends.
+func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, p *poolFlags, key nkeys.KeyPair, log *slog.Logger) error {
+	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
+	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log})
+	reg := worker.Registry{}
+	syncer, err := handlers.NewSyncer(ctx, js, handlers.SyncConfig{Topology: topo, Graph: graph, Logger: log})
 	if err != nil {
 		return err
 	}
+	syncer.Register(reg)
 	w, err := worker.New(ctx, js, topo, worker.Config{
 		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, AckWait: *p.ackWait,
 		ShutdownTimeout: *p.shutdown, PoolKey: key, Logger: log,
-	}, handlers())
+	}, reg)
 	if err != nil {
 		return err
 	}
 	return w.Run(ctx)
 }
 
-// handlers is the registry of job handlers. Actions without a handler get a
-// failed result with code not_implemented.
-func handlers() worker.Registry { return worker.Registry{} }
-
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("run", "Start an embedded NATS server with JetStream (file store under --data-dir,\nlistening on --nats-listen) and the worker pool. With --nats, join that NATS instead.", stderr)
 	dataDir := fs.String("data-dir", "./data", "directory for JetStream's files")
 	listen := fs.String("nats-listen", "127.0.0.1:4222", "host:port the embedded NATS listens on")
 	natsURL := fs.String("nats", "", "join this NATS system instead of starting one")
+	demo := fs.Bool("demo", true, "with the embedded NATS: start the Graph simulator with a demo tenant and an instance \"demo\" syncing it")
+	graphsimListen := fs.String("graphsim-listen", "127.0.0.1:8443", "where the demo's Graph simulator listens")
+	demoUsers := fs.Int("demo-users", 250, "users in the demo tenant")
 	p := addPoolFlags(fs)
 	if err := fs.parse(args); err != nil {
 		return err
@@ -309,8 +312,35 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
 	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	topo, err := setupTopology(ctx, js, p)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted while starting: nothing to drain
+		}
+		return err
+	}
+	key, err := p.poolKey()
+	if err != nil {
+		return err
+	}
+	if *natsURL == "" && *demo {
+		if key == nil {
+			if key, err = loadOrCreatePoolKey(filepath.Join(*dataDir, "pool.seed")); err != nil {
+				return err
+			}
+		}
+		stopDemo, err := startDemo(ctx, nc, js, topo, key, *p.pool, *graphsimListen, *demoUsers, stdout)
+		if err != nil {
+			return err
+		}
+		defer stopDemo()
+	}
 	fmt.Fprintf(stdout, "Workers serving pool %q; Ctrl-C drains and exits.\n", *p.pool)
-	return runPool(ctx, nc, p, log)
+	return runPool(ctx, js, topo, p, key, log)
 }
 
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -346,6 +376,21 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
 	}
 	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	topo, err := setupTopology(ctx, js, p)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	key, err := p.poolKey()
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "Worker connected to %s, serving pool %q\n", nc.ConnectedUrlRedacted(), *p.pool)
-	return runPool(ctx, nc, p, log)
+	return runPool(ctx, js, topo, p, key, log)
 }

@@ -135,13 +135,18 @@ func streamNames(t *testing.T, js jetstream.JetStream) []string {
 
 func TestRunEmbeddedDefault(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
-	addr := freePort(t)
-	s := start(t, "run", "--data-dir", dataDir, "--nats-listen", addr)
+	addr, simAddr := freePort(t), freePort(t)
+	s := start(t, "run", "--data-dir", dataDir, "--nats-listen", addr, "--graphsim-listen", simAddr)
 	line := s.waitLine(t, "listening on")
 	if !strings.Contains(line, "nats://"+addr) {
 		t.Fatalf("startup line %q does not say where NATS listens (%s)", line, addr)
 	}
 	s.waitLine(t, "stream ls")
+	// The main job on the embedded default: the demo tenant's indicators.
+	ind := s.waitLine(t, "demo indicators:")
+	if !strings.Contains(ind, "250 users") {
+		t.Errorf("demo indicators: %q", ind)
+	}
 
 	nc, err := nats.Connect("nats://" + addr)
 	if err != nil {
@@ -185,8 +190,9 @@ func TestRunEmbeddedDefault(t *testing.T) {
 	}
 
 	// A second start on the same data directory finds the job and its result.
-	s2 := start(t, "run", "--data-dir", dataDir, "--nats-listen", addr)
+	s2 := start(t, "run", "--data-dir", dataDir, "--nats-listen", addr, "--graphsim-listen", simAddr)
 	s2.waitLine(t, "listening on")
+	s2.waitLine(t, "demo indicators:")
 	nc2, err := nats.Connect("nats://" + addr)
 	if err != nil {
 		t.Fatal(err)
@@ -197,9 +203,20 @@ func TestRunEmbeddedDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(context.Background())
-	if err != nil || info.State.Msgs != 1 {
-		t.Fatalf("results after restart: %+v %v", info.State, err)
+	// The first start's action result is still there, and the second
+	// start's sync resumed incrementally.
+	prev, err := st.GetLastMsgForSubject(context.Background(), "m365.results.demo.actions")
+	if err != nil || !strings.Contains(string(prev.Data), `"e2e-1"`) {
+		t.Fatalf("action result after restart: %v", err)
+	}
+	last, err := st.GetLastMsgForSubject(context.Background(), "m365.results.demo.syncs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep jobs.SyncReport
+	_ = json.Unmarshal(last.Data, &rep)
+	if rep.Mode != jobs.ModeIncremental || rep.Outcome != jobs.OutcomeSucceeded {
+		t.Errorf("sync after restart: %s", last.Data)
 	}
 	s2.interrupt(t)
 }
