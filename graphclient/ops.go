@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -754,4 +755,65 @@ func unwrapURLError(err error) error {
 		return ue.Err
 	}
 	return err
+}
+
+// MemberIDs lists a group's direct member ids, sorted.
+func (c *Client) MemberIDs(ctx context.Context, groupID string) ([]string, error) {
+	top := int32(999)
+	resp, err := c.Graph.Groups().ByGroupId(groupID).Members().Get(ctx, &groups.ItemMembersRequestBuilderGetRequestConfiguration{
+		QueryParameters: &groups.ItemMembersRequestBuilderGetQueryParameters{Select: []string{"id"}, Top: &top}})
+	var ids []string
+	for {
+		if err != nil {
+			return nil, fromSDK("list members of "+groupID, err)
+		}
+		for _, m := range resp.GetValue() {
+			ids = append(ids, str(m.GetId()))
+		}
+		next := resp.GetOdataNextLink()
+		if next == nil || *next == "" {
+			break
+		}
+		resp, err = c.Graph.Groups().ByGroupId(groupID).Members().WithUrl(*next).Get(ctx, nil)
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// InRecycleBin reports whether a user (by id or UPN) or a group (by id or
+// mail nickname) sits in the recycle bin.
+func (c *Client) InRecycleBin(ctx context.Context, ref string, group bool) (bool, error) {
+	if isGUID(ref) {
+		_, err := c.Graph.Directory().DeletedItems().ByDirectoryObjectId(ref).Get(ctx, nil)
+		if err == nil {
+			return true, nil
+		}
+		if e := fromSDK("read deleted item "+ref, err); errors.Is(e, ErrNotFound) {
+			return false, nil
+		} else {
+			return false, e
+		}
+	}
+	prop, path := "userPrincipalName", "/directory/deletedItems/microsoft.graph.user"
+	if group {
+		prop, path = "mailNickname", "/directory/deletedItems/microsoft.graph.group"
+	}
+	u := c.graphURL + path + "?$select=id&$filter=" + url.QueryEscape(prop+" eq '"+strings.ReplaceAll(ref, "'", "''")+"'")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return false, fromSDK("search the recycle bin", unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return false, BatchResponse{ID: "recycle bin", Status: resp.StatusCode, Body: raw}.Err()
+	}
+	var out struct {
+		Value []struct {
+			ID string `json:"id"`
+		} `json:"value"`
+	}
+	_ = json.Unmarshal(raw, &out)
+	return len(out.Value) > 0, nil
 }

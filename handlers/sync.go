@@ -129,8 +129,8 @@ func hashOf(b []byte) string {
 	return hex.EncodeToString(h[:12])
 }
 
-// clientFor builds the instance's Graph client, opening its sealed secret.
-func (s *Syncer) clientFor(j *worker.Job, users int) (*graphclient.Client, error) {
+// graphClient builds the instance's Graph client, opening its sealed secret.
+func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient.Client, error) {
 	in := j.InstanceConfig
 	if in == nil {
 		return nil, worker.Permanent(jobs.CodeInstanceNotFound, fmt.Sprintf("no configuration for instance %q in the instances bucket", j.Job.Instance))
@@ -151,7 +151,7 @@ func (s *Syncer) clientFor(j *worker.Job, users int) (*graphclient.Client, error
 		}
 		cfg.CertificatePEM, cfg.PrivateKeyPEM = []byte(in.Certificate), b
 	}
-	return s.cfg.Graph.Client(cfg)
+	return pool.Client(cfg)
 }
 
 // round is one sync round's working state.
@@ -175,7 +175,7 @@ func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read sync state: %w", err)
 	}
-	c, err := s.clientFor(j, meta.Users)
+	c, err := graphClient(s.cfg.Graph, j, meta.Users)
 	if err != nil {
 		return nil, err
 	}
@@ -369,7 +369,11 @@ func (r *round) deleteMissing(b *batcher, kind string, seen map[string]bool) err
 	return nil
 }
 
-func (r *round) userAsset(u *graphclient.User) jobs.UserAsset {
+func (r *round) userAsset(u *graphclient.User) jobs.UserAsset { return userAssetOf(u, r.skuPart) }
+
+// userAssetOf is the m365_user record of a user; skuPart maps lower-case
+// skuIds to part numbers.
+func userAssetOf(u *graphclient.User, skuPart map[string]string) jobs.UserAsset {
 	a := jobs.UserAsset{ID: u.ID, UserPrincipalName: u.UserPrincipalName, DisplayName: u.DisplayName, GivenName: u.GivenName, Surname: u.Surname,
 		Mail: u.Mail, JobTitle: u.JobTitle, Department: u.Department, OfficeLocation: u.OfficeLocation, MobilePhone: u.MobilePhone,
 		BusinessPhones: u.BusinessPhones, AccountEnabled: u.AccountEnabled != nil && *u.AccountEnabled, UsageLocation: u.UsageLocation,
@@ -385,7 +389,7 @@ func (r *round) userAsset(u *graphclient.User) jobs.UserAsset {
 		if dp == nil {
 			dp = []string{}
 		}
-		a.AssignedLicenses = append(a.AssignedLicenses, jobs.AssignedLicense{SkuID: l.SkuID, SkuPartNumber: r.skuPart[strings.ToLower(l.SkuID)], DisabledPlans: dp})
+		a.AssignedLicenses = append(a.AssignedLicenses, jobs.AssignedLicense{SkuID: l.SkuID, SkuPartNumber: skuPart[strings.ToLower(l.SkuID)], DisabledPlans: dp})
 	}
 	return a
 }
@@ -528,16 +532,8 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		sort.Strings(st.Members)
 		var g graphclient.Group
 		_ = json.Unmarshal(st.Record, &g)
-		asset := jobs.GroupAsset{ID: id, DisplayName: g.DisplayName, Description: g.Description, Mail: g.Mail, MailNickname: g.MailNickname,
-			MailEnabled: g.MailEnabled, SecurityEnabled: g.SecurityEnabled, GroupTypes: g.GroupTypes, Visibility: g.Visibility,
-			MembershipRule: g.MembershipRule, CreatedDateTime: g.CreatedDateTime, Members: st.Members}
-		if asset.GroupTypes == nil {
-			asset.GroupTypes = []string{}
-		}
-		if asset.Members == nil {
-			asset.Members = []string{}
-		}
-		raw, _ := json.Marshal(asset)
+		g.ID = id
+		raw, _ := json.Marshal(groupAssetOf(&g, st.Members))
 		key := assetKey(r.instance, "g", id)
 		var old groupState
 		if ok, err := r.getState(key, &old); err != nil {
@@ -583,18 +579,36 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	return next, b.flush(true)
 }
 
+// groupAssetOf is the m365_group record of a group with its member ids.
+func groupAssetOf(g *graphclient.Group, members []string) jobs.GroupAsset {
+	a := jobs.GroupAsset{ID: g.ID, DisplayName: g.DisplayName, Description: g.Description, Mail: g.Mail, MailNickname: g.MailNickname,
+		MailEnabled: g.MailEnabled, SecurityEnabled: g.SecurityEnabled, GroupTypes: g.GroupTypes, Visibility: g.Visibility,
+		MembershipRule: g.MembershipRule, CreatedDateTime: g.CreatedDateTime, Members: members}
+	if a.GroupTypes == nil {
+		a.GroupTypes = []string{}
+	}
+	if a.Members == nil {
+		a.Members = []string{}
+	}
+	return a
+}
+
+// licenseAssetOf is the m365_license record of a SKU.
+func licenseAssetOf(s graphclient.SKU) jobs.LicenseAsset {
+	plans := make([]jobs.ServicePlan, 0, len(s.ServicePlans))
+	for _, p := range s.ServicePlans {
+		plans = append(plans, jobs.ServicePlan{ServicePlanID: p.ID, ServicePlanName: p.Name, ProvisioningStatus: p.ProvisioningStatus, AppliesTo: p.AppliesTo})
+	}
+	return jobs.LicenseAsset{ID: s.ID, SkuID: s.SkuID, SkuPartNumber: s.SkuPartNumber, CapabilityStatus: s.CapabilityStatus, AppliesTo: s.AppliesTo,
+		PrepaidUnits:  jobs.PrepaidUnits{Enabled: s.Enabled, Suspended: s.Suspended, Warning: s.Warning, LockedOut: s.LockedOut},
+		ConsumedUnits: s.ConsumedUnits, AvailableUnits: s.Available(), ServicePlans: plans}
+}
+
 func (r *round) syncLicenses(skus []graphclient.SKU) error {
 	b := r.batcher(jobs.AssetLicense)
 	seen := map[string]bool{}
 	for _, s := range skus {
-		plans := make([]jobs.ServicePlan, 0, len(s.ServicePlans))
-		for _, p := range s.ServicePlans {
-			plans = append(plans, jobs.ServicePlan{ServicePlanID: p.ID, ServicePlanName: p.Name, ProvisioningStatus: p.ProvisioningStatus, AppliesTo: p.AppliesTo})
-		}
-		asset := jobs.LicenseAsset{ID: s.ID, SkuID: s.SkuID, SkuPartNumber: s.SkuPartNumber, CapabilityStatus: s.CapabilityStatus, AppliesTo: s.AppliesTo,
-			PrepaidUnits:  jobs.PrepaidUnits{Enabled: s.Enabled, Suspended: s.Suspended, Warning: s.Warning, LockedOut: s.LockedOut},
-			ConsumedUnits: s.ConsumedUnits, AvailableUnits: s.Available(), ServicePlans: plans}
-		raw, _ := json.Marshal(asset)
+		raw, _ := json.Marshal(licenseAssetOf(s))
 		key := assetKey(r.instance, "l", s.SkuID)
 		seen[s.SkuID] = true
 		var old userState

@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"sort"
 	"strings"
 	"testing"
@@ -28,6 +29,10 @@ type env struct {
 	sim     *graphsim.Server
 	poolKey nkeys.KeyPair
 	stops   []func()
+	reg     worker.Registry
+	// consistencyWait and logger configure the next startWorker.
+	consistencyWait time.Duration
+	logger          *slog.Logger
 }
 
 func newEnv(t *testing.T, o graphsim.Options) *env {
@@ -56,7 +61,14 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	}
 	reg := worker.Registry{}
 	syncer.Register(reg)
+	actions, err := handlers.NewActions(context.Background(), js, handlers.ActionsConfig{Topology: e.srv.Topology, Graph: graphclient.NewPool(graphclient.PoolConfig{}), ConsistencyWait: e.consistencyWait, Logger: e.logger})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	actions.Register(reg)
+	e.reg = reg
 	cfg.PoolKey = e.poolKey
+	cfg.Logger = e.logger
 	if cfg.PollWait == 0 {
 		cfg.PollWait = 200 * time.Millisecond
 	}

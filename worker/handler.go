@@ -27,6 +27,8 @@ type Job struct {
 	Attempt int
 	// StreamSeq is the job's sequence in the jobs stream.
 	StreamSeq uint64
+	// Published is when the job was stored in the stream.
+	Published time.Time
 	// InstanceConfig is the instance configuration, when one exists.
 	InstanceConfig *Instance
 	// Logger carries job_id, instance and action.
@@ -127,4 +129,20 @@ func marshalOutput(v any) (json.RawMessage, error) {
 		return nil, fmt.Errorf("encode output: %w", err)
 	}
 	return b, nil
+}
+
+// NewJobForTest builds the Job a handler receives, for tests that call
+// handlers directly (as a redelivery would).
+func NewJobForTest(j *jobs.Job, p jobs.Params, in *Instance, poolKey nkeys.KeyPair, attempt int) *Job {
+	return &Job{Job: j, Params: p, Pool: jobs.DefaultPool, Attempt: attempt, InstanceConfig: in, Logger: slog.New(slog.DiscardHandler), poolKey: poolKey, Published: time.Now()}
+}
+
+// RetryAfterOf reports whether err asks for a retry after a delay (see
+// RetryAfter), and the delay.
+func RetryAfterOf(err error) (time.Duration, bool) {
+	var ra *retryAfterError
+	if errors.As(err, &ra) {
+		return ra.delay, true
+	}
+	return 0, false
 }

@@ -150,7 +150,7 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
 	if in, err := w.instances.Lookup(ctx, job.Instance); err == nil {
 		inst = in
 	}
-	hj := &Job{Job: job, Params: params, Pool: addr.Pool, Attempt: d.attempt, StreamSeq: meta.Sequence.Stream,
+	hj := &Job{Job: job, Params: params, Pool: addr.Pool, Attempt: d.attempt, StreamSeq: meta.Sequence.Stream, Published: meta.Timestamp,
 		InstanceConfig: inst, Logger: d.log, progress: func() { _ = msg.InProgress() }, poolKey: w.cfg.PoolKey}
 
 	out, herr := w.runHandler(ctx, d, h, hj)

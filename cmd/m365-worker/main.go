@@ -257,6 +257,11 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 		return err
 	}
 	syncer.Register(reg)
+	actions, err := handlers.NewActions(ctx, js, handlers.ActionsConfig{Topology: topo, Graph: graph, Logger: log})
+	if err != nil {
+		return err
+	}
+	actions.Register(reg)
 	w, err := worker.New(ctx, js, topo, worker.Config{
 		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, AckWait: *p.ackWait,
 		ShutdownTimeout: *p.shutdown, PoolKey: key, Logger: log,

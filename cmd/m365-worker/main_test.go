@@ -163,12 +163,12 @@ func TestRunEmbeddedDefault(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	// A job whose handler has not landed yet: an honest not_implemented.
+	// An action against the demo tenant: a user that does not exist.
 	sub, err := nc.SubscribeSync("m365.results.demo.actions")
 	if err != nil {
 		t.Fatal(err)
 	}
-	job := `{"schema_version":1,"id":"e2e-1","instance":"demo","action":"microsoft-365.disable_user","params":{"user":"adele@contoso.com"}}`
+	job := `{"schema_version":1,"id":"e2e-1","instance":"demo","action":"microsoft-365.disable_user","params":{"user":"nobody@contoso.com"}}`
 	if _, err := js.Publish(context.Background(), "m365.jobs.default.demo.action.disable_user", []byte(job), jetstream.WithMsgID("e2e-1")); err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestRunEmbeddedDefault(t *testing.T) {
 	if err := json.Unmarshal(m.Data, &res); err != nil {
 		t.Fatal(err)
 	}
-	if res.JobID != "e2e-1" || res.Status != jobs.StatusFailed || res.Error == nil || res.Error.Code != jobs.CodeNotImplemented {
+	if res.JobID != "e2e-1" || res.Status != jobs.StatusFailed || res.Error == nil || res.Error.Code != "user_not_found" {
 		t.Fatalf("result %s", m.Data)
 	}
 	nc.Close()

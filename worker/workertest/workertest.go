@@ -95,10 +95,12 @@ func Messages(t testing.TB, js jetstream.JetStream, stream, subject string) []je
 	if total == 0 {
 		return nil
 	}
-	c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	c, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{FilterSubjects: []string{subject}, AckPolicy: jetstream.AckNonePolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy, InactiveThreshold: time.Minute, MemoryStorage: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() { _ = st.DeleteConsumer(context.Background(), c.CachedInfo().Name) }()
 	var out []jetstream.Msg
 	for uint64(len(out)) < total {
 		batch, err := c.Fetch(int(total)-len(out), jetstream.FetchMaxWait(5*time.Second))

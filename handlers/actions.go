@@ -1,0 +1,277 @@
+package handlers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/publisher"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// Action error codes (docs/contract.md lists them with their meaning).
+const (
+	CodeUserNotFound           = "user_not_found"
+	CodeGroupNotFound          = "group_not_found"
+	CodeSKUNotFound            = "sku_not_found"
+	CodePlanNotFound           = "service_plan_not_found"
+	CodeUPNConflict            = "upn_conflict"
+	CodeNicknameConflict       = "mail_nickname_conflict"
+	CodePasswordPolicy         = "password_policy"
+	CodeNoFreeSeat             = "no_free_seat"
+	CodeUsageLocationMissing   = "usage_location_missing"
+	CodeLicenseFromGroup       = "license_inherited_from_group"
+	CodeInsufficientPrivileges = "insufficient_privileges"
+	CodeDynamicGroup           = "dynamic_group"
+	CodeAuthFailed             = "auth_failed"
+	CodeGraphRejected          = "graph_rejected"
+	CodeSecretUnreadable       = "secret_unreadable"
+)
+
+// ActionsConfig configures the action handlers. Zero values take defaults.
+type ActionsConfig struct {
+	Topology worker.Topology
+	Graph    *graphclient.Pool
+	// ConsistencyWait is how long after a job's publication a not-found
+	// target is taken for Graph's replication delay and retried. Default
+	// 15s.
+	ConsistencyWait time.Duration
+	Logger          *slog.Logger
+}
+
+// Actions runs the microsoft-365.* jobs.
+type Actions struct {
+	cfg ActionsConfig
+	kv  jetstream.KeyValue
+	pub *publisher.Publisher
+	sub jobs.Subjects
+}
+
+// NewActions opens the state bucket (for effect records).
+func NewActions(ctx context.Context, js jetstream.JetStream, cfg ActionsConfig) (*Actions, error) {
+	if cfg.ConsistencyWait <= 0 {
+		cfg.ConsistencyWait = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Graph == nil {
+		return nil, errors.New("actions: no Graph client pool")
+	}
+	kv, err := js.KeyValue(ctx, cfg.Topology.StateBucket())
+	if err != nil {
+		return nil, fmt.Errorf("actions: open state bucket: %w", err)
+	}
+	return &Actions{cfg: cfg, kv: kv, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), sub: cfg.Topology.Subjects}, nil
+}
+
+// Register adds the 13 action handlers to reg.
+func (a *Actions) Register(reg worker.Registry) {
+	worker.Register(reg, jobs.ActionCreateUser, a.createUser)
+	worker.Register(reg, jobs.ActionUpdateUser, a.updateUser)
+	worker.Register(reg, jobs.ActionDeleteUser, a.deleteUser)
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		return a.setEnabled(ctx, j, p.User, false)
+	})
+	worker.Register(reg, jobs.ActionEnableUser, func(ctx context.Context, j *worker.Job, p *jobs.EnableUserParams) (any, error) {
+		return a.setEnabled(ctx, j, p.User, true)
+	})
+	worker.Register(reg, jobs.ActionResetPassword, a.resetPassword)
+	worker.Register(reg, jobs.ActionAssignLicense, a.assignLicense)
+	worker.Register(reg, jobs.ActionRemoveLicense, a.removeLicense)
+	worker.Register(reg, jobs.ActionCreateGroup, a.createGroup)
+	worker.Register(reg, jobs.ActionUpdateGroup, a.updateGroup)
+	worker.Register(reg, jobs.ActionDeleteGroup, a.deleteGroup)
+	worker.Register(reg, jobs.ActionAddGroupMember, a.addMember)
+	worker.Register(reg, jobs.ActionRemoveGroupMember, a.removeMember)
+}
+
+// fail builds a permanent failure carrying Graph's code and request id.
+func fail(code, msg string, err error) error {
+	je := &jobs.Error{Code: code, Message: msg}
+	var ge *graphclient.Error
+	if errors.As(err, &ge) {
+		je.GraphCode, je.GraphRequestID = ge.Code, ge.RequestID
+	}
+	return je
+}
+
+// classify turns a Graph error into the job's outcome: a retry (throttling,
+// outages) or a readable permanent failure. what names the target for
+// not-found errors ("user adele@contoso.com").
+func classify(err error, notFoundCode, what string) error {
+	var ge *graphclient.Error
+	if _, retry := worker.RetryAfterOf(err); retry {
+		return err
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, graphclient.ErrThrottled):
+		wait := 5 * time.Second
+		if errors.As(err, &ge) && ge.RetryAfter > 0 {
+			wait = ge.RetryAfter
+		}
+		return worker.RetryAfter(wait, err)
+	case errors.Is(err, graphclient.ErrAuth):
+		return fail(CodeAuthFailed, err.Error(), err)
+	case errors.Is(err, graphclient.ErrUnavailable):
+		return err // retried by attempts
+	case errors.Is(err, graphclient.ErrNotFound):
+		return fail(notFoundCode, what+" does not exist in the tenant", err)
+	case errors.Is(err, graphclient.ErrForbidden):
+		msg := "the app registration lacks a permission for this: grant User.ReadWrite.All and Group.ReadWrite.All (application) with admin consent"
+		if errors.As(err, &ge) && ge.Hint != "" {
+			msg = ge.Hint
+		}
+		return fail(CodeInsufficientPrivileges, msg, err)
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "password complexity"):
+		return fail(CodePasswordPolicy, "the password does not meet the tenant's complexity rules (8 to 256 characters, three of: lower case, upper case, digits, symbols)", err)
+	case strings.Contains(msg, "invalid usage location"):
+		return fail(CodeUsageLocationMissing, what+" has no usage location: set usage_location (an ISO country code) with update_user first", err)
+	case strings.Contains(msg, "dynamic membership"):
+		return fail(CodeDynamicGroup, what+" has rule-based (dynamic) membership: change its rule in Entra, not its members", err)
+	case strings.Contains(msg, "inherited") || strings.Contains(msg, "group-based licens"):
+		return fail(CodeLicenseFromGroup, "the licence is assigned to "+what+" through a group: remove the user from that group instead", err)
+	case errors.Is(err, graphclient.ErrBadRequest):
+		return fail(CodeGraphRejected, "Graph refused the request: "+msg, err)
+	}
+	return err
+}
+
+func (a *Actions) client(j *worker.Job) (*graphclient.Client, error) {
+	return graphClient(a.cfg.Graph, j, 0)
+}
+
+// find runs a lookup. A not-found within ConsistencyWait of the job's
+// publication may be Graph's replication delay (an object created moments
+// ago, perhaps by the job published just before): the job is given back for
+// a retry a moment later, without holding a worker slot or using an
+// attempt. After that window, not-found is final.
+func (a *Actions) find(ctx context.Context, j *worker.Job, ref string, f func() error) error {
+	err := f()
+	if errors.Is(err, graphclient.ErrNotFound) && time.Since(j.Published) < a.cfg.ConsistencyWait {
+		wait := min(max(time.Since(j.Published)/2, 500*time.Millisecond), 4*time.Second)
+		return worker.RetryAfter(wait, fmt.Errorf("%s not found yet (Graph replicates new objects with a delay): %w", ref, err))
+	}
+	return err
+}
+
+func (a *Actions) user(ctx context.Context, j *worker.Job, c *graphclient.Client, ref string) (*graphclient.User, error) {
+	var u *graphclient.User
+	err := a.find(ctx, j, ref, func() (err error) { u, err = c.GetUser(ctx, ref); return err })
+	return u, classify(err, CodeUserNotFound, "user "+ref)
+}
+
+func (a *Actions) group(ctx context.Context, j *worker.Job, c *graphclient.Client, ref string) (*graphclient.Group, error) {
+	var g *graphclient.Group
+	err := a.find(ctx, j, ref, func() (err error) { g, err = c.GetGroup(ctx, ref); return err })
+	return g, classify(err, CodeGroupNotFound, "group "+ref)
+}
+
+// --- effect records: what a job already did, for redeliveries ------------
+
+type effect struct {
+	ObjectID string             `json:"object_id,omitempty"`
+	Password *jobs.SealedSecret `json:"password,omitempty"` // sealed to the requester
+	At       time.Time          `json:"at"`
+}
+
+func effectKey(jobID string) string { return "effect." + jobKey(jobID) }
+
+func (a *Actions) effect(ctx context.Context, jobID string) (*effect, error) {
+	e, err := a.kv.Get(ctx, effectKey(jobID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ef effect
+	return &ef, json.Unmarshal(e.Value(), &ef)
+}
+
+func (a *Actions) recordEffect(ctx context.Context, jobID string, ef effect) error {
+	ef.At = time.Now().UTC()
+	b, _ := json.Marshal(ef)
+	_, err := a.kv.Put(context.WithoutCancel(ctx), effectKey(jobID), b)
+	return err
+}
+
+// --- passwords ------------------------------------------------------------
+
+const (
+	pwLower  = "abcdefghijkmnopqrstuvwxyz"
+	pwUpper  = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+	pwDigits = "23456789"
+	pwSymbol = "!@#$%^&*-_=+?"
+)
+
+// generatePassword returns 20 random characters with each class present,
+// which meets Entra's complexity rules.
+func generatePassword() (string, error) {
+	all := pwLower + pwUpper + pwDigits + pwSymbol
+	pick := func(set string) (byte, error) {
+		n, err := rand.Int(rand.Reader, big.NewInt(int64(len(set))))
+		if err != nil {
+			return 0, err
+		}
+		return set[n.Int64()], nil
+	}
+	out := make([]byte, 0, 20)
+	for _, set := range []string{pwLower, pwUpper, pwDigits, pwSymbol} {
+		b, err := pick(set)
+		if err != nil {
+			return "", err
+		}
+		out = append(out, b)
+	}
+	for len(out) < 20 {
+		b, err := pick(all)
+		if err != nil {
+			return "", err
+		}
+		out = append(out, b)
+	}
+	// Shuffle so the classes are not at fixed places.
+	for i := len(out) - 1; i > 0; i-- {
+		n, _ := rand.Int(rand.Reader, big.NewInt(int64(i+1)))
+		k := n.Int64()
+		out[i], out[k] = out[k], out[i]
+	}
+	return string(out), nil
+}
+
+// password returns the plaintext to set and, when generated, the sealed copy
+// for the requester.
+func password(j *worker.Job, o jobs.PasswordOptions) (string, *jobs.SealedSecret, error) {
+	if o.Password != nil {
+		b, err := j.OpenSecret(o.Password)
+		if err != nil {
+			return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot open the sealed password: "+err.Error())
+		}
+		return string(b), nil, nil
+	}
+	pw, err := generatePassword()
+	if err != nil {
+		return "", nil, err
+	}
+	sealed, err := jobs.Seal([]byte(pw), o.ReplyKey)
+	if err != nil {
+		return "", nil, worker.Permanent(jobs.CodeInvalidParams, err.Error())
+	}
+	return pw, sealed, nil
+}

@@ -1,0 +1,198 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// GroupOutput is the output of the group actions.
+type GroupOutput struct {
+	GroupID      string   `json:"group_id"`
+	MailNickname string   `json:"mail_nickname,omitempty"`
+	MemberID     string   `json:"member_id,omitempty"`
+	Changed      bool     `json:"changed"`
+	WouldChange  []string `json:"would_change,omitempty"`
+}
+
+func (a *Actions) refreshGroup(ctx context.Context, j *worker.Job, c *graphclient.Client, id string) {
+	g, err := c.GetGroup(ctx, id)
+	if err != nil {
+		return
+	}
+	members, err := c.MemberIDs(ctx, id)
+	if err != nil {
+		return
+	}
+	raw, _ := json.Marshal(groupAssetOf(g, members))
+	a.refresh(ctx, j, jobs.AssetGroup, []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: raw}})
+}
+
+func (a *Actions) createGroup(ctx context.Context, j *worker.Job, p *jobs.CreateGroupParams) (any, error) {
+	c, err := a.client(j)
+	if err != nil {
+		return nil, err
+	}
+	var members []string
+	for _, m := range p.Members {
+		u, err := a.user(ctx, j, c, m)
+		if err != nil {
+			return nil, err
+		}
+		members = append(members, u.ID)
+	}
+	existing, err := c.GetGroup(ctx, p.MailNickname)
+	if err != nil && !errors.Is(err, graphclient.ErrNotFound) {
+		return nil, classify(err, CodeGroupNotFound, "group "+p.MailNickname)
+	}
+	prior, perr := a.effect(ctx, j.ID)
+	if perr != nil {
+		return nil, perr
+	}
+	if existing != nil {
+		if prior != nil && existing.DisplayName == p.DisplayName {
+			a.refreshGroup(ctx, j, c, existing.ID)
+			return GroupOutput{GroupID: existing.ID, MailNickname: existing.MailNickname, Changed: true}, nil // an earlier delivery made it
+		}
+		return nil, worker.Permanent(CodeNicknameConflict, "a group with mail nickname "+p.MailNickname+" already exists")
+	}
+	if j.DryRun {
+		return GroupOutput{MailNickname: p.MailNickname, WouldChange: []string{"create " + p.GroupType + " group " + p.MailNickname}}, nil
+	}
+	if prior == nil {
+		if err := a.recordEffect(ctx, j.ID, effect{}); err != nil {
+			return nil, err
+		}
+	}
+	g, err := c.CreateGroup(ctx, graphclient.NewGroup{DisplayName: p.DisplayName, MailNickname: p.MailNickname, Description: p.Description,
+		Unified: p.GroupType == jobs.GroupTypeMicrosoft365, Visibility: p.Visibility, Members: members})
+	if errors.Is(err, graphclient.ErrConflict) {
+		return nil, fail(CodeNicknameConflict, "a group with mail nickname "+p.MailNickname+" already exists", err)
+	}
+	if err != nil {
+		return nil, classify(err, CodeGroupNotFound, "group "+p.MailNickname)
+	}
+	_ = a.recordEffect(ctx, j.ID, effect{ObjectID: g.ID})
+	sort.Strings(members)
+	raw, _ := json.Marshal(groupAssetOf(g, members)) // the created record: a read could still miss it
+	a.refresh(ctx, j, jobs.AssetGroup, []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: raw}})
+	return GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, Changed: true}, nil
+}
+
+func (a *Actions) updateGroup(ctx context.Context, j *worker.Job, p *jobs.UpdateGroupParams) (any, error) {
+	c, err := a.client(j)
+	if err != nil {
+		return nil, err
+	}
+	g, err := a.group(ctx, j, c, p.Group)
+	if err != nil {
+		return nil, err
+	}
+	if p.Visibility != nil && !containsStr(g.GroupTypes, "Unified") {
+		return nil, worker.Permanent(jobs.CodeInvalidParams, "visibility applies only to Microsoft 365 groups; "+p.Group+" is a security group")
+	}
+	if j.DryRun {
+		return GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, WouldChange: []string{"update group properties"}}, nil
+	}
+	if err := c.UpdateGroup(ctx, g.ID, graphclient.GroupPatch{DisplayName: p.DisplayName, MailNickname: p.MailNickname, Description: p.Description, Visibility: p.Visibility}); err != nil {
+		if errors.Is(err, graphclient.ErrConflict) {
+			return nil, fail(CodeNicknameConflict, "another group already has that mail nickname", err)
+		}
+		return nil, classify(err, CodeGroupNotFound, "group "+p.Group)
+	}
+	a.refreshGroup(ctx, j, c, g.ID)
+	return GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, Changed: true}, nil
+}
+
+func containsStr(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Actions) deleteGroup(ctx context.Context, j *worker.Job, p *jobs.DeleteGroupParams) (any, error) {
+	c, err := a.client(j)
+	if err != nil {
+		return nil, err
+	}
+	g, err := c.GetGroup(ctx, p.Group)
+	if errors.Is(err, graphclient.ErrNotFound) {
+		if in, rerr := c.InRecycleBin(ctx, p.Group, true); rerr == nil && in {
+			return GroupOutput{GroupID: p.Group, Changed: false}, nil
+		}
+		return nil, classify(a.find(ctx, j, p.Group, func() error { return err }), CodeGroupNotFound, "group "+p.Group)
+	}
+	if err != nil {
+		return nil, classify(err, CodeGroupNotFound, "group "+p.Group)
+	}
+	if j.DryRun {
+		return GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, WouldChange: []string{"delete the group (restorable for 30 days)"}}, nil
+	}
+	if err := c.DeleteGroup(ctx, g.ID); err != nil && !errors.Is(err, graphclient.ErrNotFound) {
+		return nil, classify(err, CodeGroupNotFound, "group "+p.Group)
+	}
+	a.refresh(ctx, j, jobs.AssetGroup, []jobs.AssetChange{{Op: jobs.OpDelete, ID: g.ID, Reason: jobs.ReasonSoftDeleted}})
+	return GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, Changed: true}, nil
+}
+
+func (a *Actions) memberOp(ctx context.Context, j *worker.Job, p jobs.MemberParams, add bool) (any, error) {
+	c, err := a.client(j)
+	if err != nil {
+		return nil, err
+	}
+	g, err := a.group(ctx, j, c, p.Group)
+	if err != nil {
+		return nil, err
+	}
+	u, err := a.user(ctx, j, c, p.Member)
+	if err != nil {
+		return nil, err
+	}
+	out := GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, MemberID: u.ID}
+	if g.Dynamic() {
+		return nil, worker.Permanent(CodeDynamicGroup, "group "+p.Group+" has rule-based (dynamic) membership: change its rule in Entra, not its members")
+	}
+	if j.DryRun {
+		in, err := c.IsMember(ctx, g.ID, u.ID)
+		if err != nil {
+			return nil, classify(err, CodeGroupNotFound, "group "+p.Group)
+		}
+		if in != add {
+			out.WouldChange = []string{map[bool]string{true: "add ", false: "remove "}[add] + u.UserPrincipalName}
+		}
+		return out, nil
+	}
+	if add {
+		err = a.find(ctx, j, u.ID, func() error { return c.AddMember(ctx, g.ID, u.ID) })
+		if errors.Is(err, graphclient.ErrConflict) {
+			return out, nil // already a member
+		}
+	} else {
+		err = c.RemoveMember(ctx, g.ID, u.ID)
+		if errors.Is(err, graphclient.ErrNotFound) || errors.Is(err, graphclient.ErrBadRequest) && !g.Dynamic() {
+			return out, nil // not a member
+		}
+	}
+	if err != nil {
+		return nil, classify(err, CodeGroupNotFound, "group "+p.Group)
+	}
+	out.Changed = true
+	a.refreshGroup(ctx, j, c, g.ID)
+	return out, nil
+}
+
+func (a *Actions) addMember(ctx context.Context, j *worker.Job, p *jobs.AddGroupMemberParams) (any, error) {
+	return a.memberOp(ctx, j, p.MemberParams, true)
+}
+
+func (a *Actions) removeMember(ctx context.Context, j *worker.Job, p *jobs.RemoveGroupMemberParams) (any, error) {
+	return a.memberOp(ctx, j, p.MemberParams, false)
+}
