@@ -336,3 +336,31 @@ func TestActionsAreIdempotentOnRedelivery(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestSameTargetInPublicationOrder(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 20, Groups: 2, NoThrottling: true})
+	e.startWorker(worker.Config{Concurrency: 8})
+	e.addInstance("acme", 0, time.Hour)
+	snap, _ := e.sim.Export(e.sim.Credentials()[0].TenantID)
+	target, other := snap.Users[2].UserPrincipalName, snap.Users[3].UserPrincipalName
+	const n = 15
+	for i := 1; i <= n; i++ {
+		e.publish("acme", jobs.ActionUpdateUser, fmt.Sprintf("order-%02d", i), jobs.UpdateUserParams{UserRef: jobs.UserRef{User: target}, JobTitle: ptr(fmt.Sprintf("t%02d", i))}, false)
+		e.publish("acme", jobs.ActionUpdateUser, fmt.Sprintf("other-%02d", i), jobs.UpdateUserParams{UserRef: jobs.UserRef{User: other}, JobTitle: ptr(fmt.Sprintf("o%02d", i))}, false)
+	}
+	var prev time.Time
+	for i := 1; i <= n; i++ {
+		r := e.result("acme", fmt.Sprintf("order-%02d", i))
+		ok(t, r)
+		if r.StartedAt.Before(prev) {
+			t.Errorf("order-%02d started before order-%02d finished", i, i-1)
+		}
+		prev = r.FinishedAt
+	}
+	after, _ := e.sim.Export(e.sim.Credentials()[0].TenantID)
+	for _, u := range after.Users {
+		if u.UserPrincipalName == target && (u.JobTitle == nil || *u.JobTitle != fmt.Sprintf("t%02d", n)) {
+			t.Errorf("final job title %v, want the last published", u.JobTitle)
+		}
+	}
+}

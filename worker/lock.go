@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,10 +37,19 @@ type syncLock struct {
 
 func syncLockKey(instance string) string { return "lock.sync." + instance }
 
+// acquireTargetLock takes the lock of one action target of an instance
+// (the same mechanism as the sync lock; ErrSyncRunning when held).
+func (s *state) acquireTargetLock(ctx context.Context, instance, target string, v lockValue, ttl time.Duration) (*syncLock, error) {
+	return s.acquireLock(ctx, "lock.target."+instance+"."+jobKey(strings.ToLower(target)), instance, v, ttl)
+}
+
 // acquireSyncLock takes the instance's lock or returns an error wrapping
 // ErrSyncRunning that names the holder.
 func (s *state) acquireSyncLock(ctx context.Context, instance string, v lockValue, ttl time.Duration) (*syncLock, error) {
-	key := syncLockKey(instance)
+	return s.acquireLock(ctx, syncLockKey(instance), instance, v, ttl)
+}
+
+func (s *state) acquireLock(ctx context.Context, key, instance string, v lockValue, ttl time.Duration) (*syncLock, error) {
 	b, _ := json.Marshal(v)
 	rev, err := s.kv.Create(ctx, key, b, jetstream.KeyTTL(ttl))
 	if errors.Is(err, jetstream.ErrKeyExists) {

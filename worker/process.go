@@ -146,6 +146,20 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
 		}()
 	}
 
+	// Across workers, one job of a target at a time.
+	if t := params.Target(); t != "" && job.Action != jobs.ActionSync {
+		lock, err := w.state.acquireTargetLock(ctx, job.Instance, t, lockValue{Worker: w.cfg.ID, JobID: d.jobID, Since: d.started}, w.cfg.SyncLockTTL)
+		if errors.Is(err, ErrSyncRunning) {
+			w.snooze(ctx, d, 500*time.Millisecond, "another job for "+t+" is running")
+			return
+		}
+		if err != nil {
+			w.retry(ctx, d, err)
+			return
+		}
+		defer lock.release(context.WithoutCancel(ctx))
+	}
+
 	var inst *Instance
 	if in, err := w.instances.Lookup(ctx, job.Instance); err == nil {
 		inst = in

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,11 @@ type Worker struct {
 
 	inFlight atomic.Int64
 	stats    Stats
+
+	// targets chains the jobs of one (instance, target) in this worker, in
+	// the order they were fetched (stream order).
+	targetsMu sync.Mutex
+	targets   map[string]chan struct{}
 }
 
 // Stats counts what a worker did since it started.
@@ -149,8 +155,13 @@ func (w *Worker) Run(ctx context.Context) error {
 				}
 				wg.Add(1)
 				w.inFlight.Add(1)
+				prev, done := w.chain(msg)
 				go func() {
 					defer func() { w.inFlight.Add(-1); <-slots; wg.Done() }()
+					defer close(done)
+					if prev != nil {
+						<-prev // the earlier job for the same target first
+					}
 					w.process(hctx, msg)
 				}()
 			}
@@ -180,6 +191,41 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("worker: stopped")
 	return nil
+}
+
+// chain returns the done channel of the previous job of msg's target in
+// this worker (nil if none) and this job's own done channel.
+func (w *Worker) chain(msg jetstream.Msg) (<-chan struct{}, chan struct{}) {
+	done := make(chan struct{})
+	key := targetKey(msg)
+	if key == "" {
+		return nil, done
+	}
+	w.targetsMu.Lock()
+	defer w.targetsMu.Unlock()
+	if w.targets == nil {
+		w.targets = map[string]chan struct{}{}
+	}
+	prev := w.targets[key]
+	w.targets[key] = done
+	go func() {
+		<-done
+		w.targetsMu.Lock()
+		if w.targets[key] == done {
+			delete(w.targets, key)
+		}
+		w.targetsMu.Unlock()
+	}()
+	return prev, done
+}
+
+// targetKey is "<instance>/<target>" for action jobs, "" otherwise.
+func targetKey(msg jetstream.Msg) string {
+	j, p, err := jobs.ParseJob(msg.Data())
+	if err != nil || j.Action == jobs.ActionSync || p.Target() == "" {
+		return ""
+	}
+	return j.Instance + "/" + strings.ToLower(p.Target())
 }
 
 // announce registers the worker as live in the state bucket (a key with a
