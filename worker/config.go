@@ -51,6 +51,10 @@ type Config struct {
 	// SyncLockTTL bounds how long a dead worker's sync lock outlives it.
 	// Default 30s; a live worker refreshes its lock every SyncLockTTL/3.
 	SyncLockTTL time.Duration
+	// TargetLockTTL bounds how long a dead worker's lock on an action
+	// target (one job per user or group at a time) outlives it. Default
+	// 10s; refreshed every TargetLockTTL/3.
+	TargetLockTTL time.Duration
 	// LedgerTTL is how long a finished job's id is remembered, so a job
 	// redelivered or republished with the same id gets no second result.
 	// Default 8 days (longer than the jobs stream keeps jobs).
@@ -101,6 +105,9 @@ func (c Config) WithDefaults() Config {
 	if c.SyncLockTTL <= 0 {
 		c.SyncLockTTL = 30 * time.Second
 	}
+	if c.TargetLockTTL <= 0 {
+		c.TargetLockTTL = 10 * time.Second
+	}
 	if c.LedgerTTL <= 0 {
 		c.LedgerTTL = 8 * 24 * time.Hour
 	}
@@ -123,8 +130,8 @@ func (c Config) validate() error {
 	if c.Heartbeat >= c.AckWait {
 		errs = append(errs, fmt.Errorf("heartbeat %s must be shorter than ack wait %s", c.Heartbeat, c.AckWait))
 	}
-	if c.SyncLockTTL < time.Second {
-		errs = append(errs, fmt.Errorf("sync lock TTL %s must be at least 1s", c.SyncLockTTL))
+	if c.SyncLockTTL < time.Second || c.TargetLockTTL < time.Second {
+		errs = append(errs, fmt.Errorf("lock TTLs (sync %s, target %s) must be at least 1s", c.SyncLockTTL, c.TargetLockTTL))
 	}
 	if c.Concurrency > 1000 {
 		errs = append(errs, fmt.Errorf("concurrency %d is above the consumer's MaxAckPending (1000)", c.Concurrency))

@@ -148,7 +148,7 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
 
 	// Across workers, one job of a target at a time.
 	if t := params.Target(); t != "" && job.Action != jobs.ActionSync {
-		lock, err := w.state.acquireTargetLock(ctx, job.Instance, t, lockValue{Worker: w.cfg.ID, JobID: d.jobID, Since: d.started}, w.cfg.SyncLockTTL)
+		lock, err := w.state.acquireTargetLock(ctx, job.Instance, t, lockValue{Worker: w.cfg.ID, JobID: d.jobID, Since: d.started}, w.cfg.TargetLockTTL)
 		if errors.Is(err, ErrSyncRunning) {
 			w.snooze(ctx, d, 500*time.Millisecond, "another job for "+t+" is running")
 			return

@@ -81,8 +81,9 @@ func consumerIdle(t *testing.T, js jetstream.JetStream) func() bool {
 	}
 }
 
+// disableJob disables a user of its own, so jobs do not queue on one target.
 func disableJob(id string) *jobs.Job {
-	return &jobs.Job{ID: id, Instance: "acme", Action: jobs.ActionDisableUser, Params: json.RawMessage(`{"user":"adele@contoso.com"}`)}
+	return &jobs.Job{ID: id, Instance: "acme", Action: jobs.ActionDisableUser, Params: json.RawMessage(`{"user":"u-` + id + `@contoso.com"}`)}
 }
 
 // countingRegistry handles disable_user by counting calls per job id.
@@ -112,7 +113,7 @@ func TestJobHandledOnceAndAcked(t *testing.T) {
 	if len(res) != 1 || res[0].JobID != "job-1" || res[0].Status != jobs.StatusSucceeded || res[0].Attempts != 1 {
 		t.Fatalf("results: %+v", res)
 	}
-	if string(res[0].Output) != `{"user_id":"adele@contoso.com"}` {
+	if string(res[0].Output) != `{"user_id":"u-job-1@contoso.com"}` {
 		t.Errorf("output %s", res[0].Output)
 	}
 	if total.Load() != 1 {
@@ -229,7 +230,7 @@ func TestBadJobsFailOnceWithoutRedelivery(t *testing.T) {
 func TestDeadWorkerJobRedeliveredOnce(t *testing.T) {
 	srv := workertest.Start(t)
 	_, js := srv.Connect(t)
-	cfg := worker.Config{AckWait: 2 * time.Second, Heartbeat: 500 * time.Millisecond}
+	cfg := worker.Config{AckWait: 2 * time.Second, Heartbeat: 500 * time.Millisecond, TargetLockTTL: 2 * time.Second}
 
 	started := make(chan struct{})
 	release := make(chan struct{})
