@@ -88,9 +88,14 @@ func (b *bucket) limit(share, scale float64) rate.Limit {
 	return rate.Limit(b.capacity * share / b.window.Seconds() * scale)
 }
 
+// burst is a little below the share of the bucket: the headroom left in
+// Graph's bucket absorbs requests that arrive bunched up (network and
+// scheduling jitter between our pacing and Graph's count).
 func (b *bucket) burst(share float64) int {
-	return max(int(b.capacity*share), 8)
+	return max(int(b.capacity*share*burstFraction/safety), 8)
 }
+
+const burstFraction = 0.9
 
 func (b *bucket) set(share, scale float64) {
 	b.lim.SetLimit(b.limit(share, scale))
@@ -149,7 +154,7 @@ func (p *pacer) throttled(retryAfter time.Duration) {
 	if until := time.Now().Add(retryAfter); until.After(p.pausedUntil) {
 		p.pausedUntil = until
 	}
-	p.factor = math.Max(0.25, p.factor*0.7)
+	p.factor = math.Max(0.25, p.factor*0.85)
 	p.apply()
 }
 
@@ -163,7 +168,7 @@ func (p *pacer) observe(pct float64) {
 	case pct >= 1.0: // over the budget: back off
 		p.factor = math.Max(0.25, p.factor*0.9)
 	case p.factor < 1:
-		p.factor = math.Min(1, p.factor+0.002)
+		p.factor = math.Min(1, p.factor+0.005)
 	}
 	if p.factor != old {
 		p.apply()

@@ -354,3 +354,89 @@ func TestSyncBadCredentials(t *testing.T) {
 	}
 	e.syncNow("fine", false) // other tenants are not held up
 }
+
+func TestSyncUnderFaults(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 400, Groups: 30, NoThrottling: true, DeltaPageSize: 50,
+		Faults: graphsim.Faults{Rate500: 0.03, Rate503: 0.03, Rate504: 0.02, RetryAfter: 200 * time.Millisecond, DropRate: 0.02}})
+	e.startWorker(worker.Config{RetryBackoff: 100 * time.Millisecond})
+	e.addInstance("acme", 0, time.Hour)
+	tenant := e.sim.Credentials()[0].TenantID
+	e.syncNow("acme", false)
+	e.checkAgainstTruth("acme", 0)
+	for round := 1; round <= 3; round++ {
+		_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error {
+			a.RandomChanges(40, uint64(round+10))
+			a.ThrottleNextWith(5, 300*time.Millisecond, false) // a 429 storm
+			return nil
+		})
+		e.syncNow("acme", false)
+		e.checkAgainstTruth("acme", 0)
+	}
+}
+
+func TestSyncWorkerKilledMidRound(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 1500, Groups: 40, NoThrottling: true, DeltaPageSize: 50,
+		Latency: graphsim.Latency{Read: 20 * time.Millisecond}})
+	// Worker A: its connection is cut while the first round runs.
+	_, jsA := e.srv.Connect(t)
+	ncA := jsA.Conn()
+	syncerA, err := handlers.NewSyncer(context.Background(), jsA, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graphclient.NewPool(graphclient.PoolConfig{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	regA := worker.Registry{}
+	syncerA.Register(regA)
+	cfg := worker.Config{ID: "A", AckWait: 2 * time.Second, Heartbeat: 500 * time.Millisecond, SyncLockTTL: 2 * time.Second, PoolKey: e.poolKey, PollWait: 200 * time.Millisecond}
+	wA, err := worker.New(context.Background(), jsA, e.srv.Topology, cfg, regA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctxA, cancelA := context.WithCancel(context.Background())
+	defer cancelA()
+	go func() { _ = wA.Run(ctxA) }()
+	e.addInstance("acme", 0, time.Hour)
+	id, _ := worker.RequestSync(context.Background(), e.js, jobs.Subjects{}, "default", "acme", false)
+	// Wait until A has published some user batches, then kill it.
+	workertest.Eventually(t, 60*time.Second, "A's first batches", func() bool {
+		return len(workertest.Messages(t, e.js, "M365_RESULTS", "m365.results.acme.assets.m365_user")) >= 2
+	})
+	ncA.Close()
+	cfg.ID = "B"
+	e.startWorker(cfg)
+	workertest.Eventually(t, 120*time.Second, "the round's report", func() bool {
+		for _, r := range e.reports("acme") {
+			if r.JobID == id && r.Outcome == jobs.OutcomeSucceeded {
+				return true
+			}
+		}
+		return false
+	})
+	e.checkAgainstTruth("acme", 0)
+	// A's run stays incomplete (no last batch); B's rerun has its own sync
+	// id and completes. What both published is the same record (an upsert
+	// a consumer applies twice to the same effect), at most one batch of it:
+	// the one stored before A recorded its state.
+	seen := map[string]string{}
+	complete := map[string]bool{}
+	dups := 0
+	for _, d := range workertest.Decode[jobs.AssetDelta](t, workertest.Messages(t, e.js, "M365_RESULTS", "m365.results.acme.assets.m365_user")) {
+		if d.Last {
+			complete[d.SyncID] = true
+		}
+		for _, ch := range d.Changes {
+			if prev, ok := seen[ch.ID]; ok {
+				if prev != string(ch.Asset) {
+					t.Fatalf("user %s published with two different records", ch.ID)
+				}
+				dups++
+			}
+			seen[ch.ID] = string(ch.Asset)
+		}
+	}
+	if complete[id] || !complete[id+"~2"] && !complete[id+"~3"] {
+		t.Errorf("complete syncs %v: want only the rerun", complete)
+	}
+	if len(seen) != 1500 || dups > 200 {
+		t.Errorf("%d users published, %d twice", len(seen), dups)
+	}
+}
