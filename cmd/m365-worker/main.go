@@ -42,6 +42,10 @@ Commands:
   run       start an embedded JetStream server and the workers (no configuration needed)
   worker    run workers against an existing NATS system (--nats)
   graphsim  serve the Microsoft Graph simulator (HTTPS, seeded tenants) for tests and demos
+  pool      keygen: a curve key pair for sealing a pool's secrets
+  instance  add | update | remove | list | show: the tenants the pool serves
+  job       submit: publish a job, optionally wait for its result
+  failed    list | show | replay: jobs that failed for good
   version   print the version
 
 Run 'm365-worker <command> --help' for the flags of a command.
@@ -69,6 +73,14 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdWorker(ctx, args[1:], stdout, stderr)
 	case "graphsim":
 		err = cmdGraphsim(ctx, args[1:], stdout, stderr)
+	case "pool":
+		err = cmdPool(args[1:], stdout, stderr)
+	case "instance":
+		err = cmdInstance(ctx, args[1:], stdout, stderr)
+	case "job":
+		err = cmdJob(ctx, args[1:], stdout, stderr)
+	case "failed":
+		err = cmdFailed(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "m365-worker", version)
 	case "help", "-h", "--help":
@@ -77,8 +89,11 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "m365-worker: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, flag.ErrHelp) || err != nil && err.Error() == "help" {
 		return 0
+	}
+	if errors.Is(err, errSilent) {
+		return 1
 	}
 	if err != nil {
 		var ue usageError

@@ -343,6 +343,7 @@ func (a *Admin) RandomChanges(n int, seed uint64) {
 //	POST /_admin/tenants/{id}/reset-delta      force 410 on every delta token
 //	POST /_admin/tenants/{id}/random-changes   {"count":n,"seed":s}
 //	POST /_admin/tenants/{id}/throttle-next    {"count":n}
+//	POST /_admin/tenants/{id}/seats            {"sku":"POWER_BI_PRO","enabled":n}
 func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/_admin/"), "/"), "/")
 	if len(parts) == 1 && parts[0] == "tenants" && r.Method == http.MethodGet {
@@ -355,8 +356,10 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	}
 	id, op := parts[1], parts[2]
 	var body struct {
-		Count int    `json:"count"`
-		Seed  uint64 `json:"seed"`
+		Count   int    `json:"count"`
+		Seed    uint64 `json:"seed"`
+		SKU     string `json:"sku"`
+		Enabled int    `json:"enabled"`
 	}
 	if r.Method == http.MethodPost && r.ContentLength != 0 {
 		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
@@ -378,6 +381,8 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		err = s.Mutate(id, func(a *Admin) error { a.ResetDelta(); return nil })
 	case op == "random-changes" && r.Method == http.MethodPost:
 		err = s.Mutate(id, func(a *Admin) error { a.RandomChanges(body.Count, body.Seed); return nil })
+	case op == "seats" && r.Method == http.MethodPost:
+		err = s.Mutate(id, func(a *Admin) error { return a.SetSeats(body.SKU, body.Enabled) })
 	case op == "throttle-next" && r.Method == http.MethodPost:
 		err = s.Mutate(id, func(a *Admin) error { a.ThrottleNext(body.Count); return nil })
 	default:

@@ -1,0 +1,494 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// connFlags are the flags of the commands that talk to a running system.
+type connFlags struct {
+	url, creds, prefix, output *string
+}
+
+func addConnFlags(fs *flagSet) *connFlags {
+	return &connFlags{
+		url:    fs.String("nats", "nats://127.0.0.1:4222", "NATS server URL"),
+		creds:  fs.String("creds", "", "NATS credentials file"),
+		prefix: fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
+		output: fs.String("o", "text", "output: text or json"),
+	}
+}
+
+func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology, error) {
+	opts := []nats.Option{nats.Name("m365-worker cli")}
+	if *c.creds != "" {
+		opts = append(opts, nats.UserCredentials(*c.creds))
+	}
+	nc, err := nats.Connect(*c.url, opts...)
+	if err != nil {
+		return nil, nil, worker.Topology{}, fmt.Errorf("connect to NATS at %s: %w (is m365-worker run or a NATS server up? set --nats)", *c.url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, worker.Topology{}, err
+	}
+	return nc, js, worker.Topology{Subjects: jobs.Subjects{Prefix: *c.prefix}}, nil
+}
+
+func (c *connFlags) json() bool { return *c.output == "json" }
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func subcommand(args []string, usage string, stderr io.Writer) (string, []string, error) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprint(stderr, usage)
+			return "", nil, errors.New("help")
+		}
+		return "", nil, usageError{errors.New(strings.TrimSpace(usage))}
+	}
+	return args[0], args[1:], nil
+}
+
+// --- pool ------------------------------------------------------------------
+
+func cmdPool(args []string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand(args, "usage: m365-worker pool keygen [--out FILE]\n", stderr)
+	if err != nil || sub != "keygen" {
+		if err == nil {
+			err = usageError{fmt.Errorf("unknown pool command %q (want keygen)", sub)}
+		}
+		return err
+	}
+	fs := newFlagSet("pool keygen", "Create a curve key pair for sealing a pool's secrets. The seed (private) goes to --out\n(mode 0600); the public key is printed: give it to whoever seals secrets for the pool.", stderr)
+	out := fs.String("out", "", "file for the private seed (required; keep it on the pool's site)")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	if *out == "" {
+		return usageError{errors.New("--out FILE is required: the private seed is never printed")}
+	}
+	kp, err := nkeys.CreateCurveKeys()
+	if err != nil {
+		return err
+	}
+	seed, _ := kp.Seed()
+	if err := os.WriteFile(*out, append(seed, '\n'), 0o600); err != nil {
+		return err
+	}
+	pub, _ := kp.PublicKey()
+	fmt.Fprintf(stdout, "public key: %s\nprivate seed written to %s (give it to the pool's workers as --pool-key-file or M365_POOL_KEY)\n", pub, *out)
+	return nil
+}
+
+// --- instance ----------------------------------------------------------------
+
+const instanceUsage = `usage: m365-worker instance add|update|remove|list|show [flags]
+`
+
+func cmdInstance(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand(args, instanceUsage, stderr)
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "add", "update":
+		return instancePut(ctx, sub, rest, stdout, stderr)
+	case "remove", "list", "show":
+		fs := newFlagSet("instance "+sub, "Remove, list or show instances (secrets are never shown).", stderr)
+		cf := addConnFlags(fs)
+		var id string
+		if sub != "list" {
+			if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+				return usageError{fmt.Errorf("usage: m365-worker instance %s ID", sub)}
+			}
+			id, rest = rest[0], rest[1:]
+		}
+		if err := fs.parse(rest); err != nil {
+			return err
+		}
+		nc, js, topo, err := cf.connect()
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		store, err := worker.OpenInstances(ctx, js, topo)
+		if err != nil {
+			return err
+		}
+		switch sub {
+		case "remove":
+			if err := store.Delete(ctx, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "instance %s removed (its schedule too)\n", id)
+			return nil
+		case "show":
+			in, err := store.Get(ctx, id)
+			if err != nil {
+				return err
+			}
+			if cf.json() {
+				return printJSON(stdout, in)
+			}
+			return showInstance(stdout, in)
+		}
+		list, err := store.List(ctx)
+		if err != nil {
+			return err
+		}
+		if cf.json() {
+			return printJSON(stdout, list)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tPOOL\tTENANT\tCLIENT\tCLOUD\tINTERVAL")
+		for _, in := range list {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", in.ID, in.Pool, in.TenantID, in.ClientID, in.Cloud, time.Duration(in.SyncInterval))
+		}
+		return tw.Flush()
+	}
+	return usageError{fmt.Errorf("unknown instance command %q", sub)}
+}
+
+func showInstance(w io.Writer, in *worker.Instance) error {
+	secret := "none"
+	switch {
+	case in.ClientSecret != nil:
+		secret = "client secret " + in.ClientSecret.String()
+	case in.CertificateKey != nil:
+		secret = "certificate, key " + in.CertificateKey.String()
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, kv := range [][2]string{{"id", in.ID}, {"pool", in.Pool}, {"tenant_id", in.TenantID}, {"client_id", in.ClientID}, {"credential", secret},
+		{"cloud", in.Cloud}, {"authority", in.Authority}, {"graph_root", in.GraphRoot}, {"http_proxy", in.HTTPProxy},
+		{"sync_interval", time.Duration(in.SyncInterval).String()}, {"updated_at", in.UpdatedAt.Format(time.RFC3339)}} {
+		if kv[1] != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		}
+	}
+	return tw.Flush()
+}
+
+// tevyraConfig is the module configuration as Tevyra documents it.
+type tevyraConfig struct {
+	TenantID     string `json:"tenant_id"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+}
+
+func instancePut(ctx context.Context, sub string, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return usageError{fmt.Errorf("usage: m365-worker instance %s ID [flags]", sub)}
+	}
+	id, rest := args[0], args[1:]
+	fs := newFlagSet("instance "+sub, "Add or change an instance. Secrets are read from a file or standard input, never from a flag,\nand sealed with the pool's public key before they are stored.", stderr)
+	cf := addConnFlags(fs)
+	tenant := fs.String("tenant-id", "", "directory (tenant) id")
+	client := fs.String("client-id", "", "application (client) id")
+	secretFile := fs.String("secret-file", "", "file holding the client secret ('-' for standard input)")
+	certFile := fs.String("certificate", "", "certificate file (PEM), with --certificate-key")
+	keyFile := fs.String("certificate-key", "", "certificate private key file (PEM)")
+	config := fs.String("config", "", "the module configuration as Tevyra documents it: {\"tenant_id\",\"client_id\",\"client_secret\"} ('-' for standard input)")
+	cloud := fs.String("cloud", "", "global, usgov, usgov-dod or china")
+	pool := fs.String("pool", "", "worker pool serving the instance (default: default)")
+	interval := fs.Duration("sync-interval", 0, "time between scheduled syncs (default 5m)")
+	proxy := fs.String("http-proxy", "", "forward proxy for this instance's Graph traffic")
+	authority := fs.String("authority", "", "token authority override (a simulator)")
+	graphRoot := fs.String("graph-root", "", "Graph root override (a simulator)")
+	caFile := fs.String("ca-file", "", "extra trusted CA (PEM) for authority and Graph root")
+	poolPub := fs.String("pool-public-key", "", "the pool's public key (X...); default: derived from --pool-key-file or M365_POOL_KEY")
+	poolKeyFile := fs.String("pool-key-file", "", "the pool's private seed, to derive its public key")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	nc, js, topo, err := cf.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	store, err := worker.OpenInstances(ctx, js, topo)
+	if err != nil {
+		return err
+	}
+	var in worker.Instance
+	if sub == "update" {
+		cur, err := store.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		in = *cur
+	} else if _, err := store.Get(ctx, id); err == nil {
+		return fmt.Errorf("instance %s exists: use instance update", id)
+	}
+	in.ID = id
+	readIn := func(path string) ([]byte, error) {
+		if path == "-" {
+			return io.ReadAll(bufio.NewReader(os.Stdin))
+		}
+		return os.ReadFile(path)
+	}
+	var secret []byte
+	if *config != "" {
+		b, err := readIn(*config)
+		if err != nil {
+			return err
+		}
+		var tc tevyraConfig
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&tc); err != nil {
+			return usageError{fmt.Errorf("--config: %v (want {\"tenant_id\",\"client_id\",\"client_secret\"})", err)}
+		}
+		in.TenantID, in.ClientID, secret = tc.TenantID, tc.ClientID, []byte(tc.ClientSecret)
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&in.TenantID, *tenant)
+	set(&in.ClientID, *client)
+	set(&in.Cloud, *cloud)
+	set(&in.Pool, *pool)
+	set(&in.HTTPProxy, *proxy)
+	set(&in.Authority, *authority)
+	set(&in.GraphRoot, *graphRoot)
+	if *interval > 0 {
+		in.SyncInterval = worker.Duration(*interval)
+	}
+	if *caFile != "" {
+		b, err := os.ReadFile(*caFile)
+		if err != nil {
+			return err
+		}
+		in.CAPEM = string(b)
+	}
+	if *secretFile != "" {
+		if secret, err = readIn(*secretFile); err != nil {
+			return err
+		}
+	}
+	pub := *poolPub
+	if pub == "" {
+		pf := &poolFlags{poolKeyFile: poolKeyFile}
+		kp, err := pf.poolKey()
+		if err != nil {
+			return err
+		}
+		if kp == nil && (len(secret) > 0 || *keyFile != "") {
+			return usageError{errors.New("the pool's public key is needed to seal the secret: give --pool-public-key, --pool-key-file or M365_POOL_KEY")}
+		}
+		if kp != nil {
+			pub, _ = kp.PublicKey()
+		}
+	}
+	if s := strings.TrimSpace(string(secret)); s != "" {
+		if in.ClientSecret, err = jobs.Seal([]byte(s), pub); err != nil {
+			return err
+		}
+		in.CertificateKey, in.Certificate = nil, ""
+	}
+	if *certFile != "" || *keyFile != "" {
+		cert, err := os.ReadFile(*certFile)
+		if err != nil {
+			return fmt.Errorf("--certificate: %w", err)
+		}
+		key, err := os.ReadFile(*keyFile)
+		if err != nil {
+			return fmt.Errorf("--certificate-key: %w", err)
+		}
+		if in.CertificateKey, err = jobs.Seal(key, pub); err != nil {
+			return err
+		}
+		in.Certificate, in.ClientSecret = string(cert), nil
+	}
+	saved, err := store.Put(ctx, in)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "instance %s %sed in pool %s; syncs every %s\n", saved.ID, strings.TrimSuffix(sub, "e"), saved.Pool, time.Duration(saved.SyncInterval))
+	return nil
+}
+
+// --- job -----------------------------------------------------------------------
+
+func cmdJob(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand(args, "usage: m365-worker job submit --instance I --action A --params JSON [--wait]\n", stderr)
+	if err != nil {
+		return err
+	}
+	if sub != "submit" {
+		return usageError{fmt.Errorf("unknown job command %q (want submit)", sub)}
+	}
+	fs := newFlagSet("job submit", "Publish a job with a fresh id; with --wait, print its result (exit status 1 when it failed).", stderr)
+	cf := addConnFlags(fs)
+	instance := fs.String("instance", "", "instance id (required)")
+	action := fs.String("action", "", "sync or an action: create_user, disable_user, … (required)")
+	params := fs.String("params", "{}", "parameters as JSON")
+	pool := fs.String("pool", jobs.DefaultPool, "pool serving the instance")
+	dry := fs.Bool("dry-run", false, "validate and resolve without writing")
+	wait := fs.Bool("wait", false, "wait for the result and print it")
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long --wait waits")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	if *instance == "" || *action == "" {
+		return usageError{errors.New("--instance and --action are required")}
+	}
+	nc, js, topo, err := cf.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	j := &jobs.Job{Instance: *instance, Action: jobs.FullAction(*action), Params: json.RawMessage(*params), RequestedBy: "m365-worker cli", DryRun: *dry}
+	now := time.Now().UTC()
+	j.RequestedAt = &now
+	if _, err := worker.Submit(ctx, js, topo.Subjects, *pool, j); err != nil {
+		return err
+	}
+	if !*wait {
+		if cf.json() {
+			return printJSON(stdout, map[string]string{"job_id": j.ID})
+		}
+		fmt.Fprintf(stdout, "job %s submitted\n", j.ID)
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	res, err := worker.WaitResult(wctx, js, topo, *instance, j.Action, j.ID)
+	if err != nil {
+		return err
+	}
+	if cf.json() {
+		_ = printJSON(stdout, res)
+	} else if res.Status == jobs.StatusSucceeded {
+		fmt.Fprintf(stdout, "job %s succeeded in %s: %s\n", res.JobID, res.FinishedAt.Sub(res.StartedAt).Round(time.Millisecond), res.Output)
+	} else {
+		fmt.Fprintf(stdout, "job %s failed: %s: %s\n", res.JobID, res.Error.Code, res.Error.Message)
+	}
+	if res.Status != jobs.StatusSucceeded {
+		return errSilent
+	}
+	return nil
+}
+
+// errSilent exits 1 without another message.
+var errSilent = errors.New("")
+
+// --- failed --------------------------------------------------------------------
+
+func cmdFailed(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand(args, "usage: m365-worker failed list|show|replay [flags]\n", stderr)
+	if err != nil {
+		return err
+	}
+	fs := newFlagSet("failed "+sub, "List, show or replay the jobs that failed for good.", stderr)
+	cf := addConnFlags(fs)
+	instance := fs.String("instance", "", "only this instance")
+	action := fs.String("action", "", "only this action")
+	code := fs.String("code", "", "only this error code")
+	since := fs.Duration("since", 0, "only failures within this long (e.g. 24h)")
+	all := fs.Bool("all", false, "replay: every failure the filters select")
+	dry := fs.Bool("dry-run", false, "replay: say what would be replayed")
+	var id string
+	if (sub == "show" || sub == "replay") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		id, rest = rest[0], rest[1:]
+	}
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	if sub == "show" && id == "" || sub == "replay" && id == "" && !*all {
+		return usageError{fmt.Errorf("usage: m365-worker failed %s JOB_ID%s", sub, map[bool]string{true: " | --all [filters]", false: ""}[sub == "replay"])}
+	}
+	nc, js, topo, err := cf.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	filter := worker.FailureFilter{Instance: *instance, Action: *action, Code: *code}
+	if *since > 0 {
+		filter.Since = time.Now().Add(-*since)
+	}
+	recs, err := worker.Failures(ctx, js, topo, filter)
+	if err != nil {
+		return err
+	}
+	if id != "" {
+		var keep []jobs.FailureRecord
+		for _, r := range recs {
+			if r.JobID == id {
+				keep = append(keep, r)
+			}
+		}
+		if len(keep) == 0 {
+			return fmt.Errorf("no failure record for job %s", id)
+		}
+		recs = keep
+	}
+	switch sub {
+	case "list":
+		if cf.json() {
+			return printJSON(stdout, recs)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "FAILED AT\tJOB\tINSTANCE\tACTION\tCODE\tMESSAGE")
+		for _, r := range recs {
+			msg := r.Error.Message
+			if len(msg) > 80 {
+				msg = msg[:77] + "..."
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.FailedAt.Format(time.RFC3339), r.JobID, r.Instance, jobs.ShortAction(r.Action), r.Error.Code, msg)
+		}
+		return tw.Flush()
+	case "show":
+		r := recs[len(recs)-1]
+		orig, err := worker.OriginalJob(ctx, js, topo, &r)
+		out := map[string]any{"failure": r}
+		if err == nil {
+			var env any
+			if json.Unmarshal(orig.Data, &env) == nil {
+				out["job"] = env
+			} else {
+				out["job_raw_bytes"] = len(orig.Data)
+			}
+		} else {
+			out["job_error"] = err.Error()
+		}
+		return printJSON(stdout, out)
+	case "replay":
+		for _, r := range recs {
+			if *dry {
+				fmt.Fprintf(stdout, "would replay %s (%s, %s)\n", r.JobID, r.Instance, r.Error.Code)
+				continue
+			}
+			newID, err := worker.Replay(ctx, js, topo, &r)
+			if err != nil {
+				fmt.Fprintf(stderr, "m365-worker: %v\n", err)
+				continue
+			}
+			fmt.Fprintf(stdout, "replayed %s as %s\n", r.JobID, newID)
+		}
+		return nil
+	}
+	return usageError{fmt.Errorf("unknown failed command %q (want list, show or replay)", sub)}
+}

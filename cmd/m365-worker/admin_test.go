@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// cli runs the binary to completion and returns stdout and the exit code.
+func cli(t *testing.T, stdin string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if code != 0 {
+		t.Logf("%v: exit %d\n%s", args, code, errb.String())
+	}
+	return out.String(), code
+}
+
+func TestOperatorCommands(t *testing.T) {
+	dir := t.TempDir()
+	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
+	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "60", "--groups", "6", "--ca-out", ca, "--credentials-out", creds)
+	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
+
+	out, code := cli(t, "", "pool", "keygen", "--out", filepath.Join(dir, "pool.seed"))
+	if code != 0 || !strings.Contains(out, "public key: X") {
+		t.Fatalf("pool keygen: %d %s", code, out)
+	}
+	keyFile := filepath.Join(dir, "pool.seed")
+
+	addr := freePort(t)
+	natsURL := "nats://" + addr
+	w := start(t, "run", "--data-dir", filepath.Join(dir, "data"), "--nats-listen", addr, "--demo=false", "--pool-key-file", keyFile)
+	w.waitLine(t, "Workers serving")
+
+	// The module configuration exactly as Tevyra documents it, on stdin.
+	var tenants []map[string]string
+	b, _ := os.ReadFile(creds)
+	_ = json.Unmarshal(b, &tenants)
+	cfg, _ := json.Marshal(map[string]string{"tenant_id": tenants[0]["tenant_id"], "client_id": tenants[0]["client_id"], "client_secret": tenants[0]["client_secret"]})
+	out, code = cli(t, string(cfg), "instance", "add", "acme", "--config", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca,
+		"--pool-key-file", keyFile, "--nats", natsURL, "--sync-interval", "1h")
+	if code != 0 {
+		t.Fatalf("instance add: %s", out)
+	}
+	out, _ = cli(t, "", "instance", "show", "acme", "--nats", natsURL)
+	if !strings.Contains(out, tenants[0]["tenant_id"]) || strings.Contains(out, tenants[0]["client_secret"]) || !strings.Contains(out, "sealed to X") {
+		t.Errorf("instance show: %s", out)
+	}
+	out, _ = cli(t, "", "instance", "list", "--nats", natsURL, "-o", "json")
+	if !strings.Contains(out, `"id": "acme"`) || strings.Contains(out, tenants[0]["client_secret"]) {
+		t.Errorf("instance list: %s", out)
+	}
+
+	out, code = cli(t, "", "job", "submit", "--instance", "acme", "--action", "sync", "--wait", "--nats", natsURL)
+	if code != 0 || !strings.Contains(out, "succeeded") {
+		t.Fatalf("sync: %d %s", code, out)
+	}
+	// Find an unlicensed member with a usage location, then fail a job on a
+	// full SKU.
+	caPEM, _ := os.ReadFile(ca)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := hc.Get(simURL + "/_admin/tenants/" + tenants[0]["tenant_id"] + "/export")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snap struct {
+		Users []struct {
+			ID               string          `json:"id"`
+			UsageLocation    *string         `json:"usageLocation"`
+			UserType         string          `json:"userType"`
+			AssignedLicenses json.RawMessage `json:"assignedLicenses"`
+		} `json:"users"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&snap)
+	resp.Body.Close()
+	var user string
+	for _, u := range snap.Users {
+		if u.UsageLocation != nil && u.UserType == "Member" && string(u.AssignedLicenses) == "[]" {
+			user = u.ID
+		}
+	}
+	params := `{"user":"` + user + `","sku":"POWER_BI_PRO"}`
+	out, code = cli(t, "", "job", "submit", "--instance", "acme", "--action", "assign_license", "--params", params, "--wait", "--nats", natsURL, "-o", "json")
+	var failedRes jobs.ActionResult
+	_ = json.Unmarshal([]byte(out), &failedRes)
+	if code != 1 || failedRes.Error == nil || failedRes.Error.Code != "no_free_seat" {
+		t.Fatalf("job made to fail: %d %s", code, out)
+	}
+	out, _ = cli(t, "", "failed", "list", "--nats", natsURL, "--code", "no_free_seat")
+	if !strings.Contains(out, failedRes.JobID) {
+		t.Fatalf("failed list: %s", out)
+	}
+	out, _ = cli(t, "", "failed", "show", failedRes.JobID, "--nats", natsURL)
+	if !strings.Contains(out, `"POWER_BI_PRO"`) || !strings.Contains(out, `"stream_seq"`) {
+		t.Errorf("failed show: %s", out)
+	}
+	// Fix the cause (buy seats), then replay.
+	r2, err := hc.Post(simURL+"/_admin/tenants/"+tenants[0]["tenant_id"]+"/seats", "application/json", strings.NewReader(`{"sku":"POWER_BI_PRO","enabled":1000}`))
+	if err != nil || r2.StatusCode != 204 {
+		t.Fatalf("seats: %v %v", err, r2)
+	}
+	out, code = cli(t, "", "failed", "replay", failedRes.JobID, "--nats", natsURL)
+	if code != 0 || !strings.Contains(out, "replayed "+failedRes.JobID+" as ") {
+		t.Fatalf("failed replay: %s", out)
+	}
+	newID := strings.TrimSpace(out[strings.LastIndex(out, " as ")+4:])
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := worker.WaitResult(ctx, js, worker.Topology{}, "acme", jobs.ActionAssignLicense, newID)
+	if err != nil || res.Status != jobs.StatusSucceeded || res.ReplayOf != failedRes.JobID {
+		t.Fatalf("replayed job: %+v %v", res, err)
+	}
+	w.interrupt(t)
+	sim.interrupt(t)
+}
