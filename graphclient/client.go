@@ -174,6 +174,17 @@ func (p *Pool) Client(cfg Config) (*Client, error) {
 	return c, nil
 }
 
+// Stats returns the traffic counters of every client, by instance.
+func (p *Pool) Stats() map[string]Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]Stats, len(p.clients))
+	for k, c := range p.clients {
+		out[k] = c.Stats()
+	}
+	return out
+}
+
 // Forget drops an instance's client (its configuration was removed).
 func (p *Pool) Forget(instance string) {
 	p.mu.Lock()

@@ -79,6 +79,7 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
 	} else if done {
 		d.log.Info("worker: job already done; acknowledging the duplicate delivery", "deliveries", meta.NumDelivered)
 		w.stats.Skipped.Add(1)
+		w.metrics.observe(d.addr.Action, "duplicate", 0)
 		_ = msg.DoubleAck(ctx)
 		return
 	}
@@ -236,6 +237,7 @@ func (w *Worker) retry(ctx context.Context, d *delivery, cause error) {
 	delay := w.retryDelay(d.attempt)
 	d.log.Warn("worker: job failed; retrying", "error", cause, "retry_in", delay)
 	w.stats.Retried.Add(1)
+	w.metrics.observe(d.addr.Action, "retried", 0)
 	if err := d.msg.NakWithDelay(delay); err != nil {
 		d.log.Warn("worker: nak failed; the job returns after the ack wait", "error", err)
 	}
@@ -247,6 +249,7 @@ func (w *Worker) snooze(ctx context.Context, d *delivery, delay time.Duration, w
 		d.log.Warn("worker: cannot record the give-back; it will count as an attempt", "error", err)
 	}
 	w.stats.Snoozed.Add(1)
+	w.metrics.observe(d.addr.Action, "snoozed", 0)
 	if err := d.msg.NakWithDelay(delay); err != nil {
 		d.log.Warn("worker: nak failed; the job returns after the ack wait", "error", err, "reason", why)
 	}
@@ -261,6 +264,7 @@ func (w *Worker) succeed(ctx context.Context, d *delivery, out any) {
 		return
 	}
 	w.stats.Succeeded.Add(1)
+	w.metrics.observe(d.addr.Action, "succeeded", time.Since(d.started))
 	w.finish(ctx, d, jobs.StatusSucceeded, func() error { return d.msg.DoubleAck(ctx) })
 	d.log.Info("worker: job succeeded", "duration", time.Since(d.started))
 }
@@ -286,6 +290,7 @@ func (w *Worker) fail(ctx context.Context, d *delivery, je *jobs.Error) {
 		return
 	}
 	w.stats.Failed.Add(1)
+	w.metrics.observe(d.addr.Action, "failed", time.Since(d.started))
 	w.finish(ctx, d, jobs.StatusFailed, func() error { return d.msg.TermWithReason(je.Code) })
 	d.log.Warn("worker: job failed", "code", je.Code, "error", je.Message)
 }

@@ -44,6 +44,9 @@ type Worker struct {
 
 	inFlight atomic.Int64
 	stats    Stats
+	metrics  actionMetrics
+	bound    atomic.Bool
+	cons     jetstream.Consumer
 
 	// targets chains the jobs of one (instance, target) in this worker, in
 	// the order they were fetched (stream order).
@@ -111,6 +114,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	w.cons = cons
+	w.bound.Store(true)
+	defer w.bound.Store(false)
 	if err := w.instances.Watch(ctx, nil); err != nil {
 		return err
 	}
@@ -226,6 +232,15 @@ func targetKey(msg jetstream.Msg) string {
 		return ""
 	}
 	return j.Instance + "/" + strings.ToLower(p.Target())
+}
+
+func (w *Worker) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	if !w.bound.Load() { // set after cons
+		return nil, fmt.Errorf("consumer not bound")
+	}
+	c, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return w.cons.Info(c)
 }
 
 // announce registers the worker as live in the state bucket (a key with a

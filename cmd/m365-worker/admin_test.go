@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -53,9 +54,9 @@ func TestOperatorCommands(t *testing.T) {
 	}
 	keyFile := filepath.Join(dir, "pool.seed")
 
-	addr := freePort(t)
+	addr, httpAddr := freePort(t), freePort(t)
 	natsURL := "nats://" + addr
-	w := start(t, "run", "--data-dir", filepath.Join(dir, "data"), "--nats-listen", addr, "--demo=false", "--pool-key-file", keyFile)
+	w := start(t, "run", "--data-dir", filepath.Join(dir, "data"), "--nats-listen", addr, "--demo=false", "--pool-key-file", keyFile, "--http-listen", httpAddr)
 	w.waitLine(t, "Workers serving")
 
 	// The module configuration exactly as Tevyra documents it, on stdin.
@@ -143,6 +144,32 @@ func TestOperatorCommands(t *testing.T) {
 	res, err := worker.WaitResult(ctx, js, worker.Topology{}, "acme", jobs.ActionAssignLicense, newID)
 	if err != nil || res.Status != jobs.StatusSucceeded || res.ReplayOf != failedRes.JobID {
 		t.Fatalf("replayed job: %+v %v", res, err)
+	}
+	// Observability: /metrics, /healthz, /readyz and the NATS micro service.
+	for _, p := range []string{"/healthz", "/readyz"} {
+		r, err := http.Get("http://" + httpAddr + p)
+		if err != nil || r.StatusCode != 200 {
+			t.Errorf("%s: %v %v", p, err, r)
+		}
+	}
+	r3, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(r3.Body)
+	r3.Body.Close()
+	for _, want := range []string{`m365_jobs_total{action="microsoft-365.assign_license",outcome="failed"} 1`, `m365_jobs_total{action="sync",outcome="succeeded"}`,
+		`m365_graph_requests_total{instance="acme"}`, `m365_graph_resource_units_total{instance="acme"}`, "m365_consumer_pending", "m365_jobs_in_flight"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, metrics)
+		}
+	}
+	if strings.Contains(string(metrics), tenants[0]["client_secret"]) {
+		t.Error("a secret in the metrics")
+	}
+	ping, err := nc.Request("$SRV.INFO.m365-worker", nil, 5*time.Second)
+	if err != nil || !strings.Contains(string(ping.Data), `"name":"m365-worker"`) || !strings.Contains(string(ping.Data), "m365.status.default.") {
+		t.Errorf("micro service: %v %v", err, ping)
 	}
 	w.interrupt(t)
 	sim.interrupt(t)

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,7 +53,7 @@ Run 'm365-worker <command> --help' for the flags of a command.
 Every flag can also be set through its M365_* environment variable, e.g. --data-dir as M365_DATA_DIR.
 `
 
-var version = "dev"
+var version = "0.1.0-dev"
 
 func main() {
 	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
@@ -197,9 +198,9 @@ func (f *flagSet) parse(args []string) error {
 
 // poolFlags are the flags every worker-running command shares.
 type poolFlags struct {
-	pool, logLevel, logFormat, prefix, poolKeyFile *string
-	concurrency, replicas                          *int
-	ackWait, shutdown                              *time.Duration
+	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
+	concurrency, replicas                                      *int
+	ackWait, shutdown                                          *time.Duration
 }
 
 func addPoolFlags(fs *flagSet) *poolFlags {
@@ -213,6 +214,7 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 		prefix:      fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
 		replicas:    fs.Int("replicas", 1, "stream and bucket replicas (3 in a cluster)"),
 		poolKeyFile: fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
+		httpListen:  fs.String("http-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9465 (off when empty)"),
 	}
 }
 
@@ -284,7 +286,40 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	if err != nil {
 		return err
 	}
+	obs := worker.NewObserver(w, js.Conn(), graphMetrics(graph))
+	svc, err := obs.Micro(version)
+	if err != nil {
+		return fmt.Errorf("register the NATS micro service: %w", err)
+	}
+	defer func() { _ = svc.Stop() }()
+	if *p.httpListen != "" {
+		l, err := net.Listen("tcp", *p.httpListen)
+		if err != nil {
+			return fmt.Errorf("--http-listen %s: %w", *p.httpListen, err)
+		}
+		srv := &http.Server{Handler: obs.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(l) }()
+		defer srv.Close()
+		log.Info("metrics and health on http://" + l.Addr().String() + " (/metrics, /healthz, /readyz)")
+	}
 	return w.Run(ctx)
+}
+
+// graphMetrics exposes the Graph clients' counters by instance.
+func graphMetrics(p *graphclient.Pool) worker.MetricsSource {
+	return func() []worker.Metric {
+		var ms []worker.Metric
+		for inst, s := range p.Stats() {
+			l := map[string]string{"instance": inst}
+			ms = append(ms,
+				worker.Metric{Name: "m365_graph_requests_total", Help: "Graph requests sent.", Type: "counter", Labels: l, Value: float64(s.Requests)},
+				worker.Metric{Name: "m365_graph_resource_units_total", Help: "Resource units Graph charged.", Type: "counter", Labels: l, Value: float64(s.ResourceUnits)},
+				worker.Metric{Name: "m365_graph_throttled_total", Help: "Throttled (429) responses.", Type: "counter", Labels: l, Value: float64(s.Throttled)},
+				worker.Metric{Name: "m365_graph_retries_total", Help: "Requests retried.", Type: "counter", Labels: l, Value: float64(s.Retries)},
+				worker.Metric{Name: "m365_graph_latency_seconds_total", Help: "Time spent in Graph requests.", Type: "counter", Labels: l, Value: s.Latency.Seconds()})
+		}
+		return ms
+	}
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -1,0 +1,159 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// actionMetrics counts jobs by action and outcome, and their durations.
+type actionMetrics struct {
+	mu       sync.Mutex
+	outcomes map[[2]string]int64 // (action, outcome) → count
+	durSum   map[string]float64
+	durCount map[string]int64
+}
+
+func (m *actionMetrics) observe(action, outcome string, d time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.outcomes == nil {
+		m.outcomes, m.durSum, m.durCount = map[[2]string]int64{}, map[string]float64{}, map[string]int64{}
+	}
+	m.outcomes[[2]string{action, outcome}]++
+	if outcome == "succeeded" || outcome == "failed" {
+		m.durSum[action] += d.Seconds()
+		m.durCount[action]++
+	}
+}
+
+// Metric is one sample for the exposition.
+type Metric struct {
+	Name   string
+	Help   string
+	Type   string // counter or gauge
+	Labels map[string]string
+	Value  float64
+}
+
+// MetricsSource adds samples to a scrape (the Graph client's counters, …).
+type MetricsSource func() []Metric
+
+// Observer serves /metrics (Prometheus text format), /healthz and /readyz
+// for a worker, and registers it as a NATS micro service so `nats micro ls`
+// lists it.
+type Observer struct {
+	w       *Worker
+	nc      *nats.Conn
+	sources []MetricsSource
+}
+
+// NewObserver observes w over nc; sources add samples to every scrape.
+func NewObserver(w *Worker, nc *nats.Conn, sources ...MetricsSource) *Observer {
+	return &Observer{w: w, nc: nc, sources: sources}
+}
+
+// Handler serves /metrics, /healthz and /readyz.
+func (o *Observer) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !o.nc.IsConnected() {
+			http.Error(w, "NATS not connected", http.StatusServiceUnavailable)
+			return
+		}
+		if !o.w.bound.Load() {
+			http.Error(w, "consumer not bound yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		o.write(r.Context(), w)
+	})
+	return mux
+}
+
+func (o *Observer) samples(ctx context.Context) []Metric {
+	w := o.w
+	var ms []Metric
+	w.metrics.mu.Lock()
+	for k, v := range w.metrics.outcomes {
+		ms = append(ms, Metric{Name: "m365_jobs_total", Help: "Jobs by action and outcome (succeeded, failed, retried, snoozed, duplicate).", Type: "counter",
+			Labels: map[string]string{"action": k[0], "outcome": k[1]}, Value: float64(v)})
+	}
+	for a, s := range w.metrics.durSum {
+		ms = append(ms, Metric{Name: "m365_job_duration_seconds_sum", Help: "Total time spent on finished jobs.", Type: "counter", Labels: map[string]string{"action": a}, Value: s})
+		ms = append(ms, Metric{Name: "m365_job_duration_seconds_count", Help: "Finished jobs.", Type: "counter", Labels: map[string]string{"action": a}, Value: float64(w.metrics.durCount[a])})
+	}
+	w.metrics.mu.Unlock()
+	ms = append(ms, Metric{Name: "m365_jobs_in_flight", Help: "Jobs being handled now.", Type: "gauge", Value: float64(w.InFlight())})
+	if info, err := w.consumerInfo(ctx); err == nil && info != nil {
+		ms = append(ms,
+			Metric{Name: "m365_consumer_pending", Help: "Jobs waiting in the pool's consumer (backlog).", Type: "gauge", Labels: map[string]string{"pool": w.cfg.Pool}, Value: float64(info.NumPending)},
+			Metric{Name: "m365_consumer_ack_pending", Help: "Jobs delivered and not yet settled, across the pool.", Type: "gauge", Labels: map[string]string{"pool": w.cfg.Pool}, Value: float64(info.NumAckPending)})
+	}
+	for _, src := range o.sources {
+		ms = append(ms, src()...)
+	}
+	return ms
+}
+
+func (o *Observer) write(ctx context.Context, out io.Writer) {
+	ms := o.samples(ctx)
+	sort.SliceStable(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
+	seen := map[string]bool{}
+	for _, m := range ms {
+		if !seen[m.Name] {
+			seen[m.Name] = true
+			fmt.Fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", m.Name, m.Help, m.Name, m.Type)
+		}
+		var labels []string
+		for k, v := range m.Labels {
+			labels = append(labels, fmt.Sprintf("%s=%q", k, v))
+		}
+		sort.Strings(labels)
+		if len(labels) > 0 {
+			fmt.Fprintf(out, "%s{%s} %g\n", m.Name, strings.Join(labels, ","), m.Value)
+		} else {
+			fmt.Fprintf(out, "%s %g\n", m.Name, m.Value)
+		}
+	}
+}
+
+// Micro registers the worker as a NATS micro service ("m365-worker") with a
+// "status" endpoint; stop it with the returned service's Stop.
+func (o *Observer) Micro(version string) (micro.Service, error) {
+	svc, err := micro.AddService(o.nc, micro.Config{
+		Name: "m365-worker", Version: version, Description: "Microsoft 365 worker pool of Tevyra",
+		Metadata: map[string]string{"worker": o.w.cfg.ID, "pool": o.w.cfg.Pool},
+		StatsHandler: func(*micro.Endpoint) any {
+			s := o.w.Stats()
+			return map[string]int64{"handled": s.Handled.Load(), "succeeded": s.Succeeded.Load(), "failed": s.Failed.Load(), "in_flight": o.w.InFlight()}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = svc.AddEndpoint("status", micro.HandlerFunc(func(r micro.Request) {
+		s := o.w.Stats()
+		b, _ := json.Marshal(map[string]any{"worker": o.w.cfg.ID, "pool": o.w.cfg.Pool, "handled": s.Handled.Load(), "succeeded": s.Succeeded.Load(),
+			"failed": s.Failed.Load(), "retried": s.Retried.Load(), "snoozed": s.Snoozed.Load(), "in_flight": o.w.InFlight()})
+		_ = r.Respond(b)
+	}), micro.WithEndpointSubject("m365.status."+o.w.cfg.Pool+"."+sanitizeToken(o.w.cfg.ID)))
+	if err != nil {
+		_ = svc.Stop()
+		return nil, err
+	}
+	return svc, nil
+}
