@@ -10,7 +10,9 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -389,4 +391,65 @@ func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	r := req.Clone(req.Context())
 	r.Header.Set("Authorization", "Bearer "+tok.Token)
 	return a.next.RoundTrip(r)
+}
+
+// Grants are what the app's token says it may do.
+type Grants struct {
+	// Roles are the granted application permissions.
+	Roles []string `json:"roles"`
+	// DirectoryRoles are the template ids of the app's directory roles.
+	DirectoryRoles []string `json:"directory_roles"`
+}
+
+// Has reports whether any of the permissions is granted.
+func (g Grants) Has(perms ...string) bool {
+	for _, p := range perms {
+		for _, r := range g.Roles {
+			if strings.EqualFold(r, p) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// HasDirectoryRole reports whether the app holds a directory role.
+func (g Grants) HasDirectoryRole(templateID string) bool {
+	for _, r := range g.DirectoryRoles {
+		if strings.EqualFold(r, templateID) {
+			return true
+		}
+	}
+	return false
+}
+
+// Directory role template ids.
+const (
+	RoleUserAdministrator                     = "fe930be7-5e62-47db-91af-98c3a49a38b1"
+	RolePrivilegedAuthenticationAdministrator = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13"
+)
+
+// Grants gets a token and reads the permissions and directory roles it
+// carries (the claims are read, not verified: Graph verifies them).
+func (c *Client) Grants(ctx context.Context) (Grants, error) {
+	tok, err := c.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{strings.TrimSuffix(c.graphURL, "/v1.0") + "/.default"}})
+	if err != nil {
+		return Grants{}, err
+	}
+	parts := strings.Split(tok.Token, ".")
+	if len(parts) != 3 {
+		return Grants{}, errors.New("the access token is not a JWT")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return Grants{}, fmt.Errorf("read the access token: %w", err)
+	}
+	var claims struct {
+		Roles []string `json:"roles"`
+		Wids  []string `json:"wids"`
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		return Grants{}, fmt.Errorf("read the access token: %w", err)
+	}
+	return Grants{Roles: claims.Roles, DirectoryRoles: claims.Wids}, nil
 }

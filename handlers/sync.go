@@ -129,29 +129,47 @@ func hashOf(b []byte) string {
 	return hex.EncodeToString(h[:12])
 }
 
-// graphClient builds the instance's Graph client, opening its sealed secret.
-func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient.Client, error) {
-	in := j.InstanceConfig
-	if in == nil {
-		return nil, worker.Permanent(jobs.CodeInstanceNotFound, fmt.Sprintf("no configuration for instance %q in the instances bucket", j.Job.Instance))
-	}
+// ClientConfig is the Graph client configuration of an instance; open
+// opens its sealed secret (a worker's pool key).
+func ClientConfig(in *worker.Instance, open func(*jobs.SealedSecret) ([]byte, error), users int) (graphclient.Config, error) {
 	cfg := graphclient.Config{Instance: in.ID, TenantID: in.TenantID, ClientID: in.ClientID, Cloud: in.Cloud, Authority: in.Authority,
 		GraphRoot: in.GraphRoot, CAPEM: []byte(in.CAPEM), HTTPProxy: in.HTTPProxy, Users: users}
 	switch {
 	case in.ClientSecret != nil:
-		b, err := j.OpenSecret(in.ClientSecret)
+		b, err := open(in.ClientSecret)
 		if err != nil {
-			return nil, worker.Permanent("secret_unreadable", fmt.Sprintf("cannot open the client secret of %s: %v", in.ID, err))
+			return cfg, worker.Permanent(CodeSecretUnreadable, fmt.Sprintf("cannot open the client secret of %s: %v", in.ID, err))
 		}
 		cfg.ClientSecret = string(b)
 	case in.CertificateKey != nil:
-		b, err := j.OpenSecret(in.CertificateKey)
+		b, err := open(in.CertificateKey)
 		if err != nil {
-			return nil, worker.Permanent("secret_unreadable", fmt.Sprintf("cannot open the certificate key of %s: %v", in.ID, err))
+			return cfg, worker.Permanent(CodeSecretUnreadable, fmt.Sprintf("cannot open the certificate key of %s: %v", in.ID, err))
 		}
 		cfg.CertificatePEM, cfg.PrivateKeyPEM = []byte(in.Certificate), b
 	}
+	return cfg, nil
+}
+
+// graphClient builds the job's instance's Graph client.
+func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient.Client, error) {
+	if j.InstanceConfig == nil {
+		return nil, worker.Permanent(jobs.CodeInstanceNotFound, fmt.Sprintf("no configuration for instance %q in the instances bucket", j.Job.Instance))
+	}
+	cfg, err := ClientConfig(j.InstanceConfig, j.OpenSecret, users)
+	if err != nil {
+		return nil, err
+	}
 	return pool.Client(cfg)
+}
+
+// ReadSyncMeta reads an instance's sync state from the state bucket.
+func ReadSyncMeta(ctx context.Context, js jetstream.JetStream, t worker.Topology, instance string) (SyncMeta, error) {
+	kv, err := js.KeyValue(ctx, t.StateBucket())
+	if err != nil {
+		return SyncMeta{}, err
+	}
+	return (&Syncer{kv: kv}).Meta(ctx, instance)
 }
 
 // round is one sync round's working state.

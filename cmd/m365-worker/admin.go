@@ -114,6 +114,8 @@ func cmdInstance(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	switch sub {
 	case "add", "update":
 		return instancePut(ctx, sub, rest, stdout, stderr)
+	case "test":
+		return instanceTest(ctx, rest, stdout, stderr)
 	case "remove", "list", "show":
 		fs := newFlagSet("instance "+sub, "Remove, list or show instances (secrets are never shown).", stderr)
 		cf := addConnFlags(fs)

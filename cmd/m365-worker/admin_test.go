@@ -145,6 +145,45 @@ func TestOperatorCommands(t *testing.T) {
 	if err != nil || res.Status != jobs.StatusSucceeded || res.ReplayOf != failedRes.JobID {
 		t.Fatalf("replayed job: %+v %v", res, err)
 	}
+	// status and the test connection.
+	out, code = cli(t, "", "status", "--nats", natsURL)
+	if code != 0 || !strings.Contains(out, "instance acme (pool default)") || !strings.Contains(out, "last sync:   succeeded") ||
+		!strings.Contains(out, "indicators:  60 users") || !strings.Contains(out, "pool default: 1 live workers") {
+		t.Errorf("status: %s", out)
+	}
+	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile)
+	if code != 0 || !strings.Contains(out, "✓ sync: users") || !strings.Contains(out, "✓ reset_password") {
+		t.Errorf("instance test: %d %s", code, out)
+	}
+	// A read-only app registration: sync works, actions do not, and the
+	// permissions to grant are named.
+	roCA, roCreds := filepath.Join(dir, "ro-ca.pem"), filepath.Join(dir, "ro.json")
+	ro := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "10", "--groups", "2", "--read-only", "--no-user-admin-role", "--ca-out", roCA, "--credentials-out", roCreds)
+	roURL := strings.Fields(strings.TrimPrefix(ro.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
+	var roTenants []map[string]string
+	b, _ = os.ReadFile(roCreds)
+	_ = json.Unmarshal(b, &roTenants)
+	out, code = cli(t, roTenants[0]["client_secret"], "instance", "add", "readonly", "--tenant-id", roTenants[0]["tenant_id"], "--client-id", roTenants[0]["client_id"],
+		"--secret-file", "-", "--authority", roURL, "--graph-root", roURL, "--ca-file", roCA, "--pool-key-file", keyFile, "--nats", natsURL)
+	if code != 0 {
+		t.Fatalf("instance add readonly: %s", out)
+	}
+	out, code = cli(t, "", "instance", "test", "readonly", "--nats", natsURL, "--pool-key-file", keyFile)
+	if code != 0 || !strings.Contains(out, "✓ sync: users") || !strings.Contains(out, "✗ actions on users") || !strings.Contains(out, "User.ReadWrite.All") ||
+		!strings.Contains(out, "Group.ReadWrite.All") || !strings.Contains(out, "User Administrator") {
+		t.Errorf("instance test (read-only): %d %s", code, out)
+	}
+	// Wrong secret: sync cannot work, exit status 1.
+	out, code = cli(t, "not-the-secret", "instance", "update", "readonly", "--secret-file", "-", "--pool-key-file", keyFile, "--nats", natsURL)
+	if code != 0 {
+		t.Fatalf("instance update: %s", out)
+	}
+	out, code = cli(t, "", "instance", "test", "readonly", "--nats", natsURL, "--pool-key-file", keyFile)
+	if code != 1 || !strings.Contains(out, "AADSTS7000215") {
+		t.Errorf("instance test (wrong secret): %d %s", code, out)
+	}
+	ro.interrupt(t)
+
 	// Observability: /metrics, /healthz, /readyz and the NATS micro service.
 	for _, p := range []string{"/healthz", "/readyz"} {
 		r, err := http.Get("http://" + httpAddr + p)

@@ -44,9 +44,10 @@ Commands:
   worker    run workers against an existing NATS system (--nats)
   graphsim  serve the Microsoft Graph simulator (HTTPS, seeded tenants) for tests and demos
   pool      keygen: a curve key pair for sealing a pool's secrets
-  instance  add | update | remove | list | show: the tenants the pool serves
+  instance  add | update | remove | list | show | test: the tenants the pool serves
   job       submit: publish a job, optionally wait for its result
   failed    list | show | replay: jobs that failed for good
+  status    instances (last sync, indicators, credentials, next tick) and pools (workers, backlog)
   version   print the version
 
 Run 'm365-worker <command> --help' for the flags of a command.
@@ -82,6 +83,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdJob(ctx, args[1:], stdout, stderr)
 	case "failed":
 		err = cmdFailed(ctx, args[1:], stdout, stderr)
+	case "status":
+		err = cmdStatus(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "m365-worker", version)
 	case "help", "-h", "--help":

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/handlers"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// instanceTest is `instance test ID`: the "test connection" an admin runs
+// after the App Registration steps.
+func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return usageError{errors.New("usage: m365-worker instance test ID")}
+	}
+	id, rest := args[0], args[1:]
+	fs := newFlagSet("instance test", "Get a token for the instance, read the permissions granted to its app, and say what works\nand what to grant. Exit status 1 when sync itself cannot work.", stderr)
+	cf := addConnFlags(fs)
+	keyFile := fs.String("pool-key-file", "", "the pool's private seed (or M365_POOL_KEY), to open the instance's secret")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	kp, err := (&poolFlags{poolKeyFile: keyFile}).poolKey()
+	if err != nil {
+		return err
+	}
+	if kp == nil {
+		return usageError{errors.New("the pool key is needed to open the instance's secret: --pool-key-file or M365_POOL_KEY")}
+	}
+	nc, js, topo, err := cf.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	store, err := worker.OpenInstances(ctx, js, topo)
+	if err != nil {
+		return err
+	}
+	in, err := store.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	cfg, err := handlers.ClientConfig(in, func(s *jobs.SealedSecret) ([]byte, error) { return s.Open(kp) }, 0)
+	if err != nil {
+		return err
+	}
+	c, err := graphclient.NewPool(graphclient.PoolConfig{MaxAttempts: 2, MaxWait: 10 * time.Second}).Client(cfg)
+	if err != nil {
+		return err
+	}
+	g, err := c.Grants(ctx)
+	if err != nil {
+		fmt.Fprintf(stdout, "✗ token: %v\n", err)
+		return errSilent
+	}
+	fmt.Fprintf(stdout, "✓ token for app %s in tenant %s\n  granted: %s\n", in.ClientID, in.TenantID, strings.Join(g.Roles, ", "))
+	type check struct {
+		what  string
+		ok    bool
+		grant string
+	}
+	readUsers := g.Has("User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All")
+	readGroups := g.Has("Group.Read.All", "Group.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All")
+	readSKUs := g.Has("Directory.Read.All", "Directory.ReadWrite.All", "Organization.Read.All", "LicenseAssignment.ReadWrite.All")
+	writeUsers := g.Has("User.ReadWrite.All", "Directory.ReadWrite.All")
+	writeGroups := g.Has("Group.ReadWrite.All", "Directory.ReadWrite.All")
+	userAdmin := g.HasDirectoryRole(graphclient.RoleUserAdministrator) || g.HasDirectoryRole(graphclient.RolePrivilegedAuthenticationAdministrator)
+	checks := []check{
+		{"sync: users", readUsers, "User.Read.All"},
+		{"sync: groups and members", readGroups, "Group.Read.All"},
+		{"sync: licences", readSKUs, "Directory.Read.All"},
+		{"actions on users (create, update, disable, enable, delete, licences)", writeUsers, "User.ReadWrite.All"},
+		{"actions on groups and members", writeGroups, "Group.ReadWrite.All"},
+		{"reset_password", writeUsers && userAdmin, "the User Administrator directory role (Entra ID → Roles and administrators → User Administrator → add the app)"},
+	}
+	syncOK := readUsers && readGroups && readSKUs
+	var missing []string
+	for _, ch := range checks {
+		mark := "✓"
+		if !ch.ok {
+			mark = "✗"
+			missing = append(missing, ch.grant)
+		}
+		fmt.Fprintf(stdout, "%s %s\n", mark, ch.what)
+	}
+	if syncOK {
+		// Prove it with a read.
+		if _, err := c.SubscribedSKUs(ctx); err != nil {
+			fmt.Fprintf(stdout, "✗ reading the tenant failed: %v\n", err)
+			syncOK = false
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(stdout, "To enable the rest, grant in the Azure portal (App registrations → %s → API permissions → Microsoft Graph → Application permissions, then Grant admin consent):\n", in.ClientID)
+		for _, m := range missing {
+			fmt.Fprintf(stdout, "  - %s\n", m)
+		}
+	}
+	if !syncOK {
+		fmt.Fprintln(stdout, "Sync cannot work with these permissions.")
+		return errSilent
+	}
+	return nil
+}
+
+// cmdStatus shows instances and pools.
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("status", "Per instance: the last sync, the indicators, credential health and the next scheduled tick.\nPer pool: the live workers and the consumer's backlog.", stderr)
+	cf := addConnFlags(fs)
+	if err := fs.parse(args); err != nil {
+		return err
+	}
+	nc, js, topo, err := cf.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	store, err := worker.OpenInstances(ctx, js, topo)
+	if err != nil {
+		return err
+	}
+	list, err := store.List(ctx)
+	if err != nil {
+		return err
+	}
+	sched := worker.NewSchedules(js, topo)
+	type instStatus struct {
+		ID         string            `json:"id"`
+		Pool       string            `json:"pool"`
+		Sync       handlers.SyncMeta `json:"sync"`
+		NextSync   *time.Time        `json:"next_sync,omitempty"`
+		Credential string            `json:"credentials"`
+	}
+	type poolStatus struct {
+		Pool        string `json:"pool"`
+		LiveWorkers int    `json:"live_workers"`
+		Backlog     uint64 `json:"backlog"`
+		InFlight    int    `json:"in_flight"`
+	}
+	var insts []instStatus
+	pools := map[string]bool{jobs.DefaultPool: true}
+	for _, in := range list {
+		pools[in.Pool] = true
+		m, _ := handlers.ReadSyncMeta(ctx, js, topo, in.ID)
+		m.UserLink, m.GroupLink = "", "" // not for display
+		st := instStatus{ID: in.ID, Pool: in.Pool, Sync: m, Credential: "ok"}
+		if m.AuthFailed {
+			st.Credential = "refused: " + m.AuthError
+		} else if m.LastAt.IsZero() {
+			st.Credential = "not yet used"
+		}
+		if next, err := sched.Next(ctx, in.Pool, in.ID); err == nil && !next.IsZero() {
+			st.NextSync = &next
+		}
+		insts = append(insts, st)
+	}
+	var ps []poolStatus
+	for p := range pools {
+		n, _ := worker.LiveWorkers(ctx, js, topo, p)
+		s := poolStatus{Pool: p, LiveWorkers: n}
+		if c, err := js.Consumer(ctx, topo.JobsStream(), topo.Subjects.Prefix+"_pool_"+p); err == nil {
+			if info, err := c.Info(ctx); err == nil {
+				s.Backlog, s.InFlight = info.NumPending, info.NumAckPending
+			}
+		}
+		ps = append(ps, s)
+	}
+	if cf.json() {
+		return printJSON(stdout, map[string]any{"instances": insts, "pools": ps})
+	}
+	for _, st := range insts {
+		fmt.Fprintf(stdout, "instance %s (pool %s)\n", st.ID, st.Pool)
+		if st.Sync.LastAt.IsZero() {
+			fmt.Fprintln(stdout, "  last sync:   none yet")
+		} else {
+			fmt.Fprintf(stdout, "  last sync:   %s, %s, %s ago\n", st.Sync.LastOutcome, st.Sync.LastMode, time.Since(st.Sync.LastAt).Round(time.Second))
+		}
+		if ind := st.Sync.Indicators; ind != nil {
+			fmt.Fprintf(stdout, "  indicators:  %d users (%d enabled, %d licensed), %d groups, %d of %d licences used\n",
+				ind.UsersTotal, ind.UsersEnabled, ind.UsersLicensed, ind.GroupsTotal, ind.LicensesConsumed, ind.LicensesTotal)
+		}
+		fmt.Fprintf(stdout, "  credentials: %s\n", st.Credential)
+		if st.NextSync != nil {
+			fmt.Fprintf(stdout, "  next sync:   %s\n", st.NextSync.Format(time.RFC3339))
+		}
+	}
+	for _, p := range ps {
+		fmt.Fprintf(stdout, "pool %s: %d live workers, %d jobs waiting, %d in flight\n", p.Pool, p.LiveWorkers, p.Backlog, p.InFlight)
+	}
+	return nil
+}
