@@ -419,7 +419,13 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	if r.mode == jobs.ModeFull {
 		link = ""
 	}
+	pages, objects, t0 := 0, 0, time.Now()
 	apply := func(page []graphclient.UserChange) error {
+		pages++
+		objects += len(page)
+		if pages%25 == 0 {
+			r.log.Info("sync: users in progress", "pages", pages, "objects", objects, "per_second", int(float64(objects)/time.Since(t0).Seconds()))
+		}
 		for _, ch := range page {
 			key := assetKey(r.instance, "u", ch.ID)
 			if ch.Removed != "" {
@@ -491,7 +497,13 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	removed := map[string]string{}
 	var order []string
 	full := r.mode == jobs.ModeFull
+	pages, objects, t0 := 0, 0, time.Now()
 	apply := func(page []graphclient.GroupChange) error {
+		pages++
+		objects += len(page)
+		if pages%25 == 0 {
+			r.log.Info("sync: groups in progress", "pages", pages, "objects", objects, "per_second", int(float64(objects)/time.Since(t0).Seconds()))
+		}
 		for _, ch := range page {
 			if ch.Removed != "" {
 				delete(touched, ch.ID)

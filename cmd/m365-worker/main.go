@@ -268,7 +268,9 @@ func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (w
 }
 
 // runPool runs one worker with every handler until ctx ends.
-func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, p *poolFlags, key nkeys.KeyPair, log *slog.Logger) error {
+// runPool runs one worker with every handler until ctx ends; with statusOut
+// it prints a status line whenever the counts change.
+func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, p *poolFlags, key nkeys.KeyPair, log *slog.Logger, statusOut io.Writer) error {
 	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
 	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log})
 	reg := worker.Registry{}
@@ -305,7 +307,36 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 		defer srv.Close()
 		log.Info("metrics and health on http://" + l.Addr().String() + " (/metrics, /healthz, /readyz)")
 	}
+	if statusOut != nil {
+		go statusLine(ctx, w, graph, statusOut)
+	}
 	return w.Run(ctx)
+}
+
+// statusLine prints the worker's counts every 5 seconds when they changed.
+func statusLine(ctx context.Context, w *worker.Worker, graph *graphclient.Pool, out io.Writer) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s := w.Stats()
+		var throttled, requests int64
+		for _, g := range graph.Stats() {
+			throttled += g.Throttled
+			requests += g.Requests
+		}
+		line := fmt.Sprintf("status: %d jobs handled (%d succeeded, %d failed), %d in flight, %d Graph requests, %d throttled",
+			s.Handled.Load(), s.Succeeded.Load(), s.Failed.Load(), w.InFlight(), requests, throttled)
+		if line != last {
+			fmt.Fprintln(out, line)
+			last = line
+		}
+	}
 }
 
 // graphMetrics exposes the Graph clients' counters by instance.
@@ -398,7 +429,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer stopDemo()
 	}
 	fmt.Fprintf(stdout, "Workers serving pool %q; Ctrl-C drains and exits.\n", *p.pool)
-	return runPool(ctx, js, topo, p, key, log)
+	return runPool(ctx, js, topo, p, key, log, stdout)
 }
 
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -450,5 +481,5 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "Worker connected to %s, serving pool %q\n", nc.ConnectedUrlRedacted(), *p.pool)
-	return runPool(ctx, js, topo, p, key, log)
+	return runPool(ctx, js, topo, p, key, log, nil)
 }
