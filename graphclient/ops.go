@@ -817,3 +817,40 @@ func (c *Client) InRecycleBin(ctx context.Context, ref string, group bool) (bool
 	_ = json.Unmarshal(raw, &out)
 	return len(out.Value) > 0, nil
 }
+
+// ListUsers pages through /users (999 a page) with an optional $filter,
+// handing each page to fn. Used to read a tenant in parallel segments.
+func (c *Client) ListUsers(ctx context.Context, filter string, fn func([]User) error) error {
+	top := int32(999)
+	q := &users.UsersRequestBuilderGetQueryParameters{Select: UserSelect, Top: &top}
+	if filter != "" {
+		q.Filter = &filter
+	}
+	resp, err := c.Graph.Users().Get(ctx, &users.UsersRequestBuilderGetRequestConfiguration{QueryParameters: q})
+	for {
+		if err != nil {
+			return fromSDK("list users", err)
+		}
+		page := make([]User, 0, len(resp.GetValue()))
+		for _, u := range resp.GetValue() {
+			page = append(page, userFrom(u))
+		}
+		if err := fn(page); err != nil {
+			return err
+		}
+		next := resp.GetOdataNextLink()
+		if next == nil || *next == "" {
+			return nil
+		}
+		resp, err = c.Graph.Users().WithUrl(*next).Get(ctx, nil)
+	}
+}
+
+// CountUsers counts the tenant's users ($count, eventually consistent).
+func (c *Client) CountUsers(ctx context.Context) (int, error) {
+	n, err := c.Graph.Users().Count().Get(ctx, &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual()})
+	if err != nil {
+		return 0, fromSDK("count users", err)
+	}
+	return int(*n), nil
+}

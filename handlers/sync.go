@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -273,13 +274,20 @@ type batcher struct {
 	typ     string
 	batch   int
 	changes []jobs.AssetChange
-	states  []func() error
+	states  []stateOp
 	size    int
+}
+
+// stateOp is a state write to do once a batch is stored: a put, or a
+// delete when val is nil.
+type stateOp struct {
+	key string
+	val []byte
 }
 
 func (r *round) batcher(typ string) *batcher { return &batcher{r: r, typ: typ} }
 
-func (b *batcher) add(ch jobs.AssetChange, store func() error) error {
+func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
 	n := len(ch.Asset) + len(ch.ID) + 64
 	if len(b.changes) > 0 && (len(b.changes) >= b.r.s.cfg.BatchChanges || b.size+n > b.r.s.cfg.BatchBytes) {
 		if err := b.flush(false); err != nil {
@@ -310,32 +318,37 @@ func (b *batcher) flush(last bool) error {
 	if _, err := b.r.s.pub.Publish(b.r.ctx, publisher.Message{Subject: b.r.s.subjs.Assets(b.r.instance, b.typ), MsgID: msgID, Value: d}); err != nil {
 		return err
 	}
-	for _, st := range b.states {
-		if err := st(); err != nil {
-			return fmt.Errorf("store sync state: %w", err)
-		}
+	if err := b.r.storeState(b.states); err != nil {
+		return fmt.Errorf("store sync state: %w", err)
 	}
 	b.changes, b.states, b.size = nil, nil, 0
 	b.r.job.Progress()
 	return nil
 }
 
-func (r *round) putState(key string, v any) func() error {
-	return func() error {
-		b, _ := json.Marshal(v)
-		_, err := r.s.kv.Put(context.WithoutCancel(r.ctx), key, b)
-		return err
-	}
+func putState(key string, v any) stateOp {
+	b, _ := json.Marshal(v)
+	return stateOp{key: key, val: b}
 }
 
-func (r *round) deleteState(key string) func() error {
-	return func() error {
-		err := r.s.kv.Purge(context.WithoutCancel(r.ctx), key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil
+func deleteState(key string) stateOp { return stateOp{key: key} }
+
+// storeState writes a batch's state: puts as pipelined publishes to the
+// bucket's subjects (waiting for every ack), deletes as purges.
+func (r *round) storeState(ops []stateOp) error {
+	ctx := context.WithoutCancel(r.ctx)
+	var puts []publisher.Message
+	for _, op := range ops {
+		if op.val == nil {
+			if err := r.s.kv.Purge(ctx, op.key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return err
+			}
+			continue
 		}
-		return err
+		puts = append(puts, publisher.Message{Subject: "$KV." + r.s.cfg.Topology.StateBucket() + "." + op.key,
+			MsgID: r.syncID + ":" + op.key + ":" + hashOf(op.val), Value: json.RawMessage(op.val)})
 	}
+	return r.s.pub.PublishAll(ctx, puts)
 }
 
 func (r *round) getState(key string, v any) (bool, error) {
@@ -380,7 +393,7 @@ func (r *round) deleteMissing(b *batcher, kind string, seen map[string]bool) err
 	}
 	sort.Strings(ids)
 	for _, id := range ids {
-		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: jobs.ReasonMissingAfterFullSync}, r.deleteState(assetKey(r.instance, kind, id))); err != nil {
+		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: jobs.ReasonMissingAfterFullSync}, deleteState(assetKey(r.instance, kind, id))); err != nil {
 			return err
 		}
 	}
@@ -420,7 +433,10 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		link = ""
 	}
 	pages, objects, t0 := 0, 0, time.Now()
+	var mu sync.Mutex // segments are read in parallel; changes apply one at a time
 	apply := func(page []graphclient.UserChange) error {
+		mu.Lock()
+		defer mu.Unlock()
 		pages++
 		objects += len(page)
 		if pages%25 == 0 {
@@ -442,7 +458,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 				if ch.Removed == graphclient.RemovedHard {
 					reason = jobs.ReasonHardDeleted
 				}
-				if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: ch.ID, Reason: reason}, r.deleteState(key)); err != nil {
+				if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: ch.ID, Reason: reason}, deleteState(key)); err != nil {
 					return err
 				}
 				continue
@@ -454,26 +470,48 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 			if emitted[ch.ID] == st.Hash {
 				continue // repeated in this round
 			}
-			var old userState
-			if ok, err := r.getState(key, &old); err != nil {
-				return err
-			} else if ok && old.Hash == st.Hash {
-				continue // unchanged (or a rerun)
+			if r.mode != jobs.ModeFull || r.job.Attempt > 1 {
+				// A full round publishes everything (unless it reruns).
+				var old userState
+				if ok, err := r.getState(key, &old); err != nil {
+					return err
+				} else if ok && old.Hash == st.Hash {
+					continue // unchanged (or a rerun)
+				}
 			}
 			emitted[ch.ID] = st.Hash
-			if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: ch.ID, Asset: raw}, r.putState(key, st)); err != nil {
+			if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: ch.ID, Asset: raw}, putState(key, st)); err != nil {
 				return err
 			}
 		}
 		r.job.Progress()
 		return nil
 	}
+	if r.mode == jobs.ModeFull {
+		// A full round reads the tenant in parallel segments from a
+		// tracking point, then follows delta from that point.
+		tracking, ok, err := r.parallelUsers(c, apply)
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			link = tracking
+		} else {
+			link = ""
+		}
+	}
 	next, err := c.UserDelta(r.ctx, link, apply)
-	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
+	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" && r.mode != jobs.ModeFull {
 		r.log.Info("sync: user delta token expired or reset; running a full round")
 		r.mode = jobs.ModeFull
 		seen = map[string]bool{}
-		next, err = c.UserDelta(r.ctx, "", apply)
+		if tracking, ok, perr := r.parallelUsers(c, apply); perr != nil {
+			return "", perr
+		} else if ok {
+			next, err = c.UserDelta(r.ctx, tracking, apply)
+		} else {
+			next, err = c.UserDelta(r.ctx, "", apply)
+		}
 	}
 	if err != nil {
 		return "", err
@@ -484,6 +522,69 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		}
 	}
 	return next, b.flush(true)
+}
+
+// userSegments split a tenant's users by the first character of their UPN.
+const userSegments = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+// parallelUsers takes a delta tracking point, then reads every user in
+// parallel segments (one per first character of the UPN, 999 a page) within
+// the tenant's budget. It reports ok=false when the segments do not add up to
+// the tenant's user count (a UPN starting with another character): the
+// caller then walks delta from scratch instead.
+func (r *round) parallelUsers(c *graphclient.Client, apply graphclient.DeltaPage[graphclient.UserChange]) (string, bool, error) {
+	tracking, err := c.UserDelta(r.ctx, "latest", func([]graphclient.UserChange) error { return nil })
+	if err != nil {
+		return "", false, err
+	}
+	total, err := c.CountUsers(r.ctx)
+	if err != nil {
+		return "", false, err
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		read  int
+	)
+	sem := make(chan struct{}, 8)
+	for _, ch := range userSegments {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			err := c.ListUsers(ctx, "startswith(userPrincipalName,'"+string(ch)+"')", func(page []graphclient.User) error {
+				changes := make([]graphclient.UserChange, len(page))
+				for i := range page {
+					changes[i] = graphclient.UserChange{ID: page[i].ID, User: &page[i]}
+				}
+				mu.Lock()
+				read += len(page)
+				mu.Unlock()
+				return apply(changes)
+			})
+			if err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+					cancel()
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return "", false, first
+	}
+	if read != total {
+		r.log.Warn("sync: the UPN segments did not cover every user; reading the tenant by delta instead", "read", read, "count", total)
+		return "", false, nil
+	}
+	return tracking, true, nil
 }
 
 func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
@@ -565,14 +666,16 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		g.ID = id
 		raw, _ := json.Marshal(groupAssetOf(&g, st.Members))
 		key := assetKey(r.instance, "g", id)
-		var old groupState
-		if ok, err := r.getState(key, &old); err != nil {
-			return "", err
-		} else if ok && old.Hash == hashOf(raw) {
-			continue
+		if !full || r.job.Attempt > 1 {
+			var old groupState
+			if ok, err := r.getState(key, &old); err != nil {
+				return "", err
+			} else if ok && old.Hash == hashOf(raw) {
+				continue
+			}
 		}
 		st.Hash = hashOf(raw)
-		if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: id, Asset: raw}, r.putState(key, st)); err != nil {
+		if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: id, Asset: raw}, putState(key, st)); err != nil {
 			return "", err
 		}
 	}
@@ -593,7 +696,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		if removed[id] == graphclient.RemovedHard {
 			reason = jobs.ReasonHardDeleted
 		}
-		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: reason}, r.deleteState(key)); err != nil {
+		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: reason}, deleteState(key)); err != nil {
 			return "", err
 		}
 	}
@@ -647,7 +750,7 @@ func (r *round) syncLicenses(skus []graphclient.SKU) error {
 		} else if ok && old.Hash == hashOf(raw) {
 			continue
 		}
-		if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: s.SkuID, Asset: raw}, r.putState(key, userState{Hash: hashOf(raw)})); err != nil {
+		if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: s.SkuID, Asset: raw}, putState(key, userState{Hash: hashOf(raw)})); err != nil {
 			return err
 		}
 	}

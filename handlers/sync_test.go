@@ -23,7 +23,7 @@ import (
 // env is a JetStream server, a Graph simulator, and workers with the sync
 // handler, the way cmd wires them.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *workertest.Server
 	js      jetstream.JetStream
 	sim     *graphsim.Server
@@ -35,7 +35,7 @@ type env struct {
 	logger          *slog.Logger
 }
 
-func newEnv(t *testing.T, o graphsim.Options) *env {
+func newEnv(t testing.TB, o graphsim.Options) *env {
 	srv := workertest.Start(t)
 	_, js := srv.Connect(t)
 	sim, err := graphsim.Start(o)

@@ -1,0 +1,125 @@
+package handlers_test
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	msgraphcore "github.com/microsoftgraph/msgraph-sdk-go-core"
+	"github.com/microsoftgraph/msgraph-sdk-go/groups"
+	"github.com/microsoftgraph/msgraph-sdk-go/models"
+	"github.com/microsoftgraph/msgraph-sdk-go/users"
+
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// BenchmarkSyncLargeTenant measures, against a 100,000-user / 10,000-group
+// tenant with the simulator's realistic latency (GRAPH.md §12) and an L-size
+// throttling budget, in one run:
+//
+//   - our full first round (the whole sync job: read, publish, state);
+//
+//   - a plain sequential delta walk through the SDK's page iterator (users,
+//     then groups with members), reading only;
+//
+//   - an incremental round after 0.5 % of the objects changed;
+//
+//   - the process's peak RSS (which includes the simulator and its tenant).
+//
+//     go test ./handlers -run '^$' -bench SyncLargeTenant -benchtime 1x -timeout 30m
+func BenchmarkSyncLargeTenant(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		e := newEnv(b, graphsim.Options{Users: 100000, Groups: 10000, Latency: graphsim.RealisticLatency})
+		e.startWorker(worker.Config{AckWait: 5 * time.Minute})
+		e.addInstance("big", 0, 24*time.Hour)
+
+		t0 := time.Now()
+		rep := e.syncNow("big", false)
+		full := time.Since(t0)
+		if rep.Mode != jobs.ModeFull || rep.Counts[jobs.AssetUser].Upserts < 100000 {
+			b.Fatalf("first round: %+v", rep)
+		}
+
+		base := sequentialSDKWalk(b, e)
+
+		tenant := e.sim.Credentials()[0].TenantID
+		_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error { a.RandomChanges(550, 99); return nil })
+		t1 := time.Now()
+		inc := e.syncNow("big", false)
+		incr := time.Since(t1)
+		if inc.Mode != jobs.ModeIncremental {
+			b.Fatalf("second round: %+v", inc)
+		}
+		b.ReportMetric(full.Seconds(), "full-s")
+		b.ReportMetric(base.Seconds(), "sdk-walk-s")
+		b.ReportMetric(base.Seconds()/full.Seconds(), "speedup-x")
+		b.ReportMetric(incr.Seconds(), "incremental-s")
+		b.ReportMetric(100*incr.Seconds()/full.Seconds(), "incremental-%-of-full")
+		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-rss-MB")
+		b.ReportMetric(float64(rep.GraphRequests), "full-requests")
+		b.ReportMetric(float64(rep.Throttled), "full-throttled")
+	}
+}
+
+// sequentialSDKWalk is the way most integrations read a tenant: one delta
+// chain after the other through the SDK's page iterator.
+func sequentialSDKWalk(b *testing.B, e *env) time.Duration {
+	cred := e.sim.Credentials()[0]
+	c, err := graphclient.NewPool(graphclient.PoolConfig{}).Client(graphclient.Config{Instance: "walk", TenantID: cred.TenantID, ClientID: cred.ClientID,
+		ClientSecret: cred.ClientSecret, Authority: cred.Authority, GraphRoot: cred.GraphRoot, CAPEM: e.sim.CAPEM(), Users: 100000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	_, _ = c.SubscribedSKUs(ctx) // token
+	t0 := time.Now()
+	ur, err := c.Graph.Users().Delta().GetAsDeltaGetResponse(ctx, &users.DeltaRequestBuilderGetRequestConfiguration{QueryParameters: &users.DeltaRequestBuilderGetQueryParameters{Select: graphclient.UserSelect}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	it, err := msgraphcore.NewPageIterator[models.Userable](ur, c.Graph.GetAdapter(), users.CreateDeltaGetResponseFromDiscriminatorValue)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	if err := it.Iterate(ctx, func(models.Userable) bool { n++; return true }); err != nil {
+		b.Fatal(err)
+	}
+	gr, err := c.Graph.Groups().Delta().GetAsDeltaGetResponse(ctx, &groups.DeltaRequestBuilderGetRequestConfiguration{QueryParameters: &groups.DeltaRequestBuilderGetQueryParameters{Select: append(graphclient.GroupSelect, "members")}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	git, err := msgraphcore.NewPageIterator[models.Groupable](gr, c.Graph.GetAdapter(), groups.CreateDeltaGetResponseFromDiscriminatorValue)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := git.Iterate(ctx, func(models.Groupable) bool { n++; return true }); err != nil {
+		b.Fatal(err)
+	}
+	if n < 110000 {
+		b.Fatalf("the SDK walk saw %d objects", n)
+	}
+	return time.Since(t0)
+}
+
+// peakRSS reads the process's high-water resident set (Linux).
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
