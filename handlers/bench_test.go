@@ -34,22 +34,26 @@ import (
 //
 //     go test ./handlers -run '^$' -bench SyncLargeTenant -benchtime 1x -timeout 30m
 func BenchmarkSyncLargeTenant(b *testing.B) {
+	nUsers := 100000
+	if v, err := strconv.Atoi(os.Getenv("BENCH_USERS")); err == nil && v > 0 {
+		nUsers = v // a smaller tenant for profiling
+	}
 	for i := 0; i < b.N; i++ {
-		e := newEnv(b, graphsim.Options{Users: 100000, Groups: 10000, Latency: graphsim.RealisticLatency})
+		e := newEnv(b, graphsim.Options{Users: nUsers, Groups: nUsers / 10, Latency: graphsim.RealisticLatency})
 		e.startWorker(worker.Config{AckWait: 5 * time.Minute})
 		e.addInstance("big", 0, 24*time.Hour)
 
 		t0 := time.Now()
 		rep := e.syncNow("big", false)
 		full := time.Since(t0)
-		if rep.Mode != jobs.ModeFull || rep.Counts[jobs.AssetUser].Upserts < 100000 {
+		if rep.Mode != jobs.ModeFull || rep.Counts[jobs.AssetUser].Upserts < nUsers {
 			b.Fatalf("first round: %+v", rep)
 		}
 
-		base := sequentialSDKWalk(b, e)
+		base := sequentialSDKWalk(b, e, nUsers)
 
 		tenant := e.sim.Credentials()[0].TenantID
-		_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error { a.RandomChanges(550, 99); return nil })
+		_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error { a.RandomChanges(nUsers*55/10000, 99); return nil })
 		t1 := time.Now()
 		inc := e.syncNow("big", false)
 		incr := time.Since(t1)
@@ -69,10 +73,10 @@ func BenchmarkSyncLargeTenant(b *testing.B) {
 
 // sequentialSDKWalk is the way most integrations read a tenant: one delta
 // chain after the other through the SDK's page iterator.
-func sequentialSDKWalk(b *testing.B, e *env) time.Duration {
+func sequentialSDKWalk(b *testing.B, e *env, nUsers int) time.Duration {
 	cred := e.sim.Credentials()[0]
 	c, err := graphclient.NewPool(graphclient.PoolConfig{}).Client(graphclient.Config{Instance: "walk", TenantID: cred.TenantID, ClientID: cred.ClientID,
-		ClientSecret: cred.ClientSecret, Authority: cred.Authority, GraphRoot: cred.GraphRoot, CAPEM: e.sim.CAPEM(), Users: 100000})
+		ClientSecret: cred.ClientSecret, Authority: cred.Authority, GraphRoot: cred.GraphRoot, CAPEM: e.sim.CAPEM(), Users: nUsers})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -102,7 +106,7 @@ func sequentialSDKWalk(b *testing.B, e *env) time.Duration {
 	if err := git.Iterate(ctx, func(models.Groupable) bool { n++; return true }); err != nil {
 		b.Fatal(err)
 	}
-	if n < 110000 {
+	if n < nUsers+nUsers/10 {
 		b.Fatalf("the SDK walk saw %d objects", n)
 	}
 	return time.Since(t0)

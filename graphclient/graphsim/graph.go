@@ -349,26 +349,6 @@ func (c *gctx) visible(at time.Time) bool { return !time.Now().Before(at) }
 
 func (c *gctx) context(set string) string { return c.s.URL() + "/v1.0/$metadata#" + set }
 
-// page returns one page of ids after the skiptoken cursor.
-func (c *gctx) page(ids []string, size int) ([]string, string) {
-	start := 0
-	if c.q.skipToken != "" {
-		if b, err := base64.RawURLEncoding.DecodeString(c.q.skipToken); err == nil {
-			last := string(b)
-			start = sort.SearchStrings(ids, last)
-			if start < len(ids) && ids[start] == last {
-				start++
-			}
-		}
-	}
-	end := min(start+size, len(ids))
-	next := ""
-	if end < len(ids) {
-		next = c.linkWith("$skiptoken", base64.RawURLEncoding.EncodeToString([]byte(ids[end-1])))
-	}
-	return ids[start:end], next
-}
-
 // linkWith is this request's URL with one query option set.
 func (c *gctx) linkWith(key, val string) string {
 	q := url.Values{}
@@ -381,40 +361,63 @@ func (c *gctx) linkWith(key, val string) string {
 	return c.s.URL() + "/v1.0" + c.path + "?" + q.Encode()
 }
 
-// list serves a collection: filter, $count, paging.
-func (c *gctx) list(set, typeName string, ids []string, props func(id string) map[string]any, defaults []string) (*response, *apiError) {
+// mapGetter reads properties from a full record.
+func mapGetter(m map[string]any) func(string) any { return func(p string) any { return m[p] } }
+
+// list serves a collection: filter, $count, paging. It scans from the page
+// cursor and stops once the page is full, reading properties through get
+// (cheap) and building full records only for the page.
+func (c *gctx) list(set, typeName string, ids []string, props func(id string) map[string]any, get func(id, prop string) any, defaults []string) (*response, *apiError) {
 	if c.q.filter != nil && c.q.filter.advanced() && !(c.eventual() && c.q.count) {
 		return nil, newErr(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified for property 'assignedLicenses' of resource '"+typeName+"'.")
 	}
 	if c.q.search != "" && !c.eventual() {
 		return nil, newErr(400, "Request_UnsupportedQuery", "Request with $search query parameter only works through MSGraph with a special request header: 'ConsistencyLevel: eventual'")
 	}
-	matched := ids
-	if c.q.filter != nil {
-		matched = nil
-		for _, id := range ids {
-			if c.q.filter.match(props(id)) {
-				matched = append(matched, id)
-			}
-		}
+	matches := func(id string) bool {
+		return c.q.filter == nil || c.q.filter.match(func(p string) any { return get(id, p) })
 	}
 	size := 100
 	if c.q.top > 0 {
 		size = c.q.top
 	}
-	pageIDs, next := c.page(matched, size)
-	values := make([]map[string]any, 0, len(pageIDs))
-	for _, id := range pageIDs {
-		p, e := project(props(id), c.q.selects, defaults, typeName)
+	start := 0
+	if c.q.skipToken != "" {
+		if b, err := base64.RawURLEncoding.DecodeString(c.q.skipToken); err == nil {
+			last := string(b)
+			start = sort.SearchStrings(ids, last)
+			if start < len(ids) && ids[start] == last {
+				start++
+			}
+		}
+	}
+	values := make([]map[string]any, 0, min(size, len(ids)))
+	next, lastID := "", ""
+	for i := start; i < len(ids); i++ {
+		if !matches(ids[i]) {
+			continue
+		}
+		if len(values) == size {
+			next = c.linkWith("$skiptoken", base64.RawURLEncoding.EncodeToString([]byte(lastID)))
+			break
+		}
+		p, e := project(props(ids[i]), c.q.selects, defaults, typeName)
 		if e != nil {
 			return nil, e
 		}
 		values = append(values, p)
+		lastID = ids[i]
 	}
 	c.objects = len(values)
 	body := map[string]any{"@odata.context": c.context(set), "value": values}
 	if c.q.count && c.eventual() && c.q.skipToken == "" {
-		body["@odata.count"] = len(matched)
+		n := 0
+		for _, id := range ids {
+			if matches(id) {
+				n++
+			}
+		}
+		body["@odata.count"] = n
 	}
 	if next != "" {
 		body["@odata.nextLink"] = next
@@ -437,13 +440,13 @@ func (c *gctx) count(set string) (*response, *apiError) {
 		n = 0
 		if set == "users" {
 			for _, u := range c.t.users {
-				if c.q.filter.match(c.userProps(u)) {
+				if c.q.filter.match(func(p string) any { return c.userField(u, p) }) {
 					n++
 				}
 			}
 		} else {
 			for _, g := range c.t.groups {
-				if c.q.filter.match(groupProps(g)) {
+				if c.q.filter.match(mapGetter(groupProps(g))) {
 					n++
 				}
 			}

@@ -40,7 +40,8 @@ func (c *gctx) listGroups() (*response, *apiError) {
 			vis = append(vis, id)
 		}
 	}
-	return c.list("groups", "group", vis, func(id string) map[string]any { return groupProps(c.t.groups[id]) }, groupDefaults)
+	return c.list("groups", "group", vis, func(id string) map[string]any { return groupProps(c.t.groups[id]) },
+		func(id, p string) any { return groupProps(c.t.groups[id])[p] }, groupDefaults)
 }
 
 func (c *gctx) getGroup(key string) (*response, *apiError) {
@@ -226,14 +227,16 @@ func (c *gctx) listMembers(key string) (*response, *apiError) {
 		return nil, notFound("group", key)
 	}
 	ids := g.MemberIDs()
-	return c.list("groups/"+g.ID+"/members", "directoryObject", ids, func(id string) map[string]any {
+	props := func(id string) map[string]any {
 		if u := c.t.users[id]; u != nil {
 			p := c.userProps(u)
 			p["@odata.type"] = "#microsoft.graph.user"
 			return p
 		}
 		return map[string]any{"id": id, "@odata.type": "#microsoft.graph.directoryObject"}
-	}, append([]string{"@odata.type"}, userDefaults...))
+	}
+	return c.list("groups/"+g.ID+"/members", "directoryObject", ids, props, func(id, p string) any { return props(id)[p] },
+		append([]string{"@odata.type"}, userDefaults...))
 }
 
 func (c *gctx) addMember(key string) (*response, *apiError) {
@@ -341,7 +344,8 @@ func (c *gctx) listDeleted(users bool) (*response, *apiError) {
 		}
 	}
 	sort.Strings(ids)
-	return c.list("directory/deletedItems", "directoryObject", ids, func(id string) map[string]any { return c.deletedProps(c.t.deleted[id]) },
+	props := func(id string) map[string]any { return c.deletedProps(c.t.deleted[id]) }
+	return c.list("directory/deletedItems", "directoryObject", ids, props, func(id, p string) any { return props(id)[p] },
 		[]string{"@odata.type", "displayName", "deletedDateTime", "userPrincipalName", "mailNickname"})
 }
 

@@ -165,12 +165,13 @@ func (f *filterExpr) advanced() bool {
 	return false
 }
 
-// match evaluates the filter against an object's properties.
-func (f *filterExpr) match(props map[string]any) bool {
+// match evaluates the filter against an object's properties, read through
+// get (one property at a time, so no full record is built).
+func (f *filterExpr) match(get func(prop string) any) bool {
 	for _, c := range f.or {
 		ok := true
 		for _, t := range c {
-			if !t.match(props) {
+			if !t.match(get) {
 				ok = false
 				break
 			}
@@ -182,8 +183,8 @@ func (f *filterExpr) match(props map[string]any) bool {
 	return false
 }
 
-func (t filterTerm) match(props map[string]any) bool {
-	v := props[t.prop]
+func (t filterTerm) match(get func(prop string) any) bool {
+	v := get(t.prop)
 	switch t.op {
 	case "count_ne", "count_eq":
 		n := 0

@@ -39,6 +39,29 @@ func nonNil(s []string) []string {
 	return s
 }
 
+// userField reads one property the way userProps reports it, without
+// building the whole record (filters on large tenants).
+func (c *gctx) userField(u *User, p string) any {
+	switch p {
+	case "id":
+		return u.ID
+	case "userPrincipalName":
+		return u.UserPrincipalName
+	case "displayName":
+		return u.DisplayName
+	case "mailNickname":
+		return u.MailNickname
+	case "accountEnabled":
+		return u.AccountEnabled
+	case "userType":
+		return u.UserType
+	case "assignedLicenses":
+		out := make([]any, len(u.Licenses))
+		return out
+	}
+	return c.userProps(u)[p]
+}
+
 // findUser resolves an id or UPN to a visible user.
 func (c *gctx) findUser(key string) *User {
 	u := c.t.users[key]
@@ -64,7 +87,8 @@ func (c *gctx) listUsers() (*response, *apiError) {
 			vis = append(vis, id)
 		}
 	}
-	return c.list("users", "user", vis, func(id string) map[string]any { return c.userProps(c.t.users[id]) }, userDefaults)
+	return c.list("users", "user", vis, func(id string) map[string]any { return c.userProps(c.t.users[id]) },
+		func(id, p string) any { return c.userField(c.t.users[id], p) }, userDefaults)
 }
 
 func (c *gctx) getUser(key string) (*response, *apiError) {
