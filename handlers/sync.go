@@ -181,6 +181,7 @@ type round struct {
 	instance string
 	syncID   string
 	mode     string
+	mu       sync.Mutex // counts and mode: users and groups sync at once
 	counts   map[string]jobs.SyncCounts
 	skuPart  map[string]string
 	log      *slog.Logger
@@ -243,13 +244,19 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	if err := r.syncLicenses(skus); err != nil {
 		return nil, err
 	}
-	userLink, err := r.syncUsers(c, meta.UserLink)
-	if err != nil {
-		return nil, err
-	}
-	groupLink, err := r.syncGroups(c, meta.GroupLink)
-	if err != nil {
-		return nil, err
+	// Users and groups are read at once, within the tenant's budget.
+	var userLink, groupLink string
+	var userErr, groupErr error
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); userLink, userErr = r.syncUsers(c, meta.UserLink) }()
+	go func() { defer wg.Done(); groupLink, groupErr = r.syncGroups(c, meta.GroupLink) }()
+	wg.Wait()
+	if err := errors.Join(userErr, groupErr); err != nil {
+		if userErr != nil {
+			return nil, userErr // keep the typed error for the caller
+		}
+		return nil, groupErr
 	}
 	ind, err := r.indicators(skus)
 	if err != nil {
@@ -272,6 +279,7 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 type batcher struct {
 	r       *round
 	typ     string
+	mode    string
 	batch   int
 	changes []jobs.AssetChange
 	states  []stateOp
@@ -285,7 +293,11 @@ type stateOp struct {
 	val []byte
 }
 
-func (r *round) batcher(typ string) *batcher { return &batcher{r: r, typ: typ} }
+func (r *round) batcher(typ string) *batcher {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return &batcher{r: r, typ: typ, mode: r.mode}
+}
 
 func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
 	n := len(ch.Asset) + len(ch.ID) + 64
@@ -297,6 +309,7 @@ func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
 	b.changes = append(b.changes, ch)
 	b.states = append(b.states, store)
 	b.size += n
+	b.r.mu.Lock()
 	c := b.r.counts[b.typ]
 	if ch.Op == jobs.OpUpsert {
 		c.Upserts++
@@ -304,12 +317,13 @@ func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
 		c.Deletes++
 	}
 	b.r.counts[b.typ] = c
+	b.r.mu.Unlock()
 	return nil
 }
 
 func (b *batcher) flush(last bool) error {
 	b.batch++
-	d := &jobs.AssetDelta{SchemaVersion: jobs.SchemaVersion, Instance: b.r.instance, SyncID: b.r.syncID, Type: b.typ, Mode: b.r.mode,
+	d := &jobs.AssetDelta{SchemaVersion: jobs.SchemaVersion, Instance: b.r.instance, SyncID: b.r.syncID, Type: b.typ, Mode: b.mode,
 		Batch: b.batch, Last: last, Changes: b.changes}
 	if d.Changes == nil {
 		d.Changes = []jobs.AssetChange{}
@@ -429,7 +443,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetUser)
 	seen := map[string]bool{}
 	emitted := map[string]string{} // id → hash published this round
-	if r.mode == jobs.ModeFull {
+	if b.mode == jobs.ModeFull {
 		link = ""
 	}
 	pages, objects, t0 := 0, 0, time.Now()
@@ -470,7 +484,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 			if emitted[ch.ID] == st.Hash {
 				continue // repeated in this round
 			}
-			if r.mode != jobs.ModeFull || r.job.Attempt > 1 {
+			if b.mode != jobs.ModeFull || r.job.Attempt > 1 {
 				// A full round publishes everything (unless it reruns).
 				var old userState
 				if ok, err := r.getState(key, &old); err != nil {
@@ -487,7 +501,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		r.job.Progress()
 		return nil
 	}
-	if r.mode == jobs.ModeFull {
+	if b.mode == jobs.ModeFull {
 		// A full round reads the tenant in parallel segments from a
 		// tracking point, then follows delta from that point.
 		tracking, ok, err := r.parallelUsers(c, apply)
@@ -501,9 +515,9 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		}
 	}
 	next, err := c.UserDelta(r.ctx, link, apply)
-	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" && r.mode != jobs.ModeFull {
+	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" && b.mode != jobs.ModeFull {
 		r.log.Info("sync: user delta token expired or reset; running a full round")
-		r.mode = jobs.ModeFull
+		b.mode = jobs.ModeFull
 		seen = map[string]bool{}
 		if tracking, ok, perr := r.parallelUsers(c, apply); perr != nil {
 			return "", perr
@@ -516,12 +530,22 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if r.mode == jobs.ModeFull {
+	if b.mode == jobs.ModeFull {
 		if err := r.deleteMissing(b, "u", seen); err != nil {
 			return "", err
 		}
 	}
+	r.noteMode(b.mode)
 	return next, b.flush(true)
+}
+
+// noteMode makes the round full when one of its parts had to be.
+func (r *round) noteMode(mode string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if mode == jobs.ModeFull {
+		r.mode = jobs.ModeFull
+	}
 }
 
 // userSegments split a tenant's users by the first character of their UPN.
@@ -589,7 +613,7 @@ func (r *round) parallelUsers(c *graphclient.Client, apply graphclient.DeltaPage
 
 func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetGroup)
-	if r.mode == jobs.ModeFull {
+	if b.mode == jobs.ModeFull {
 		link = ""
 	}
 	// Groups touched this round, with their merged state; published once the
@@ -597,7 +621,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	touched := map[string]*groupState{}
 	removed := map[string]string{}
 	var order []string
-	full := r.mode == jobs.ModeFull
+	full := b.mode == jobs.ModeFull
 	pages, objects, t0 := 0, 0, time.Now()
 	apply := func(page []graphclient.GroupChange) error {
 		pages++
@@ -648,7 +672,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	next, err := c.GroupDelta(r.ctx, link, apply)
 	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
 		r.log.Info("sync: group delta token expired or reset; running a full round")
-		r.mode, full = jobs.ModeFull, true
+		b.mode, full = jobs.ModeFull, true
 		touched, removed, order = map[string]*groupState{}, map[string]string{}, nil
 		next, err = c.GroupDelta(r.ctx, "", apply)
 	}
@@ -709,6 +733,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			return "", err
 		}
 	}
+	r.noteMode(b.mode)
 	return next, b.flush(true)
 }
 
