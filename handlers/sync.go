@@ -181,10 +181,12 @@ type round struct {
 	instance string
 	syncID   string
 	mode     string
-	mu       sync.Mutex // counts and mode: users and groups sync at once
+	mu       sync.Mutex // counts, mode and change: users and groups sync at once
 	counts   map[string]jobs.SyncCounts
-	skuPart  map[string]string
-	log      *slog.Logger
+	// change is the indicators' change in an incremental round.
+	change  struct{ users, enabled, licensed, groups int }
+	skuPart map[string]string
+	log     *slog.Logger
 }
 
 // Handle runs one sync round of the job's instance.
@@ -258,7 +260,7 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 		}
 		return nil, groupErr
 	}
-	ind, err := r.indicators(skus)
+	ind, err := r.indicators(skus, meta.Indicators)
 	if err != nil {
 		return nil, err
 	}
@@ -442,7 +444,8 @@ func userAssetOf(u *graphclient.User, skuPart map[string]string) jobs.UserAsset 
 func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetUser)
 	seen := map[string]bool{}
-	emitted := map[string]string{} // id → hash published this round
+	emitted := map[string]string{}    // id → hash published this round
+	counted := map[string]userState{} // id → state counted this round ({} once gone)
 	if b.mode == jobs.ModeFull {
 		link = ""
 	}
@@ -461,13 +464,15 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 			if ch.Removed != "" {
 				delete(seen, ch.ID)
 				delete(emitted, ch.ID)
-				var old userState
-				if ok, err := r.getState(key, &old); err != nil || !ok {
-					if err != nil {
-						return err
-					}
+				old, ok, err := r.lastUserState(counted, key, ch.ID)
+				if err != nil {
+					return err
+				}
+				if !ok {
 					continue // never published: nothing to delete
 				}
+				counted[ch.ID] = userState{} // gone
+				r.countUser(old, true, userState{}, false)
 				reason := jobs.ReasonSoftDeleted
 				if ch.Removed == graphclient.RemovedHard {
 					reason = jobs.ReasonHardDeleted
@@ -485,13 +490,16 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 				continue // repeated in this round
 			}
 			if b.mode != jobs.ModeFull || r.job.Attempt > 1 {
-				// A full round publishes everything (unless it reruns).
-				var old userState
-				if ok, err := r.getState(key, &old); err != nil {
+				// A full round publishes everything (unless it reruns);
+				// an incremental one counts the indicators' change.
+				old, ok, err := r.lastUserState(counted, key, ch.ID)
+				if err != nil {
 					return err
 				} else if ok && old.Hash == st.Hash {
 					continue // unchanged (or a rerun)
 				}
+				counted[ch.ID] = st
+				r.countUser(old, ok, st, true)
 			}
 			emitted[ch.ID] = st.Hash
 			if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: ch.ID, Asset: raw}, putState(key, st)); err != nil {
@@ -537,6 +545,47 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	}
 	r.noteMode(b.mode)
 	return next, b.flush(true)
+}
+
+// lastUserState is a user's state as this round last counted it, else as
+// stored.
+func (r *round) lastUserState(counted map[string]userState, key, id string) (userState, bool, error) {
+	if st, ok := counted[id]; ok {
+		return st, st.Hash != "", nil
+	}
+	var st userState
+	ok, err := r.getState(key, &st)
+	return st, ok, err
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// countUser records the indicators' change from old (if it existed) to
+// new (if it exists).
+func (r *round) countUser(old userState, hadOld bool, st userState, hasNew bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if hadOld {
+		r.change.users--
+		r.change.enabled -= b2i(old.Enabled)
+		r.change.licensed -= b2i(old.Licensed)
+	}
+	if hasNew {
+		r.change.users++
+		r.change.enabled += b2i(st.Enabled)
+		r.change.licensed += b2i(st.Licensed)
+	}
+}
+
+func (r *round) countGroup(delta int) {
+	r.mu.Lock()
+	r.change.groups += delta
+	r.mu.Unlock()
 }
 
 // noteMode makes the round full when one of its parts had to be.
@@ -692,10 +741,14 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		key := assetKey(r.instance, "g", id)
 		if !full || r.job.Attempt > 1 {
 			var old groupState
-			if ok, err := r.getState(key, &old); err != nil {
+			ok, err := r.getState(key, &old)
+			if err != nil {
 				return "", err
 			} else if ok && old.Hash == hashOf(raw) {
 				continue
+			}
+			if !ok {
+				r.countGroup(1)
 			}
 		}
 		st.Hash = hashOf(raw)
@@ -716,6 +769,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		} else if !ok {
 			continue
 		}
+		r.countGroup(-1)
 		reason := jobs.ReasonSoftDeleted
 		if removed[id] == graphclient.RemovedHard {
 			reason = jobs.ReasonHardDeleted
@@ -787,8 +841,16 @@ func (r *round) syncLicenses(skus []graphclient.SKU) error {
 }
 
 // indicators counts the synced state.
-func (r *round) indicators(skus []graphclient.SKU) (*jobs.Indicators, error) {
+// An incremental first attempt adds the round's change to the last
+// indicators; a full round or a rerun counts the state again.
+func (r *round) indicators(skus []graphclient.SKU, prev *jobs.Indicators) (*jobs.Indicators, error) {
 	ind := &jobs.Indicators{SchemaVersion: jobs.SchemaVersion, Instance: r.instance, SyncID: r.syncID, At: time.Now().UTC()}
+	if r.mode == jobs.ModeIncremental && r.job.Attempt == 1 && prev != nil {
+		ind.UsersTotal, ind.UsersEnabled = prev.UsersTotal+r.change.users, prev.UsersEnabled+r.change.enabled
+		ind.UsersLicensed, ind.GroupsTotal = prev.UsersLicensed+r.change.licensed, prev.GroupsTotal+r.change.groups
+		r.finishIndicators(ind, skus)
+		return ind, nil
+	}
 	groups, err := r.knownIDs("g")
 	if err != nil {
 		return nil, err
@@ -817,6 +879,12 @@ func (r *round) indicators(skus []graphclient.SKU) (*jobs.Indicators, error) {
 			ind.UsersLicensed++
 		}
 	}
+	r.finishIndicators(ind, skus)
+	return ind, nil
+}
+
+// finishIndicators adds the licence counts and the totals of the report.
+func (r *round) finishIndicators(ind *jobs.Indicators, skus []graphclient.SKU) {
 	for _, s := range skus {
 		ind.LicensesTotal += s.Enabled
 		ind.LicensesConsumed += s.ConsumedUnits
@@ -826,5 +894,4 @@ func (r *round) indicators(skus []graphclient.SKU) (*jobs.Indicators, error) {
 		c.Total = n
 		r.counts[typ] = c
 	}
-	return ind, nil
 }
