@@ -1,8 +1,13 @@
 package handlers_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,11 +17,14 @@ import (
 	"github.com/microsoftgraph/msgraph-sdk-go/groups"
 	"github.com/microsoftgraph/msgraph-sdk-go/models"
 	"github.com/microsoftgraph/msgraph-sdk-go/users"
+	"github.com/nats-io/nkeys"
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
 )
 
 // BenchmarkSyncLargeTenant measures, against a 100,000-user / 10,000-group
@@ -30,7 +38,9 @@ import (
 //
 //   - an incremental round after 0.5 % of the objects changed;
 //
-//   - the process's peak RSS (which includes the simulator and its tenant).
+//   - the process's peak RSS through the full round (the process also holds
+//     the simulator with its 100k-user tenant and JetStream; see
+//     BenchmarkWorkerRSS for the worker alone).
 //
 //     go test ./handlers -run '^$' -bench SyncLargeTenant -benchtime 1x -timeout 30m
 func BenchmarkSyncLargeTenant(b *testing.B) {
@@ -46,6 +56,7 @@ func BenchmarkSyncLargeTenant(b *testing.B) {
 		t0 := time.Now()
 		rep := e.syncNow("big", false)
 		full := time.Since(t0)
+		rssAfterFull := peakRSS()
 		if rep.Mode != jobs.ModeFull || rep.Counts[jobs.AssetUser].Upserts < nUsers {
 			b.Fatalf("first round: %+v", rep)
 		}
@@ -65,7 +76,7 @@ func BenchmarkSyncLargeTenant(b *testing.B) {
 		b.ReportMetric(base.Seconds()/full.Seconds(), "speedup-x")
 		b.ReportMetric(incr.Seconds(), "incremental-s")
 		b.ReportMetric(100*incr.Seconds()/full.Seconds(), "incremental-%-of-full")
-		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-rss-MB")
+		b.ReportMetric(float64(rssAfterFull)/(1<<20), "peak-rss-through-full-MB")
 		b.ReportMetric(float64(rep.GraphRequests), "full-requests")
 		b.ReportMetric(float64(rep.Throttled), "full-throttled")
 	}
@@ -126,4 +137,74 @@ func peakRSS() int64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkWorkerRSS measures the worker's own peak RSS during a full first
+// round of a 100,000-user / 10,000-group tenant: the simulator runs in
+// another process (the graphsim subcommand), JetStream in this one.
+//
+//	go test ./handlers -run '^$' -bench WorkerRSS -benchtime 1x -timeout 30m
+func BenchmarkWorkerRSS(b *testing.B) {
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "m365-worker")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/m365-worker").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "creds.json")
+	cmd := exec.Command(bin, "graphsim", "--listen", "127.0.0.1:0", "--users", "100000", "--groups", "10000", "--latency", "realistic",
+		"--ca-out", ca, "--credentials-out", creds)
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && !strings.Contains(sc.Text(), "graphsim listening on") {
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	var tenants []graphsim.Credential
+	raw, _ := os.ReadFile(creds)
+	if err := json.Unmarshal(raw, &tenants); err != nil || len(tenants) == 0 {
+		b.Fatalf("credentials: %v", err)
+	}
+	caPEM, _ := os.ReadFile(ca)
+	for i := 0; i < b.N; i++ {
+		srv := workertest.Start(b)
+		_, js := srv.Connect(b)
+		kp, _ := nkeys.CreateCurveKeys()
+		pub, _ := kp.PublicKey()
+		secret, _ := jobs.Seal([]byte(tenants[0].ClientSecret), pub)
+		store, _ := worker.OpenInstances(context.Background(), js, srv.Topology)
+		if _, err := store.Put(context.Background(), worker.Instance{ID: "big", TenantID: tenants[0].TenantID, ClientID: tenants[0].ClientID, ClientSecret: secret,
+			Authority: tenants[0].Authority, GraphRoot: tenants[0].GraphRoot, CAPEM: string(caPEM), SyncInterval: worker.Duration(24 * time.Hour)}); err != nil {
+			b.Fatal(err)
+		}
+		syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: srv.Topology, Graph: graphclient.NewPool(graphclient.PoolConfig{})})
+		if err != nil {
+			b.Fatal(err)
+		}
+		reg := worker.Registry{}
+		syncer.Register(reg)
+		w, err := worker.New(context.Background(), js, srv.Topology, worker.Config{PoolKey: kp, AckWait: 5 * time.Minute, PollWait: 200 * time.Millisecond}, reg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { _ = w.Run(ctx) }()
+		runtime.GC()
+		before := peakRSS()
+		t0 := time.Now()
+		id, _ := worker.RequestSync(context.Background(), js, jobs.Subjects{}, "default", "big", false)
+		res, err := worker.WaitResult(context.Background(), js, srv.Topology, "big", jobs.ActionSync, id)
+		if err != nil || res.Status != jobs.StatusSucceeded {
+			b.Fatalf("full round: %+v %v", res, err)
+		}
+		b.ReportMetric(time.Since(t0).Seconds(), "full-s")
+		b.ReportMetric(float64(before)/(1<<20), "rss-before-MB")
+		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-rss-MB")
+		cancel()
+	}
 }
