@@ -51,6 +51,20 @@ func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology,
 	return nc, js, worker.Topology{Subjects: jobs.Subjects{Prefix: *c.prefix}}, nil
 }
 
+// instances connects and opens the instances bucket.
+func (c *connFlags) instances(ctx context.Context) (*nats.Conn, jetstream.JetStream, worker.Topology, *worker.Instances, error) {
+	nc, js, topo, err := c.connect()
+	if err != nil {
+		return nil, nil, topo, nil, err
+	}
+	store, err := worker.OpenInstances(ctx, js, topo)
+	if err != nil {
+		nc.Close()
+		return nil, nil, topo, nil, err
+	}
+	return nc, js, topo, store, nil
+}
+
 func (c *connFlags) json() bool { return *c.output == "json" }
 
 func printJSON(w io.Writer, v any) error {
@@ -129,15 +143,11 @@ func cmdInstance(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err := fs.parse(rest); err != nil {
 			return err
 		}
-		nc, js, topo, err := cf.connect()
+		nc, _, _, store, err := cf.instances(ctx)
 		if err != nil {
 			return err
 		}
 		defer nc.Close()
-		store, err := worker.OpenInstances(ctx, js, topo)
-		if err != nil {
-			return err
-		}
 		switch sub {
 		case "remove":
 			if err := store.Delete(ctx, id); err != nil {
@@ -223,15 +233,11 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 	if err := fs.parse(rest); err != nil {
 		return err
 	}
-	nc, js, topo, err := cf.connect()
+	nc, _, _, store, err := cf.instances(ctx)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	store, err := worker.OpenInstances(ctx, js, topo)
-	if err != nil {
-		return err
-	}
 	var in worker.Instance
 	if sub == "update" {
 		cur, err := store.Get(ctx, id)

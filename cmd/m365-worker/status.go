@@ -34,15 +34,11 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if kp == nil {
 		return usageError{errors.New("the pool key is needed to open the instance's secret: --pool-key-file or M365_POOL_KEY")}
 	}
-	nc, js, topo, err := cf.connect()
+	nc, _, _, store, err := cf.instances(ctx)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	store, err := worker.OpenInstances(ctx, js, topo)
-	if err != nil {
-		return err
-	}
 	in, err := store.Get(ctx, id)
 	if err != nil {
 		return err
@@ -117,15 +113,11 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	nc, js, topo, err := cf.connect()
+	nc, js, topo, store, err := cf.instances(ctx)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	store, err := worker.OpenInstances(ctx, js, topo)
-	if err != nil {
-		return err
-	}
 	list, err := store.List(ctx)
 	if err != nil {
 		return err
