@@ -148,3 +148,23 @@ func TestShutdownDeadlineGivesJobsBack(t *testing.T) {
 		t.Errorf("result after a give-back: %+v", res)
 	}
 }
+
+func TestScheduleNextTick(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	store, _ := worker.OpenInstances(context.Background(), js, srv.Topology)
+	kp, _ := nkeys.CreateCurveKeys()
+	pub, _ := kp.PublicKey()
+	secret, _ := jobs.Seal([]byte("s"), pub)
+	if _, err := store.Put(context.Background(), worker.Instance{ID: "acme", TenantID: "6e7b768e-07e2-4810-8459-485f84f8f204", ClientID: "1c4a6a0b-5f6d-4bb8-9f1e-2f7f0f6e4d11",
+		ClientSecret: secret, SyncInterval: worker.Duration(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	next, err := worker.NewSchedules(js, srv.Topology).Next(context.Background(), "default", "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if until := time.Until(next); until < 59*time.Minute || until > time.Hour {
+		t.Errorf("next tick in %s, want about an hour", until)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -79,7 +80,21 @@ func (s *Schedules) Next(ctx context.Context, pool, instance string) (time.Time,
 			return t, nil
 		}
 	}
-	return m.Time, nil
+	// "@every d" ticks at the schedule's time plus whole intervals.
+	every, err := time.ParseDuration(strings.TrimPrefix(m.Header.Get("Nats-Schedule"), "@every "))
+	if err != nil || every <= 0 {
+		return time.Time{}, nil
+	}
+	return nextTick(m.Time, every, time.Now()), nil
+}
+
+// nextTick is the first start+k·every (k ≥ 1) after now.
+func nextTick(start time.Time, every time.Duration, now time.Time) time.Time {
+	if now.Before(start) {
+		return start.Add(every)
+	}
+	k := now.Sub(start)/every + 1
+	return start.Add(k * every)
 }
 
 // RequestSync publishes an on-demand sync job for an instance and returns
