@@ -13,9 +13,14 @@ import (
 type clock struct {
 	start time.Time
 	scale float64
+	// fixed, when set, stops model time (tests).
+	fixed *time.Time
 }
 
 func (c clock) now() time.Time {
+	if c.fixed != nil {
+		return *c.fixed
+	}
 	el := time.Since(c.start)
 	return c.start.Add(time.Duration(float64(el) * c.scale))
 }
