@@ -571,8 +571,6 @@ func (c *Client) IsMember(ctx context.Context, groupID, memberID string) (bool, 
 	resp, err := c.Graph.Groups().ByGroupId(groupID).Members().Get(ctx, &groups.ItemMembersRequestBuilderGetRequestConfiguration{
 		QueryParameters: &groups.ItemMembersRequestBuilderGetQueryParameters{Filter: &filter, Select: []string{"id"}}})
 	if err != nil {
-		// Fall back to paging the members (small groups) when the filter is
-		// refused.
 		return false, fromSDK("check membership of "+memberID+" in "+groupID, err)
 	}
 	for _, m := range resp.GetValue() {

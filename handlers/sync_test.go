@@ -352,6 +352,11 @@ func TestSyncBadCredentials(t *testing.T) {
 	if strings.Contains(rep.Error.Message, "wrong-secret") {
 		t.Fatal("the report shows the secret")
 	}
+	// The instance is marked in state.
+	meta, err := handlers.ReadSyncMeta(context.Background(), e.js, e.srv.Topology, "broken")
+	if err != nil || !meta.AuthFailed || !strings.Contains(meta.AuthError, "AADSTS7000215") {
+		t.Errorf("sync state of the broken instance: %+v %v", meta, err)
+	}
 	e.syncNow("fine", false) // other tenants are not held up
 }
 

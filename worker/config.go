@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 	"github.com/nats-io/nuid"
 
@@ -152,5 +151,3 @@ func sanitizeToken(s string) string {
 
 // consumerName is the durable consumer a pool's workers share.
 func consumerName(prefix, pool string) string { return prefix + "_pool_" + pool }
-
-var _ = jetstream.AckExplicitPolicy

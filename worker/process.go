@@ -49,7 +49,7 @@ func jobIDFor(msg jetstream.Msg, j *jobs.Job) string {
 	return j.ID
 }
 
-func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
+func (w *Worker) process(ctx context.Context, msg jetstream.Msg, pj parsedMsg) {
 	d := &delivery{msg: msg, started: time.Now().UTC(), replayOf: msg.Headers().Get(HeaderReplayOf)}
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -63,12 +63,8 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
 	if addrErr != nil {
 		d.addr.Instance = "_unknown"
 	}
-	job, params, perr := jobs.ParseJob(msg.Data())
-	d.job = job
-	d.jobID = fallbackJobID(msg)
-	if job != nil && job.ID != "" && len(job.ID) <= 128 {
-		d.jobID = jobIDFor(msg, job)
-	}
+	job, params, perr := pj.job, pj.params, pj.err
+	d.job, d.jobID = job, pj.id
 	d.log = w.log.With("job_id", d.jobID, "instance", d.addr.Instance, "action", d.addr.Action, "stream_seq", meta.Sequence.Stream)
 
 	// A job whose final result is stored is never run again.
@@ -180,7 +176,7 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
 	case ctx.Err() != nil:
 		// Shutdown deadline passed (or the sync lock was lost): give the
 		// job back without using an attempt.
-		w.giveBack(msg, "cancelled")
+		w.giveBack(msg, d.jobID, "cancelled")
 	case errors.As(herr, &je) && !je.Retryable:
 		w.fail(ctx, d, je)
 	default:

@@ -153,22 +153,23 @@ func (w *Worker) Run(ctx context.Context) error {
 		if err == nil {
 			for msg := range batch.Messages() {
 				got++
+				pj := parseMsg(msg)
 				if ctx.Err() != nil {
 					// Arrived after the shutdown began: give it back.
-					w.giveBack(msg, "shutdown")
+					w.giveBack(msg, pj.id, "shutdown")
 					<-slots
 					continue
 				}
 				wg.Add(1)
 				w.inFlight.Add(1)
-				prev, done := w.chain(msg)
+				prev, done := w.chain(pj.targetKey())
 				go func() {
 					defer func() { w.inFlight.Add(-1); <-slots; wg.Done() }()
 					defer close(done)
 					if prev != nil {
 						<-prev // the earlier job for the same target first
 					}
-					w.process(hctx, msg)
+					w.process(hctx, msg, pj)
 				}()
 			}
 			err = batch.Error()
@@ -201,9 +202,8 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // chain returns the done channel of the previous job of msg's target in
 // this worker (nil if none) and this job's own done channel.
-func (w *Worker) chain(msg jetstream.Msg) (<-chan struct{}, chan struct{}) {
+func (w *Worker) chain(key string) (<-chan struct{}, chan struct{}) {
 	done := make(chan struct{})
-	key := targetKey(msg)
 	if key == "" {
 		return nil, done
 	}
@@ -225,13 +225,30 @@ func (w *Worker) chain(msg jetstream.Msg) (<-chan struct{}, chan struct{}) {
 	return prev, done
 }
 
-// targetKey is "<instance>/<target>" for action jobs, "" otherwise.
-func targetKey(msg jetstream.Msg) string {
+// parsedMsg is a fetched message's envelope, parsed once.
+type parsedMsg struct {
+	job    *jobs.Job
+	params jobs.Params
+	err    error
+	// id is the job id results are published under.
+	id string
+}
+
+func parseMsg(msg jetstream.Msg) parsedMsg {
 	j, p, err := jobs.ParseJob(msg.Data())
-	if err != nil || j.Action == jobs.ActionSync || p.Target() == "" {
+	pm := parsedMsg{job: j, params: p, err: err, id: fallbackJobID(msg)}
+	if j != nil && j.ID != "" && len(j.ID) <= 128 {
+		pm.id = jobIDFor(msg, j)
+	}
+	return pm
+}
+
+// targetKey is "<instance>/<target>" for valid action jobs, "" otherwise.
+func (pm parsedMsg) targetKey() string {
+	if pm.err != nil || pm.job.Action == jobs.ActionSync || pm.params.Target() == "" {
 		return ""
 	}
-	return j.Instance + "/" + strings.ToLower(p.Target())
+	return pm.job.Instance + "/" + strings.ToLower(pm.params.Target())
 }
 
 func (w *Worker) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
@@ -298,13 +315,9 @@ func LiveWorkers(ctx context.Context, js jetstream.JetStream, t Topology, pool s
 }
 
 // giveBack returns a job for redelivery without using an attempt.
-func (w *Worker) giveBack(msg jetstream.Msg, why string) {
+func (w *Worker) giveBack(msg jetstream.Msg, id, why string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	id := fallbackJobID(msg)
-	if j, _, err := jobs.ParseJob(msg.Data()); err == nil {
-		id = jobIDFor(msg, j)
-	}
 	if err := w.state.addSnooze(ctx, id, w.cfg.LedgerTTL); err != nil {
 		w.log.Warn("worker: cannot record give-back", "job_id", id, "error", err)
 	}
@@ -312,8 +325,6 @@ func (w *Worker) giveBack(msg jetstream.Msg, why string) {
 		w.log.Warn("worker: give back failed; the job returns after the ack wait", "job_id", id, "reason", why, "error", err)
 	}
 }
-
-var _ = fmt.Sprintf
 
 // WatchLiveWorkers returns a func reporting the live worker count of a pool,
 // refreshed every 5 seconds until ctx ends (at least 1).

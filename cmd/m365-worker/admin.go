@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -77,7 +78,7 @@ func subcommand(args []string, usage string, stderr io.Writer) (string, []string
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			fmt.Fprint(stderr, usage)
-			return "", nil, errors.New("help")
+			return "", nil, flag.ErrHelp
 		}
 		return "", nil, usageError{errors.New(strings.TrimSpace(usage))}
 	}

@@ -93,7 +93,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "m365-worker: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
-	if errors.Is(err, flag.ErrHelp) || err != nil && err.Error() == "help" {
+	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if errors.Is(err, errSilent) {

@@ -182,7 +182,7 @@ func TestFaultsReproducible(t *testing.T) {
 	for _, s := range a {
 		count[s]++
 	}
-	if count[500] == 0 || count[503]+count[504] == 0 || count[-1] == 0 || count[200] < 100 {
+	if count[500] == 0 || count[503] == 0 || count[504] == 0 || count[-1] == 0 || count[200] < 100 {
 		t.Errorf("fault mix %v", count)
 	}
 }

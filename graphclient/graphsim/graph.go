@@ -74,7 +74,7 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 	if clientReqID != "" {
 		w.Header().Set("client-request-id", clientReqID)
 	}
-	switch s.drawFault() {
+	switch f := s.drawFault(); f {
 	case faultDrop:
 		if hj, ok := w.(http.Hijacker); ok {
 			if conn, _, err := hj.Hijack(); err == nil {
@@ -90,7 +90,7 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 		return
 	case fault503, fault504:
 		e := newErr(503, "serviceNotAvailable", "The service is temporarily unavailable. Please retry later.")
-		if s.drawFault503or504(r) {
+		if f == fault504 {
 			e = newErr(504, "gatewayTimeout", "The gateway did not receive a timely response.")
 		}
 		if ra := s.opts.Faults.RetryAfter; ra > 0 {
@@ -142,12 +142,6 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 	default:
 		w.WriteHeader(resp.status)
 	}
-}
-
-// 503 or 504, half and half, reproducibly.
-func (s *Server) drawFault503or504(r *http.Request) bool {
-	f := s.opts.Faults
-	return f.Rate504 > 0 && (f.Rate503 == 0 || len(r.URL.Path)%2 == 0)
 }
 
 func (s *Server) authenticate(r *http.Request) (*tokenClaims, *apiError) {

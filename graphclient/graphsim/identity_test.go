@@ -127,13 +127,17 @@ func TestCertificateCredential(t *testing.T) {
 	if resp, b := r.do("GET", "/users?$select=id", nil); resp.StatusCode != 200 {
 		t.Fatalf("read with a certificate token: %d %s", resp.StatusCode, b)
 	}
-	// Another key signing for the same app is refused.
-	other, _ := rsa.GenerateKey(rand.Reader, 2048)
-	bad, _ := azidentity.NewClientCertificateCredential(cred.TenantID, app.ClientID, []*x509.Certificate{cert}, other, &azidentity.ClientCertificateCredentialOptions{
+	// A certificate that is not the app's registered one is refused by the
+	// simulator's signature check.
+	otherKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	otherDER, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &otherKey.PublicKey, otherKey)
+	otherCert, _ := x509.ParseCertificate(otherDER)
+	bad, err := azidentity.NewClientCertificateCredential(cred.TenantID, app.ClientID, []*x509.Certificate{otherCert}, otherKey, &azidentity.ClientCertificateCredentialOptions{
 		ClientOptions: azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: cred.Authority + "/"}, Transport: sim.Client()}, DisableInstanceDiscovery: true})
-	if bad != nil {
-		if _, err := bad.GetToken(context.Background(), policy.TokenRequestOptions{Scopes: []string{cred.GraphRoot + "/.default"}}); err == nil {
-			t.Error("an assertion signed by the wrong key was accepted")
-		}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bad.GetToken(context.Background(), policy.TokenRequestOptions{Scopes: []string{cred.GraphRoot + "/.default"}}); err == nil || !strings.Contains(err.Error(), "AADSTS700027") {
+		t.Errorf("an assertion signed by an unregistered certificate: %v", err)
 	}
 }

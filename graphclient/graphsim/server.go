@@ -11,7 +11,6 @@
 package graphsim
 
 import (
-	"bytes"
 	"compress/gzip"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -446,7 +445,5 @@ func (s *Server) sleep(d time.Duration) {
 		time.Sleep(s.clock.real(d))
 	}
 }
-
-var _ = bytes.MinRead
 
 func cryptoRead(b []byte) (int, error) { return rand.Read(b) }

@@ -1,7 +1,6 @@
 package graphsim
 
 import (
-	"fmt"
 	"math"
 	"strconv"
 	"sync"
@@ -181,5 +180,3 @@ func ruCost(method, path string, q queryOpts) int {
 }
 
 func hasSuffix(s, suf string) bool { return len(s) >= len(suf) && s[len(s)-len(suf):] == suf }
-
-var _ = fmt.Sprintf
