@@ -61,20 +61,7 @@ func removedReason(ad map[string]any) string {
 // expired or reset token gives an error matching ErrDeltaExpired: start a
 // full round.
 func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserChange]) (string, error) {
-	b := c.Graph.Users().Delta()
-	var resp users.DeltaGetResponseable
-	var err error
-	switch link {
-	case "", "latest":
-		cfg := &users.DeltaRequestBuilderGetRequestConfiguration{QueryParameters: &users.DeltaRequestBuilderGetQueryParameters{Select: UserSelect}}
-		if link == "latest" {
-			b = b.WithUrl(c.graphURL + "/users/delta?$deltatoken=latest&$select=" + strings.Join(UserSelect, ","))
-			cfg = nil
-		}
-		resp, err = b.GetAsDeltaGetResponse(ctx, cfg)
-	default:
-		resp, err = b.WithUrl(link).GetAsDeltaGetResponse(ctx, nil)
-	}
+	resp, err := c.Graph.Users().Delta().WithUrl(c.deltaURL("users", link, UserSelect)).GetAsDeltaGetResponse(ctx, nil)
 	for {
 		if err != nil {
 			return "", fromSDK("user delta", err)
@@ -122,20 +109,7 @@ type GroupChange struct {
 // sent again with the rest of its members (apply idempotently).
 func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[GroupChange]) (string, error) {
 	sel := append(append([]string{}, GroupSelect...), "members")
-	b := c.Graph.Groups().Delta()
-	var resp groups.DeltaGetResponseable
-	var err error
-	switch link {
-	case "", "latest":
-		cfg := &groups.DeltaRequestBuilderGetRequestConfiguration{QueryParameters: &groups.DeltaRequestBuilderGetQueryParameters{Select: sel}}
-		if link == "latest" {
-			b = b.WithUrl(c.graphURL + "/groups/delta?$deltatoken=latest&$select=" + strings.Join(sel, ","))
-			cfg = nil
-		}
-		resp, err = b.GetAsDeltaGetResponse(ctx, cfg)
-	default:
-		resp, err = b.WithUrl(link).GetAsDeltaGetResponse(ctx, nil)
-	}
+	resp, err := c.Graph.Groups().Delta().WithUrl(c.deltaURL("groups", link, sel)).GetAsDeltaGetResponse(ctx, nil)
 	for {
 		if err != nil {
 			return "", fromSDK("group delta", err)
@@ -190,6 +164,18 @@ func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[Group
 		}
 		return "", &Error{Op: "group delta", Message: "the last page carries neither a nextLink nor a deltaLink"}
 	}
+}
+
+// deltaURL is where a delta round starts: the stored link, or a new round
+// ("") or a tracking point ("latest") with the selected properties.
+func (c *Client) deltaURL(set, link string, sel []string) string {
+	switch link {
+	case "":
+		return c.graphURL + "/" + set + "/delta?$select=" + strings.Join(sel, ",")
+	case "latest":
+		return c.graphURL + "/" + set + "/delta?$deltatoken=latest&$select=" + strings.Join(sel, ",")
+	}
+	return link
 }
 
 func anyString(v any) string {
