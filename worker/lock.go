@@ -40,7 +40,42 @@ func syncLockKey(instance string) string { return "lock.sync." + instance }
 // acquireTargetLock takes the lock of one action target of an instance
 // (the same mechanism as the sync lock; ErrSyncRunning when held).
 func (s *state) acquireTargetLock(ctx context.Context, instance, target string, v lockValue, ttl time.Duration) (*syncLock, error) {
-	return s.acquireLock(ctx, "lock.target."+instance+"."+jobKey(strings.ToLower(target)), instance, v, ttl)
+	return s.acquireLock(ctx, targetLockKey(instance, target), instance, v, ttl)
+}
+
+func targetLockKey(instance, target string) string {
+	return "lock.target." + instance + "." + jobKey(strings.ToLower(target))
+}
+
+// waitFor waits until key exists (present) or does not (!present), up to
+// until, or until wake closes. It reports whether the key got there.
+func (s *state) waitFor(ctx context.Context, key string, present bool, until time.Time, wake <-chan struct{}) bool {
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	wa, err := s.kv.Watch(ctx, key)
+	if err != nil {
+		return false
+	}
+	defer func() { _ = wa.Stop() }()
+	exists := false
+	for {
+		select {
+		case e, ok := <-wa.Updates():
+			if !ok {
+				return false
+			}
+			if e != nil {
+				exists = e.Operation() == jetstream.KeyValuePut
+			}
+			if exists == present {
+				return true
+			}
+		case <-wake:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // acquireSyncLock takes the instance's lock or returns an error wrapping

@@ -143,15 +143,15 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg, pj parsedMsg) {
 		}()
 	}
 
-	// Across workers, one job of a target at a time.
+	// Across workers, one job of a target at a time, in publication order.
 	if t := params.Target(); t != "" && job.Action != jobs.ActionSync {
-		lock, err := w.state.acquireTargetLock(ctx, job.Instance, t, lockValue{Worker: w.cfg.ID, JobID: d.jobID, Since: d.started}, w.cfg.TargetLockTTL)
-		if errors.Is(err, ErrSyncRunning) {
-			w.snooze(ctx, d, 500*time.Millisecond, "another job for "+t+" is running")
-			return
-		}
+		lock, wait, err := w.takeTurn(ctx, d, addr.Pool, job.Instance, t)
 		if err != nil {
 			w.retry(ctx, d, err)
+			return
+		}
+		if lock == nil {
+			w.snooze(ctx, d, 200*time.Millisecond, wait)
 			return
 		}
 		defer lock.release(context.WithoutCancel(ctx))

@@ -47,11 +47,14 @@ type Worker struct {
 	metrics  actionMetrics
 	bound    atomic.Bool
 	cons     jetstream.Consumer
+	// jobsStream reads earlier jobs back for cross-worker ordering.
+	jobsStream jetstream.Stream
+	earlier    earlierCache
+	gate       *gate
 
-	// targets chains the jobs of one (instance, target) in this worker, in
-	// the order they were fetched (stream order).
-	targetsMu sync.Mutex
-	targets   map[string]chan struct{}
+	// turns orders the jobs of one (instance, target) in this worker by
+	// stream sequence.
+	turns turns
 }
 
 // Stats counts what a worker did since it started.
@@ -115,6 +118,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.cons = cons
+	if w.jobsStream, err = w.js.Stream(ctx, w.topo.JobsStream()); err != nil {
+		return err
+	}
 	w.bound.Store(true)
 	defer w.bound.Store(false)
 	if err := w.instances.Watch(ctx, nil); err != nil {
@@ -129,24 +135,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
 
-	slots := make(chan struct{}, w.cfg.Concurrency)
+	w.gate = newGate(w.cfg.Concurrency)
+	g := w.gate
 	var wg sync.WaitGroup
 	for ctx.Err() == nil {
 		// Wait for one free slot, then take every other free one.
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
+		if !g.acquire(ctx) {
 			continue
 		}
 		n := 1
-		for n < w.cfg.Concurrency {
-			select {
-			case slots <- struct{}{}:
-				n++
-				continue
-			default:
-			}
-			break
+		for n < w.cfg.Concurrency && g.tryAcquire() {
+			n++
 		}
 		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(w.cfg.PollWait))
 		got := 0
@@ -157,17 +156,17 @@ func (w *Worker) Run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					// Arrived after the shutdown began: give it back.
 					w.giveBack(msg, pj.id, "shutdown")
-					<-slots
+					g.release()
 					continue
 				}
 				wg.Add(1)
 				w.inFlight.Add(1)
-				prev, done := w.chain(pj.targetKey())
 				go func() {
-					defer func() { w.inFlight.Add(-1); <-slots; wg.Done() }()
-					defer close(done)
-					if prev != nil {
-						<-prev // the earlier job for the same target first
+					defer func() { w.inFlight.Add(-1); g.release(); wg.Done() }()
+					if key := pj.targetKey(); key != "" {
+						seq := streamSeq(msg)
+						w.turns.wait(w.gate, key, seq)
+						defer w.turns.done(key, seq)
 					}
 					w.process(hctx, msg, pj)
 				}()
@@ -175,7 +174,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			err = batch.Error()
 		}
 		for i := got; i < n; i++ {
-			<-slots
+			g.release()
 		}
 		if err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
 			w.log.Warn("worker: pull failed", "error", err)
@@ -198,31 +197,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("worker: stopped")
 	return nil
-}
-
-// chain returns the done channel of the previous job of msg's target in
-// this worker (nil if none) and this job's own done channel.
-func (w *Worker) chain(key string) (<-chan struct{}, chan struct{}) {
-	done := make(chan struct{})
-	if key == "" {
-		return nil, done
-	}
-	w.targetsMu.Lock()
-	defer w.targetsMu.Unlock()
-	if w.targets == nil {
-		w.targets = map[string]chan struct{}{}
-	}
-	prev := w.targets[key]
-	w.targets[key] = done
-	go func() {
-		<-done
-		w.targetsMu.Lock()
-		if w.targets[key] == done {
-			delete(w.targets, key)
-		}
-		w.targetsMu.Unlock()
-	}()
-	return prev, done
 }
 
 // parsedMsg is a fetched message's envelope, parsed once.

@@ -486,3 +486,82 @@ func TestConcurrentSyncsRefusedAcrossWorkers(t *testing.T) {
 		}
 	}
 }
+
+// Jobs of one target run one at a time and in publication order even when
+// three workers fetch them at once, and an earlier job given back (here: a
+// RetryAfter) holds the later ones of its target until it is done.
+func TestSameTargetOrderAcrossWorkers(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	const targets, perTarget = 4, 40
+	var mu sync.Mutex
+	order := map[string][]int{}
+	busyTarget := map[string]bool{}
+	var overlaps atomic.Int64
+	var delayed atomic.Bool
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		var n int
+		fmt.Sscanf(j.ID[len(j.ID)-3:], "%d", &n)
+		if n == 10 && delayed.CompareAndSwap(false, true) {
+			return nil, worker.RetryAfter(300*time.Millisecond, errors.New("not yet"))
+		}
+		mu.Lock()
+		if busyTarget[p.User] {
+			overlaps.Add(1)
+		}
+		busyTarget[p.User] = true
+		order[p.User] = append(order[p.User], n)
+		mu.Unlock()
+		time.Sleep(time.Duration(n%3) * time.Millisecond) // let other workers fetch the next ones meanwhile
+		mu.Lock()
+		busyTarget[p.User] = false
+		mu.Unlock()
+		return "ok", nil
+	})
+	var ws []*running
+	for i := 0; i < 3; i++ {
+		ws = append(ws, startWorker(t, srv, worker.Config{ID: fmt.Sprintf("w%d", i), Concurrency: 8}, reg))
+	}
+	for n := 0; n < perTarget; n++ {
+		for k := 0; k < targets; k++ {
+			j := &jobs.Job{SchemaVersion: jobs.SchemaVersion, ID: fmt.Sprintf("t%d-%03d", k, n), Instance: "acme", Action: jobs.ActionDisableUser,
+				Params: json.RawMessage(fmt.Sprintf(`{"user":"target%d@contoso.com"}`, k))}
+			b, _ := json.Marshal(j)
+			if _, err := js.PublishAsync("m365.jobs.default.acme.action.disable_user", b, jetstream.WithMsgID(j.ID)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	<-js.PublishAsyncComplete()
+	workertest.Eventually(t, 120*time.Second, "all results", func() bool { return len(results(t, js, "acme")) == targets*perTarget })
+	mu.Lock()
+	defer mu.Unlock()
+	if overlaps.Load() != 0 {
+		t.Errorf("%d jobs started while another job of their target was running", overlaps.Load())
+	}
+	for k := 0; k < targets; k++ {
+		got := order[fmt.Sprintf("target%d@contoso.com", k)]
+		if len(got) != perTarget {
+			t.Errorf("target%d: %d jobs ran, want %d", k, len(got), perTarget)
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i] <= got[i-1] {
+				t.Errorf("target%d ran job %d after job %d: order %v", k, got[i], got[i-1], got)
+				break
+			}
+		}
+	}
+	busy := 0
+	for _, w := range ws {
+		if w.w.Stats().Handled.Load() > 0 {
+			busy++
+		}
+	}
+	if busy < 2 {
+		t.Errorf("only %d of 3 workers handled jobs", busy)
+	}
+	for i, w := range ws {
+		t.Logf("worker %d: handled %d, given back %d", i, w.w.Stats().Handled.Load(), w.w.Stats().Snoozed.Load())
+	}
+}

@@ -1,0 +1,370 @@
+package worker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/jobs"
+)
+
+// Jobs of one target take effect in the order they were published, across
+// workers. Within a worker, jobs of a target take turns by stream sequence
+// (turns), so a job redelivered after a give-back goes before later ones the
+// worker already holds. Across workers, a job runs only under its target's lock,
+// and only once no earlier job of the same target is still unfinished: every
+// job at or below the consumer's ack floor is settled; between the floor and
+// this job's own sequence, the instance's action jobs are read back from the
+// stream and any of the same target without a stored result holds this one
+// back. The window is small (jobs in flight plus jobs given back), and the
+// targets of the messages read are cached by sequence.
+
+// turnWait bounds how long a job waits in its slot for its target's turn
+// before it is given back (the job it waits for may itself be waiting for a
+// slot somewhere).
+const turnWait = 2 * time.Second
+
+// takeTurn waits, up to turnWait, until the job's target is free and no
+// earlier job of it is unfinished, and returns the target's lock. A nil lock
+// comes with the reason to give the job back for now; an error means the
+// lock could not be read at all.
+func (w *Worker) takeTurn(ctx context.Context, d *delivery, pool, instance, target string) (*syncLock, string, error) {
+	until := time.Now().Add(turnWait)
+	key := instance + "/" + strings.ToLower(target)
+	for {
+		lock, err := w.state.acquireTargetLock(ctx, instance, target, lockValue{Worker: w.cfg.ID, JobID: d.jobID, Since: d.started}, w.cfg.TargetLockTTL)
+		if errors.Is(err, ErrSyncRunning) {
+			if !w.parkedWaitFor(ctx, targetLockKey(instance, target), false, until, nil) {
+				return nil, "another job for " + target + " is running", nil
+			}
+			continue
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		earlier, err := w.earlierUnfinished(ctx, pool, instance, key, d.meta.Sequence.Stream)
+		if err == nil && earlier == "" {
+			return lock, "", nil
+		}
+		lock.release(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, "cannot check for earlier jobs of " + target + ": " + err.Error(), nil
+		}
+		if w.turns.earlierWaiting(key, d.meta.Sequence.Stream) {
+			// The earlier job is here, behind this one (it came back after
+			// a give-back): let it go first.
+			w.turns.yield(w.gate, key, d.meta.Sequence.Stream)
+			until = time.Now().Add(turnWait)
+			continue
+		}
+		d.log.Debug("worker: an earlier job of the same target is unfinished; waiting for it", "earlier_job_id", earlier)
+		if !w.parkedWaitFor(ctx, ledgerKey(earlier), true, until, w.turns.overtaken(key)) && !w.turns.earlierWaiting(key, d.meta.Sequence.Stream) {
+			return nil, "earlier job " + earlier + " for " + target + " is unfinished", nil
+		}
+	}
+}
+
+// parkedWaitFor is state.waitFor without holding a slot (when there is room
+// to park).
+func (w *Worker) parkedWaitFor(ctx context.Context, key string, present bool, until time.Time, wake <-chan struct{}) bool {
+	if w.gate != nil {
+		w.gate.park()
+		defer w.gate.unpark()
+	}
+	return w.state.waitFor(ctx, key, present, until, wake)
+}
+
+// earlierCache remembers the target key and job id of stream sequences.
+type earlierCache struct {
+	mu      sync.Mutex
+	bySeq   map[seqKey]seqJob
+	floor   uint64
+	floorAt time.Time
+}
+
+// seqKey is a stream sequence as seen through one instance's action
+// subjects: a sequence holding another instance's job reads as empty.
+type seqKey struct {
+	instance string
+	seq      uint64
+}
+
+type seqJob struct {
+	target string // "<instance>/<target>" or ""
+	id     string
+}
+
+const earlierCacheMax = 8192
+
+func (c *earlierCache) get(k seqKey) (seqJob, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sj, ok := c.bySeq[k]
+	return sj, ok
+}
+
+func (c *earlierCache) put(k seqKey, sj seqJob) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bySeq == nil || len(c.bySeq) >= earlierCacheMax {
+		c.bySeq = map[seqKey]seqJob{}
+	}
+	c.bySeq[k] = sj
+}
+
+// ackFloor returns the consumer's ack floor (stream sequence), refreshed at
+// most every 100ms: a stale floor is only lower, so more is read, never less.
+func (w *Worker) ackFloor(ctx context.Context) (uint64, error) {
+	c := &w.earlier
+	c.mu.Lock()
+	if time.Since(c.floorAt) < 100*time.Millisecond {
+		f := c.floor
+		c.mu.Unlock()
+		return f, nil
+	}
+	c.mu.Unlock()
+	info, err := w.consumerInfo(ctx)
+	if err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	c.floor, c.floorAt = info.AckFloor.Stream, time.Now()
+	c.mu.Unlock()
+	return info.AckFloor.Stream, nil
+}
+
+// earlierUnfinished returns the id of a job of the same target published
+// before the job at seq that has no final result yet ("" if none).
+func (w *Worker) earlierUnfinished(ctx context.Context, pool, instance, target string, seq uint64) (string, error) {
+	floor, err := w.ackFloor(ctx)
+	if err != nil {
+		return "", fmt.Errorf("read the consumer's ack floor: %w", err)
+	}
+	if floor+1 >= seq {
+		return "", nil
+	}
+	subject := w.cfg.Subjects.ActionJob(pool, instance, "*")
+	for next := floor + 1; next < seq; {
+		sj, ok := w.earlier.get(seqKey{instance, next})
+		if !ok {
+			m, err := w.jobsStream.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return "", nil
+			}
+			if err != nil {
+				return "", fmt.Errorf("read job %d back: %w", next, err)
+			}
+			if m.Sequence >= seq {
+				return "", nil
+			}
+			// Remember every sequence skipped over as holding no action
+			// job of this instance, and the one found.
+			for s := next; s < m.Sequence && m.Sequence-next < 1024; s++ {
+				w.earlier.put(seqKey{instance, s}, seqJob{})
+			}
+			sj = seqJobOf(m)
+			w.earlier.put(seqKey{instance, m.Sequence}, sj)
+			next = m.Sequence
+		}
+		if sj.target == target && sj.id != "" {
+			done, err := w.state.done(ctx, sj.id)
+			if err != nil {
+				return "", err
+			}
+			if !done {
+				return sj.id, nil
+			}
+		}
+		next++
+	}
+	return "", nil
+}
+
+func seqJobOf(m *jetstream.RawStreamMsg) seqJob {
+	j, p, err := jobs.ParseJob(m.Data)
+	if err != nil || j == nil || j.Action == jobs.ActionSync || p.Target() == "" {
+		return seqJob{}
+	}
+	if m.Header.Get(headerScheduler) != "" {
+		return seqJob{} // schedules only produce sync jobs
+	}
+	id := j.ID
+	if id == "" || len(id) > 128 {
+		return seqJob{}
+	}
+	return seqJob{target: j.Instance + "/" + strings.ToLower(p.Target()), id: id}
+}
+
+// streamSeq is a message's stream sequence (0 if it has no metadata).
+func streamSeq(msg jetstream.Msg) uint64 {
+	if meta, err := msg.Metadata(); err == nil {
+		return meta.Sequence.Stream
+	}
+	return 0
+}
+
+// turns lets the jobs of one target in this worker run one at a time, lowest
+// stream sequence first.
+type turns struct {
+	mu sync.Mutex
+	by map[string]*targetTurns
+}
+
+type targetTurns struct {
+	running uint64 // sequence of the job whose turn it is; 0 if none
+	waiting []turnWaiter
+	// overtaken is closed when a lower sequence than running arrives.
+	overtaken chan struct{}
+}
+
+type turnWaiter struct {
+	seq uint64
+	ch  chan struct{}
+}
+
+// wait returns when it is seq's turn on key, parked meanwhile if there is
+// room.
+func (t *turns) wait(g *gate, key string, seq uint64) {
+	t.mu.Lock()
+	if t.by == nil {
+		t.by = map[string]*targetTurns{}
+	}
+	tt := t.by[key]
+	if tt == nil {
+		tt = &targetTurns{}
+		t.by[key] = tt
+	}
+	if tt.running == 0 {
+		tt.running, tt.overtaken = seq, make(chan struct{})
+		t.mu.Unlock()
+		return
+	}
+	if seq < tt.running {
+		select {
+		case <-tt.overtaken:
+		default:
+			close(tt.overtaken)
+		}
+	}
+	ch := make(chan struct{})
+	i, _ := slices.BinarySearchFunc(tt.waiting, seq, func(w turnWaiter, s uint64) int { return cmp.Compare(w.seq, s) })
+	tt.waiting = slices.Insert(tt.waiting, i, turnWaiter{seq, ch})
+	t.mu.Unlock()
+	g.wait(ch)
+}
+
+// done ends seq's turn on key and hands it to the lowest waiting sequence.
+func (t *turns) done(key string, seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tt := t.by[key]
+	if tt == nil || tt.running != seq {
+		return
+	}
+	if len(tt.waiting) == 0 {
+		delete(t.by, key)
+		return
+	}
+	next := tt.waiting[0]
+	tt.waiting = tt.waiting[1:]
+	tt.running, tt.overtaken = next.seq, make(chan struct{})
+	close(next.ch)
+}
+
+// overtaken returns a channel closed when a job of key with a lower
+// sequence than the running one arrives in this worker.
+func (t *turns) overtaken(key string) <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if tt := t.by[key]; tt != nil {
+		return tt.overtaken
+	}
+	return nil
+}
+
+// earlierWaiting reports whether a job of key with a lower sequence than seq
+// waits in this worker.
+func (t *turns) earlierWaiting(key string, seq uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tt := t.by[key]
+	return tt != nil && len(tt.waiting) > 0 && tt.waiting[0].seq < seq
+}
+
+// yield hands seq's turn on key to the lower sequence waiting and waits for
+// it to come back.
+func (t *turns) yield(g *gate, key string, seq uint64) {
+	t.done(key, seq)
+	t.wait(g, key, seq)
+}
+
+// gate bounds the jobs a worker handles at once (run slots) and the jobs it
+// holds (4 × Concurrency). A job waiting for its target's turn parks: it
+// gives its run slot up, so jobs of other targets run meanwhile, and takes
+// one again before it goes on. Parked jobs never hold a slot, so the job
+// whose turn it is always gets one.
+type gate struct {
+	run  chan struct{}
+	held chan struct{}
+}
+
+func newGate(concurrency int) *gate {
+	return &gate{run: make(chan struct{}, concurrency), held: make(chan struct{}, 4*concurrency)}
+}
+
+// acquire takes a hold and a run slot for a job to fetch; false if ctx ends
+// first.
+func (g *gate) acquire(ctx context.Context) bool {
+	select {
+	case g.held <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	select {
+	case g.run <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		<-g.held
+		return false
+	}
+}
+
+// tryAcquire takes a hold and a run slot if both are free now.
+func (g *gate) tryAcquire() bool {
+	select {
+	case g.held <- struct{}{}:
+	default:
+		return false
+	}
+	select {
+	case g.run <- struct{}{}:
+		return true
+	default:
+		<-g.held
+		return false
+	}
+}
+
+// release gives a finished job's slot and hold back.
+func (g *gate) release() {
+	<-g.run
+	<-g.held
+}
+
+// park gives the caller's run slot up; unpark takes one again.
+func (g *gate) park()   { <-g.run }
+func (g *gate) unpark() { g.run <- struct{}{} }
+
+// wait waits for ch to close, parked.
+func (g *gate) wait(ch <-chan struct{}) {
+	g.park()
+	<-ch
+	g.unpark()
+}
