@@ -214,6 +214,25 @@ func TestActions(t *testing.T) {
 	}
 	failed(t, e.run("acme", jobs.ActionAssignLicense, jobs.AssignLicenseParams{UserRef: jobs.UserRef{User: noLoc}, SKU: "ENTERPRISEPACK"}, false), handlers.CodeUsageLocationMissing)
 	failed(t, e.run("acme", jobs.ActionAssignLicense, jobs.AssignLicenseParams{UserRef: jobs.UserRef{User: unlicensed}, SKU: "NOT_A_SKU"}, false), handlers.CodeSKUNotFound)
+	// A licence inherited through a group cannot be removed per user.
+	var flowFree string
+	for _, k := range snap.SKUs {
+		if k.SkuPartNumber == "FLOW_FREE" {
+			flowFree = k.SkuID
+		}
+	}
+	if err := e.sim.Mutate(tenant, func(a *graphsim.Admin) error {
+		a.InheritLicense(a.User(unlicensed), flowFree, a.Group(sec))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r = e.run("acme", jobs.ActionRemoveLicense, jobs.RemoveLicenseParams{UserRef: jobs.UserRef{User: unlicensed}, SKU: "FLOW_FREE"}, false)
+	failed(t, r, handlers.CodeLicenseFromGroup)
+	if !strings.Contains(r.Error.Message, "group") {
+		t.Errorf("license_inherited_from_group message does not say what to do: %s", r.Error.Message)
+	}
+	_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error { a.SetLicenses(a.User(unlicensed)); return nil })
 	for _, g := range snap.Groups {
 		if len(g.GroupTypes) == 1 && g.GroupTypes[0] == "DynamicMembership" {
 			failed(t, e.run("acme", jobs.ActionAddGroupMember, jobs.AddGroupMemberParams{MemberParams: jobs.MemberParams{GroupRef: jobs.GroupRef{Group: g.ID}, Member: unlicensed}}, false), handlers.CodeDynamicGroup)

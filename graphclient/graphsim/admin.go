@@ -236,6 +236,21 @@ func (a *Admin) SetLicenses(u *User, skuIDs ...string) {
 	a.t.touchUser(u)
 }
 
+// InheritLicense gives u the licence skuID through group g (group-based
+// licensing): it shows in the user's assignedLicenses and cannot be removed
+// per user.
+func (a *Admin) InheritLicense(u *User, skuID string, g *Group) {
+	for i, l := range u.Licenses {
+		if strings.EqualFold(l.SkuID, skuID) {
+			u.Licenses[i].ViaGroup = g.ID
+			a.t.touchUser(u)
+			return
+		}
+	}
+	u.Licenses = append(u.Licenses, License{SkuID: skuID, DisabledPlans: []string{}, ViaGroup: g.ID})
+	a.t.touchUser(u)
+}
+
 // SetSeats sets a SKU's enabled prepaid units.
 func (a *Admin) SetSeats(partNumber string, enabled int) error {
 	for _, s := range a.t.skus {

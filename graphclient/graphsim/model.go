@@ -40,6 +40,10 @@ type User struct {
 type License struct {
 	SkuID         string
 	DisabledPlans []string
+	// ViaGroup is the group the licence is inherited from (group-based
+	// licensing), "" for a direct assignment. An inherited licence cannot be
+	// removed per user.
+	ViaGroup string
 }
 
 // Group is a simulated group.

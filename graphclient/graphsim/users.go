@@ -326,6 +326,9 @@ func (c *gctx) assignLicense(key string) (*response, *apiError) {
 		found := false
 		for i, l := range next {
 			if strings.EqualFold(l.SkuID, rm) {
+				if l.ViaGroup != "" {
+					return nil, newErr(400, "Request_BadRequest", "User license is inherited from a group membership and it cannot be removed directly from the user.")
+				}
 				next = append(next[:i], next[i+1:]...)
 				found = true
 				break
