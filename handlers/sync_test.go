@@ -33,6 +33,7 @@ type env struct {
 	// consistencyWait and logger configure the next startWorker.
 	consistencyWait time.Duration
 	logger          *slog.Logger
+	graphConfig     graphclient.PoolConfig
 }
 
 func newEnv(t testing.TB, o graphsim.Options) *env {
@@ -55,13 +56,19 @@ func newEnv(t testing.TB, o graphsim.Options) *env {
 
 func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	_, js := e.srv.Connect(e.t)
-	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graphclient.NewPool(graphclient.PoolConfig{})})
+	ctx, cancel := context.WithCancel(context.Background())
+	// As the binary wires it: one Graph pool per worker for both kinds of
+	// job, sharing each tenant's budget with the other live workers.
+	gc := e.graphConfig
+	gc.Workers = worker.WatchLiveWorkers(ctx, js, e.srv.Topology, "default")
+	graph := graphclient.NewPool(gc)
+	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graph})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	reg := worker.Registry{}
 	syncer.Register(reg)
-	actions, err := handlers.NewActions(context.Background(), js, handlers.ActionsConfig{Topology: e.srv.Topology, Graph: graphclient.NewPool(graphclient.PoolConfig{}), ConsistencyWait: e.consistencyWait, Logger: e.logger})
+	actions, err := handlers.NewActions(context.Background(), js, handlers.ActionsConfig{Topology: e.srv.Topology, Graph: graph, ConsistencyWait: e.consistencyWait, Logger: e.logger})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -76,7 +83,6 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = w.Run(ctx); close(done) }()
 	e.stops = append(e.stops, func() { cancel(); <-done })

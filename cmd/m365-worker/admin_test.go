@@ -210,6 +210,46 @@ func TestOperatorCommands(t *testing.T) {
 	if err != nil || !strings.Contains(string(ping.Data), `"name":"m365-worker"`) || !strings.Contains(string(ping.Data), "m365.status.default.") {
 		t.Errorf("micro service: %v %v", err, ping)
 	}
+	// What an operator types: nats micro ls / info list the worker.
+	natsBin := natsCLI(t)
+	ls, err := exec.Command(natsBin, "--server", natsURL, "micro", "ls").CombinedOutput()
+	if err != nil || !strings.Contains(string(ls), "m365-worker") || !strings.Contains(string(ls), version) {
+		t.Errorf("nats micro ls: %v\n%s", err, ls)
+	}
+	info, err := exec.Command(natsBin, "--server", natsURL, "micro", "info", "m365-worker").CombinedOutput()
+	if err != nil || !strings.Contains(string(info), "m365.status.default.") {
+		t.Errorf("nats micro info m365-worker: %v\n%s", err, info)
+	}
 	w.interrupt(t)
 	sim.interrupt(t)
+}
+
+// natsCLI returns the nats CLI, installing natscli v0.5.0 with go install on
+// a machine that lacks it (as .ci/run does).
+func natsCLI(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("nats"); err == nil {
+		return p
+	}
+	gobin := filepath.Join(goEnv(t, "GOPATH"), "bin")
+	if b := goEnv(t, "GOBIN"); b != "" {
+		gobin = b
+	}
+	p := filepath.Join(gobin, "nats")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	out, err := exec.Command("go", "install", "github.com/nats-io/natscli/nats@v0.5.0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("the nats CLI is needed and could not be installed (go install github.com/nats-io/natscli/nats@v0.5.0): %v\n%s", err, out)
+	}
+	return p
+}
+
+func goEnv(t *testing.T, name string) string {
+	out, err := exec.Command("go", "env", name).Output()
+	if err != nil {
+		t.Fatalf("go env %s: %v", name, err)
+	}
+	return strings.TrimSpace(string(out))
 }

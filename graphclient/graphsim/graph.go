@@ -211,6 +211,9 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 		e.header.Set("x-ms-throttle-information", v.info)
 		return nil, e, 0
 	}
+	if write {
+		s.Writes.Add(1)
+	}
 	if qerr != nil {
 		qerr.header = hdr
 		return nil, qerr, 0

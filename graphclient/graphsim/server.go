@@ -160,6 +160,7 @@ type Server struct {
 	Requests  atomic.Int64 // Graph requests served (batch items count)
 	Tokens    atomic.Int64 // token requests served
 	Throttled atomic.Int64
+	Writes    atomic.Int64 // writes admitted by the throttling model (POST, PATCH, PUT, DELETE)
 }
 
 // Credential is what a seeded tenant's app needs to connect.
