@@ -80,7 +80,13 @@ type SyncMeta struct {
 	LastMode    string    `json:"last_mode,omitempty"`
 	LastOutcome string    `json:"last_outcome,omitempty"`
 	LastAt      time.Time `json:"last_at"`
-	Users       int       `json:"users"`
+	// LastDuration, LastCounts, LastRequests and LastThrottled describe the
+	// last successful round.
+	LastDuration  worker.Duration            `json:"last_duration,omitempty"`
+	LastCounts    map[string]jobs.SyncCounts `json:"last_counts,omitempty"`
+	LastRequests  int64                      `json:"last_graph_requests,omitempty"`
+	LastThrottled int64                      `json:"last_throttled,omitempty"`
+	Users         int                        `json:"users"`
 	// AuthFailed is set while the instance's credentials are refused.
 	AuthFailed bool   `json:"auth_failed,omitempty"`
 	AuthError  string `json:"auth_error,omitempty"`
@@ -187,6 +193,10 @@ type round struct {
 	change  struct{ users, enabled, licensed, groups int }
 	skuPart map[string]string
 	log     *slog.Logger
+	prog    *progress
+	// started and statsBefore measure the round for its sync state.
+	started     time.Time
+	statsBefore graphclient.Stats
 }
 
 // Handle runs one sync round of the job's instance.
@@ -208,13 +218,15 @@ func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 	if j.Attempt > 1 {
 		syncID = fmt.Sprintf("%s~%d", j.ID, j.Attempt)
 	}
-	r := &round{s: s, ctx: ctx, job: j, instance: j.Job.Instance, syncID: syncID, counts: map[string]jobs.SyncCounts{}, log: j.Logger}
+	r := &round{s: s, ctx: ctx, job: j, instance: j.Job.Instance, syncID: syncID, counts: map[string]jobs.SyncCounts{}, log: j.Logger, started: started, statsBefore: before}
 	full := meta.UserLink == "" || meta.GroupLink == "" || (params != nil && params.Full)
 	r.mode = jobs.ModeIncremental
 	if full {
 		r.mode = jobs.ModeFull
 	}
+	stopProgress := r.startProgress()
 	report, err := r.run(c, &meta)
+	stopProgress()
 	stats := c.Stats().Sub(before)
 	if err != nil {
 		if errors.Is(err, graphclient.ErrAuth) {
@@ -269,6 +281,8 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	}
 	meta.UserLink, meta.GroupLink = userLink, groupLink
 	meta.LastSyncID, meta.LastMode, meta.LastOutcome, meta.LastAt = r.syncID, r.mode, jobs.OutcomeSucceeded, time.Now().UTC()
+	st := c.Stats().Sub(r.statsBefore)
+	meta.LastDuration, meta.LastCounts, meta.LastRequests, meta.LastThrottled = worker.Duration(meta.LastAt.Sub(r.started)), r.counts, st.Requests, st.Throttled
 	meta.Users, meta.AuthFailed, meta.AuthError, meta.Indicators = ind.UsersTotal, false, "", ind
 	if err := r.s.saveMeta(context.WithoutCancel(r.ctx), r.instance, *meta); err != nil {
 		return nil, fmt.Errorf("save sync state: %w", err)
@@ -456,6 +470,8 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		defer mu.Unlock()
 		pages++
 		objects += len(page)
+		r.prog.users.pages.Add(1)
+		r.prog.users.objects.Add(int64(len(page)))
 		if pages%25 == 0 {
 			r.log.Info("sync: users in progress", "pages", pages, "objects", objects, "per_second", int(float64(objects)/time.Since(t0).Seconds()))
 		}
@@ -675,6 +691,8 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	apply := func(page []graphclient.GroupChange) error {
 		pages++
 		objects += len(page)
+		r.prog.groups.pages.Add(1)
+		r.prog.groups.objects.Add(int64(len(page)))
 		if pages%25 == 0 {
 			r.log.Info("sync: groups in progress", "pages", pages, "objects", objects, "per_second", int(float64(objects)/time.Since(t0).Seconds()))
 		}

@@ -451,3 +451,38 @@ func TestSyncWorkerKilledMidRound(t *testing.T) {
 		t.Errorf("%d users published, %d twice", len(seen), dups)
 	}
 }
+
+// A running round shows its progress in the state bucket (what `status` and
+// the run status line print); it is gone once the round ends, and the sync
+// state then holds the round's duration, counts and Graph figures.
+func TestSyncProgressAndLastRound(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 3000, Groups: 100, Latency: graphsim.RealisticLatency, NoThrottling: true})
+	e.startWorker(worker.Config{ID: "w-progress"})
+	e.addInstance("acme", 0, time.Hour)
+	id, err := worker.RequestSync(context.Background(), e.js, jobs.Subjects{}, "default", "acme", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen handlers.SyncProgress
+	workertest.Eventually(t, 60*time.Second, "the round's progress record", func() bool {
+		ps, err := handlers.ReadSyncProgress(context.Background(), e.js, e.srv.Topology)
+		if err != nil {
+			return false
+		}
+		p, ok := ps["acme"]
+		seen = p
+		return ok
+	})
+	if seen.SyncID != id || seen.Mode != jobs.ModeFull || seen.Worker != "w-progress" || seen.StartedAt.IsZero() {
+		t.Errorf("progress record: %+v", seen)
+	}
+	workertest.Eventually(t, 120*time.Second, "the sync report", func() bool { return len(e.reports("acme")) == 1 })
+	ps, err := handlers.ReadSyncProgress(context.Background(), e.js, e.srv.Topology)
+	if err != nil || len(ps) != 0 {
+		t.Errorf("progress after the round: %v %+v", err, ps)
+	}
+	m, err := handlers.ReadSyncMeta(context.Background(), e.js, e.srv.Topology, "acme")
+	if err != nil || m.LastDuration <= 0 || m.LastCounts[jobs.AssetUser].Upserts != 3000 || m.LastRequests == 0 || m.LastSyncID != id {
+		t.Errorf("sync state after the round: %v %+v", err, m)
+	}
+}

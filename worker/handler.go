@@ -22,6 +22,8 @@ type Job struct {
 	Params jobs.Params
 	// Pool serving the job.
 	Pool string
+	// Worker is the id of the worker running the job.
+	Worker string
 	// Attempt is 1 for the first handler run, counting only runs that used
 	// an attempt.
 	Attempt int

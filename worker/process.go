@@ -161,7 +161,7 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg, pj parsedMsg) {
 	if in, err := w.instances.Lookup(ctx, job.Instance); err == nil {
 		inst = in
 	}
-	hj := &Job{Job: job, Params: params, Pool: addr.Pool, Attempt: d.attempt, StreamSeq: meta.Sequence.Stream, Published: meta.Timestamp,
+	hj := &Job{Job: job, Params: params, Pool: addr.Pool, Worker: w.cfg.ID, Attempt: d.attempt, StreamSeq: meta.Sequence.Stream, Published: meta.Timestamp,
 		InstanceConfig: inst, Logger: d.log, progress: func() { _ = msg.InProgress() }, poolKey: w.cfg.PoolKey}
 
 	out, herr := w.runHandler(ctx, d, h, hj)

@@ -148,7 +148,8 @@ func TestOperatorCommands(t *testing.T) {
 	// status and the test connection.
 	out, code = cli(t, "", "status", "--nats", natsURL)
 	if code != 0 || !strings.Contains(out, "instance acme (pool default)") || !strings.Contains(out, "last sync:   succeeded") ||
-		!strings.Contains(out, "indicators:  60 users") || !strings.Contains(out, "pool default: 1 live workers") {
+		!strings.Contains(out, "indicators:  60 users") || !strings.Contains(out, "pool default: 1 live workers") ||
+		!strings.Contains(out, ", took ") || !strings.Contains(out, "m365_user 60 upserts 0 deletes") || !strings.Contains(out, "Graph requests, 0 throttled") {
 		t.Errorf("status: %s", out)
 	}
 	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile)

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -308,13 +309,13 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 		log.Info("metrics and health on http://" + l.Addr().String() + " (/metrics, /healthz, /readyz)")
 	}
 	if statusOut != nil {
-		go statusLine(ctx, w, graph, statusOut)
+		go statusLine(ctx, js, topo, w, graph, statusOut)
 	}
 	return w.Run(ctx)
 }
 
 // statusLine prints the worker's counts every 5 seconds when they changed.
-func statusLine(ctx context.Context, w *worker.Worker, graph *graphclient.Pool, out io.Writer) {
+func statusLine(ctx context.Context, js jetstream.JetStream, topo worker.Topology, w *worker.Worker, graph *graphclient.Pool, out io.Writer) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	last := ""
@@ -332,6 +333,18 @@ func statusLine(ctx context.Context, w *worker.Worker, graph *graphclient.Pool, 
 		}
 		line := fmt.Sprintf("status: %d jobs handled (%d succeeded, %d failed), %d in flight, %d Graph requests, %d throttled",
 			s.Handled.Load(), s.Succeeded.Load(), s.Failed.Load(), w.InFlight(), requests, throttled)
+		if running, err := handlers.ReadSyncProgress(ctx, js, topo); err == nil {
+			ids := make([]string, 0, len(running))
+			for id := range running {
+				ids = append(ids, id)
+			}
+			sort.Strings(ids)
+			for _, id := range ids {
+				if p := running[id]; !p.Stale(time.Now()) {
+					line += fmt.Sprintf("; syncing %s: %d users, %d groups read, %d/s", id, p.Users.Objects, p.Groups.Objects, p.PerSecond)
+				}
+			}
+		}
 		if line != last {
 			fmt.Fprintln(out, line)
 			last = line

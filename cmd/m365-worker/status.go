@@ -124,11 +124,12 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	sched := worker.NewSchedules(js, topo)
 	type instStatus struct {
-		ID         string            `json:"id"`
-		Pool       string            `json:"pool"`
-		Sync       handlers.SyncMeta `json:"sync"`
-		NextSync   *time.Time        `json:"next_sync,omitempty"`
-		Credential string            `json:"credentials"`
+		ID         string                 `json:"id"`
+		Pool       string                 `json:"pool"`
+		Sync       handlers.SyncMeta      `json:"sync"`
+		Running    *handlers.SyncProgress `json:"running,omitempty"`
+		NextSync   *time.Time             `json:"next_sync,omitempty"`
+		Credential string                 `json:"credentials"`
 	}
 	type poolStatus struct {
 		Pool        string `json:"pool"`
@@ -138,6 +139,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	var insts []instStatus
 	pools := map[string]bool{jobs.DefaultPool: true}
+	running, _ := handlers.ReadSyncProgress(ctx, js, topo)
 	for _, in := range list {
 		pools[in.Pool] = true
 		m, _ := handlers.ReadSyncMeta(ctx, js, topo, in.ID)
@@ -147,6 +149,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			st.Credential = "refused: " + m.AuthError
 		} else if m.LastAt.IsZero() {
 			st.Credential = "not yet used"
+		}
+		if p, ok := running[in.ID]; ok {
+			st.Running = &p
 		}
 		if next, err := sched.Next(ctx, in.Pool, in.ID); err == nil && !next.IsZero() {
 			st.NextSync = &next
@@ -172,7 +177,14 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if st.Sync.LastAt.IsZero() {
 			fmt.Fprintln(stdout, "  last sync:   none yet")
 		} else {
-			fmt.Fprintf(stdout, "  last sync:   %s, %s, %s ago\n", st.Sync.LastOutcome, st.Sync.LastMode, time.Since(st.Sync.LastAt).Round(time.Second))
+			fmt.Fprintf(stdout, "  last sync:   %s, %s, %s ago, took %s\n", st.Sync.LastOutcome, st.Sync.LastMode, time.Since(st.Sync.LastAt).Round(time.Second),
+				time.Duration(st.Sync.LastDuration).Round(time.Millisecond))
+			if len(st.Sync.LastCounts) > 0 {
+				fmt.Fprintf(stdout, "               %s; %d Graph requests, %d throttled\n", countsLine(st.Sync.LastCounts), st.Sync.LastRequests, st.Sync.LastThrottled)
+			}
+		}
+		if p := st.Running; p != nil {
+			fmt.Fprintf(stdout, "  running:     %s\n", progressLine(*p, time.Now()))
 		}
 		if ind := st.Sync.Indicators; ind != nil {
 			fmt.Fprintf(stdout, "  indicators:  %d users (%d enabled, %d licensed), %d groups, %d of %d licences used\n",
@@ -187,4 +199,25 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "pool %s: %d live workers, %d jobs waiting, %d in flight\n", p.Pool, p.LiveWorkers, p.Backlog, p.InFlight)
 	}
 	return nil
+}
+
+// countsLine is "m365_user 3 upserts 1 delete, m365_group …".
+func countsLine(c map[string]jobs.SyncCounts) string {
+	var parts []string
+	for _, typ := range []string{jobs.AssetLicense, jobs.AssetUser, jobs.AssetGroup} {
+		if n, ok := c[typ]; ok {
+			parts = append(parts, fmt.Sprintf("%s %d upserts %d deletes", typ, n.Upserts, n.Deletes))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// progressLine describes a running round.
+func progressLine(p handlers.SyncProgress, now time.Time) string {
+	line := fmt.Sprintf("%s round %s on %s for %s: users %d in %d pages, groups %d in %d pages, %d objects/s",
+		p.Mode, p.SyncID, p.Worker, now.Sub(p.StartedAt).Round(time.Second), p.Users.Objects, p.Users.Pages, p.Groups.Objects, p.Groups.Pages, p.PerSecond)
+	if p.Stale(now) {
+		line += fmt.Sprintf(" (no news for %s: its worker may have died; the round runs again after the lock expires)", now.Sub(p.UpdatedAt).Round(time.Second))
+	}
+	return line
 }
