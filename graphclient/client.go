@@ -86,7 +86,7 @@ type PoolConfig struct {
 	// beyond it the call returns an *Error carrying the wait
 	// (errors.Is(err, ErrThrottled)). Default 30s.
 	MaxWait time.Duration
-	// MaxConcurrency caps requests in flight per tenant. Default 8.
+	// MaxConcurrency caps requests in flight per tenant. Default 16.
 	MaxConcurrency int
 	// MaxAttempts per request (throttling, 5xx, network). Default 5.
 	MaxAttempts int
@@ -116,7 +116,7 @@ func NewPool(cfg PoolConfig) *Pool {
 		cfg.MaxWait = 30 * time.Second
 	}
 	if cfg.MaxConcurrency <= 0 {
-		cfg.MaxConcurrency = 8
+		cfg.MaxConcurrency = 16
 	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 5

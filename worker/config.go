@@ -23,7 +23,7 @@ type Config struct {
 	// ID names this worker in results, failure records and the live-worker
 	// registry. Default: <hostname>-<random>.
 	ID string
-	// Concurrency is the number of jobs handled at once. Default 8. Jobs
+	// Concurrency is the number of jobs handled at once. Default 16. Jobs
 	// are fetched only when a slot is free, so none wait in a buffer while
 	// their ack timer runs.
 	Concurrency int
@@ -78,7 +78,7 @@ func (c Config) WithDefaults() Config {
 		c.ID = sanitizeToken(host) + "-" + nuid.Next()[16:]
 	}
 	if c.Concurrency <= 0 {
-		c.Concurrency = 8
+		c.Concurrency = 16
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 60 * time.Second

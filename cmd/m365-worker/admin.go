@@ -132,7 +132,11 @@ func cmdInstance(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case "test":
 		return instanceTest(ctx, rest, stdout, stderr)
 	case "remove", "list", "show":
-		fs := newFlagSet("instance "+sub, "Remove, list or show instances (secrets are never shown).", stderr)
+		fs := newFlagSet("instance "+sub, map[string]string{
+			"remove": "Remove an instance: its configuration and its sync schedule. Its sync state stays, so\nadding it back resumes incrementally.",
+			"list":   "List the instances (secrets are never shown).",
+			"show":   "Show one instance's configuration (secrets are never shown, only whether one is set).",
+		}[sub], stderr)
 		cf := addConnFlags(fs)
 		var id string
 		if sub != "list" {
@@ -411,7 +415,11 @@ func cmdFailed(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	fs := newFlagSet("failed "+sub, "List, show or replay the jobs that failed for good.", stderr)
+	fs := newFlagSet("failed "+sub, map[string]string{
+		"list":   "List failure records, newest last; filter by instance, action, error code and age.",
+		"show":   "Show one failure record with the original job it failed (secrets in jobs stay sealed).",
+		"replay": "Replay one failed job, or with --all every failure the filters select, as a new job\nwith its own id and result; the header M365-Replay-Of names the job it replays.",
+	}[sub], stderr)
 	cf := addConnFlags(fs)
 	instance := fs.String("instance", "", "only this instance")
 	action := fs.String("action", "", "only this action")

@@ -119,11 +119,17 @@ type flagSet struct {
 	envErr []error
 }
 
+// positional names the arguments a command takes besides its flags.
+var positional = map[string]string{
+	"instance add": " ID", "instance update": " ID", "instance remove": " ID", "instance show": " ID", "instance test": " ID",
+	"failed show": " JOB_ID", "failed replay": " [JOB_ID]",
+}
+
 func newFlagSet(name, summary string, stderr io.Writer) *flagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: m365-worker %s [flags]\n\n%s\n\nFlags (environment variable in brackets):\n", name, summary)
+		fmt.Fprintf(stderr, "Usage: m365-worker %s [flags]\n\n%s\n\nFlags (environment variable in brackets):\n", name+positional[name], summary)
 		fs.PrintDefaults()
 	}
 	return &flagSet{FlagSet: fs}
@@ -210,7 +216,7 @@ type poolFlags struct {
 func addPoolFlags(fs *flagSet) *poolFlags {
 	return &poolFlags{
 		pool:        fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
-		concurrency: fs.Int("concurrency", 8, "jobs handled at once by this worker"),
+		concurrency: fs.Int("concurrency", 16, "jobs handled at once by this worker"),
 		ackWait:     fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
 		shutdown:    fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
 		logLevel:    fs.String("log-level", "info", "debug, info, warn or error"),
