@@ -49,6 +49,7 @@ Commands:
   job       submit: publish a job, optionally wait for its result
   failed    list | show | replay: jobs that failed for good
   status    instances (last sync, indicators, credentials, next tick) and pools (workers, backlog)
+  bench     sync | actions: the benchmarks, against the built-in simulator
   version   print the version
 
 Run 'm365-worker <command> --help' for the flags of a command.
@@ -86,6 +87,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdFailed(ctx, args[1:], stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, args[1:], stdout, stderr)
+	case "bench":
+		err = cmdBench(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "m365-worker", version)
 	case "help", "-h", "--help":

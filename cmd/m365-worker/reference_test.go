@@ -32,6 +32,8 @@ var reference = []struct {
 	{[]string{"failed", "show", "JOB_ID"}, "m365-worker failed show job-x7…"},
 	{[]string{"failed", "replay"}, "m365-worker failed replay job-x7…\nm365-worker failed replay --all --code no_free_seat --dry-run"},
 	{[]string{"status"}, "m365-worker status\nm365-worker status -o json"},
+	{[]string{"bench", "sync"}, "m365-worker bench sync                           # 100,000 users / 10,000 groups, realistic latency\nm365-worker bench sync --users 20000 --skip-baseline -o json"},
+	{[]string{"bench", "actions"}, "m365-worker bench actions --workers 3"},
 }
 
 func helpOf(t *testing.T, args []string) string {

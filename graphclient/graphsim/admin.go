@@ -120,6 +120,13 @@ type Admin struct {
 	now time.Time
 }
 
+// WriteBudgetLeft is what is left now in the (app, tenant) write bucket
+// (3,000 writes / 150 s; GRAPH.md §1): benchmarks read it to show whether a
+// window was fed by the bucket's stored burst or by its refill.
+func (s *Server) WriteBudgetLeft(appID, tenantID string) float64 {
+	return s.th.level(s.th.appTen, "w|"+appID+"|"+tenantID, 3000)
+}
+
 // Mutate runs f with the tenant locked.
 func (s *Server) Mutate(tenant string, f func(a *Admin) error) error {
 	t := s.tenant(tenant)

@@ -180,3 +180,16 @@ func ruCost(method, path string, q queryOpts) int {
 }
 
 func hasSuffix(s, suf string) bool { return len(s) >= len(suf) && s[len(s)-len(suf):] == suf }
+
+// level returns a bucket's level now (refilled), or its capacity if it was
+// never used.
+func (th *throttler) level(m map[string]*bucket, key string, capacity float64) float64 {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	b, ok := m[key]
+	if !ok {
+		return capacity
+	}
+	b.refill(th.clock.now())
+	return b.level
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/tevyra/m365-worker/internal/bench"
+)
+
+// cmdBench runs the benchmarks against the built-in simulator: JetStream and
+// the simulator in this process, the workers as child processes of this
+// binary.
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions [flags]\n", stderr)
+	if err != nil {
+		return err
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "sync":
+		fs := newFlagSet("bench sync", "Measure, in one run against the built-in Graph simulator (realistic latency, GRAPH.md §12;\nthrottling on): a full first round of a tenant, a plain sequential delta walk through\nthe SDK's page iterator, an incremental round after some objects changed, and the\nworker process's peak RSS (JetStream and the simulator run in this process).", stderr)
+		users := fs.Int("users", 100000, "users in the tenant")
+		groups := fs.Int("groups", 0, "groups in the tenant (default: users / 10)")
+		noLatency := fs.Bool("no-latency", false, "turn the simulator's realistic latency off")
+		skip := fs.Bool("skip-baseline", false, "skip the SDK page-iterator walk")
+		changed := fs.Float64("changed-percent", 0.5, "share of the objects changed before the incremental round")
+		output := fs.String("o", "text", "output: text or json")
+		if err := fs.parse(rest); err != nil {
+			return err
+		}
+		if *groups == 0 {
+			*groups = *users / 10
+		}
+		r, err := bench.RunSync(ctx, bench.SyncOptions{Binary: bin, Users: *users, Groups: *groups, NoLatency: *noLatency, SkipBaseline: *skip,
+			ChangedPercent: *changed, Log: stderr})
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(stdout, r)
+		}
+		fmt.Fprintf(stdout, "tenant: %d users, %d groups; latency: %s\n", r.Users, r.Groups, r.Latency)
+		fmt.Fprintf(stdout, "full first round:      %s (%d Graph requests, %d throttled)\n", r.Full.Round(time.Millisecond), r.FullRequests, r.FullThrottled)
+		if r.SDKWalk > 0 {
+			fmt.Fprintf(stdout, "SDK page-iterator walk: %s (reading only)\n", r.SDKWalk.Round(time.Millisecond))
+			fmt.Fprintf(stdout, "speedup:               %.2f×\n", r.Speedup)
+		}
+		fmt.Fprintf(stdout, "incremental round:     %s after %d changes = %.1f %% of the full round\n", r.Incremental.Round(time.Millisecond), r.Changes, r.IncrementalPct)
+		fmt.Fprintf(stdout, "worker peak RSS:       %.0f MB\n", float64(r.WorkerPeakRSS)/(1<<20))
+		return nil
+	case "actions":
+		fs := newFlagSet("bench actions", "Drive mixed actions at a 1,000-user simulated tenant (realistic latency, throttling on)\nthrough worker processes sharing its budget; once the warm-up has drained the write bucket,\nthe measured actions show the write rate sustained against the budget (3,000 writes / 150 s).", stderr)
+		workers := fs.Int("workers", 1, "worker processes")
+		warmup := fs.Int("max-warmup", 20000, "at most this many actions before the window (it starts once the write bucket is below 15 %)")
+		actions := fs.Int("actions", 2000, "measured actions")
+		output := fs.String("o", "text", "output: text or json")
+		if err := fs.parse(rest); err != nil {
+			return err
+		}
+		r, err := bench.RunActions(ctx, bench.ActionsOptions{Binary: bin, Workers: *workers, MaxWarmup: *warmup, Actions: *actions, Log: stderr})
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(stdout, r)
+		}
+		fmt.Fprintf(stdout, "%d workers, %d jobs (%d failed); latency: %s\n", r.Workers, r.Jobs, r.Failed, r.Latency)
+		fmt.Fprintf(stdout, "warm-up:          %d actions\n", r.Warmup)
+		fmt.Fprintf(stdout, "measured window:  %d actions in %s, %d writes = %.1f writes/s = %.1f %% of the write budget\n", r.Actions, r.Window.Round(time.Millisecond), r.Writes, r.WritesPerSec, r.BudgetPercent)
+		fmt.Fprintf(stdout, "write bucket:     %.0f at the window's start, %.0f at its end (of 3000)\n", r.BucketStart, r.BucketEnd)
+		fmt.Fprintf(stdout, "throttled:        %d of %d Graph requests (%.2f %%)\n", r.Throttled, r.Requests, r.ThrottledPercent)
+		return nil
+	}
+	return usageError{fmt.Errorf("unknown bench command %q (want sync or actions)", sub)}
+}
