@@ -60,6 +60,10 @@ func (t Topology) InstancesBucket() string {
 }
 func (t Topology) StateBucket() string { return t.prefix() + "_state" }
 
+// ConsumerName is the durable consumer a pool's workers share (what KEDA
+// watches for lag).
+func (t Topology) ConsumerName(pool string) string { return consumerName(t.prefix(), pool) }
+
 // ResultsDuplicateWindow is the results stream's dedup window. It covers a
 // worker that dies between publishing a result and recording the job as done,
 // whose job is redelivered one ack wait later.

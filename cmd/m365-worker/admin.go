@@ -23,15 +23,16 @@ import (
 
 // connFlags are the flags of the commands that talk to a running system.
 type connFlags struct {
-	url, creds, prefix, output *string
+	url, creds, prefix, output, jsDomain *string
 }
 
 func addConnFlags(fs *flagSet) *connFlags {
 	return &connFlags{
-		url:    fs.String("nats", "nats://127.0.0.1:4222", "NATS server URL"),
-		creds:  fs.String("creds", "", "NATS credentials file"),
-		prefix: fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
-		output: fs.String("o", "text", "output: text or json"),
+		url:      fs.String("nats", "nats://127.0.0.1:4222", "NATS server URL"),
+		creds:    fs.String("creds", "", "NATS credentials file"),
+		prefix:   fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
+		output:   fs.String("o", "text", "output: text or json"),
+		jsDomain: fs.String("js-domain", "", "JetStream domain of the hub, when connected to a leaf node"),
 	}
 }
 
@@ -44,7 +45,7 @@ func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology,
 	if err != nil {
 		return nil, nil, worker.Topology{}, fmt.Errorf("connect to NATS at %s: %w (is m365-worker run or a NATS server up? set --nats)", *c.url, err)
 	}
-	js, err := jetstream.New(nc)
+	js, err := newJetStream(nc, *c.jsDomain)
 	if err != nil {
 		nc.Close()
 		return nil, nil, worker.Topology{}, err

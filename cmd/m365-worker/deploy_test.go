@@ -1,13 +1,26 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
 )
 
 // The compose file and the NATS configs cannot run here (no Docker engine),
@@ -66,9 +79,11 @@ func TestComposeFile(t *testing.T) {
 }
 
 func TestNATSConfigs(t *testing.T) {
+	t.Setenv("NATS_SERVER_NAME", "nats-0")
+	t.Setenv("M365_HUB_LEAF_URL", "nats-leaf://hub.example:7422")
 	files, _ := filepath.Glob("../../deploy/nats/*.conf")
-	if len(files) == 0 {
-		t.Fatal("no NATS configs under deploy/nats")
+	if len(files) < 3 {
+		t.Fatalf("NATS configs under deploy/nats: %v (want single, cluster and leaf)", files)
 	}
 	for _, f := range files {
 		opts, err := server.ProcessConfigFile(f)
@@ -76,8 +91,377 @@ func TestNATSConfigs(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 			continue
 		}
-		if !opts.JetStream || !opts.SyncAlways {
-			t.Errorf("%s: JetStream %v, sync_interval always %v: jobs and state need both", f, opts.JetStream, opts.SyncAlways)
+		switch filepath.Base(f) {
+		case "leaf.conf":
+			// The site's leaf runs no JetStream and only dials out.
+			if opts.JetStream || len(opts.LeafNode.Remotes) != 1 || opts.LeafNode.Port != 0 || opts.Host != "127.0.0.1" {
+				t.Errorf("%s: JetStream %v, remotes %d, leaf listen port %d, host %s", f, opts.JetStream, len(opts.LeafNode.Remotes), opts.LeafNode.Port, opts.Host)
+			} else if u := opts.LeafNode.Remotes[0].URLs; len(u) != 1 || u[0].Host != "hub.example:7422" {
+				t.Errorf("%s: remote %v", f, u)
+			}
+		default:
+			if !opts.JetStream || !opts.SyncAlways {
+				t.Errorf("%s: JetStream %v, sync_interval always %v: jobs and state need both", f, opts.JetStream, opts.SyncAlways)
+			}
+			if opts.ServerName == "" {
+				t.Errorf("%s: no server name", f)
+			}
 		}
+		if filepath.Base(f) == "cluster.conf" && (opts.Cluster.Name != "m365" || len(opts.Routes) != 3 || opts.LeafNode.Port != 7422 || opts.HTTPPort != 8222) {
+			t.Errorf("%s: cluster %q, %d routes, leaf port %d, monitoring %d", f, opts.Cluster.Name, len(opts.Routes), opts.LeafNode.Port, opts.HTTPPort)
+		}
+	}
+}
+
+// loadConf reads a deploy config with env set, moved to loopback ports and a
+// temporary store so that several servers run on this machine.
+func loadConf(t *testing.T, file string, env map[string]string) *server.Options {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	opts, err := server.ProcessConfigFile(filepath.Join("../../deploy/nats", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Host, opts.Port, opts.HTTPPort, opts.NoSigs = "127.0.0.1", -1, 0, true
+	if opts.JetStream {
+		opts.StoreDir = t.TempDir()
+		opts.SyncAlways = false // the machine's disk is not what is tested here
+	}
+	return opts
+}
+
+func startServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(30 * time.Second) {
+		t.Fatalf("%s did not start", opts.ServerName)
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+// countingWorker runs a worker of pool on url whose disable_user handler
+// counts the jobs it handled.
+func countingWorker(t *testing.T, url, domain, pool string, replicas int, handled *atomic.Int64) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := newJetStream(nc, domain)
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		handled.Add(1)
+		return map[string]string{"user_id": p.User}, nil
+	})
+	w, err := worker.New(context.Background(), js, worker.Topology{Replicas: replicas}, worker.Config{Pool: pool, PollWait: 200 * time.Millisecond}, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = w.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func submitAndWait(t *testing.T, js jetstream.JetStream, pool, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	j := &jobs.Job{ID: id, Instance: "acme", Action: jobs.ActionDisableUser, Params: json.RawMessage(`{"user":"adele@contoso.com"}`)}
+	for {
+		_, err := worker.Submit(ctx, js, jobs.Subjects{}, pool, j)
+		if err == nil {
+			break
+		}
+		t.Logf("submit %s: %v", id, err)
+		if ctx.Err() != nil {
+			t.Fatalf("submit %s: %v", id, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	res, err := worker.WaitResult(ctx, js, worker.Topology{}, "acme", jobs.ActionDisableUser, id)
+	if err != nil || res.Status != jobs.StatusSucceeded {
+		t.Fatalf("result of %s: %+v %v", id, res, err)
+	}
+}
+
+// The cluster config, as three real servers on loopback: the streams are
+// created R3 and jobs still run after a node goes down.
+func TestNATSClusterFromConfig(t *testing.T) {
+	ports := []string{freePort(t), freePort(t), freePort(t)}
+	var servers []*server.Server
+	for i := range ports {
+		opts := loadConf(t, "cluster.conf", map[string]string{"NATS_SERVER_NAME": fmt.Sprintf("nats-%d", i)})
+		opts.LeafNode.Port = 0
+		host, port, _ := net.SplitHostPort(ports[i])
+		opts.Cluster.Host, opts.Cluster.Port = host, atoi(t, port)
+		opts.Routes = server.RoutesFromStr("nats://" + strings.Join(ports, ",nats://"))
+		servers = append(servers, startServer(t, opts))
+	}
+	urls := []string{}
+	for _, s := range servers {
+		urls = append(urls, s.ClientURL())
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	topo := worker.Topology{Replicas: 3}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := worker.Setup(ctx, js, topo)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("setup on the cluster: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for _, name := range []string{topo.JobsStream(), topo.ResultsStream(), topo.FailuresStream()} {
+		st, err := js.Stream(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info := st.CachedInfo(); info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
+			t.Errorf("%s: replicas %d, cluster %+v", name, info.Config.Replicas, info.Cluster)
+		}
+	}
+	var handled atomic.Int64
+	countingWorker(t, strings.Join(urls, ","), "", "default", 3, &handled)
+	submitAndWait(t, js, "default", "cluster-1")
+	// One node down: the other two keep a quorum.
+	servers[2].Shutdown()
+	servers[2].WaitForShutdown()
+	// Wait until the jobs stream and the state bucket have a leader among
+	// the two left (an election takes a few seconds).
+	deadline = time.Now().Add(90 * time.Second)
+	for _, name := range []string{topo.JobsStream(), topo.ResultsStream(), "KV_" + topo.StateBucket()} {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			st, err := js.Stream(ctx, name)
+			var info *jetstream.StreamInfo
+			if err == nil {
+				info, err = st.Info(ctx)
+			}
+			cancel()
+			if err == nil && info.Cluster != nil && info.Cluster.Leader != "" && info.Cluster.Leader != "nats-2" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has no leader after a node went down: %v", name, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	submitAndWait(t, js, "default", "cluster-2")
+	if handled.Load() != 2 {
+		t.Errorf("handled %d jobs, want 2", handled.Load())
+	}
+}
+
+// A customer site: a leaf node from leaf.conf dials out to the hub, and a
+// worker of the site's pool, connected only to the leaf, runs the jobs
+// Tevyra publishes at the hub; results land in the hub's streams.
+func TestLeafSiteWorkerFromConfig(t *testing.T) {
+	hubOpts := loadConf(t, "single.conf", nil)
+	leafAddr := freePort(t)
+	_, lp, _ := net.SplitHostPort(leafAddr)
+	hubOpts.LeafNode.Host, hubOpts.LeafNode.Port = "127.0.0.1", atoi(t, lp)
+	hub := startServer(t, hubOpts)
+	leafURL := "nats-leaf://" + leafAddr
+	leafOpts := loadConf(t, "leaf.conf", map[string]string{"NATS_SERVER_NAME": "site-a", "M365_HUB_LEAF_URL": leafURL})
+	leaf := startServer(t, leafOpts)
+	deadline := time.Now().Add(30 * time.Second)
+	for hub.NumLeafNodes() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the leaf did not connect to the hub")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	hnc, err := nats.Connect(hub.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hnc.Close()
+	hjs, _ := jetstream.New(hnc)
+	if err := worker.Setup(context.Background(), hjs, worker.Topology{}); err != nil {
+		t.Fatal(err)
+	}
+	// The hub's JetStream answers through the leaf connection once the
+	// interest has propagated.
+	lnc, err := nats.Connect(leaf.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lnc.Close()
+	ljs, _ := jetstream.NewWithDomain(lnc, "hub")
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := ljs.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("JetStream through the leaf: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var handled atomic.Int64
+	countingWorker(t, leaf.ClientURL(), "hub", "site-a", 1, &handled)
+	submitAndWait(t, hjs, "site-a", "site-1")
+	if handled.Load() != 1 {
+		t.Errorf("the site's worker handled %d jobs, want 1", handled.Load())
+	}
+}
+
+func atoi(t *testing.T, s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// k8sDoc is the part of a Kubernetes object the manifest checks read.
+type k8sDoc struct {
+	Kind     string `yaml:"kind"`
+	Metadata struct {
+		Name string `yaml:"name"`
+	} `yaml:"metadata"`
+	Data map[string]string `yaml:"data"`
+	Spec struct {
+		Replicas       int `yaml:"replicas"`
+		MinReplicas    int `yaml:"minReplicaCount"`
+		ScaleTargetRef struct {
+			Name string `yaml:"name"`
+		} `yaml:"scaleTargetRef"`
+		Triggers []struct {
+			Type     string            `yaml:"type"`
+			Metadata map[string]string `yaml:"metadata"`
+		} `yaml:"triggers"`
+		Template struct {
+			Spec struct {
+				TerminationGracePeriodSeconds int `yaml:"terminationGracePeriodSeconds"`
+				Containers                    []struct {
+					Image string   `yaml:"image"`
+					Args  []string `yaml:"args"`
+					Env   []struct {
+						Name      string `yaml:"name"`
+						Value     string `yaml:"value"`
+						ValueFrom any    `yaml:"valueFrom"`
+					} `yaml:"env"`
+					ReadinessProbe struct {
+						HTTPGet struct {
+							Path string `yaml:"path"`
+						} `yaml:"httpGet"`
+					} `yaml:"readinessProbe"`
+					LivenessProbe struct {
+						HTTPGet struct {
+							Path string `yaml:"path"`
+						} `yaml:"httpGet"`
+					} `yaml:"livenessProbe"`
+				} `yaml:"containers"`
+			} `yaml:"spec"`
+		} `yaml:"template"`
+	} `yaml:"spec"`
+}
+
+func readK8s(t *testing.T, file string) []k8sDoc {
+	t.Helper()
+	f, err := os.Open(filepath.Join("../../deploy/k8s", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var docs []k8sDoc
+	dec := yaml.NewDecoder(f)
+	for {
+		var d k8sDoc
+		if err := dec.Decode(&d); err != nil {
+			if err.Error() == "EOF" {
+				break
+			}
+			t.Fatalf("%s: %v", file, err)
+		}
+		docs = append(docs, d)
+	}
+	return docs
+}
+
+// The Kubernetes manifests cannot be applied here; they are parsed and held
+// to what the code does: the env names are flags, the probes are served,
+// the grace period covers the drain, KEDA watches the consumer the workers
+// share, and the NATS ConfigMap is deploy/nats/cluster.conf.
+func TestKubernetesManifests(t *testing.T) {
+	topo := worker.Topology{}
+	var deploy, scaled, cm *k8sDoc
+	for _, file := range []string{"nats.yaml", "worker.yaml", "keda.yaml"} {
+		for _, d := range readK8s(t, file) {
+			d := d
+			switch {
+			case d.Kind == "Deployment" && d.Metadata.Name == "m365-worker":
+				deploy = &d
+			case d.Kind == "ScaledObject":
+				scaled = &d
+			case d.Kind == "ConfigMap" && d.Metadata.Name == "nats-config":
+				cm = &d
+			}
+		}
+	}
+	if deploy == nil || scaled == nil || cm == nil {
+		t.Fatalf("manifests: deployment %v, scaled object %v, nats config map %v", deploy != nil, scaled != nil, cm != nil)
+	}
+	conf, _ := os.ReadFile("../../deploy/nats/cluster.conf")
+	if cm.Data["nats.conf"] != string(conf) {
+		t.Error("deploy/k8s/nats.yaml's ConfigMap differs from deploy/nats/cluster.conf")
+	}
+	c := deploy.Spec.Template.Spec.Containers[0]
+	if len(c.Args) == 0 || c.Args[0] != "worker" {
+		t.Errorf("worker args %v", c.Args)
+	}
+	src, _ := os.ReadFile("main.go")
+	var shutdown time.Duration
+	for _, e := range c.Env {
+		if e.Name == "M365_POOL_KEY" {
+			if e.ValueFrom == nil {
+				t.Error("M365_POOL_KEY must come from a Secret, not a plain value")
+			}
+			continue
+		}
+		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Name, "M365_")), "_", "-")
+		if !strings.Contains(string(src), `"`+flagName+`"`) {
+			t.Errorf("worker.yaml sets %s but there is no --%s flag", e.Name, flagName)
+		}
+		if e.Name == "M365_SHUTDOWN_TIMEOUT" {
+			shutdown, _ = time.ParseDuration(e.Value)
+		}
+	}
+	if shutdown == 0 || time.Duration(deploy.Spec.Template.Spec.TerminationGracePeriodSeconds)*time.Second <= shutdown {
+		t.Errorf("terminationGracePeriodSeconds %d must exceed the shutdown timeout %s", deploy.Spec.Template.Spec.TerminationGracePeriodSeconds, shutdown)
+	}
+	if c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Errorf("probes %q %q", c.ReadinessProbe.HTTPGet.Path, c.LivenessProbe.HTTPGet.Path)
+	}
+	if scaled.Spec.ScaleTargetRef.Name != deploy.Metadata.Name || scaled.Spec.MinReplicas < 1 || len(scaled.Spec.Triggers) != 1 {
+		t.Fatalf("scaled object %+v", scaled.Spec)
+	}
+	tr := scaled.Spec.Triggers[0]
+	if tr.Type != "nats-jetstream" || tr.Metadata["stream"] != topo.JobsStream() || tr.Metadata["consumer"] != topo.ConsumerName(jobs.DefaultPool) ||
+		!strings.HasSuffix(tr.Metadata["natsServerMonitoringEndpoint"], ":8222") {
+		t.Errorf("KEDA trigger %+v (want stream %s, consumer %s)", tr, topo.JobsStream(), topo.ConsumerName(jobs.DefaultPool))
 	}
 }

@@ -212,6 +212,7 @@ func (f *flagSet) parse(args []string) error {
 // poolFlags are the flags every worker-running command shares.
 type poolFlags struct {
 	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
+	jsDomain                                                   *string
 	concurrency, replicas                                      *int
 	ackWait, shutdown                                          *time.Duration
 }
@@ -228,7 +229,17 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 		replicas:    fs.Int("replicas", 1, "stream and bucket replicas (3 in a cluster)"),
 		poolKeyFile: fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
 		httpListen:  fs.String("http-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9465 (off when empty)"),
+		jsDomain:    fs.String("js-domain", "", "JetStream domain of the hub, for workers on a customer site's leaf node (deploy/nats/leaf.conf)"),
 	}
+}
+
+// newJetStream opens JetStream on nc, in domain when one is given (a worker
+// on a leaf node reaches the hub's streams that way).
+func newJetStream(nc *nats.Conn, domain string) (jetstream.JetStream, error) {
+	if domain != "" {
+		return jetstream.NewWithDomain(nc, domain)
+	}
+	return jetstream.New(nc)
 }
 
 func (p *poolFlags) logger(w io.Writer) (*slog.Logger, error) {
@@ -423,7 +434,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := newJetStream(nc, *p.jsDomain)
 	if err != nil {
 		return err
 	}
@@ -487,7 +498,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := newJetStream(nc, *p.jsDomain)
 	if err != nil {
 		return err
 	}
