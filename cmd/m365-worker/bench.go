@@ -57,7 +57,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "actions":
 		fs := newFlagSet("bench actions", "Drive mixed actions at a 1,000-user simulated tenant (realistic latency, throttling on)\nthrough worker processes sharing its budget; once the warm-up has drained the write bucket,\nthe measured actions show the write rate sustained against the budget (3,000 writes / 150 s).", stderr)
 		workers := fs.Int("workers", 1, "worker processes")
-		warmup := fs.Int("max-warmup", 20000, "at most this many actions before the window (it starts once the write bucket is below 15 %)")
+		warmup := fs.Int("max-warmup", 20000, "at most this many actions before the window (it starts once the write bucket, drawn down, rises again)")
 		actions := fs.Int("actions", 2000, "measured actions")
 		output := fs.String("o", "text", "output: text or json")
 		if err := fs.parse(rest); err != nil {
