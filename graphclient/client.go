@@ -235,16 +235,24 @@ func newClient(cfg Config, fp string, app *pacer, pc PoolConfig) (*Client, error
 		}
 	}
 	hc := &http.Client{Transport: khttp.NewCustomTransportWithParentTransport(tr, mws...)}
+	// The SDK registers its serializers in process-wide defaults while it
+	// builds an adapter and a client (kiota's EnableBackingStore writes a
+	// global): build one at a time.
+	sdkInit.Lock()
 	adapter, err := msgraph.NewGraphRequestAdapterWithParseNodeFactoryAndSerializationWriterFactoryAndHttpClient(ap, nil, nil, hc)
 	if err != nil {
+		sdkInit.Unlock()
 		return nil, err
 	}
 	adapter.SetBaseUrl(c.graphURL)
 	c.adapter = adapter
 	c.Graph = msgraph.NewGraphServiceClient(adapter)
+	sdkInit.Unlock()
 	c.http = &http.Client{Transport: &authTransport{next: tr, cred: cred, scope: graphRoot + "/.default"}}
 	return c, nil
 }
+
+var sdkInit sync.Mutex
 
 // baseTransport is the HTTP transport under everything: TLS roots and proxy.
 func baseTransport(cfg Config) (*http.Transport, error) {

@@ -197,6 +197,37 @@ type round struct {
 	// started and statsBefore measure the round for its sync state.
 	started     time.Time
 	statsBefore graphclient.Stats
+	// licencesDone closes once the licences are published (licencesErr
+	// says how that went) and skuPart is set; usersDone once the users are
+	// (usersErr). Users publish after licences, groups after users.
+	licencesDone, usersDone chan struct{}
+	licencesErr, usersErr   error
+}
+
+// afterLicences waits until the licences are published.
+func (r *round) afterLicences() error {
+	select {
+	case <-r.licencesDone:
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	}
+	if r.licencesErr != nil {
+		return fmt.Errorf("licences: %w", r.licencesErr)
+	}
+	return nil
+}
+
+// afterUsers waits until the users are published.
+func (r *round) afterUsers() error {
+	select {
+	case <-r.usersDone:
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	}
+	if r.usersErr != nil {
+		return fmt.Errorf("users: %w", r.usersErr)
+	}
+	return nil
 }
 
 // Handle runs one sync round of the job's instance.
@@ -246,30 +277,46 @@ func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 }
 
 func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, error) {
-	// Licences first: users' records name their SKUs' part numbers.
-	skus, err := c.SubscribedSKUs(r.ctx)
-	if err != nil {
-		return nil, err
-	}
-	r.skuPart = map[string]string{}
-	for _, s := range skus {
-		r.skuPart[strings.ToLower(s.SkuID)] = s.SkuPartNumber
-	}
-	if err := r.syncLicenses(skus); err != nil {
-		return nil, err
-	}
-	// Users and groups are read at once, within the tenant's budget.
+	// Licences, users and groups are read at once, within the tenant's
+	// budget; what is published keeps the contract's order: licences, then
+	// users (whose records name their SKUs' part numbers), then groups.
+	r.licencesDone, r.usersDone = make(chan struct{}), make(chan struct{})
+	var skus []graphclient.SKU
+	var tLicences time.Duration
+	go func() {
+		defer close(r.licencesDone)
+		defer func() { tLicences = time.Since(r.started) }()
+		if skus, r.licencesErr = c.SubscribedSKUs(r.ctx); r.licencesErr != nil {
+			return
+		}
+		part := map[string]string{}
+		for _, s := range skus {
+			part[strings.ToLower(s.SkuID)] = s.SkuPartNumber
+		}
+		r.skuPart = part
+		r.licencesErr = r.syncLicenses(skus)
+	}()
 	var userLink, groupLink string
 	var userErr, groupErr error
+	var tUsers, tGroups time.Duration
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); userLink, userErr = r.syncUsers(c, meta.UserLink) }()
-	go func() { defer wg.Done(); groupLink, groupErr = r.syncGroups(c, meta.GroupLink) }()
+	t0 := time.Now()
+	go func() {
+		defer wg.Done()
+		defer close(r.usersDone)
+		userLink, userErr = r.syncUsers(c, meta.UserLink)
+		r.usersErr, tUsers = userErr, time.Since(t0)
+	}()
+	go func() { defer wg.Done(); groupLink, groupErr = r.syncGroups(c, meta.GroupLink); tGroups = time.Since(t0) }()
 	wg.Wait()
-	if err := errors.Join(userErr, groupErr); err != nil {
-		if userErr != nil {
-			return nil, userErr // keep the typed error for the caller
-		}
+	<-r.licencesDone
+	switch { // keep the typed error (auth, throttled) for the caller
+	case r.licencesErr != nil:
+		return nil, r.licencesErr
+	case userErr != nil:
+		return nil, userErr
+	case groupErr != nil:
 		return nil, groupErr
 	}
 	ind, err := r.indicators(skus, meta.Indicators)
@@ -287,6 +334,8 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	if err := r.s.saveMeta(context.WithoutCancel(r.ctx), r.instance, *meta); err != nil {
 		return nil, fmt.Errorf("save sync state: %w", err)
 	}
+	r.log.Info("sync: round done", "mode", r.mode, "took", time.Since(r.started).Round(time.Millisecond), "licences", tLicences.Round(time.Millisecond),
+		"users", tUsers.Round(time.Millisecond), "groups", tGroups.Round(time.Millisecond), "graph_requests", st.Requests)
 	return &jobs.SyncReport{SyncID: r.syncID, Mode: r.mode, Outcome: jobs.OutcomeSucceeded, Counts: r.counts}, nil
 }
 
@@ -466,6 +515,9 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	pages, objects, t0 := 0, 0, time.Now()
 	var mu sync.Mutex // segments are read in parallel; changes apply one at a time
 	apply := func(page []graphclient.UserChange) error {
+		if err := r.afterLicences(); err != nil {
+			return err
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		pages++
@@ -560,6 +612,9 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		}
 	}
 	r.noteMode(b.mode)
+	if err := r.afterLicences(); err != nil {
+		return "", err
+	}
 	return next, b.flush(true)
 }
 
@@ -746,6 +801,9 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := r.afterUsers(); err != nil {
+		return "", err
+	}
 	for _, id := range order {
 		st := touched[id]
 		if st == nil {
@@ -806,6 +864,9 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		}
 	}
 	r.noteMode(b.mode)
+	if err := r.afterLicences(); err != nil {
+		return "", err
+	}
 	return next, b.flush(true)
 }
 

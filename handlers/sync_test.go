@@ -178,6 +178,7 @@ func (e *env) checkAgainstTruth(instance string, tenant int) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.checkRoundOrder(instance)
 	r := e.rebuild(instance)
 	if len(r.users) != len(snap.Users) || len(r.groups) != len(snap.Groups) || len(r.licenses) != len(snap.SKUs) {
 		e.t.Fatalf("replica: %d users, %d groups, %d licences; truth %d, %d, %d", len(r.users), len(r.groups), len(r.licenses), len(snap.Users), len(snap.Groups), len(snap.SKUs))
@@ -225,6 +226,49 @@ func (e *env) checkAgainstTruth(instance string, tenant int) {
 	if last.UsersTotal != want.UsersTotal || last.UsersEnabled != want.UsersEnabled || last.UsersLicensed != want.UsersLicensed ||
 		last.GroupsTotal != want.GroupsTotal || last.LicensesTotal != want.LicensesTotal || last.LicensesConsumed != want.LicensesConsumed {
 		e.t.Fatalf("indicators %+v, truth %+v", last, want)
+	}
+}
+
+// checkRoundOrder reads everything the instance's rounds published, in
+// stream order, and checks the contract's order within each sync id:
+// licences, then users, then groups (each type's batches numbered from 1,
+// the last marked), then the indicators, then the report.
+func (e *env) checkRoundOrder(instance string) {
+	e.t.Helper()
+	rank := map[string]int{jobs.AssetLicense: 1, jobs.AssetUser: 2, jobs.AssetGroup: 3}
+	at := map[string]int{}      // sync id → rank reached
+	batch := map[string]int{}   // sync id + type → last batch number
+	closed := map[string]bool{} // sync id + type → last batch seen
+	for _, m := range workertest.Messages(e.t, e.js, "M365_RESULTS", "m365.results."+instance+".>") {
+		subj := m.Subject()
+		switch {
+		case strings.Contains(subj, ".assets."):
+			var d jobs.AssetDelta
+			_ = json.Unmarshal(m.Data(), &d)
+			if strings.HasPrefix(d.SyncID, "action:") {
+				continue // post-action refreshes stand alone
+			}
+			k := d.SyncID + "/" + d.Type
+			if rank[d.Type] < at[d.SyncID] || closed[k] || d.Batch != batch[k]+1 {
+				e.t.Fatalf("sync %s: %s batch %d (last %v) after rank %d, batch %d, closed %v", d.SyncID, d.Type, d.Batch, d.Last, at[d.SyncID], batch[k], closed[k])
+			}
+			at[d.SyncID], batch[k], closed[k] = rank[d.Type], d.Batch, d.Last
+		case strings.HasSuffix(subj, ".indicators"):
+			var ind jobs.Indicators
+			_ = json.Unmarshal(m.Data(), &ind)
+			for _, typ := range []string{jobs.AssetLicense, jobs.AssetUser, jobs.AssetGroup} {
+				if !closed[ind.SyncID+"/"+typ] {
+					e.t.Fatalf("sync %s: indicators before the last %s batch", ind.SyncID, typ)
+				}
+			}
+			at[ind.SyncID] = 4
+		case strings.HasSuffix(subj, ".syncs"):
+			var rep jobs.SyncReport
+			_ = json.Unmarshal(m.Data(), &rep)
+			if rep.Outcome == jobs.OutcomeSucceeded && at[rep.SyncID] != 4 {
+				e.t.Fatalf("sync %s: report before the indicators", rep.SyncID)
+			}
+		}
 	}
 }
 

@@ -150,7 +150,11 @@ func (e *Env) AddInstance(ctx context.Context, id string) error {
 // counts all n as live (each takes its share of the tenant's budget).
 func (e *Env) StartWorkers(ctx context.Context, n, concurrency int) error {
 	for i := 0; i < n; i++ {
-		args := []string{"worker", "--nats", e.URL, "--pool-key-file", e.keyFile, "--log-level", "warn", "--ack-wait", "5m"}
+		level := os.Getenv("M365_BENCH_LOG_LEVEL") // the workers' log level; default warn
+		if level == "" {
+			level = "warn"
+		}
+		args := []string{"worker", "--nats", e.URL, "--pool-key-file", e.keyFile, "--log-level", level, "--ack-wait", "5m"}
 		if concurrency > 0 {
 			args = append(args, "--concurrency", strconv.Itoa(concurrency))
 		}
