@@ -308,7 +308,11 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 		userLink, userErr = r.syncUsers(c, meta.UserLink)
 		r.usersErr, tUsers = userErr, time.Since(t0)
 	}()
-	go func() { defer wg.Done(); groupLink, groupErr = r.syncGroups(c, meta.GroupLink); tGroups = time.Since(t0) }()
+	go func() {
+		defer wg.Done()
+		groupLink, groupErr = r.syncGroups(c, meta.GroupLink)
+		tGroups = time.Since(t0)
+	}()
 	wg.Wait()
 	<-r.licencesDone
 	switch { // keep the typed error (auth, throttled) for the caller
