@@ -428,7 +428,7 @@ func (r *round) storeState(ops []stateOp) error {
 			}
 			continue
 		}
-		puts = append(puts, publisher.Message{Subject: "$KV." + r.s.cfg.Topology.StateBucket() + "." + op.key,
+		puts = append(puts, publisher.Message{Subject: worker.KVSubject(r.s.js, r.s.cfg.Topology.StateBucket(), op.key),
 			MsgID: r.syncID + ":" + op.key + ":" + hashOf(op.val), Value: json.RawMessage(op.val)})
 	}
 	return r.s.pub.PublishAll(ctx, puts)

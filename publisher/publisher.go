@@ -139,18 +139,25 @@ func (p *Publisher) PublishAll(ctx context.Context, msgs []Message) error {
 	}
 	window := make([]pending, 0, p.cfg.MaxPending)
 	wait := func(pd pending) error {
+		var err error
+		timer := time.NewTimer(p.cfg.AckTimeout)
+		defer timer.Stop()
 		select {
 		case <-pd.f.Ok():
 			return nil
-		case err := <-pd.f.Err():
-			// Resend synchronously: the async path does not retry.
-			if _, err2 := p.Publish(ctx, pd.m); err2 != nil {
-				return fmt.Errorf("%w (async: %v)", err2, err)
-			}
-			return nil
+		case err = <-pd.f.Err():
+		case <-timer.C:
+			// No ack (the async path has no timeout of its own): the
+			// message may have gone nowhere; the resend is deduplicated.
+			err = fmt.Errorf("no ack within %s", p.cfg.AckTimeout)
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %s: %v", ErrPublish, pd.m.Subject, ctx.Err())
 		}
+		// Resend synchronously: the async path does not retry.
+		if _, err2 := p.Publish(ctx, pd.m); err2 != nil {
+			return fmt.Errorf("%w (async: %v)", err2, err)
+		}
+		return nil
 	}
 	for _, m := range msgs {
 		if len(window) == cap(window) {

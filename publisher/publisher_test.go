@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/publisher"
@@ -51,5 +52,31 @@ func TestPublishFailureIsReported(t *testing.T) {
 	}
 	if _, err := p.Publish(context.Background(), publisher.Message{Subject: "m365.results.acme.actions", Value: 1}); !errors.Is(err, publisher.ErrPublish) {
 		t.Fatalf("publish without a message id: %v", err)
+	}
+}
+
+// A message that reaches a listener which never acknowledges it (not a
+// stream: here a plain subscriber) must not hang PublishAll: the async path
+// has no timeout of its own, so the wait is bounded and the resend fails.
+func TestPublishAllDoesNotHangWithoutAnAck(t *testing.T) {
+	srv := workertest.Start(t)
+	nc, js := srv.Connect(t)
+	sub, err := nc.SubscribeSync("silent.listener")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	p := publisher.New(js, publisher.Config{AckTimeout: 200 * time.Millisecond, MaxElapsed: time.Second})
+	done := make(chan error, 1)
+	go func() {
+		done <- p.PublishAll(context.Background(), []publisher.Message{{Subject: "silent.listener", MsgID: "s-1", Value: 1}})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, publisher.ErrPublish) {
+			t.Fatalf("PublishAll to a listener that never acks: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("PublishAll hung on a message nobody acknowledged")
 	}
 }

@@ -162,7 +162,7 @@ func OpenInstances(ctx context.Context, js jetstream.JetStream, t Topology) (*In
 	t = t.withDefaults()
 	kv, err := js.KeyValue(ctx, t.InstancesBucket())
 	if err != nil {
-		return nil, fmt.Errorf("open bucket %s (run setup first): %w", t.InstancesBucket(), err)
+		return nil, fmt.Errorf("open bucket %s: %w (a worker creates the streams and buckets when it starts: start m365-worker worker or run against this NATS first)", t.InstancesBucket(), err)
 	}
 	return &Instances{kv: kv, schedules: NewSchedules(js, t), cache: map[string]*Instance{}}, nil
 }

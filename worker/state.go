@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,9 +26,25 @@ type state struct {
 func openState(ctx context.Context, js jetstream.JetStream, t Topology) (*state, error) {
 	kv, err := js.KeyValue(ctx, t.StateBucket())
 	if err != nil {
-		return nil, fmt.Errorf("open bucket %s (run setup first): %w", t.StateBucket(), err)
+		return nil, fmt.Errorf("open bucket %s: %w (a worker creates the streams and buckets when it starts: start m365-worker worker or run against this NATS first)", t.StateBucket(), err)
 	}
 	return &state{js: js, kv: kv, bucket: t.StateBucket()}, nil
+}
+
+// KVSubject is the subject a write to key of bucket is published on, as
+// nats.go's KV does it: "$KV.<bucket>.<key>", behind the JetStream API
+// prefix when js addresses another domain (a worker on a leaf node reaches
+// the hub's buckets that way).
+func KVSubject(js jetstream.JetStream, bucket, key string) string {
+	subj := "$KV." + bucket + "." + key
+	o := js.Options()
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API." + subj
+	case o.APIPrefix != "" && o.APIPrefix != jetstream.DefaultAPIPrefix:
+		return strings.TrimSuffix(o.APIPrefix, ".") + "." + subj
+	}
+	return subj
 }
 
 // jobKey encodes a job id (any printable string) as a KV key token.
@@ -36,7 +53,7 @@ func jobKey(jobID string) string { return base64.RawURLEncoding.EncodeToString([
 // putTTL writes key with an expiry. If rev is not zero the write only
 // succeeds when rev is still the key's last revision.
 func (s *state) putTTL(ctx context.Context, key string, val []byte, ttl time.Duration, rev uint64) (uint64, error) {
-	m := nats.NewMsg("$KV." + s.bucket + "." + key)
+	m := nats.NewMsg(KVSubject(s.js, s.bucket, key))
 	m.Data = val
 	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(ttl)}
 	if rev != 0 {

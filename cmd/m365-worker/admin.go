@@ -359,7 +359,7 @@ func cmdJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	instance := fs.String("instance", "", "instance id (required)")
 	action := fs.String("action", "", "sync or an action: create_user, disable_user, … (required)")
 	params := fs.String("params", "{}", "parameters as JSON")
-	pool := fs.String("pool", jobs.DefaultPool, "pool serving the instance")
+	pool := fs.String("pool", "", "pool serving the instance (default: the instance's configured pool)")
 	dry := fs.Bool("dry-run", false, "validate and resolve without writing")
 	wait := fs.Bool("wait", false, "wait for the result and print it")
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long --wait waits")
@@ -374,6 +374,16 @@ func cmdJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer nc.Close()
+	if *pool == "" {
+		*pool = jobs.DefaultPool
+		if store, err := worker.OpenInstances(ctx, js, topo); err == nil {
+			if in, err := store.Get(ctx, *instance); err == nil {
+				*pool = in.Pool
+			} else {
+				fmt.Fprintf(stderr, "m365-worker: instance %s is not configured here; submitting to pool %s\n", *instance, *pool)
+			}
+		}
+	}
 	j := &jobs.Job{Instance: *instance, Action: jobs.FullAction(*action), Params: json.RawMessage(*params), RequestedBy: "m365-worker cli", DryRun: *dry}
 	now := time.Now().UTC()
 	j.RequestedAt = &now

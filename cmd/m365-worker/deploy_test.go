@@ -465,3 +465,77 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("KEDA trigger %+v (want stream %s, consumer %s)", tr, topo.JobsStream(), topo.ConsumerName(jobs.DefaultPool))
 	}
 }
+
+// The customer-site shape end to end with the binary: a hub and a site leaf
+// from the deploy configs; the site's key made on the site; Tevyra (at the
+// hub) adds the instance sealed to the site's public key and submits a sync;
+// the site's worker, connected only to its leaf, reads the tenant and the
+// report lands at the hub.
+func TestCustomerSiteEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	hubOpts := loadConf(t, "single.conf", nil)
+	leafAddr := freePort(t)
+	_, lp, _ := net.SplitHostPort(leafAddr)
+	hubOpts.LeafNode.Host, hubOpts.LeafNode.Port = "127.0.0.1", atoi(t, lp)
+	hub := startServer(t, hubOpts)
+	leaf := startServer(t, loadConf(t, "leaf.conf", map[string]string{"NATS_SERVER_NAME": "site-acme", "M365_HUB_LEAF_URL": "nats-leaf://" + leafAddr}))
+	for deadline := time.Now().Add(30 * time.Second); hub.NumLeafNodes() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the leaf did not connect to the hub")
+		}
+	}
+	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
+	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "40", "--groups", "4", "--ca-out", ca, "--credentials-out", creds)
+	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
+
+	// On the site: the pool's key pair; only the public key leaves.
+	seed := filepath.Join(dir, "site.seed")
+	out, code := cli(t, "", "pool", "keygen", "--out", seed)
+	if code != 0 {
+		t.Fatalf("pool keygen: %s", out)
+	}
+	var pub string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "public key: ") {
+			pub = strings.TrimPrefix(l, "public key: ")
+		}
+	}
+	site := start(t, "worker", "--nats", leaf.ClientURL(), "--js-domain", "hub", "--pool", "site-acme", "--pool-key-file", seed)
+	site.waitLine(t, "serving pool")
+
+	// At Tevyra (the hub): the instance, sealed to the site's public key.
+	var tenants []map[string]string
+	b, _ := os.ReadFile(creds)
+	_ = json.Unmarshal(b, &tenants)
+	hubURL := hub.ClientURL()
+	out, code = cli(t, tenants[0]["client_secret"], "instance", "add", "acme", "--pool", "site-acme", "--pool-public-key", pub, "--tenant-id", tenants[0]["tenant_id"],
+		"--client-id", tenants[0]["client_id"], "--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--nats", hubURL, "--sync-interval", "1h")
+	if code != 0 {
+		t.Fatalf("instance add: %s", out)
+	}
+	out, code = cli(t, "", "job", "submit", "--instance", "acme", "--action", "sync", "--wait", "--timeout", "20s", "--nats", hubURL, "-o", "json")
+	var res jobs.ActionResult
+	_ = json.Unmarshal([]byte(out), &res)
+	var rep jobs.SyncReport
+	_ = json.Unmarshal(res.Output, &rep)
+	if code != 0 || res.Status != jobs.StatusSucceeded || rep.Counts[jobs.AssetUser].Upserts != 40 {
+		hnc, _ := nats.Connect(hubURL)
+		hjs, _ := jetstream.New(hnc)
+		var dbg []string
+		if c, err := hjs.Consumer(context.Background(), "M365_JOBS", "m365_pool_site-acme"); err == nil {
+			info, _ := c.Info(context.Background())
+			dbg = append(dbg, fmt.Sprintf("consumer: pending %d ack-pending %d delivered %+v filter %v", info.NumPending, info.NumAckPending, info.Delivered, info.Config.FilterSubjects))
+		} else {
+			dbg = append(dbg, "consumer: "+err.Error())
+		}
+		if st, err := hjs.Stream(context.Background(), "M365_JOBS"); err == nil {
+			info, _ := st.Info(context.Background(), jetstream.WithSubjectFilter(">"))
+			dbg = append(dbg, fmt.Sprintf("stream subjects: %v", info.State.Subjects))
+		}
+		t.Fatalf("sync through the site: %d %s\nsite worker:\n%s\n%v", code, out, site.stderr, dbg)
+	}
+	out, _ = cli(t, "", "status", "--nats", hubURL)
+	if !strings.Contains(out, "instance acme (pool site-acme)") || !strings.Contains(out, "pool site-acme: 1 live workers") {
+		t.Errorf("status at the hub: %s", out)
+	}
+}
