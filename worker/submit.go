@@ -48,13 +48,28 @@ func WaitResult(ctx context.Context, js jetstream.JetStream, t Topology, instanc
 		kind = jobs.ResultSyncs
 	}
 	subject := t.Subjects.Results(instance, kind)
-	st, err := js.Stream(ctx, t.ResultsStream())
-	if err != nil {
-		return nil, err
-	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy})
-	if err != nil {
-		return nil, err
+	// Opening the reader is retried until ctx ends: during a NATS node's
+	// failover the API briefly answers "no responders" or times out.
+	var cons jetstream.Consumer
+	for {
+		st, err := js.Stream(ctx, t.ResultsStream())
+		if err == nil {
+			cons, err = st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy})
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("no result for job %s: %w (last error: %v)", jobID, ctx.Err(), err)
+			}
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no result for job %s: %w (last error: %v)", jobID, ctx.Err(), err)
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 	for {
 		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
