@@ -39,55 +39,6 @@ type UserChange struct {
 // stops the round.
 type DeltaPage[T any] func(changes []T) error
 
-func removedReason(ad map[string]any) string {
-	rm, ok := ad["@removed"]
-	if !ok {
-		return ""
-	}
-	if m, ok := rm.(map[string]any); ok {
-		if r, ok := m["reason"].(*string); ok && r != nil {
-			return *r
-		}
-		if r, ok := m["reason"].(string); ok {
-			return r
-		}
-	}
-	return RemovedSoft
-}
-
-// UserDelta runs one user delta round. link is the deltaLink of the last
-// round ("" starts a full round, "latest" takes a tracking point without
-// data). Pages go to fn as they arrive; the new deltaLink is returned. An
-// expired or reset token gives an error matching ErrDeltaExpired: start a
-// full round.
-func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserChange]) (string, error) {
-	resp, err := c.Graph.Users().Delta().WithUrl(c.deltaURL("users", link, UserSelect)).GetAsDeltaGetResponse(ctx, nil)
-	for {
-		if err != nil {
-			return "", fromSDK("user delta", err)
-		}
-		page := make([]UserChange, 0, len(resp.GetValue()))
-		for _, u := range resp.GetValue() {
-			ch := UserChange{ID: str(u.GetId()), Removed: removedReason(u.GetAdditionalData())}
-			if ch.Removed == "" {
-				rec := userFrom(u)
-				ch.User = &rec
-			}
-			page = append(page, ch)
-		}
-		if err := fn(page); err != nil {
-			return "", err
-		}
-		if next := resp.GetOdataNextLink(); next != nil && *next != "" {
-			resp, err = c.Graph.Users().Delta().WithUrl(*next).GetAsDeltaGetResponse(ctx, nil)
-			continue
-		}
-		if dl := resp.GetOdataDeltaLink(); dl != nil {
-			return *dl, nil
-		}
-		return "", &Error{Op: "user delta", Message: "the last page carries neither a nextLink nor a deltaLink"}
-	}
-}
 
 // GroupChange is one group of a group delta round, its member slices merged
 // across entries and pages.
@@ -103,69 +54,6 @@ type GroupChange struct {
 	MembersRemoved []string
 }
 
-// GroupDelta runs one group delta round with members, like UserDelta. A
-// group split across entries or pages is merged; fn receives each page's
-// groups once the page is read, and a group continued on a later page is
-// sent again with the rest of its members (apply idempotently).
-func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[GroupChange]) (string, error) {
-	sel := append(append([]string{}, GroupSelect...), "members")
-	resp, err := c.Graph.Groups().Delta().WithUrl(c.deltaURL("groups", link, sel)).GetAsDeltaGetResponse(ctx, nil)
-	for {
-		if err != nil {
-			return "", fromSDK("group delta", err)
-		}
-		byID := map[string]*GroupChange{}
-		var order []string
-		for _, g := range resp.GetValue() {
-			id := str(g.GetId())
-			ch := byID[id]
-			if ch == nil {
-				ch = &GroupChange{ID: id, Partial: true}
-				byID[id] = ch
-				order = append(order, id)
-			}
-			ad := g.GetAdditionalData()
-			if r := removedReason(ad); r != "" {
-				ch.Removed, ch.Group = r, nil
-				continue
-			}
-			if g.GetDisplayName() != nil {
-				rec := groupFrom(g)
-				ch.Group, ch.Partial = &rec, false
-			}
-			if md, ok := ad["members@delta"].([]any); ok {
-				for _, e := range md {
-					m, ok := e.(map[string]any)
-					if !ok {
-						continue
-					}
-					mid := anyString(m["id"])
-					if _, gone := m["@removed"]; gone {
-						ch.MembersRemoved = append(ch.MembersRemoved, mid)
-					} else {
-						ch.MembersAdded = append(ch.MembersAdded, mid)
-					}
-				}
-			}
-		}
-		page := make([]GroupChange, 0, len(order))
-		for _, id := range order {
-			page = append(page, *byID[id])
-		}
-		if err := fn(page); err != nil {
-			return "", err
-		}
-		if next := resp.GetOdataNextLink(); next != nil && *next != "" {
-			resp, err = c.Graph.Groups().Delta().WithUrl(*next).GetAsDeltaGetResponse(ctx, nil)
-			continue
-		}
-		if dl := resp.GetOdataDeltaLink(); dl != nil {
-			return *dl, nil
-		}
-		return "", &Error{Op: "group delta", Message: "the last page carries neither a nextLink nor a deltaLink"}
-	}
-}
-
 // deltaURL is where a delta round starts: the stored link, or a new round
 // ("") or a tracking point ("latest") with the selected properties.
 func (c *Client) deltaURL(set, link string, sel []string) string {
@@ -178,15 +66,6 @@ func (c *Client) deltaURL(set, link string, sel []string) string {
 	return link
 }
 
-func anyString(v any) string {
-	switch s := v.(type) {
-	case string:
-		return s
-	case *string:
-		return str(s)
-	}
-	return ""
-}
 
 // SubscribedSKUs returns the tenant's licences.
 func (c *Client) SubscribedSKUs(ctx context.Context) ([]SKU, error) {
@@ -800,34 +679,6 @@ func (c *Client) InRecycleBin(ctx context.Context, ref string, group bool) (bool
 	}
 	_ = json.Unmarshal(raw, &out)
 	return len(out.Value) > 0, nil
-}
-
-// ListUsers pages through /users (999 a page) with an optional $filter,
-// handing each page to fn. Used to read a tenant in parallel segments.
-func (c *Client) ListUsers(ctx context.Context, filter string, fn func([]User) error) error {
-	top := int32(999)
-	q := &users.UsersRequestBuilderGetQueryParameters{Select: UserSelect, Top: &top}
-	if filter != "" {
-		q.Filter = &filter
-	}
-	resp, err := c.Graph.Users().Get(ctx, &users.UsersRequestBuilderGetRequestConfiguration{QueryParameters: q})
-	for {
-		if err != nil {
-			return fromSDK("list users", err)
-		}
-		page := make([]User, 0, len(resp.GetValue()))
-		for _, u := range resp.GetValue() {
-			page = append(page, userFrom(u))
-		}
-		if err := fn(page); err != nil {
-			return err
-		}
-		next := resp.GetOdataNextLink()
-		if next == nil || *next == "" {
-			return nil
-		}
-		resp, err = c.Graph.Users().WithUrl(*next).Get(ctx, nil)
-	}
 }
 
 // CountUsers counts the tenant's users ($count, eventually consistent).

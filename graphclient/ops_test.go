@@ -3,6 +3,7 @@ package graphclient_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -349,5 +350,73 @@ func TestBatchRetriesThrottledItems(t *testing.T) {
 	}
 	if s := c.Stats(); s.Throttled != 1 || s.Retries != 1 {
 		t.Errorf("stats %+v", s)
+	}
+}
+
+// The bulk reads decode pages with encoding/json, the single-object reads go
+// through the SDK: both must give the same records, or the same user would
+// be published differently by a sync and by a post-action refresh.
+func TestBulkRecordsMatchTheSDK(t *testing.T) {
+	sim := startSim(t, graphsim.Options{Users: 300, Groups: 12, NoThrottling: true})
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{}), simConfig(sim, 0))
+	ctx := context.Background()
+	var listed []graphclient.User
+	if err := c.ListUsers(ctx, "", func(p []graphclient.User) error { listed = append(listed, p...); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	byDelta := map[string]graphclient.User{}
+	if _, err := c.UserDelta(ctx, "", func(p []graphclient.UserChange) error {
+		for _, ch := range p {
+			if ch.User != nil {
+				byDelta[ch.ID] = *ch.User
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != 300 || len(byDelta) != 300 {
+		t.Fatalf("listed %d users, delta %d", len(listed), len(byDelta))
+	}
+	licensed, withPhones := 0, 0
+	for _, u := range listed {
+		one, err := c.GetUser(ctx, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(*one, u) || !reflect.DeepEqual(byDelta[u.ID], u) {
+			t.Fatalf("user %s:\n list  %+v\n delta %+v\n SDK   %+v", u.ID, u, byDelta[u.ID], *one)
+		}
+		if len(u.AssignedLicenses) > 0 {
+			licensed++
+		}
+		if len(u.BusinessPhones) > 0 {
+			withPhones++
+		}
+	}
+	if licensed == 0 || withPhones == 0 {
+		t.Errorf("the tenant should have licensed users (%d) and users with phones (%d) to compare", licensed, withPhones)
+	}
+	groups := 0
+	if _, err := c.GroupDelta(ctx, "", func(p []graphclient.GroupChange) error {
+		for _, ch := range p {
+			if ch.Group == nil {
+				continue
+			}
+			one, err := c.GetGroup(ctx, ch.ID)
+			if err != nil {
+				return err
+			}
+			if !reflect.DeepEqual(*one, *ch.Group) {
+				t.Errorf("group %s:\n delta %+v\n SDK   %+v", ch.ID, *ch.Group, *one)
+			}
+			groups++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if groups != 12 {
+		t.Errorf("compared %d groups, want 12", groups)
 	}
 }
