@@ -111,6 +111,7 @@ func (c *gctx) createGroup() (*response, *apiError) {
 	}
 	g.ID = newID()
 	g.visibleAt = time.Now().Add(c.s.opts.ConsistencyDelay)
+	c.t.lastVisibleAt = maxTime(c.t.lastVisibleAt, g.visibleAt)
 	c.t.addGroup(g)
 	for _, id := range members {
 		c.t.setMember(g, id, true)

@@ -161,6 +161,10 @@ type Tenant struct {
 	Domains []string // verified domains; the first is the default
 	Name    string
 
+	// lastVisibleAt is the latest visibleAt of any object created: after
+	// it, lists skip the per-object visibility check.
+	lastVisibleAt time.Time
+
 	apps     map[string]*App
 	users    map[string]*User
 	upn      map[string]string // lower-case UPN → id
@@ -296,4 +300,11 @@ func (t *Tenant) removeGroup(g *Group, soft bool, now time.Time) {
 		t.deleted[g.ID] = deletedItem{group: g, deletedAt: now}
 	}
 	t.groupTombs = append(t.groupTombs, tombstone{id: g.ID, reason: reason, version: t.bump()})
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

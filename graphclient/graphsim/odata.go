@@ -198,14 +198,14 @@ func (t filterTerm) match(get func(prop string) any) bool {
 		return (n == want) == (t.op == "count_eq")
 	case "startswith", "endswith":
 		s, ok := v.(string)
-		p := strings.ToLower(t.value.(string))
-		if !ok {
+		p, _ := t.value.(string)
+		if !ok || len(s) < len(p) {
 			return false
 		}
 		if t.op == "startswith" {
-			return strings.HasPrefix(strings.ToLower(s), p)
+			return strings.EqualFold(s[:len(p)], p)
 		}
-		return strings.HasSuffix(strings.ToLower(s), p)
+		return strings.EqualFold(s[len(s)-len(p):], p)
 	}
 	eq := false
 	switch want := t.value.(type) {

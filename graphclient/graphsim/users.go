@@ -81,10 +81,13 @@ func (c *gctx) listUsers() (*response, *apiError) {
 		return nil, e
 	}
 	ids := c.t.sortedUserIDs()
-	vis := ids[:0:0]
-	for _, id := range ids {
-		if c.visible(c.t.users[id].visibleAt) {
-			vis = append(vis, id)
+	vis := ids
+	if !c.visible(c.t.lastVisibleAt) { // some object is still replicating
+		vis = ids[:0:0]
+		for _, id := range ids {
+			if c.visible(c.t.users[id].visibleAt) {
+				vis = append(vis, id)
+			}
 		}
 	}
 	return c.list("users", "user", vis, func(id string) map[string]any { return c.userProps(c.t.users[id]) },
@@ -155,6 +158,7 @@ func (c *gctx) createUser() (*response, *apiError) {
 	}
 	u.ID = newID()
 	u.visibleAt = time.Now().Add(c.s.opts.ConsistencyDelay)
+	c.t.lastVisibleAt = maxTime(c.t.lastVisibleAt, u.visibleAt)
 	c.t.addUser(u)
 	p := c.userProps(u)
 	p["@odata.context"] = c.context("users/$entity")
