@@ -39,7 +39,6 @@ type UserChange struct {
 // stops the round.
 type DeltaPage[T any] func(changes []T) error
 
-
 // GroupChange is one group of a group delta round, its member slices merged
 // across entries and pages.
 type GroupChange struct {
@@ -65,7 +64,6 @@ func (c *Client) deltaURL(set, link string, sel []string) string {
 	}
 	return link
 }
-
 
 // SubscribedSKUs returns the tenant's licences.
 func (c *Client) SubscribedSKUs(ctx context.Context) ([]SKU, error) {
