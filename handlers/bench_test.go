@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -61,9 +62,20 @@ func BenchmarkSyncLargeTenant(b *testing.B) {
 
 		tenant := e.sim.Credentials()[0].TenantID
 		_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error { a.RandomChanges(nUsers*55/10000, 99); return nil })
+		if f := os.Getenv("BENCH_INCREMENTAL_CPUPROFILE"); f != "" { // profile the incremental round alone
+			out, err := os.Create(f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := pprof.StartCPUProfile(out); err != nil {
+				b.Fatal(err)
+			}
+			defer pprof.StopCPUProfile()
+		}
 		t1 := time.Now()
 		inc := e.syncNow("big", false)
 		incr := time.Since(t1)
+		pprof.StopCPUProfile()
 		if inc.Mode != jobs.ModeIncremental {
 			b.Fatalf("second round: %+v", inc)
 		}

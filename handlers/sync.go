@@ -4,6 +4,7 @@
 package handlers
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -202,6 +203,9 @@ type round struct {
 	// (usersErr). Users publish after licences, groups after users.
 	licencesDone, usersDone chan struct{}
 	licencesErr, usersErr   error
+	// pre holds stored states read ahead by prefetch (nil: not stored).
+	preMu sync.Mutex
+	pre   map[string][]byte
 }
 
 // afterLicences waits until the licences are published.
@@ -435,14 +439,71 @@ func (r *round) storeState(ops []stateOp) error {
 }
 
 func (r *round) getState(key string, v any) (bool, error) {
-	e, err := r.s.kv.Get(r.ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return false, nil
+	r.preMu.Lock()
+	raw, cached := r.pre[key]
+	r.preMu.Unlock()
+	if cached {
+		if raw == nil {
+			return false, nil
+		}
+		return true, json.Unmarshal(raw, v)
 	}
-	if err != nil {
+	raw, ok, err := r.readState(key)
+	if err != nil || !ok {
 		return false, err
 	}
-	return true, json.Unmarshal(e.Value(), v)
+	return true, json.Unmarshal(raw, v)
+}
+
+func (r *round) readState(key string) ([]byte, bool, error) {
+	e, err := r.s.kv.Get(r.ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return e.Value(), true, nil
+}
+
+// prefetch reads the stored state of keys, 16 at a time, for the page about
+// to be applied: an incremental round's pages then cost one round trip to
+// the bucket instead of one per object. What it read is what was stored
+// when the round began (a round reads each object's state before writing
+// it).
+func (r *round) prefetch(keys []string) error {
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for _, k := range keys {
+		r.preMu.Lock()
+		_, cached := r.pre[k]
+		r.preMu.Unlock()
+		if cached {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			raw, _, err := r.readState(k)
+			if err != nil {
+				mu.Lock()
+				first = cmp.Or(first, err)
+				mu.Unlock()
+				return
+			}
+			r.preMu.Lock()
+			if r.pre == nil {
+				r.pre = map[string][]byte{}
+			}
+			r.pre[k] = raw
+			r.preMu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return first
 }
 
 // knownIDs lists the ids of one kind of asset in the state.
@@ -524,6 +585,17 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if b.mode != jobs.ModeFull || r.job.Attempt > 1 {
+			keys := make([]string, 0, len(page))
+			for _, ch := range page {
+				if _, ok := counted[ch.ID]; !ok {
+					keys = append(keys, assetKey(r.instance, "u", ch.ID))
+				}
+			}
+			if err := r.prefetch(keys); err != nil {
+				return err
+			}
+		}
 		pages++
 		objects += len(page)
 		r.prog.users.pages.Add(1)
@@ -735,6 +807,12 @@ func (r *round) parallelUsers(c *graphclient.Client, apply graphclient.DeltaPage
 	return tracking, true, nil
 }
 
+// storedGroup is a group's stored state as a round first read it.
+type storedGroup struct {
+	ok   bool
+	hash string
+}
+
 func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetGroup)
 	if b.mode == jobs.ModeFull {
@@ -743,6 +821,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	// Groups touched this round, with their merged state; published once the
 	// round is read (a large group spans pages).
 	touched := map[string]*groupState{}
+	stored := map[string]storedGroup{} // incremental: the state read before the round changed it
 	removed := map[string]string{}
 	var order []string
 	full := b.mode == jobs.ModeFull
@@ -752,6 +831,17 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		objects += len(page)
 		r.prog.groups.pages.Add(1)
 		r.prog.groups.objects.Add(int64(len(page)))
+		if !full {
+			keys := make([]string, 0, len(page))
+			for _, ch := range page {
+				if touched[ch.ID] == nil {
+					keys = append(keys, assetKey(r.instance, "g", ch.ID))
+				}
+			}
+			if err := r.prefetch(keys); err != nil {
+				return err
+			}
+		}
 		if pages%25 == 0 {
 			r.log.Info("sync: groups in progress", "pages", pages, "objects", objects, "per_second", int(float64(objects)/time.Since(t0).Seconds()))
 		}
@@ -766,9 +856,11 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			if st == nil {
 				st = &groupState{}
 				if !full {
-					if _, err := r.getState(assetKey(r.instance, "g", ch.ID), st); err != nil {
+					ok, err := r.getState(assetKey(r.instance, "g", ch.ID), st)
+					if err != nil {
 						return err
 					}
+					stored[ch.ID] = storedGroup{ok: ok, hash: st.Hash}
 				}
 				touched[ch.ID] = st
 				order = append(order, ch.ID)
@@ -799,15 +891,17 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
 		r.log.Info("sync: group delta token expired or reset; running a full round")
 		b.mode, full = jobs.ModeFull, true
-		touched, removed, order = map[string]*groupState{}, map[string]string{}, nil
+		touched, removed, order, stored = map[string]*groupState{}, map[string]string{}, nil, map[string]storedGroup{}
 		next, err = c.GroupDelta(r.ctx, "", apply)
 	}
 	if err != nil {
 		return "", err
 	}
+	r.log.Debug("sync: groups read", "pages", pages, "objects", objects, "touched", len(order), "removed", len(removed), "took", time.Since(t0).Round(time.Millisecond))
 	if err := r.afterUsers(); err != nil {
 		return "", err
 	}
+	r.log.Debug("sync: groups wait for the users", "took", time.Since(t0).Round(time.Millisecond))
 	for _, id := range order {
 		st := touched[id]
 		if st == nil {
@@ -820,14 +914,21 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		raw, _ := json.Marshal(groupAssetOf(&g, st.Members))
 		key := assetKey(r.instance, "g", id)
 		if !full || r.job.Attempt > 1 {
-			var old groupState
-			ok, err := r.getState(key, &old)
-			if err != nil {
-				return "", err
-			} else if ok && old.Hash == hashOf(raw) {
+			// What is stored: read while the round was read, or now for
+			// a rerun of a full round.
+			prev, known := stored[id]
+			if !known {
+				var old groupState
+				ok, err := r.getState(key, &old)
+				if err != nil {
+					return "", err
+				}
+				prev = storedGroup{ok: ok, hash: old.Hash}
+			}
+			if prev.ok && prev.hash == hashOf(raw) {
 				continue
 			}
-			if !ok {
+			if !prev.ok {
 				r.countGroup(1)
 			}
 		}

@@ -291,6 +291,7 @@ func (c *gctx) subscribedSkus() (*response, *apiError) {
 		return nil, e
 	}
 	values := make([]map[string]any, 0, len(c.t.skus))
+	used := c.t.consumedAll()
 	for _, s := range c.t.skus {
 		plans := make([]map[string]any, 0, len(s.Plans))
 		for _, p := range s.Plans {
@@ -298,7 +299,7 @@ func (c *gctx) subscribedSkus() (*response, *apiError) {
 		}
 		all := map[string]any{
 			"id": c.t.ID + "_" + s.SkuID, "skuId": s.SkuID, "skuPartNumber": s.SkuPartNumber, "capabilityStatus": s.CapabilityStatus,
-			"appliesTo": s.AppliesTo, "consumedUnits": c.t.consumed(s.SkuID), "accountId": s.AccountID, "accountName": s.AccountName,
+			"appliesTo": s.AppliesTo, "consumedUnits": used[s.SkuID], "accountId": s.AccountID, "accountName": s.AccountName,
 			"subscriptionIds": s.SubscriptionIDs, "servicePlans": plans,
 			"prepaidUnits": map[string]any{"enabled": s.Enabled, "suspended": s.Suspended, "warning": s.Warning, "lockedOut": s.LockedOut},
 		}

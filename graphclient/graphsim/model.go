@@ -232,6 +232,17 @@ func (t *Tenant) consumed(skuID string) int {
 	return n
 }
 
+// consumedAll counts the assigned licences of every SKU in one pass.
+func (t *Tenant) consumedAll() map[string]int {
+	n := make(map[string]int, len(t.skus))
+	for _, u := range t.users {
+		for _, l := range u.Licenses {
+			n[l.SkuID]++
+		}
+	}
+	return n
+}
+
 func (t *Tenant) skuByID(id string) *SKU {
 	for _, s := range t.skus {
 		if strings.EqualFold(s.SkuID, id) {
