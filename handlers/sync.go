@@ -402,7 +402,7 @@ func (b *batcher) flush(last bool) error {
 		d.Changes = []jobs.AssetChange{}
 	}
 	msgID := fmt.Sprintf("assets:%s:%s:%d", b.r.syncID, b.typ, b.batch)
-	if _, err := b.r.s.pub.Publish(b.r.ctx, publisher.Message{Subject: b.r.s.subjs.Assets(b.r.instance, b.typ), MsgID: msgID, Value: d}); err != nil {
+	if _, err := b.r.s.pub.Publish(b.r.ctx, publisher.Message{Subject: b.r.s.subjs.Assets(b.r.instance, b.typ), MsgID: msgID, Value: publisher.Encoded(d.AppendJSON(nil))}); err != nil {
 		return err
 	}
 	if err := b.r.storeState(b.states); err != nil {
@@ -433,7 +433,7 @@ func (r *round) storeState(ops []stateOp) error {
 			continue
 		}
 		puts = append(puts, publisher.Message{Subject: worker.KVSubject(r.s.js, r.s.cfg.Topology.StateBucket(), op.key),
-			MsgID: r.syncID + ":" + op.key + ":" + hashOf(op.val), Value: json.RawMessage(op.val)})
+			MsgID: r.syncID + ":" + op.key + ":" + hashOf(op.val), Value: publisher.Encoded(op.val)})
 	}
 	return r.s.pub.PublishAll(ctx, puts)
 }

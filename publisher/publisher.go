@@ -75,9 +75,14 @@ func (p *Publisher) msg(m Message) (*nats.Msg, error) {
 	if m.MsgID == "" {
 		return nil, fmt.Errorf("%w: %s: no message id", ErrPublish, m.Subject)
 	}
-	data, err := json.Marshal(m.Value)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: encode: %v", ErrPublish, m.Subject, err)
+	var data []byte
+	if enc, ok := m.Value.(Encoded); ok {
+		data = enc
+	} else {
+		var err error
+		if data, err = json.Marshal(m.Value); err != nil {
+			return nil, fmt.Errorf("%w: %s: encode: %v", ErrPublish, m.Subject, err)
+		}
 	}
 	nm := nats.NewMsg(m.Subject)
 	nm.Data = data
@@ -89,6 +94,10 @@ func (p *Publisher) msg(m Message) (*nats.Msg, error) {
 	nm.Header.Set(jetstream.MsgIDHeader, m.MsgID)
 	return nm, nil
 }
+
+// Encoded is a Message value that is already JSON, published as it is
+// (json.Marshal would re-validate and compact it).
+type Encoded []byte
 
 // transient reports whether a publish error may go away on its own.
 func transient(err error) bool {
