@@ -807,12 +807,6 @@ func (r *round) parallelUsers(c *graphclient.Client, apply graphclient.DeltaPage
 	return tracking, true, nil
 }
 
-// storedGroup is a group's stored state as a round first read it.
-type storedGroup struct {
-	ok   bool
-	hash string
-}
-
 func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetGroup)
 	if b.mode == jobs.ModeFull {
@@ -821,7 +815,6 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	// Groups touched this round, with their merged state; published once the
 	// round is read (a large group spans pages).
 	touched := map[string]*groupState{}
-	stored := map[string]storedGroup{} // incremental: the state read before the round changed it
 	removed := map[string]string{}
 	var order []string
 	full := b.mode == jobs.ModeFull
@@ -856,11 +849,9 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			if st == nil {
 				st = &groupState{}
 				if !full {
-					ok, err := r.getState(assetKey(r.instance, "g", ch.ID), st)
-					if err != nil {
+					if _, err := r.getState(assetKey(r.instance, "g", ch.ID), st); err != nil {
 						return err
 					}
-					stored[ch.ID] = storedGroup{ok: ok, hash: st.Hash}
 				}
 				touched[ch.ID] = st
 				order = append(order, ch.ID)
@@ -891,7 +882,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
 		r.log.Info("sync: group delta token expired or reset; running a full round")
 		b.mode, full = jobs.ModeFull, true
-		touched, removed, order, stored = map[string]*groupState{}, map[string]string{}, nil, map[string]storedGroup{}
+		touched, removed, order = map[string]*groupState{}, map[string]string{}, nil
 		next, err = c.GroupDelta(r.ctx, "", apply)
 	}
 	if err != nil {
@@ -914,21 +905,17 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		raw, _ := json.Marshal(groupAssetOf(&g, st.Members))
 		key := assetKey(r.instance, "g", id)
 		if !full || r.job.Attempt > 1 {
-			// What is stored: read while the round was read, or now for
-			// a rerun of a full round.
-			prev, known := stored[id]
-			if !known {
-				var old groupState
-				ok, err := r.getState(key, &old)
-				if err != nil {
-					return "", err
-				}
-				prev = storedGroup{ok: ok, hash: old.Hash}
+			// The stored state (an incremental round read it ahead with
+			// its page: prefetch).
+			var old groupState
+			ok, err := r.getState(key, &old)
+			if err != nil {
+				return "", err
 			}
-			if prev.ok && prev.hash == hashOf(raw) {
+			if ok && old.Hash == hashOf(raw) {
 				continue
 			}
-			if !prev.ok {
+			if !ok {
 				r.countGroup(1)
 			}
 		}

@@ -232,6 +232,16 @@ type turnWaiter struct {
 // wait returns when it is seq's turn on key, parked meanwhile if there is
 // room.
 func (t *turns) wait(g *gate, key string, seq uint64) {
+	if ch := t.join(key, seq); ch != nil {
+		g.wait(ch)
+	}
+}
+
+// join queues seq for its turn on key and returns a channel closed when the
+// turn comes, or nil when it is seq's turn now. The fetch loop joins each
+// job as it is fetched, so a worker's jobs line up in fetch order whatever
+// order their goroutines start in.
+func (t *turns) join(key string, seq uint64) <-chan struct{} {
 	t.mu.Lock()
 	if t.by == nil {
 		t.by = map[string]*targetTurns{}
@@ -244,7 +254,7 @@ func (t *turns) wait(g *gate, key string, seq uint64) {
 	if tt.running == 0 {
 		tt.running, tt.overtaken = seq, make(chan struct{})
 		t.mu.Unlock()
-		return
+		return nil
 	}
 	if seq < tt.running {
 		select {
@@ -257,7 +267,7 @@ func (t *turns) wait(g *gate, key string, seq uint64) {
 	i, _ := slices.BinarySearchFunc(tt.waiting, seq, func(w turnWaiter, s uint64) int { return cmp.Compare(w.seq, s) })
 	tt.waiting = slices.Insert(tt.waiting, i, turnWaiter{seq, ch})
 	t.mu.Unlock()
-	g.wait(ch)
+	return ch
 }
 
 // done ends seq's turn on key and hands it to the lowest waiting sequence.

@@ -59,10 +59,8 @@ func WaitResult(ctx context.Context, js jetstream.JetStream, t Topology, instanc
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("no result for job %s: %w (last error: %v)", jobID, ctx.Err(), err)
-			}
+		transient := errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
+		if !transient && ctx.Err() == nil {
 			return nil, err
 		}
 		select {

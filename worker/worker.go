@@ -161,11 +161,17 @@ func (w *Worker) Run(ctx context.Context) error {
 				}
 				wg.Add(1)
 				w.inFlight.Add(1)
+				key, seq := pj.targetKey(), streamSeq(msg)
+				var turn <-chan struct{}
+				if key != "" {
+					turn = w.turns.join(key, seq)
+				}
 				go func() {
 					defer func() { w.inFlight.Add(-1); g.release(); wg.Done() }()
-					if key := pj.targetKey(); key != "" {
-						seq := streamSeq(msg)
-						w.turns.wait(w.gate, key, seq)
+					if key != "" {
+						if turn != nil {
+							g.wait(turn)
+						}
 						defer w.turns.done(key, seq)
 					}
 					w.process(hctx, msg, pj)

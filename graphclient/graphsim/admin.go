@@ -124,7 +124,7 @@ type Admin struct {
 // (3,000 writes / 150 s; GRAPH.md §1): benchmarks read it to show whether a
 // window was fed by the bucket's stored burst or by its refill.
 func (s *Server) WriteBudgetLeft(appID, tenantID string) float64 {
-	return s.th.level(s.th.appTen, "w|"+appID+"|"+tenantID, 3000)
+	return s.th.level(s.th.appTen, "w|"+appID+"|"+tenantID, appTenantWrites)
 }
 
 // Mutate runs f with the tenant locked.

@@ -27,6 +27,9 @@ func (c clock) now() time.Time {
 // real converts a model duration into wall-clock time.
 func (c clock) real(d time.Duration) time.Duration { return time.Duration(float64(d) / c.scale) }
 
+// appTenantWrites is the (app, tenant) write budget per 150 s (GRAPH.md §1).
+const appTenantWrites = 3000
+
 // bucket is a continuously refilled token bucket. Its level may go below
 // zero: throttled requests are charged too.
 type bucket struct {
@@ -106,7 +109,7 @@ func (th *throttler) charge(appID, tenantID string, ruBudget float64, ru int, wr
 	}
 	if write {
 		uses = append(uses,
-			use{th.get(th.appTen, "w|"+appID+"|"+tenantID, 3000, 150*time.Second, now, "Tenant_Application/Write/"+appID+"/"+tenantID, "WriteLimitExceeded"), 1},
+			use{th.get(th.appTen, "w|"+appID+"|"+tenantID, appTenantWrites, 150*time.Second, now, "Tenant_Application/Write/"+appID+"/"+tenantID, "WriteLimitExceeded"), 1},
 			use{th.get(th.app, "w|"+appID, 70000, 5*time.Minute, now, "Application/Write/"+appID, "WriteLimitExceeded"), 1},
 			use{th.get(th.tenant, "w|"+tenantID, 18000, 5*time.Minute, now, "Tenant/Write/"+tenantID, "WriteLimitExceeded"), 1},
 		)

@@ -7,6 +7,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -240,7 +241,7 @@ func (e *Env) Sync(ctx context.Context, instance string, full bool) (*jobs.SyncR
 	}
 	el := time.Since(t0)
 	var rep jobs.SyncReport
-	if err := jsonUnmarshal(res.Output, &rep); err != nil {
+	if err := json.Unmarshal(res.Output, &rep); err != nil {
 		return nil, 0, err
 	}
 	if rep.Outcome != jobs.OutcomeSucceeded {

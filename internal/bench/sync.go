@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"time"
@@ -16,8 +15,6 @@ import (
 	"github.com/tevyra/m365-worker/graphclient/graphsim"
 	"github.com/tevyra/m365-worker/jobs"
 )
-
-var jsonUnmarshal = json.Unmarshal
 
 // SyncOptions configure the sync benchmark.
 type SyncOptions struct {
