@@ -3,6 +3,7 @@ package graphclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -127,16 +128,34 @@ func getPage[T any](ctx context.Context, c *Client, op, u string) (*page[T], err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		raw, _ := io.ReadAll(resp.Body)
-		e := BatchResponse{ID: op, Status: resp.StatusCode, Body: raw, Headers: map[string]string{"Retry-After": resp.Header.Get("Retry-After")}}.Err().(*Error)
-		e.Op, e.RequestID = op, resp.Header.Get("request-id")
-		return nil, e
+		return nil, c.responseError(op, resp)
 	}
 	var p page[T]
-	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
-		return nil, &Error{Op: op, Message: "unreadable page: " + err.Error(), err: err}
+	body := io.LimitReader(resp.Body, c.limits.pageBytes+1) // the transport caps it too
+	if err := json.NewDecoder(body).Decode(&p); err != nil {
+		return nil, readError(op, "unreadable page", err)
 	}
 	return &p, nil
+}
+
+// responseError reads an error answer (its body capped) into an *Error.
+func (c *Client) responseError(op string, resp *http.Response) *Error {
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, c.limits.errorBytes))
+	e := graphError(op, resp.StatusCode, raw, resp.Header.Get("Retry-After"))
+	e.RequestID = resp.Header.Get("request-id")
+	return e
+}
+
+// readError is a failed read of a response body for op; a body over its
+// cap keeps its ErrBadResponse.
+func readError(op, what string, err error) *Error {
+	var ge *Error
+	if errors.As(err, &ge) {
+		cp := *ge
+		cp.Op = op
+		return &cp
+	}
+	return &Error{Op: op, Message: what + ": " + err.Error(), err: err}
 }
 
 // ListUsers pages through /users (999 a page) with an optional $filter,
@@ -147,7 +166,8 @@ func (c *Client) ListUsers(ctx context.Context, filter string, fn func([]User) e
 		q.Set("$filter", filter)
 	}
 	u := c.graphURL + "/users?" + q.Encode()
-	for u != "" {
+	w := c.walk("list users", u)
+	for {
 		p, err := getPage[userJSON](ctx, c, "list users", u)
 		if err != nil {
 			return err
@@ -159,9 +179,14 @@ func (c *Client) ListUsers(ctx context.Context, filter string, fn func([]User) e
 		if err := fn(recs); err != nil {
 			return err
 		}
+		if p.NextLink == "" {
+			return nil
+		}
+		if err := w.next(p.NextLink); err != nil {
+			return err
+		}
 		u = p.NextLink
 	}
-	return nil
 }
 
 // UserDelta runs one user delta round. link is the deltaLink of the last
@@ -171,6 +196,7 @@ func (c *Client) ListUsers(ctx context.Context, filter string, fn func([]User) e
 // full round.
 func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserChange]) (string, error) {
 	u := c.deltaURL("users", link, UserSelect)
+	w := c.walk("user delta", u)
 	for {
 		p, err := getPage[userJSON](ctx, c, "user delta", u)
 		if err != nil {
@@ -193,6 +219,9 @@ func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserCh
 		}
 		switch {
 		case p.NextLink != "":
+			if err := w.next(p.NextLink); err != nil {
+				return "", err
+			}
 			u = p.NextLink
 		case p.DeltaLink != "":
 			return p.DeltaLink, nil
@@ -208,6 +237,7 @@ func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserCh
 // sent again with the rest of its members (apply idempotently).
 func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[GroupChange]) (string, error) {
 	u := c.deltaURL("groups", link, append(append([]string{}, GroupSelect...), "members"))
+	w := c.walk("group delta", u)
 	for {
 		p, err := getPage[groupJSON](ctx, c, "group delta", u)
 		if err != nil {
@@ -248,6 +278,9 @@ func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[Group
 		}
 		switch {
 		case p.NextLink != "":
+			if err := w.next(p.NextLink); err != nil {
+				return "", err
+			}
 			u = p.NextLink
 		case p.DeltaLink != "":
 			return p.DeltaLink, nil

@@ -96,7 +96,19 @@ type PoolConfig struct {
 	// AuthBackoff is the first pause after a credential failure, doubling
 	// up to 30 minutes; calls in between fail at once. Default 30s.
 	AuthBackoff time.Duration
-	Logger      *slog.Logger
+	// MaxPages caps the pages of one walk (a list or a delta round);
+	// beyond it the walk fails with ErrBadResponse. A walk also fails when
+	// Graph links to a page it already served. Default DefaultMaxPages
+	// (100,000).
+	MaxPages int
+	// MaxPageBytes caps a successful response's body; reading past it
+	// fails with ErrBadResponse. Default DefaultMaxPageBytes (64 MiB).
+	MaxPageBytes int64
+	// MaxErrorBytes caps an error response's body; a longer one becomes an
+	// *Error with its status and the start of its text. Default
+	// DefaultMaxErrorBytes (64 KiB).
+	MaxErrorBytes int64
+	Logger        *slog.Logger
 }
 
 // Pool hands out clients per instance and holds the app-wide budgets.
@@ -127,6 +139,15 @@ func NewPool(cfg PoolConfig) *Pool {
 	if cfg.AuthBackoff <= 0 {
 		cfg.AuthBackoff = 30 * time.Second
 	}
+	if cfg.MaxPages <= 0 {
+		cfg.MaxPages = DefaultMaxPages
+	}
+	if cfg.MaxPageBytes <= 0 {
+		cfg.MaxPageBytes = DefaultMaxPageBytes
+	}
+	if cfg.MaxErrorBytes <= 0 {
+		cfg.MaxErrorBytes = DefaultMaxErrorBytes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -144,6 +165,7 @@ type Client struct {
 	cred     *guardedCredential
 	graphURL string
 	http     *http.Client // the paced client, for raw requests ($batch)
+	limits   limits
 	log      *slog.Logger
 }
 
@@ -210,10 +232,12 @@ func newClient(cfg Config, fp string, app *pacer, pc PoolConfig) (*Client, error
 	if err != nil || gu.Scheme != "https" || gu.Host == "" {
 		return nil, fmt.Errorf("graph root %q must be an https URL", graphRoot)
 	}
-	base, err := baseTransport(cfg)
+	network, err := baseTransport(cfg)
 	if err != nil {
 		return nil, err
 	}
+	lim := limits{pages: pc.MaxPages, pageBytes: pc.MaxPageBytes, errorBytes: pc.MaxErrorBytes}
+	base := &bodyCap{next: network, lim: lim}
 	log := pc.Logger.With("instance", cfg.Instance, "tenant_id", cfg.TenantID)
 	cred, err := newCredential(cfg, authority, base, pc.AuthBackoff)
 	if err != nil {
@@ -224,7 +248,7 @@ func newClient(cfg Config, fp string, app *pacer, pc PoolConfig) (*Client, error
 		return nil, err
 	}
 	tenant := newTenantPacer(cfg.Users, pc.Workers(), pc.TimeScale, pc.MaxConcurrency)
-	c := &Client{cfg: cfg, fp: fp, tenant: tenant, cred: cred, graphURL: graphRoot + "/v1.0", log: log}
+	c := &Client{cfg: cfg, fp: fp, tenant: tenant, cred: cred, graphURL: graphRoot + "/v1.0", limits: lim, log: log}
 	tr := &transport{base: base, tenant: tenant, app: app, workers: pc.Workers, maxWait: pc.MaxWait, maxAttempts: pc.MaxAttempts, counters: &c.counters, log: log}
 	// The SDK's default middleware without its retry handler: ours is the
 	// only retry layer.
@@ -302,7 +326,7 @@ type guardedCredential struct {
 	next    time.Duration
 }
 
-func newCredential(cfg Config, authority string, base *http.Transport, backoff time.Duration) (*guardedCredential, error) {
+func newCredential(cfg Config, authority string, base http.RoundTripper, backoff time.Duration) (*guardedCredential, error) {
 	co := azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: authority + "/"}, Transport: &http.Client{Transport: base}}
 	// azcore retries throttled and failed token requests by itself; keep
 	// that small.

@@ -1,6 +1,7 @@
 package graphclient
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -20,8 +21,34 @@ var (
 	ErrDeltaExpired = errors.New("delta token expired")
 	ErrBadRequest   = errors.New("bad request")
 	ErrAuth         = errors.New("authentication failed")
-	ErrUnavailable  = errors.New("Graph unavailable")
+	// ErrUnavailable is a Graph outage or fault: retry by attempts.
+	ErrUnavailable = errors.New("Graph unavailable")
 )
+
+// Sentinels for Graph's refusals that share the code Request_BadRequest
+// (status 400, so they match ErrBadRequest too) and differ only by message
+// (GRAPH.md §5–§7); set by classify. A refused request fails the same way
+// until the tenant changes: none is retryable.
+var (
+	// ErrNoFreeSeat: the subscription has no available licence.
+	ErrNoFreeSeat = errors.New("no free licence seat")
+	// ErrUsageLocation: the user has no usage location, which licences need.
+	ErrUsageLocation = errors.New("no usage location")
+	// ErrDynamicGroup: the group's membership is rule-based.
+	ErrDynamicGroup = errors.New("dynamic group membership")
+	// ErrPasswordPolicy: the password fails the tenant's complexity rules.
+	ErrPasswordPolicy = errors.New("password does not meet the policy")
+	// ErrLicenseInherited: the licence comes from a group and cannot be
+	// removed from the user directly.
+	ErrLicenseInherited = errors.New("licence inherited from a group")
+)
+
+// ErrBadResponse is a Graph answer the client cannot use: paging that
+// repeats a nextLink or passes PoolConfig.MaxPages, a body over
+// PoolConfig.MaxPageBytes, no body where a value was due. It is a Graph
+// fault: every such error also matches ErrUnavailable, and is retried by
+// attempts like an outage.
+var ErrBadResponse = errors.New("unusable Graph response")
 
 // Detail is one entry of a Graph error's details.
 type Detail struct {
@@ -48,6 +75,9 @@ type Error struct {
 	// Hint is a readable explanation of what to do, when one is known.
 	Hint string
 	err  error
+	// reason is the refining sentinel set by classify (ErrNoFreeSeat, …)
+	// or by the client's guards (ErrBadResponse); nil for none.
+	reason error
 }
 
 func (e *Error) Error() string {
@@ -83,21 +113,17 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.err }
 
-// Is matches the sentinels.
+// Is matches the sentinels: the status and code ones, and the refining
+// one (ErrNoFreeSeat, …, ErrBadResponse) set when the error was made.
 func (e *Error) Is(target error) bool {
+	if e.reason != nil && target == e.reason {
+		return true
+	}
 	switch target {
 	case ErrNotFound:
 		return e.Status == http.StatusNotFound || e.Code == "Request_ResourceNotFound" || e.Code == "ResourceNotFound"
 	case ErrConflict:
-		if e.Status == http.StatusConflict {
-			return true
-		}
-		for _, d := range e.Details {
-			if d.Code == "ObjectConflict" {
-				return true
-			}
-		}
-		return strings.Contains(e.Message, "already exist")
+		return e.Status == http.StatusConflict
 	case ErrForbidden:
 		return e.Status == http.StatusForbidden || e.Code == "Authorization_RequestDenied"
 	case ErrThrottled:
@@ -109,9 +135,53 @@ func (e *Error) Is(target error) bool {
 	case ErrAuth:
 		return e.Status == http.StatusUnauthorized || strings.HasPrefix(e.Code, "AADSTS")
 	case ErrUnavailable:
-		return e.Status >= 500 || (e.Status == 0 && e.err != nil && e.RetryAfter == 0)
+		return e.Status >= 500 || (e.Status == 0 && e.err != nil && e.RetryAfter == 0) || e.reason == ErrBadResponse
 	}
 	return false
+}
+
+// reasons are the refusals Graph tells apart by message only, with the
+// phrases (lower case) that name them. Graph's texts per GRAPH.md §5–§7.
+var reasons = []struct {
+	sentinel error
+	phrases  []string
+}{
+	{ErrNoFreeSeat, []string{"does not have any available licenses"}},
+	{ErrUsageLocation, []string{"invalid usage location"}},
+	{ErrDynamicGroup, []string{"dynamic membership"}},
+	{ErrPasswordPolicy, []string{"password complexity"}},
+	{ErrLicenseInherited, []string{"inherited", "group-based licens"}},
+	{ErrConflict, []string{"already exist"}},
+}
+
+// classify sets e's refining sentinel from its status, Graph code, details
+// and message. It is the only code that reads a Graph error's text; every
+// *Error made from a Graph answer passes through it.
+func classify(e *Error) *Error {
+	if e.Status < 400 || e.Status >= 500 {
+		return e
+	}
+	for _, d := range e.Details {
+		if d.Code == "ObjectConflict" {
+			e.reason = ErrConflict
+			return e
+		}
+	}
+	msg := strings.ToLower(e.Message)
+	for _, r := range reasons {
+		for _, p := range r.phrases {
+			if strings.Contains(msg, p) {
+				e.reason = r.sentinel
+				return e
+			}
+		}
+	}
+	return e
+}
+
+// badResponse is an ErrBadResponse for op.
+func badResponse(op string, status int, msg string) *Error {
+	return &Error{Op: op, Status: status, Message: msg, reason: ErrBadResponse}
 }
 
 // Retryable reports whether the same request may succeed later unchanged.
@@ -134,7 +204,7 @@ func fromSDK(op string, err error) error {
 		}
 		return &cp
 	}
-	e := &Error{Op: op, err: err, Message: err.Error()}
+	e := &Error{Op: op, err: err, Message: truncate(err.Error())}
 	var oe *odataerrors.ODataError
 	if errors.As(err, &oe) {
 		e.Status = oe.ResponseStatusCode
@@ -143,12 +213,15 @@ func fromSDK(op string, err error) error {
 				e.Code = *c
 			}
 			if m := main.GetMessage(); m != nil {
-				e.Message = *m
+				e.Message = truncate(*m)
 			}
 			if in := main.GetInnerError(); in != nil && in.GetRequestId() != nil {
 				e.RequestID = *in.GetRequestId()
 			}
 			for _, d := range main.GetDetails() {
+				if d == nil {
+					continue
+				}
 				e.Details = append(e.Details, Detail{Code: deref(d.GetCode()), Message: deref(d.GetMessage()), Target: deref(d.GetTarget())})
 			}
 		}
@@ -157,7 +230,7 @@ func fromSDK(op string, err error) error {
 				e.RequestID = v[0]
 			}
 		}
-		return e
+		return classify(e)
 	}
 	var ae *abstractions.ApiError
 	if errors.As(err, &ae) {
@@ -168,7 +241,27 @@ func fromSDK(op string, err error) error {
 			}
 		}
 	}
-	return e
+	return classify(e)
+}
+
+// graphError is the *Error of a Graph error answer: its status, its body
+// ({"error":{"code","message","details"}}) and its Retry-After header.
+func graphError(op string, status int, body []byte, retryAfter string) *Error {
+	e := &Error{Op: op, Status: status}
+	var b struct {
+		Error struct {
+			Code    string   `json:"code"`
+			Message string   `json:"message"`
+			Details []Detail `json:"details"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &b) == nil {
+		e.Code, e.Message, e.Details = b.Error.Code, truncate(b.Error.Message), b.Error.Details
+	}
+	if ra, ok := parseRetryAfter(http.Header{"Retry-After": {retryAfter}}, time.Now()); ok {
+		e.RetryAfter = ra
+	}
+	return classify(e)
 }
 
 func deref(s *string) string {

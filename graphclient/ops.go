@@ -71,9 +71,14 @@ func (c *Client) SubscribedSKUs(ctx context.Context) ([]SKU, error) {
 	if err != nil {
 		return nil, fromSDK("list subscribed SKUs", err)
 	}
+	if resp == nil {
+		return nil, noContent("list subscribed SKUs")
+	}
 	out := make([]SKU, 0, len(resp.GetValue()))
 	for _, s := range resp.GetValue() {
-		out = append(out, skuFrom(s))
+		if s != nil {
+			out = append(out, skuFrom(s))
+		}
 	}
 	return out, nil
 }
@@ -103,6 +108,9 @@ func (c *Client) GetUser(ctx context.Context, ref string) (*User, error) {
 	if err != nil {
 		return nil, fromSDK("read user "+ref, err)
 	}
+	if u == nil {
+		return nil, noContent("read user " + ref)
+	}
 	rec := userFrom(u)
 	return &rec, nil
 }
@@ -115,6 +123,9 @@ func (c *Client) GetGroup(ctx context.Context, ref string) (*Group, error) {
 		if err != nil {
 			return nil, fromSDK("read group "+ref, err)
 		}
+		if g == nil {
+			return nil, noContent("read group " + ref)
+		}
 		rec := groupFrom(g)
 		return &rec, nil
 	}
@@ -124,7 +135,10 @@ func (c *Client) GetGroup(ctx context.Context, ref string) (*Group, error) {
 	if err != nil {
 		return nil, fromSDK("find group "+ref, err)
 	}
-	if len(resp.GetValue()) == 0 {
+	if resp == nil {
+		return nil, noContent("find group " + ref)
+	}
+	if len(resp.GetValue()) == 0 || resp.GetValue()[0] == nil {
 		return nil, &Error{Op: "find group " + ref, Status: http.StatusNotFound, Code: "Request_ResourceNotFound", Message: "no group with mail nickname " + ref}
 	}
 	rec := groupFrom(resp.GetValue()[0])
@@ -189,6 +203,9 @@ func (c *Client) CreateUser(ctx context.Context, n NewUser) (*User, error) {
 	if err != nil {
 		return nil, fromSDK("create user "+n.UserPrincipalName, err)
 	}
+	if created == nil {
+		return nil, noContent("create user " + n.UserPrincipalName)
+	}
 	rec := userFrom(created)
 	return &rec, nil
 }
@@ -246,9 +263,7 @@ func (c *Client) SetPassword(ctx context.Context, id, password string, forceChan
 	u.SetPasswordProfile(pp)
 	if _, err := c.Graph.Users().ByUserId(id).Patch(ctx, u, nil); err != nil {
 		e := fromSDK("reset the password of "+id, err)
-		if ge, ok := e.(*Error); ok && ge.Is(ErrForbidden) {
-			ge.Hint = "the app needs the User Administrator directory role (Privileged Authentication Administrator for admins) besides User.ReadWrite.All"
-		}
+		withHint(e, ErrForbidden, "the app needs the User Administrator directory role (Privileged Authentication Administrator for admins) besides User.ReadWrite.All")
 		return e
 	}
 	return nil
@@ -267,6 +282,9 @@ func (c *Client) DeletedUser(ctx context.Context, id string) (*User, error) {
 	o, err := c.Graph.Directory().DeletedItems().ByDirectoryObjectId(id).Get(ctx, nil)
 	if err != nil {
 		return nil, fromSDK("read deleted item "+id, err)
+	}
+	if o == nil {
+		return nil, noContent("read deleted item " + id)
 	}
 	rec := User{ID: str(o.GetId())}
 	if u, ok := o.(models.Userable); ok {
@@ -318,14 +336,8 @@ func (c *Client) AssignLicense(ctx context.Context, id string, add []LicenseChan
 	}
 	if _, err := c.Graph.Users().ByUserId(id).AssignLicense().Post(ctx, body, nil); err != nil {
 		e := fromSDK("change licences of "+id, err)
-		if ge, ok := e.(*Error); ok {
-			switch {
-			case strings.Contains(ge.Message, "invalid usage location"):
-				ge.Hint = "the user has no usage location: set usage_location (ISO country code) first"
-			case strings.Contains(ge.Message, "does not have any available licenses"):
-				ge.Hint = "no free seat left in the subscription"
-			}
-		}
+		withHint(e, ErrUsageLocation, "the user has no usage location: set usage_location (ISO country code) first")
+		withHint(e, ErrNoFreeSeat, "no free seat left in the subscription")
 		return e
 	}
 	return nil
@@ -366,6 +378,9 @@ func (c *Client) CreateGroup(ctx context.Context, n NewGroup) (*Group, error) {
 	created, err := c.Graph.Groups().Post(ctx, g, nil)
 	if err != nil {
 		return nil, fromSDK("create group "+n.MailNickname, err)
+	}
+	if created == nil {
+		return nil, noContent("create group " + n.MailNickname)
 	}
 	rec := groupFrom(created)
 	return &rec, nil
@@ -412,9 +427,7 @@ func (c *Client) AddMember(ctx context.Context, groupID, memberID string) error 
 	ref.SetOdataId(&u)
 	if err := c.Graph.Groups().ByGroupId(groupID).Members().Ref().Post(ctx, ref, nil); err != nil {
 		e := fromSDK("add "+memberID+" to group "+groupID, err)
-		if ge, ok := e.(*Error); ok && strings.Contains(ge.Message, "dynamic membership") {
-			ge.Hint = "the group's membership is rule-based (dynamic): change the rule, not the members"
-		}
+		withHint(e, ErrDynamicGroup, "the group's membership is rule-based (dynamic): change the rule, not the members")
 		return e
 	}
 	return nil
@@ -436,8 +449,11 @@ func (c *Client) IsMember(ctx context.Context, groupID, memberID string) (bool, 
 	if err != nil {
 		return false, fromSDK("check membership of "+memberID+" in "+groupID, err)
 	}
+	if resp == nil {
+		return false, noContent("check membership of " + memberID + " in " + groupID)
+	}
 	for _, m := range resp.GetValue() {
-		if str(m.GetId()) == memberID {
+		if m != nil && str(m.GetId()) == memberID {
 			return true, nil
 		}
 	}
@@ -459,28 +475,54 @@ type Counts struct {
 // $count and ConsistencyLevel: eventual (the counts may lag by seconds).
 func (c *Client) CountDirectory(ctx context.Context) (Counts, error) {
 	var out Counts
-	n, err := c.Graph.Users().Count().Get(ctx, &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual()})
+	var err error
+	if out.Users, err = c.countUsers(ctx, "count users", ""); err != nil {
+		return out, err
+	}
+	if out.UsersEnabled, err = c.countUsers(ctx, "count enabled users", "accountEnabled eq true"); err != nil {
+		return out, err
+	}
+	if out.UsersLicensed, err = c.countUsers(ctx, "count licensed users", "assignedLicenses/$count ne 0"); err != nil {
+		return out, err
+	}
+	n, err := c.Graph.Groups().Count().Get(ctx, &groups.CountRequestBuilderGetRequestConfiguration{Headers: eventual()})
+	out.Groups, err = countOf("count groups", n, err)
+	return out, err
+}
+
+// countUsers counts the users matching filter ("" for all).
+func (c *Client) countUsers(ctx context.Context, op, filter string) (int, error) {
+	cfg := &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual()}
+	if filter != "" {
+		cfg.QueryParameters = &users.CountRequestBuilderGetQueryParameters{Filter: &filter}
+	}
+	n, err := c.Graph.Users().Count().Get(ctx, cfg)
+	return countOf(op, n, err)
+}
+
+// countOf is the SDK's answer to a $count, which is nil on a 204.
+func countOf(op string, n *int32, err error) (int, error) {
 	if err != nil {
-		return out, fromSDK("count users", err)
+		return 0, fromSDK(op, err)
 	}
-	out.Users = int(*n)
-	enabled := "accountEnabled eq true"
-	if n, err = c.Graph.Users().Count().Get(ctx, &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual(),
-		QueryParameters: &users.CountRequestBuilderGetQueryParameters{Filter: &enabled}}); err != nil {
-		return out, fromSDK("count enabled users", err)
+	if n == nil {
+		return 0, noContent(op)
 	}
-	out.UsersEnabled = int(*n)
-	licensed := "assignedLicenses/$count ne 0"
-	if n, err = c.Graph.Users().Count().Get(ctx, &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual(),
-		QueryParameters: &users.CountRequestBuilderGetQueryParameters{Filter: &licensed}}); err != nil {
-		return out, fromSDK("count licensed users", err)
+	return int(*n), nil
+}
+
+// noContent is the error for an SDK call that gave no value (Graph
+// answered 204 No Content) where one was due.
+func noContent(op string) *Error {
+	return badResponse(op, http.StatusNoContent, "Graph answered without a body where a value was due")
+}
+
+// withHint adds hint to err when it matches target.
+func withHint(err error, target error, hint string) {
+	var ge *Error
+	if errors.As(err, &ge) && errors.Is(ge, target) {
+		ge.Hint = hint
 	}
-	out.UsersLicensed = int(*n)
-	if n, err = c.Graph.Groups().Count().Get(ctx, &groups.CountRequestBuilderGetRequestConfiguration{Headers: eventual()}); err != nil {
-		return out, fromSDK("count groups", err)
-	}
-	out.Groups = int(*n)
-	return out, nil
 }
 
 // BatchRequest is one item of a JSON batch.
@@ -506,21 +548,7 @@ func (r BatchResponse) Err() error {
 	if r.Status < 300 {
 		return nil
 	}
-	e := &Error{Op: "batch item " + r.ID, Status: r.Status}
-	var body struct {
-		Error struct {
-			Code    string   `json:"code"`
-			Message string   `json:"message"`
-			Details []Detail `json:"details"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(r.Body, &body) == nil {
-		e.Code, e.Message, e.Details = body.Error.Code, body.Error.Message, body.Error.Details
-	}
-	if ra, ok := parseRetryAfter(http.Header{"Retry-After": {r.Headers["Retry-After"]}}, time.Now()); ok {
-		e.RetryAfter = ra
-	}
-	return e
+	return graphError("batch item "+r.ID, r.Status, r.Body, r.Headers["Retry-After"])
 }
 
 // Batch sends up to 20 requests as one $batch, retrying throttled (429)
@@ -533,23 +561,9 @@ func (c *Client) Batch(ctx context.Context, reqs []BatchRequest) ([]BatchRespons
 	final := map[string]BatchResponse{}
 	pending := reqs
 	for attempt := 1; len(pending) > 0; attempt++ {
-		b, _ := json.Marshal(map[string]any{"requests": pending})
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.graphURL+"/$batch", bytes.NewReader(b))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := c.http.Do(req)
+		out, err := c.sendBatch(ctx, pending)
 		if err != nil {
-			return nil, fromSDK("batch", unwrapURLError(err))
-		}
-		raw, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, BatchResponse{ID: "$batch", Status: resp.StatusCode, Body: raw, Headers: map[string]string{"Retry-After": resp.Header.Get("Retry-After")}}.Err()
-		}
-		var out struct {
-			Responses []BatchResponse `json:"responses"`
-		}
-		if err := json.Unmarshal(raw, &out); err != nil {
-			return nil, &Error{Op: "batch", Message: "unreadable batch response: " + err.Error()}
+			return nil, err
 		}
 		var retry []BatchRequest
 		var wait time.Duration
@@ -557,7 +571,7 @@ func (c *Client) Batch(ctx context.Context, reqs []BatchRequest) ([]BatchRespons
 		for _, r := range pending {
 			byID[r.ID] = r
 		}
-		for _, r := range out.Responses {
+		for _, r := range out {
 			if ra, _ := strconv.Atoi(r.Headers["x-ms-resource-unit"]); ra > 0 {
 				c.counters.ru.Add(int64(ra))
 			}
@@ -611,6 +625,28 @@ func (c *Client) Batch(ctx context.Context, reqs []BatchRequest) ([]BatchRespons
 	return res, nil
 }
 
+// sendBatch posts one $batch envelope and reads its items' answers.
+func (c *Client) sendBatch(ctx context.Context, reqs []BatchRequest) ([]BatchResponse, error) {
+	b, _ := json.Marshal(map[string]any{"requests": reqs})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.graphURL+"/$batch", bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fromSDK("batch", unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, c.responseError("batch", resp)
+	}
+	var out struct {
+		Responses []BatchResponse `json:"responses"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, c.limits.pageBytes+1)).Decode(&out); err != nil {
+		return nil, readError("batch", "unreadable batch response", err)
+	}
+	return out.Responses, nil
+}
+
 func unwrapURLError(err error) error {
 	if ue, ok := err.(*url.Error); ok {
 		return ue.Err
@@ -623,17 +659,27 @@ func (c *Client) MemberIDs(ctx context.Context, groupID string) ([]string, error
 	top := int32(999)
 	resp, err := c.Graph.Groups().ByGroupId(groupID).Members().Get(ctx, &groups.ItemMembersRequestBuilderGetRequestConfiguration{
 		QueryParameters: &groups.ItemMembersRequestBuilderGetQueryParameters{Select: []string{"id"}, Top: &top}})
+	op := "list members of " + groupID
+	w := c.walk(op, "")
 	var ids []string
 	for {
 		if err != nil {
-			return nil, fromSDK("list members of "+groupID, err)
+			return nil, fromSDK(op, err)
+		}
+		if resp == nil {
+			return nil, noContent(op)
 		}
 		for _, m := range resp.GetValue() {
-			ids = append(ids, str(m.GetId()))
+			if m != nil {
+				ids = append(ids, str(m.GetId()))
+			}
 		}
 		next := resp.GetOdataNextLink()
 		if next == nil || *next == "" {
 			break
+		}
+		if err := w.next(*next); err != nil {
+			return nil, err
 		}
 		resp, err = c.Graph.Groups().ByGroupId(groupID).Members().WithUrl(*next).Get(ctx, nil)
 	}
@@ -645,7 +691,10 @@ func (c *Client) MemberIDs(ctx context.Context, groupID string) ([]string, error
 // mail nickname) sits in the recycle bin.
 func (c *Client) InRecycleBin(ctx context.Context, ref string, group bool) (bool, error) {
 	if isGUID(ref) {
-		_, err := c.Graph.Directory().DeletedItems().ByDirectoryObjectId(ref).Get(ctx, nil)
+		o, err := c.Graph.Directory().DeletedItems().ByDirectoryObjectId(ref).Get(ctx, nil)
+		if err == nil && o == nil {
+			return false, noContent("read deleted item " + ref)
+		}
 		if err == nil {
 			return true, nil
 		}
@@ -660,30 +709,16 @@ func (c *Client) InRecycleBin(ctx context.Context, ref string, group bool) (bool
 		prop, path = "mailNickname", "/directory/deletedItems/microsoft.graph.group"
 	}
 	u := c.graphURL + path + "?$select=id&$filter=" + url.QueryEscape(prop+" eq '"+strings.ReplaceAll(ref, "'", "''")+"'")
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	resp, err := c.http.Do(req)
+	p, err := getPage[struct {
+		ID string `json:"id"`
+	}](ctx, c, "search the recycle bin", u)
 	if err != nil {
-		return false, fromSDK("search the recycle bin", unwrapURLError(err))
+		return false, err
 	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return false, BatchResponse{ID: "recycle bin", Status: resp.StatusCode, Body: raw}.Err()
-	}
-	var out struct {
-		Value []struct {
-			ID string `json:"id"`
-		} `json:"value"`
-	}
-	_ = json.Unmarshal(raw, &out)
-	return len(out.Value) > 0, nil
+	return len(p.Value) > 0, nil
 }
 
 // CountUsers counts the tenant's users ($count, eventually consistent).
 func (c *Client) CountUsers(ctx context.Context) (int, error) {
-	n, err := c.Graph.Users().Count().Get(ctx, &users.CountRequestBuilderGetRequestConfiguration{Headers: eventual()})
-	if err != nil {
-		return 0, fromSDK("count users", err)
-	}
-	return int(*n), nil
+	return c.countUsers(ctx, "count users", "")
 }

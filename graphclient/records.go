@@ -112,6 +112,9 @@ func userFrom(u models.Userable) User {
 		BusinessPhones: u.GetBusinessPhones(), AccountEnabled: u.GetAccountEnabled(), UserType: u.GetUserType(),
 		UsageLocation: u.GetUsageLocation(), CreatedDateTime: u.GetCreatedDateTime(), OnPremisesSyncEnabled: u.GetOnPremisesSyncEnabled()}
 	for _, l := range u.GetAssignedLicenses() {
+		if l == nil {
+			continue
+		}
 		al := AssignedLicense{DisabledPlans: []string{}}
 		if id := l.GetSkuId(); id != nil {
 			al.SkuID = id.String()
@@ -142,6 +145,9 @@ func skuFrom(s models.SubscribedSkuable) SKU {
 		out.Enabled, out.Suspended, out.Warning, out.LockedOut = i32(p.GetEnabled()), i32(p.GetSuspended()), i32(p.GetWarning()), i32(p.GetLockedOut())
 	}
 	for _, sp := range s.GetServicePlans() {
+		if sp == nil {
+			continue
+		}
 		p := ServicePlan{Name: str(sp.GetServicePlanName()), ProvisioningStatus: str(sp.GetProvisioningStatus()), AppliesTo: str(sp.GetAppliesTo())}
 		if id := sp.GetServicePlanId(); id != nil {
 			p.ID = id.String()

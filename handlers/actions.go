@@ -3,12 +3,10 @@ package handlers
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/big"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,12 +50,11 @@ type ActionsConfig struct {
 // Actions runs the microsoft-365.* jobs.
 type Actions struct {
 	cfg ActionsConfig
-	kv  jetstream.KeyValue
 	pub *publisher.Publisher
 	sub jobs.Subjects
 }
 
-// NewActions opens the state bucket (for effect records).
+// NewActions returns the action handlers, publishing through js.
 func NewActions(ctx context.Context, js jetstream.JetStream, cfg ActionsConfig) (*Actions, error) {
 	if cfg.ConsistencyWait <= 0 {
 		cfg.ConsistencyWait = 15 * time.Second
@@ -68,11 +65,7 @@ func NewActions(ctx context.Context, js jetstream.JetStream, cfg ActionsConfig) 
 	if cfg.Graph == nil {
 		return nil, errors.New("actions: no Graph client pool")
 	}
-	kv, err := js.KeyValue(ctx, cfg.Topology.StateBucket())
-	if err != nil {
-		return nil, fmt.Errorf("actions: open state bucket: %w", err)
-	}
-	return &Actions{cfg: cfg, kv: kv, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), sub: cfg.Topology.Subjects}, nil
+	return &Actions{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), sub: cfg.Topology.Subjects}, nil
 }
 
 // Register adds the 13 action handlers to reg.
@@ -94,62 +87,6 @@ func (a *Actions) Register(reg worker.Registry) {
 	worker.Register(reg, jobs.ActionDeleteGroup, a.deleteGroup)
 	worker.Register(reg, jobs.ActionAddGroupMember, a.addMember)
 	worker.Register(reg, jobs.ActionRemoveGroupMember, a.removeMember)
-}
-
-// fail builds a permanent failure carrying Graph's code and request id.
-func fail(code, msg string, err error) error {
-	je := &jobs.Error{Code: code, Message: msg}
-	var ge *graphclient.Error
-	if errors.As(err, &ge) {
-		je.GraphCode, je.GraphRequestID = ge.Code, ge.RequestID
-	}
-	return je
-}
-
-// classify turns a Graph error into the job's outcome: a retry (throttling,
-// outages) or a readable permanent failure. what names the target for
-// not-found errors ("user adele@contoso.com").
-func classify(err error, notFoundCode, what string) error {
-	var ge *graphclient.Error
-	if _, retry := worker.RetryAfterOf(err); retry {
-		return err
-	}
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, graphclient.ErrThrottled):
-		wait := 5 * time.Second
-		if errors.As(err, &ge) && ge.RetryAfter > 0 {
-			wait = ge.RetryAfter
-		}
-		return worker.RetryAfter(wait, err)
-	case errors.Is(err, graphclient.ErrAuth):
-		return fail(CodeAuthFailed, err.Error(), err)
-	case errors.Is(err, graphclient.ErrUnavailable):
-		return err // retried by attempts
-	case errors.Is(err, graphclient.ErrNotFound):
-		return fail(notFoundCode, what+" does not exist in the tenant", err)
-	case errors.Is(err, graphclient.ErrForbidden):
-		msg := "the app registration lacks a permission for this: grant User.ReadWrite.All and Group.ReadWrite.All (application) with admin consent"
-		if errors.As(err, &ge) && ge.Hint != "" {
-			msg = ge.Hint
-		}
-		return fail(CodeInsufficientPrivileges, msg, err)
-	}
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "password complexity"):
-		return fail(CodePasswordPolicy, "the password does not meet the tenant's complexity rules (8 to 256 characters, three of: lower case, upper case, digits, symbols)", err)
-	case strings.Contains(msg, "invalid usage location"):
-		return fail(CodeUsageLocationMissing, what+" has no usage location: set usage_location (an ISO country code) with update_user first", err)
-	case strings.Contains(msg, "dynamic membership"):
-		return fail(CodeDynamicGroup, what+" has rule-based (dynamic) membership: change its rule in Entra, not its members", err)
-	case strings.Contains(msg, "inherited") || strings.Contains(msg, "group-based licens"):
-		return fail(CodeLicenseFromGroup, "the licence is assigned to "+what+" through a group: remove the user from that group instead", err)
-	case errors.Is(err, graphclient.ErrBadRequest):
-		return fail(CodeGraphRejected, "Graph refused the request: "+msg, err)
-	}
-	return err
 }
 
 func (a *Actions) client(j *worker.Job) (*graphclient.Client, error) {
@@ -187,28 +124,25 @@ func (a *Actions) group(ctx context.Context, j *worker.Job, c *graphclient.Clien
 type effect struct {
 	ObjectID string             `json:"object_id,omitempty"`
 	Password *jobs.SealedSecret `json:"password,omitempty"` // sealed to the requester
-	At       time.Time          `json:"at"`
+	// PoolPassword is the same password sealed to the pool, so that a
+	// redelivery sets the very password the requester was given.
+	PoolPassword *jobs.SealedSecret `json:"pool_password,omitempty"`
+	At           time.Time          `json:"at"`
 }
 
-func effectKey(jobID string) string { return "effect." + jobKey(jobID) }
-
-func (a *Actions) effect(ctx context.Context, jobID string) (*effect, error) {
-	e, err := a.kv.Get(ctx, effectKey(jobID))
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil, nil
-	}
-	if err != nil {
+// effect reads what an earlier delivery of the job recorded (nil if none).
+func (a *Actions) effect(ctx context.Context, j *worker.Job) (*effect, error) {
+	var ef effect
+	ok, err := j.State().Effect(ctx, j.ID, &ef)
+	if err != nil || !ok {
 		return nil, err
 	}
-	var ef effect
-	return &ef, json.Unmarshal(e.Value(), &ef)
+	return &ef, nil
 }
 
-func (a *Actions) recordEffect(ctx context.Context, jobID string, ef effect) error {
+func (a *Actions) recordEffect(ctx context.Context, j *worker.Job, ef effect) error {
 	ef.At = time.Now().UTC()
-	b, _ := json.Marshal(ef)
-	_, err := a.kv.Put(context.WithoutCancel(ctx), effectKey(jobID), b)
-	return err
+	return j.State().PutEffect(context.WithoutCancel(ctx), j.ID, ef)
 }
 
 // --- passwords ------------------------------------------------------------

@@ -50,7 +50,7 @@ func (a *Actions) createGroup(ctx context.Context, j *worker.Job, p *jobs.Create
 	if err != nil && !errors.Is(err, graphclient.ErrNotFound) {
 		return nil, classify(err, CodeGroupNotFound, "group "+p.MailNickname)
 	}
-	prior, perr := a.effect(ctx, j.ID)
+	prior, perr := a.effect(ctx, j)
 	if perr != nil {
 		return nil, perr
 	}
@@ -65,7 +65,7 @@ func (a *Actions) createGroup(ctx context.Context, j *worker.Job, p *jobs.Create
 		return GroupOutput{MailNickname: p.MailNickname, WouldChange: []string{"create " + p.GroupType + " group " + p.MailNickname}}, nil
 	}
 	if prior == nil {
-		if err := a.recordEffect(ctx, j.ID, effect{}); err != nil {
+		if err := a.recordEffect(ctx, j, effect{}); err != nil {
 			return nil, err
 		}
 	}
@@ -77,7 +77,7 @@ func (a *Actions) createGroup(ctx context.Context, j *worker.Job, p *jobs.Create
 	if err != nil {
 		return nil, classify(err, CodeGroupNotFound, "group "+p.MailNickname)
 	}
-	_ = a.recordEffect(ctx, j.ID, effect{ObjectID: g.ID})
+	_ = a.recordEffect(ctx, j, effect{ObjectID: g.ID})
 	sort.Strings(members)
 	raw, _ := json.Marshal(groupAssetOf(g, members)) // the created record: a read could still miss it
 	a.refresh(ctx, j, jobs.AssetGroup, []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: raw}})

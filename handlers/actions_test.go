@@ -316,8 +316,8 @@ func TestActionsAreIdempotentOnRedelivery(t *testing.T) {
 		}
 		inst := in
 		for i, dst := range []*any{&first, &second} {
-			wj := worker.NewJobForTest(j, p, &inst, e.poolKey, i+1)
-			out, err := e.reg[action](ctx, wj)
+			wj := worker.NewJobForTest(j, p, &inst, e.poolKey, e.store, i+1)
+			out, err := e.reg[action].Func(ctx, wj)
 			if err != nil {
 				t.Fatalf("%s run %d: %v", action, i+1, err)
 			}

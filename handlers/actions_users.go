@@ -36,7 +36,7 @@ type UserOutput struct {
 func (a *Actions) refresh(ctx context.Context, j *worker.Job, typ string, changes []jobs.AssetChange) {
 	d := &jobs.AssetDelta{SchemaVersion: jobs.SchemaVersion, Instance: j.Job.Instance, SyncID: "action:" + j.ID, Type: typ,
 		Mode: jobs.ModeIncremental, Batch: 1, Last: true, Changes: changes}
-	if _, err := a.pub.Publish(context.WithoutCancel(ctx), publisher.Message{Subject: a.sub.Assets(j.Job.Instance, typ), MsgID: "assets:action:" + j.ID + ":" + typ, Value: d}); err != nil {
+	if _, err := a.pub.Publish(context.WithoutCancel(ctx), publisher.Message{Subject: a.sub.Assets(j.Job.Instance, typ), MsgID: "assets:action:" + j.Job.Instance + ":" + j.ID + ":" + typ, Value: d}); err != nil {
 		j.Logger.Warn("action: post-action refresh not published; the next sync will carry the change", "error", err)
 	}
 }
@@ -103,7 +103,7 @@ func (a *Actions) createUser(ctx context.Context, j *worker.Job, p *jobs.CreateU
 		}
 		return UserOutput{UserPrincipalName: p.UserPrincipalName, WouldChange: []string{"create user " + p.UserPrincipalName}}, nil
 	}
-	prior, err := a.effect(ctx, j.ID)
+	prior, err := a.effect(ctx, j)
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +122,7 @@ func (a *Actions) createUser(ctx context.Context, j *worker.Job, p *jobs.CreateU
 	// Record the intent (with the sealed password) before the effect: a
 	// redelivery after a crash finds the user it created.
 	if prior == nil {
-		if err := a.recordEffect(ctx, j.ID, effect{Password: sealed}); err != nil {
+		if err := a.recordEffect(ctx, j, effect{Password: sealed}); err != nil {
 			return nil, err
 		}
 	}
@@ -139,7 +139,7 @@ func (a *Actions) createUser(ctx context.Context, j *worker.Job, p *jobs.CreateU
 	if err != nil {
 		return nil, classify(err, CodeUserNotFound, "user "+p.UserPrincipalName)
 	}
-	_ = a.recordEffect(ctx, j.ID, effect{ObjectID: u.ID, Password: sealed})
+	_ = a.recordEffect(ctx, j, effect{ObjectID: u.ID, Password: sealed})
 	a.refreshUserRecord(ctx, j, c, u) // the created record: a read could still miss it
 	return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, Changed: true, Password: sealed}, nil
 }
@@ -237,7 +237,7 @@ func (a *Actions) resetPassword(ctx context.Context, j *worker.Job, p *jobs.Rese
 	if j.DryRun {
 		return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, WouldChange: []string{"new password"}}, nil
 	}
-	pw, sealed, err := password(j, p.PasswordOptions)
+	pw, sealed, err := a.resetPasswordOf(ctx, j, p.PasswordOptions)
 	if err != nil {
 		return nil, err
 	}
@@ -248,6 +248,36 @@ func (a *Actions) resetPassword(ctx context.Context, j *worker.Job, p *jobs.Rese
 		return nil, classify(err, CodeUserNotFound, "user "+p.User)
 	}
 	return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, Changed: true, Password: sealed}, nil
+}
+
+// resetPasswordOf is the password a reset_password job sets. A generated one
+// is recorded (sealed to the requester and to the pool) before Graph is
+// called: a redelivery sets the same password again and returns the same
+// sealed copy, so the password the requester receives is the one that works.
+func (a *Actions) resetPasswordOf(ctx context.Context, j *worker.Job, o jobs.PasswordOptions) (string, *jobs.SealedSecret, error) {
+	prior, err := a.effect(ctx, j)
+	if err != nil {
+		return "", nil, err
+	}
+	if prior != nil && prior.PoolPassword != nil {
+		b, err := j.OpenSecret(prior.PoolPassword)
+		if err != nil {
+			return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot open the password an earlier delivery of this job recorded: "+err.Error())
+		}
+		return string(b), prior.Password, nil
+	}
+	pw, sealed, err := password(j, o)
+	if err != nil || sealed == nil {
+		return pw, sealed, err // given by the requester: the same on every delivery
+	}
+	kept, err := j.SealForPool([]byte(pw))
+	if err != nil {
+		return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot keep the generated password for redeliveries: "+err.Error())
+	}
+	if err := a.recordEffect(ctx, j, effect{Password: sealed, PoolPassword: kept}); err != nil {
+		return "", nil, err
+	}
+	return pw, sealed, nil
 }
 
 // sku resolves a licence and the disabled plans (ids or names).

@@ -3,14 +3,11 @@ package handlers
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/internal/state"
 )
 
 // SyncProgress is a running round's progress, kept in the state bucket
@@ -40,34 +37,17 @@ type ProgressCount struct {
 // Stale reports whether the round stopped reporting (its worker died).
 func (p SyncProgress) Stale(now time.Time) bool { return now.Sub(p.UpdatedAt) > time.Minute }
 
-func progressKey(instance string) string { return "progress." + instance }
-
 // ReadSyncProgress returns the running round of each instance that has one
 // (stale records included: see Stale).
-func ReadSyncProgress(ctx context.Context, js jetstream.JetStream, t worker.Topology) (map[string]SyncProgress, error) {
-	kv, err := js.KeyValue(ctx, t.StateBucket())
-	if err != nil {
-		return nil, err
-	}
-	lister, err := kv.ListKeysFiltered(ctx, "progress.*")
-	if err != nil {
-		return nil, err
-	}
+func ReadSyncProgress(ctx context.Context, st *state.Store) (map[string]SyncProgress, error) {
 	out := map[string]SyncProgress{}
-	for k := range lister.Keys() {
-		e, err := kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
+	err := st.EachProgress(ctx, func(_, _ string, raw []byte) {
 		var p SyncProgress
-		if json.Unmarshal(e.Value(), &p) == nil {
+		if json.Unmarshal(raw, &p) == nil {
 			out[p.Instance] = p
 		}
-	}
-	return out, nil
+	})
+	return out, err
 }
 
 // progress counts a round's pages and objects and publishes them.
@@ -90,10 +70,9 @@ func (r *round) startProgress() func() {
 		if el := rec.UpdatedAt.Sub(rec.StartedAt).Seconds(); el > 0 {
 			rec.PerSecond = int(float64(rec.Users.Objects+rec.Groups.Objects) / el)
 		}
-		b, _ := json.Marshal(rec)
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), 5*time.Second)
 		defer cancel()
-		if _, err := r.s.kv.Put(ctx, progressKey(r.instance), b); err != nil {
+		if err := r.state.PutProgress(ctx, rec); err != nil {
 			r.log.Debug("sync: cannot record progress", "error", err)
 		}
 	}
@@ -117,6 +96,6 @@ func (r *round) startProgress() func() {
 		p.done.Wait()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), 5*time.Second)
 		defer cancel()
-		_ = r.s.kv.Delete(ctx, progressKey(r.instance))
+		_ = r.state.DeleteProgress(ctx)
 	}
 }

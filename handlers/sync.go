@@ -4,7 +4,6 @@
 package handlers
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -20,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/publisher"
 	"github.com/tevyra/m365-worker/worker"
@@ -36,19 +36,20 @@ type SyncConfig struct {
 	// BatchBytes bounds one asset-delta message (under the NATS payload
 	// limit, 1 MiB by default). Default 512 KiB.
 	BatchBytes int
-	Logger     *slog.Logger
+	// RoundTimeout bounds one round: a Graph that never ends a walk must
+	// not hold the instance's lock and a worker slot forever. Default 2h.
+	RoundTimeout time.Duration
+	Logger       *slog.Logger
 }
 
 // Syncer runs sync jobs.
 type Syncer struct {
 	cfg   SyncConfig
-	js    jetstream.JetStream
-	kv    jetstream.KeyValue
 	pub   *publisher.Publisher
 	subjs jobs.Subjects
 }
 
-// NewSyncer opens the state bucket.
+// NewSyncer returns the sync handler publishing through js.
 func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Syncer, error) {
 	if cfg.BatchChanges <= 0 {
 		cfg.BatchChanges = 200
@@ -56,24 +57,25 @@ func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Sy
 	if cfg.BatchBytes <= 0 {
 		cfg.BatchBytes = 512 << 10
 	}
+	if cfg.RoundTimeout <= 0 {
+		cfg.RoundTimeout = 2 * time.Hour
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Graph == nil {
 		return nil, errors.New("sync: no Graph client pool")
 	}
-	kv, err := js.KeyValue(ctx, cfg.Topology.StateBucket())
-	if err != nil {
-		return nil, fmt.Errorf("sync: open state bucket: %w", err)
-	}
-	return &Syncer{cfg: cfg, js: js, kv: kv, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects}, nil
+	return &Syncer{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects}, nil
 }
 
-// Register adds the sync handler to reg.
-func (s *Syncer) Register(reg worker.Registry) { reg[jobs.ActionSync] = s.Handle }
+// Register adds the sync handler to reg: one round per instance at a time.
+func (s *Syncer) Register(reg worker.Registry) {
+	reg[jobs.ActionSync] = worker.Handler{Func: s.Handle, Exclusive: true}
+}
 
 // SyncMeta is an instance's sync state: delta links, the last round, and
-// credential health. It lives under sync.<instance> in the state bucket.
+// credential health. It lives in the instance's part of the state bucket.
 type SyncMeta struct {
 	UserLink    string    `json:"user_delta_link,omitempty"`
 	GroupLink   string    `json:"group_delta_link,omitempty"`
@@ -95,30 +97,12 @@ type SyncMeta struct {
 	Indicators *jobs.Indicators `json:"indicators,omitempty"`
 }
 
-func metaKey(instance string) string { return "sync." + instance }
-
-// Meta reads an instance's sync state (zero when it never synced).
-func (s *Syncer) Meta(ctx context.Context, instance string) (SyncMeta, error) {
+// ReadSyncMeta reads an instance's sync state (zero when it never synced).
+func ReadSyncMeta(ctx context.Context, sc *state.Scope) (SyncMeta, error) {
 	var m SyncMeta
-	e, err := s.kv.Get(ctx, metaKey(instance))
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return m, nil
-	}
-	if err != nil {
-		return m, err
-	}
-	err = json.Unmarshal(e.Value(), &m)
+	_, err := sc.SyncMeta(ctx, &m)
 	return m, err
 }
-
-func (s *Syncer) saveMeta(ctx context.Context, instance string, m SyncMeta) error {
-	b, _ := json.Marshal(m)
-	_, err := s.kv.Put(ctx, metaKey(instance), b)
-	return err
-}
-
-// asset state keys: a.<instance>.<u|g|l>.<id>
-func assetKey(instance, kind, id string) string { return "a." + instance + "." + kind + "." + id }
 
 type userState struct {
 	Hash     string `json:"h"`
@@ -171,20 +155,12 @@ func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient
 	return pool.Client(cfg)
 }
 
-// ReadSyncMeta reads an instance's sync state from the state bucket.
-func ReadSyncMeta(ctx context.Context, js jetstream.JetStream, t worker.Topology, instance string) (SyncMeta, error) {
-	kv, err := js.KeyValue(ctx, t.StateBucket())
-	if err != nil {
-		return SyncMeta{}, err
-	}
-	return (&Syncer{kv: kv}).Meta(ctx, instance)
-}
-
 // round is one sync round's working state.
 type round struct {
 	s        *Syncer
 	ctx      context.Context
 	job      *worker.Job
+	state    *state.Scope
 	instance string
 	syncID   string
 	mode     string
@@ -205,7 +181,7 @@ type round struct {
 	licencesErr, usersErr   error
 	// pre holds stored states read ahead by prefetch (nil: not stored).
 	preMu sync.Mutex
-	pre   map[string][]byte
+	pre   map[assetRef][]byte
 }
 
 // afterLicences waits until the licences are published.
@@ -238,7 +214,8 @@ func (r *round) afterUsers() error {
 func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 	started := time.Now().UTC()
 	params, _ := j.Params.(*jobs.SyncParams)
-	meta, err := s.Meta(ctx, j.Job.Instance)
+	sc := j.State()
+	meta, err := ReadSyncMeta(ctx, sc)
 	if err != nil {
 		return nil, fmt.Errorf("read sync state: %w", err)
 	}
@@ -246,14 +223,10 @@ func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeoutCause(ctx, s.cfg.RoundTimeout, errRoundTimeout)
+	defer cancel()
 	before := c.Stats()
-	// A rerun of an interrupted round gets its own sync id: consumers never
-	// see two different runs under one id.
-	syncID := j.ID
-	if j.Attempt > 1 {
-		syncID = fmt.Sprintf("%s~%d", j.ID, j.Attempt)
-	}
-	r := &round{s: s, ctx: ctx, job: j, instance: j.Job.Instance, syncID: syncID, counts: map[string]jobs.SyncCounts{}, log: j.Logger, started: started, statsBefore: before}
+	r := &round{s: s, ctx: ctx, job: j, state: sc, instance: j.Job.Instance, syncID: syncIDOf(j), counts: map[string]jobs.SyncCounts{}, log: j.Logger, started: started, statsBefore: before}
 	full := meta.UserLink == "" || meta.GroupLink == "" || (params != nil && params.Full)
 	r.mode = jobs.ModeIncremental
 	if full {
@@ -264,20 +237,43 @@ func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 	stopProgress()
 	stats := c.Stats().Sub(before)
 	if err != nil {
-		if errors.Is(err, graphclient.ErrAuth) {
-			meta.AuthFailed, meta.AuthError = true, err.Error()
-			_ = s.saveMeta(context.WithoutCancel(ctx), r.instance, meta)
-			return nil, &jobs.Error{Code: "auth_failed", Message: err.Error()}
-		}
-		var ge *graphclient.Error
-		if errors.As(err, &ge) && errors.Is(err, graphclient.ErrThrottled) {
-			return nil, worker.RetryAfter(ge.RetryAfter, err)
-		}
-		return nil, err
+		return nil, s.roundError(ctx, r, meta, err)
 	}
 	report.StartedAt = started
 	report.GraphRequests, report.ResourceUnits, report.Throttled, report.Retries = stats.Requests, stats.ResourceUnits, stats.Throttled, stats.Retries
 	return report, nil
+}
+
+// errRoundTimeout ends a round that ran past SyncConfig.RoundTimeout.
+var errRoundTimeout = errors.New("the sync round ran past its deadline")
+
+// roundError is what a failed round returns to the runtime.
+func (s *Syncer) roundError(ctx context.Context, r *round, meta SyncMeta, err error) error {
+	var ge *graphclient.Error
+	switch {
+	case errors.Is(err, graphclient.ErrAuth):
+		meta.AuthFailed, meta.AuthError = true, err.Error()
+		_ = r.state.PutSyncMeta(context.WithoutCancel(ctx), meta)
+		return &jobs.Error{Code: "auth_failed", Message: err.Error()}
+	case errors.As(err, &ge) && errors.Is(err, graphclient.ErrThrottled):
+		return worker.RetryAfter(ge.RetryAfter, err)
+	case errors.Is(context.Cause(ctx), errRoundTimeout):
+		// Retried by attempts: a walk that never ends fails the job once
+		// they are used up, with this in its message.
+		return fmt.Errorf("%w (%s): %v", errRoundTimeout, s.cfg.RoundTimeout, err)
+	}
+	return err
+}
+
+// syncIDOf is the sync id of this run of a round: the job id, and for every
+// later delivery the job id with the delivery number. A rerun's batches are
+// then never taken by the results stream for the earlier run's duplicates
+// (their numbering restarts), and consumers never see two runs under one id.
+func syncIDOf(j *worker.Job) string {
+	if j.Delivery > 1 {
+		return fmt.Sprintf("%s~%d", j.ID, j.Delivery)
+	}
+	return j.ID
 }
 
 func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, error) {
@@ -290,15 +286,17 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	go func() {
 		defer close(r.licencesDone)
 		defer func() { tLicences = time.Since(r.started) }()
-		if skus, r.licencesErr = c.SubscribedSKUs(r.ctx); r.licencesErr != nil {
-			return
-		}
-		part := map[string]string{}
-		for _, s := range skus {
-			part[strings.ToLower(s.SkuID)] = s.SkuPartNumber
-		}
-		r.skuPart = part
-		r.licencesErr = r.syncLicenses(skus)
+		r.licencesErr = worker.Safely(func() (err error) {
+			if skus, err = c.SubscribedSKUs(r.ctx); err != nil {
+				return err
+			}
+			part := map[string]string{}
+			for _, s := range skus {
+				part[strings.ToLower(s.SkuID)] = s.SkuPartNumber
+			}
+			r.skuPart = part
+			return r.syncLicenses(skus)
+		})
 	}()
 	var userLink, groupLink string
 	var userErr, groupErr error
@@ -309,12 +307,12 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	go func() {
 		defer wg.Done()
 		defer close(r.usersDone)
-		userLink, userErr = r.syncUsers(c, meta.UserLink)
+		userErr = worker.Safely(func() (err error) { userLink, err = r.syncUsers(c, meta.UserLink); return err })
 		r.usersErr, tUsers = userErr, time.Since(t0)
 	}()
 	go func() {
 		defer wg.Done()
-		groupLink, groupErr = r.syncGroups(c, meta.GroupLink)
+		groupErr = worker.Safely(func() (err error) { groupLink, err = r.syncGroups(c, meta.GroupLink); return err })
 		tGroups = time.Since(t0)
 	}()
 	wg.Wait()
@@ -339,209 +337,12 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	st := c.Stats().Sub(r.statsBefore)
 	meta.LastDuration, meta.LastCounts, meta.LastRequests, meta.LastThrottled = worker.Duration(meta.LastAt.Sub(r.started)), r.counts, st.Requests, st.Throttled
 	meta.Users, meta.AuthFailed, meta.AuthError, meta.Indicators = ind.UsersTotal, false, "", ind
-	if err := r.s.saveMeta(context.WithoutCancel(r.ctx), r.instance, *meta); err != nil {
+	if err := r.state.PutSyncMeta(context.WithoutCancel(r.ctx), *meta); err != nil {
 		return nil, fmt.Errorf("save sync state: %w", err)
 	}
 	r.log.Info("sync: round done", "mode", r.mode, "took", time.Since(r.started).Round(time.Millisecond), "licences", tLicences.Round(time.Millisecond),
 		"users", tUsers.Round(time.Millisecond), "groups", tGroups.Round(time.Millisecond), "graph_requests", st.Requests)
 	return &jobs.SyncReport{SyncID: r.syncID, Mode: r.mode, Outcome: jobs.OutcomeSucceeded, Counts: r.counts}, nil
-}
-
-// batcher publishes asset deltas of one type in bounded, numbered batches,
-// storing each change's state only once its batch is stored.
-type batcher struct {
-	r       *round
-	typ     string
-	mode    string
-	batch   int
-	changes []jobs.AssetChange
-	states  []stateOp
-	size    int
-}
-
-// stateOp is a state write to do once a batch is stored: a put, or a
-// delete when val is nil.
-type stateOp struct {
-	key string
-	val []byte
-}
-
-func (r *round) batcher(typ string) *batcher {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return &batcher{r: r, typ: typ, mode: r.mode}
-}
-
-func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
-	n := len(ch.Asset) + len(ch.ID) + 64
-	if len(b.changes) > 0 && (len(b.changes) >= b.r.s.cfg.BatchChanges || b.size+n > b.r.s.cfg.BatchBytes) {
-		if err := b.flush(false); err != nil {
-			return err
-		}
-	}
-	b.changes = append(b.changes, ch)
-	b.states = append(b.states, store)
-	b.size += n
-	b.r.mu.Lock()
-	c := b.r.counts[b.typ]
-	if ch.Op == jobs.OpUpsert {
-		c.Upserts++
-	} else {
-		c.Deletes++
-	}
-	b.r.counts[b.typ] = c
-	b.r.mu.Unlock()
-	return nil
-}
-
-func (b *batcher) flush(last bool) error {
-	b.batch++
-	d := &jobs.AssetDelta{SchemaVersion: jobs.SchemaVersion, Instance: b.r.instance, SyncID: b.r.syncID, Type: b.typ, Mode: b.mode,
-		Batch: b.batch, Last: last, Changes: b.changes}
-	if d.Changes == nil {
-		d.Changes = []jobs.AssetChange{}
-	}
-	msgID := fmt.Sprintf("assets:%s:%s:%d", b.r.syncID, b.typ, b.batch)
-	if _, err := b.r.s.pub.Publish(b.r.ctx, publisher.Message{Subject: b.r.s.subjs.Assets(b.r.instance, b.typ), MsgID: msgID, Value: publisher.Encoded(d.AppendJSON(nil))}); err != nil {
-		return err
-	}
-	if err := b.r.storeState(b.states); err != nil {
-		return fmt.Errorf("store sync state: %w", err)
-	}
-	b.changes, b.states, b.size = nil, nil, 0
-	b.r.job.Progress()
-	return nil
-}
-
-func putState(key string, v any) stateOp {
-	b, _ := json.Marshal(v)
-	return stateOp{key: key, val: b}
-}
-
-func deleteState(key string) stateOp { return stateOp{key: key} }
-
-// storeState writes a batch's state: puts as pipelined publishes to the
-// bucket's subjects (waiting for every ack), deletes as purges.
-func (r *round) storeState(ops []stateOp) error {
-	ctx := context.WithoutCancel(r.ctx)
-	var puts []publisher.Message
-	for _, op := range ops {
-		if op.val == nil {
-			if err := r.s.kv.Purge(ctx, op.key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-				return err
-			}
-			continue
-		}
-		puts = append(puts, publisher.Message{Subject: worker.KVSubject(r.s.js, r.s.cfg.Topology.StateBucket(), op.key),
-			MsgID: r.syncID + ":" + op.key + ":" + hashOf(op.val), Value: publisher.Encoded(op.val)})
-	}
-	return r.s.pub.PublishAll(ctx, puts)
-}
-
-func (r *round) getState(key string, v any) (bool, error) {
-	r.preMu.Lock()
-	raw, cached := r.pre[key]
-	r.preMu.Unlock()
-	if cached {
-		if raw == nil {
-			return false, nil
-		}
-		return true, json.Unmarshal(raw, v)
-	}
-	raw, ok, err := r.readState(key)
-	if err != nil || !ok {
-		return false, err
-	}
-	return true, json.Unmarshal(raw, v)
-}
-
-func (r *round) readState(key string) ([]byte, bool, error) {
-	e, err := r.s.kv.Get(r.ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	return e.Value(), true, nil
-}
-
-// prefetch reads the stored state of keys, 16 at a time, for the page about
-// to be applied: an incremental round's pages then cost one round trip to
-// the bucket instead of one per object. What it read is what was stored
-// when the round began (a round reads each object's state before writing
-// it).
-func (r *round) prefetch(keys []string) error {
-	sem := make(chan struct{}, 16)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	for _, k := range keys {
-		r.preMu.Lock()
-		_, cached := r.pre[k]
-		r.preMu.Unlock()
-		if cached {
-			continue
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			raw, _, err := r.readState(k)
-			if err != nil {
-				mu.Lock()
-				first = cmp.Or(first, err)
-				mu.Unlock()
-				return
-			}
-			r.preMu.Lock()
-			if r.pre == nil {
-				r.pre = map[string][]byte{}
-			}
-			r.pre[k] = raw
-			r.preMu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return first
-}
-
-// knownIDs lists the ids of one kind of asset in the state.
-func (r *round) knownIDs(kind string) (map[string]bool, error) {
-	prefix := "a." + r.instance + "." + kind + "."
-	lister, err := r.s.kv.ListKeysFiltered(r.ctx, prefix+"*")
-	out := map[string]bool{}
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	for k := range lister.Keys() {
-		out[strings.TrimPrefix(k, prefix)] = true
-	}
-	return out, nil
-}
-
-// deleteMissing deletes what a full round did not see.
-func (r *round) deleteMissing(b *batcher, kind string, seen map[string]bool) error {
-	known, err := r.knownIDs(kind)
-	if err != nil {
-		return err
-	}
-	ids := make([]string, 0)
-	for id := range known {
-		if !seen[id] {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: jobs.ReasonMissingAfterFullSync}, deleteState(assetKey(r.instance, kind, id))); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (r *round) userAsset(u *graphclient.User) jobs.UserAsset { return userAssetOf(u, r.skuPart) }
@@ -585,11 +386,11 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if b.mode != jobs.ModeFull || r.job.Attempt > 1 {
-			keys := make([]string, 0, len(page))
+		if b.mode != jobs.ModeFull || r.job.Rerun() {
+			keys := make([]assetRef, 0, len(page))
 			for _, ch := range page {
 				if _, ok := counted[ch.ID]; !ok {
-					keys = append(keys, assetKey(r.instance, "u", ch.ID))
+					keys = append(keys, assetRef{state.AssetUser, ch.ID})
 				}
 			}
 			if err := r.prefetch(keys); err != nil {
@@ -604,7 +405,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 			r.log.Info("sync: users in progress", "pages", pages, "objects", objects, "per_second", int(float64(objects)/time.Since(t0).Seconds()))
 		}
 		for _, ch := range page {
-			key := assetKey(r.instance, "u", ch.ID)
+			key := assetRef{state.AssetUser, ch.ID}
 			if ch.Removed != "" {
 				delete(seen, ch.ID)
 				delete(emitted, ch.ID)
@@ -633,7 +434,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 			if emitted[ch.ID] == st.Hash {
 				continue // repeated in this round
 			}
-			if b.mode != jobs.ModeFull || r.job.Attempt > 1 {
+			if b.mode != jobs.ModeFull || r.job.Rerun() {
 				// A full round publishes everything (unless it reruns);
 				// an incremental one counts the indicators' change.
 				old, ok, err := r.lastUserState(counted, key, ch.ID)
@@ -683,7 +484,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		return "", err
 	}
 	if b.mode == jobs.ModeFull {
-		if err := r.deleteMissing(b, "u", seen); err != nil {
+		if err := r.deleteMissing(b, state.AssetUser, seen); err != nil {
 			return "", err
 		}
 	}
@@ -696,7 +497,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 
 // lastUserState is a user's state as this round last counted it, else as
 // stored.
-func (r *round) lastUserState(counted map[string]userState, key, id string) (userState, bool, error) {
+func (r *round) lastUserState(counted map[string]userState, key assetRef, id string) (userState, bool, error) {
 	if st, ok := counted[id]; ok {
 		return st, st.Hash != "", nil
 	}
@@ -825,10 +626,10 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		r.prog.groups.pages.Add(1)
 		r.prog.groups.objects.Add(int64(len(page)))
 		if !full {
-			keys := make([]string, 0, len(page))
+			keys := make([]assetRef, 0, len(page))
 			for _, ch := range page {
 				if touched[ch.ID] == nil {
-					keys = append(keys, assetKey(r.instance, "g", ch.ID))
+					keys = append(keys, assetRef{state.AssetGroup, ch.ID})
 				}
 			}
 			if err := r.prefetch(keys); err != nil {
@@ -849,7 +650,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			if st == nil {
 				st = &groupState{}
 				if !full {
-					if _, err := r.getState(assetKey(r.instance, "g", ch.ID), st); err != nil {
+					if _, err := r.getState(assetRef{state.AssetGroup, ch.ID}, st); err != nil {
 						return err
 					}
 				}
@@ -903,8 +704,8 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		_ = json.Unmarshal(st.Record, &g)
 		g.ID = id
 		raw, _ := json.Marshal(groupAssetOf(&g, st.Members))
-		key := assetKey(r.instance, "g", id)
-		if !full || r.job.Attempt > 1 {
+		key := assetRef{state.AssetGroup, id}
+		if !full || r.job.Rerun() {
 			// The stored state (an incremental round read it ahead with
 			// its page: prefetch).
 			var old groupState
@@ -930,7 +731,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	}
 	sort.Strings(ids)
 	for _, id := range ids {
-		key := assetKey(r.instance, "g", id)
+		key := assetRef{state.AssetGroup, id}
 		var old groupState
 		if ok, err := r.getState(key, &old); err != nil {
 			return "", err
@@ -951,7 +752,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		for id := range touched {
 			seen[id] = true
 		}
-		if err := r.deleteMissing(b, "g", seen); err != nil {
+		if err := r.deleteMissing(b, state.AssetGroup, seen); err != nil {
 			return "", err
 		}
 	}
@@ -992,7 +793,7 @@ func (r *round) syncLicenses(skus []graphclient.SKU) error {
 	seen := map[string]bool{}
 	for _, s := range skus {
 		raw, _ := json.Marshal(licenseAssetOf(s))
-		key := assetKey(r.instance, "l", s.SkuID)
+		key := assetRef{state.AssetLicense, s.SkuID}
 		seen[s.SkuID] = true
 		var old userState
 		if ok, err := r.getState(key, &old); err != nil {
@@ -1005,7 +806,7 @@ func (r *round) syncLicenses(skus []graphclient.SKU) error {
 		}
 	}
 	// The SKU list is always complete: what is gone was removed.
-	if err := r.deleteMissing(b, "l", seen); err != nil {
+	if err := r.deleteMissing(b, state.AssetLicense, seen); err != nil {
 		return err
 	}
 	return b.flush(true)
@@ -1016,39 +817,29 @@ func (r *round) syncLicenses(skus []graphclient.SKU) error {
 // indicators; a full round or a rerun counts the state again.
 func (r *round) indicators(skus []graphclient.SKU, prev *jobs.Indicators) (*jobs.Indicators, error) {
 	ind := &jobs.Indicators{SchemaVersion: jobs.SchemaVersion, Instance: r.instance, SyncID: r.syncID, At: time.Now().UTC()}
-	if r.mode == jobs.ModeIncremental && r.job.Attempt == 1 && prev != nil {
+	if r.mode == jobs.ModeIncremental && !r.job.Rerun() && prev != nil {
 		ind.UsersTotal, ind.UsersEnabled = prev.UsersTotal+r.change.users, prev.UsersEnabled+r.change.enabled
 		ind.UsersLicensed, ind.GroupsTotal = prev.UsersLicensed+r.change.licensed, prev.GroupsTotal+r.change.groups
 		r.finishIndicators(ind, skus)
 		return ind, nil
 	}
-	groups, err := r.knownIDs("g")
+	groups, err := r.state.AssetIDs(r.ctx, state.AssetGroup)
 	if err != nil {
 		return nil, err
 	}
 	ind.GroupsTotal = len(groups)
-	userPrefix := "a." + r.instance + ".u."
 	// The flags are in the users' states.
-	uw, err := r.s.kv.WatchFiltered(r.ctx, []string{userPrefix + "*"}, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, err
-	}
-	defer uw.Stop()
-	for e := range uw.Updates() {
-		if e == nil {
-			break
-		}
+	err = r.state.EachAssetState(r.ctx, state.AssetUser, func(_ string, raw []byte) {
 		var st userState
-		if json.Unmarshal(e.Value(), &st) != nil {
-			continue
+		if json.Unmarshal(raw, &st) != nil {
+			return
 		}
 		ind.UsersTotal++
-		if st.Enabled {
-			ind.UsersEnabled++
-		}
-		if st.Licensed {
-			ind.UsersLicensed++
-		}
+		ind.UsersEnabled += b2i(st.Enabled)
+		ind.UsersLicensed += b2i(st.Licensed)
+	})
+	if err != nil {
+		return nil, err
 	}
 	r.finishIndicators(ind, skus)
 	return ind, nil

@@ -15,6 +15,7 @@ import (
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/graphclient/graphsim"
 	"github.com/tevyra/m365-worker/handlers"
+	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 	"github.com/tevyra/m365-worker/worker/workertest"
@@ -28,6 +29,7 @@ type env struct {
 	js      jetstream.JetStream
 	sim     *graphsim.Server
 	poolKey nkeys.KeyPair
+	store   *state.Store
 	stops   []func()
 	reg     worker.Registry
 	// consistencyWait and logger configure the next startWorker.
@@ -45,7 +47,11 @@ func newEnv(t testing.TB, o graphsim.Options) *env {
 	}
 	t.Cleanup(sim.Close)
 	kp, _ := nkeys.CreateCurveKeys()
-	e := &env{t: t, srv: srv, js: js, sim: sim, poolKey: kp}
+	store, err := worker.OpenState(context.Background(), js, srv.Topology)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, srv: srv, js: js, sim: sim, poolKey: kp, store: store}
 	t.Cleanup(func() {
 		for _, s := range e.stops {
 			s()
@@ -403,7 +409,7 @@ func TestSyncBadCredentials(t *testing.T) {
 		t.Fatal("the report shows the secret")
 	}
 	// The instance is marked in state.
-	meta, err := handlers.ReadSyncMeta(context.Background(), e.js, e.srv.Topology, "broken")
+	meta, err := handlers.ReadSyncMeta(context.Background(), e.store.For("default", "broken"))
 	if err != nil || !meta.AuthFailed || !strings.Contains(meta.AuthError, "AADSTS7000215") {
 		t.Errorf("sync state of the broken instance: %+v %v", meta, err)
 	}
@@ -509,7 +515,7 @@ func TestSyncProgressAndLastRound(t *testing.T) {
 	}
 	var seen handlers.SyncProgress
 	workertest.Eventually(t, 60*time.Second, "the round's progress record", func() bool {
-		ps, err := handlers.ReadSyncProgress(context.Background(), e.js, e.srv.Topology)
+		ps, err := handlers.ReadSyncProgress(context.Background(), e.store)
 		if err != nil {
 			return false
 		}
@@ -521,11 +527,11 @@ func TestSyncProgressAndLastRound(t *testing.T) {
 		t.Errorf("progress record: %+v", seen)
 	}
 	workertest.Eventually(t, 120*time.Second, "the sync report", func() bool { return len(e.reports("acme")) == 1 })
-	ps, err := handlers.ReadSyncProgress(context.Background(), e.js, e.srv.Topology)
+	ps, err := handlers.ReadSyncProgress(context.Background(), e.store)
 	if err != nil || len(ps) != 0 {
 		t.Errorf("progress after the round: %v %+v", err, ps)
 	}
-	m, err := handlers.ReadSyncMeta(context.Background(), e.js, e.srv.Topology, "acme")
+	m, err := handlers.ReadSyncMeta(context.Background(), e.store.For("default", "acme"))
 	if err != nil || m.LastDuration <= 0 || m.LastCounts[jobs.AssetUser].Upserts != 3000 || m.LastRequests == 0 || m.LastSyncID != id {
 		t.Errorf("sync state after the round: %v %+v", err, m)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -122,7 +123,10 @@ const maxJobID = 128
 
 // ParseJob decodes and checks a job envelope and its parameters. The error,
 // when not nil, is an *Error with code CodeMalformedJob, CodeInvalidJob,
-// CodeUnknownAction or CodeInvalidParams, listing every bad field by name.
+// CodeUnknownAction or CodeInvalidParams, naming the bad fields; it keeps
+// the bounds of Error.Bounded, however large or odd the job: at most
+// MaxFieldErrors fields, problems with known fields first, then the first
+// unknown keys in sorted order, the rest counted in the message.
 func ParseJob(data []byte) (*Job, Params, error) {
 	var raw map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -131,7 +135,7 @@ func ParseJob(data []byte) (*Job, Params, error) {
 		if err != nil {
 			msg = fmt.Sprintf("the job is not valid JSON: %v", err)
 		}
-		return nil, nil, &Error{Code: CodeMalformedJob, Message: msg}
+		return nil, nil, &Error{Code: CodeMalformedJob, Message: clip(msg, MaxMessageLen)}
 	}
 	if dec.More() {
 		return nil, nil, &Error{Code: CodeMalformedJob, Message: "the job has data after its JSON object"}
@@ -161,11 +165,11 @@ func ParseJob(data []byte) (*Job, Params, error) {
 		ve.Add("action", "is required")
 	}
 	if len(ve.Fields) > 0 {
-		return &j, nil, &Error{Code: CodeInvalidJob, Message: "invalid job envelope: " + ve.Summary(), Fields: ve.Fields}
+		return &j, nil, ve.jobError(CodeInvalidJob, "invalid job envelope: ", "")
 	}
 	spec, ok := actionSpecs[j.Action]
 	if !ok {
-		return &j, nil, &Error{Code: CodeUnknownAction, Message: fmt.Sprintf("unknown action %q (known: %s)", j.Action, strings.Join(Actions(), ", "))}
+		return &j, nil, &Error{Code: CodeUnknownAction, Message: fmt.Sprintf("unknown action %s (known: %s)", quoteInput(j.Action), strings.Join(Actions(), ", "))}
 	}
 	p := spec.NewParams()
 	if err := DecodeParams(j.Params, p); err != nil {
@@ -185,8 +189,12 @@ func printableID(s string) bool {
 
 // DecodeParams decodes raw strictly into p (unknown fields rejected) and
 // validates it. The error is an *Error with code CodeInvalidParams naming
-// every bad field.
+// the bad fields (within the bounds of Error.Bounded), or CodeInternal when p
+// is not a non-nil pointer to a params struct.
 func DecodeParams(raw json.RawMessage, p Params) error {
+	if rv := reflect.ValueOf(p); rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
+		return &Error{Code: CodeInternal, Message: fmt.Sprintf("DecodeParams needs a non-nil pointer to a params struct, not %T", p)}
+	}
 	var ve ValidationError
 	trimmed := bytes.TrimSpace(raw)
 	if len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
@@ -200,12 +208,7 @@ func DecodeParams(raw json.RawMessage, p Params) error {
 		p.Validate(&ve)
 	}
 	if len(ve.Fields) > 0 {
-		for i := range ve.Fields {
-			if ve.Fields[i].Field != "params" {
-				ve.Fields[i].Field = "params." + ve.Fields[i].Field
-			}
-		}
-		return &Error{Code: CodeInvalidParams, Message: "invalid params: " + ve.Summary(), Fields: ve.Fields}
+		return ve.jobError(CodeInvalidParams, "invalid params: ", "params.")
 	}
 	return nil
 }

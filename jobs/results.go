@@ -34,6 +34,7 @@ const (
 )
 
 // Error is the error of a failed job, in results and failure records.
+// Bounded cuts one to the Max* bounds before it is published.
 type Error struct {
 	// Code is stable and machine-readable: branch on it.
 	Code string `json:"code"`
@@ -45,11 +46,17 @@ type Error struct {
 	GraphRequestID string `json:"graph_request_id,omitempty"`
 	// Retryable says whether the same job could succeed later unchanged.
 	Retryable bool `json:"retryable"`
-	// Fields lists every bad field, for validation errors.
+	// Fields lists the bad fields, for validation errors: at most
+	// MaxFieldErrors, sorted by field; the message counts the others.
 	Fields []FieldError `json:"fields,omitempty"`
 }
 
-func (e *Error) Error() string { return e.Code + ": " + e.Message }
+func (e *Error) Error() string {
+	if e == nil {
+		return "<nil>"
+	}
+	return e.Code + ": " + e.Message
+}
 
 // Job statuses in results.
 const (

@@ -235,9 +235,15 @@ func messageSchemas() map[string]obj {
 			for _, a := range Actions() {
 				pt := reflect.TypeOf(actionSpecs[a].NewParams()).Elem()
 				ref := g.schemaOf(pt)
+				// Absent or null params read as {}: allowed only when {}
+				// is valid params for the action.
+				then := obj{"properties": obj{"params": obj{"anyOf": []any{ref, obj{"type": "null"}}}}}
+				if DecodeParams(json.RawMessage(`{}`), actionSpecs[a].NewParams()) != nil {
+					then = obj{"properties": obj{"params": ref}, "required": []any{"params"}}
+				}
 				branches = append(branches, obj{
 					"if":   obj{"properties": obj{"action": obj{"const": a}}, "required": []any{"action"}},
-					"then": obj{"properties": obj{"params": obj{"anyOf": []any{ref, obj{"type": "null"}}}}},
+					"then": then,
 				})
 			}
 			root["allOf"] = branches

@@ -34,7 +34,7 @@ type SealedSecret struct {
 // sender key.
 func Seal(plaintext []byte, recipient string) (*SealedSecret, error) {
 	if !xkeyRE.MatchString(recipient) {
-		return nil, fmt.Errorf("seal: %q is not a curve public key (56 characters starting with X)", recipient)
+		return nil, fmt.Errorf("seal: %s is not a curve public key (56 characters starting with X)", quoteInput(recipient))
 	}
 	sender, err := nkeys.CreateCurveKeys()
 	if err != nil {
@@ -59,7 +59,7 @@ func (s *SealedSecret) Open(recipient nkeys.KeyPair) ([]byte, error) {
 		return nil, fmt.Errorf("open sealed secret: %w", err)
 	}
 	if pub != s.Recipient {
-		return nil, fmt.Errorf("open sealed secret: %w (sealed to %s, this key is %s)", ErrWrongKey, s.Recipient, pub)
+		return nil, fmt.Errorf("open sealed secret: %w (sealed to %s, this key is %s)", ErrWrongKey, clip(s.Recipient, maxEcho), pub)
 	}
 	box, err := base64.StdEncoding.DecodeString(s.Box)
 	if err != nil {

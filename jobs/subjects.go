@@ -23,7 +23,7 @@ func ValidToken(s string) bool { return tokenRE.MatchString(s) }
 // CheckToken returns a readable error when s is not a valid token.
 func CheckToken(what, s string) error {
 	if !ValidToken(s) {
-		return fmt.Errorf("%s %q is not valid: use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit", what, s)
+		return fmt.Errorf("%s %s is not valid: use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit", what, quoteInput(s))
 	}
 	return nil
 }
@@ -121,7 +121,7 @@ func (s Subjects) ParseJobSubject(subject string) (JobAddress, error) {
 	prefix := s.p() + ".jobs."
 	rest, ok := strings.CutPrefix(subject, prefix)
 	if !ok {
-		return JobAddress{}, fmt.Errorf("subject %q is not a job subject (want %s<pool>.<instance>.sync or .action.<name>)", subject, prefix)
+		return JobAddress{}, fmt.Errorf("subject %s is not a job subject (want %s<pool>.<instance>.sync or .action.<name>)", quoteInput(subject), prefix)
 	}
 	t := strings.Split(rest, ".")
 	switch {
@@ -130,7 +130,7 @@ func (s Subjects) ParseJobSubject(subject string) (JobAddress, error) {
 	case len(t) == 4 && t[2] == "action" && t[3] != "":
 		return JobAddress{Pool: t[0], Instance: t[1], Action: ActionPrefix + t[3]}, nil
 	}
-	return JobAddress{}, fmt.Errorf("subject %q is not a job subject (want %s<pool>.<instance>.sync or .action.<name>)", subject, prefix)
+	return JobAddress{}, fmt.Errorf("subject %s is not a job subject (want %s<pool>.<instance>.sync or .action.<name>)", quoteInput(subject), prefix)
 }
 
 // ResultAddress is what a result subject says.
@@ -155,5 +155,5 @@ func (s Subjects) ParseResultSubject(subject string) (ResultAddress, error) {
 			return ResultAddress{Instance: t[0], Kind: "assets", AssetType: t[2]}, nil
 		}
 	}
-	return ResultAddress{}, fmt.Errorf("subject %q is not a result subject", subject)
+	return ResultAddress{}, fmt.Errorf("subject %s is not a result subject", quoteInput(subject))
 }

@@ -18,48 +18,170 @@ type FieldError struct {
 	Problem string `json:"problem"`
 }
 
-// ValidationError collects every bad field of a job. The first problem found
-// for a field wins; later ones for the same field are dropped.
+// ValidationError collects the problems of a job's fields. The first problem
+// found for a field wins; later ones for the same field are dropped. Fields
+// lists at most MaxFieldErrors problems, problems with known fields before
+// unknown keys; the others are counted (see Omitted) and Summary says how
+// many. Field names are clipped to MaxFieldNameLen and problems to
+// MaxProblemLen. Record problems with Add: Has and Add take constant time.
 type ValidationError struct {
+	// Fields is for reading; record problems with Add.
 	Fields []FieldError
+
+	names []string            // names[i] is Fields[i].Field as given to Add
+	seen  map[string]struct{} // every field given a problem, listed or not
+	// moreUnknown and moreOther count the problems left out of Fields.
+	moreUnknown, moreOther int
 }
+
+// problemUnknownField is the problem of a key that names no field. Such
+// problems are the only ones whose number the input controls, so they give
+// way to the others when Fields is full.
+const problemUnknownField = "is not a known field"
 
 // Add records a problem with field, unless that field already has one.
 func (v *ValidationError) Add(field, problem string) {
 	if v.Has(field) {
 		return
 	}
-	v.Fields = append(v.Fields, FieldError{Field: field, Problem: problem})
+	v.seen[field] = struct{}{}
+	problem = clip(problem, MaxProblemLen)
+	if len(v.Fields) >= MaxFieldErrors {
+		i := -1
+		if problem != problemUnknownField {
+			for j := len(v.Fields) - 1; j >= 0 && i < 0; j-- {
+				if v.Fields[j].Problem == problemUnknownField {
+					i = j
+				}
+			}
+		}
+		if i < 0 {
+			v.count(problem)
+			return
+		}
+		// Make room by leaving out the last unknown key listed: unknown
+		// keys come sorted, so the first ones stay listed.
+		v.count(v.Fields[i].Problem)
+		v.Fields = append(v.Fields[:i], v.Fields[i+1:]...)
+		v.names = append(v.names[:i], v.names[i+1:]...)
+	}
+	v.Fields = append(v.Fields, FieldError{Field: clipName(field), Problem: problem})
+	v.names = append(v.names, field)
+}
+
+func (v *ValidationError) count(problem string) {
+	if problem == problemUnknownField {
+		v.moreUnknown++
+	} else {
+		v.moreOther++
+	}
 }
 
 // Has reports whether field already has a problem.
 func (v *ValidationError) Has(field string) bool {
-	for _, f := range v.Fields {
-		if f.Field == field {
-			return true
+	if v.seen == nil || len(v.names) != len(v.Fields) {
+		// First use, or Fields was set directly.
+		if v.seen == nil {
+			v.seen = make(map[string]struct{}, len(v.Fields))
+		}
+		v.names = v.names[:0]
+		for _, f := range v.Fields {
+			v.names = append(v.names, f.Field)
+			v.seen[f.Field] = struct{}{}
 		}
 	}
-	return false
+	_, ok := v.seen[field]
+	return ok
 }
 
-// Summary joins the problems in one line, sorted by field.
+// Omitted counts the problems recorded but not listed in Fields.
+func (v *ValidationError) Omitted() int { return v.moreUnknown + v.moreOther }
+
+// Summary joins the problems in one line of at most MaxMessageLen bytes,
+// sorted by field, and counts those it leaves out: "k1 is not a known
+// field; user is required; … and 11,980 more unknown keys".
 func (v *ValidationError) Summary() string {
+	if v == nil {
+		return ""
+	}
+	return v.summary(MaxMessageLen)
+}
+
+// summaryTail is room for the count of problems left out.
+const summaryTail = len("; … and 999,999,999,999 more unknown keys and 999,999,999,999 more problems")
+
+func (v *ValidationError) summary(limit int) string {
 	fs := append([]FieldError(nil), v.Fields...)
 	sort.SliceStable(fs, func(i, j int) bool { return fs[i].Field < fs[j].Field })
-	parts := make([]string, len(fs))
+	unknown, other := v.moreUnknown, v.moreOther
+	var b strings.Builder
 	for i, f := range fs {
-		parts[i] = f.Field + " " + f.Problem
+		part := clipName(f.Field) + " " + clip(f.Problem, MaxProblemLen)
+		if i > 0 {
+			part = "; " + part
+		}
+		if b.Len()+len(part) > limit-summaryTail {
+			for _, g := range fs[i:] {
+				if g.Problem == problemUnknownField {
+					unknown++
+				} else {
+					other++
+				}
+			}
+			break
+		}
+		b.WriteString(part)
 	}
-	return strings.Join(parts, "; ")
+	if unknown+other > 0 {
+		if b.Len() > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString("… and ")
+		if unknown > 0 {
+			b.WriteString(countOf(unknown, "more unknown key", "more unknown keys"))
+			if other > 0 {
+				b.WriteString(" and ")
+			}
+		}
+		if other > 0 {
+			b.WriteString(countOf(other, "more problem", "more problems"))
+		}
+	}
+	return b.String()
 }
 
 func (v *ValidationError) Error() string { return v.Summary() }
+
+// jobError turns the problems into an *Error with code, its message lead
+// followed by the summary; prefix is prepended to every field but "params".
+// Fields are sorted as in the message.
+func (v *ValidationError) jobError(code, lead, prefix string) *Error {
+	fields := make([]FieldError, len(v.Fields))
+	for i, f := range v.Fields {
+		if prefix != "" && f.Field != "params" {
+			f.Field = clipName(prefix + f.Field)
+		}
+		fields[i] = f
+	}
+	sort.SliceStable(fields, func(i, j int) bool { return fields[i].Field < fields[j].Field })
+	all := ValidationError{Fields: fields, moreUnknown: v.moreUnknown, moreOther: v.moreOther}
+	return &Error{Code: code, Message: lead + all.summary(MaxMessageLen-len(lead)), Fields: fields}
+}
 
 // decodeFields sets the fields of the struct pointed to by dst from m, by
 // their json tags. Unknown keys and values of the wrong type are recorded in
 // ve under prefix+key; the rest are decoded.
 func decodeFields(m map[string]json.RawMessage, dst any, prefix string, ve *ValidationError) {
-	rv := reflect.ValueOf(dst).Elem()
+	rv := reflect.ValueOf(dst)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
+		field := strings.TrimSuffix(prefix, ".")
+		if field == "" {
+			field = "value"
+		}
+		ve.Add(field, fmt.Sprintf("cannot be decoded into %T", dst))
+		return
+	}
+	rv = rv.Elem()
 	rt := rv.Type()
 	byName := map[string][]int{}
 	for _, sf := range reflect.VisibleFields(rt) {
@@ -79,15 +201,39 @@ func decodeFields(m map[string]json.RawMessage, dst any, prefix string, ve *Vali
 	for _, k := range keys {
 		idx, ok := byName[k]
 		if !ok {
-			ve.Add(prefix+k, "is not a known field")
+			ve.Add(prefix+k, problemUnknownField)
 			continue
 		}
-		f := rv.FieldByIndex(idx)
+		f, ok := settableField(rv, idx)
+		if !ok {
+			ve.Add(prefix+k, "cannot be decoded")
+			continue
+		}
 		if err := json.Unmarshal(m[k], f.Addr().Interface()); err != nil {
 			ve.Add(prefix+k, "must be "+describeType(f.Type()))
 			f.Set(reflect.Zero(f.Type()))
 		}
 	}
+}
+
+// settableField is rv.FieldByIndex(index), allocating nil embedded
+// pointers on the way instead of panicking; ok is false when the field
+// cannot be set (behind an unexported embedded pointer).
+func settableField(rv reflect.Value, index []int) (f reflect.Value, ok bool) {
+	f = rv
+	for i, x := range index {
+		if i > 0 && f.Kind() == reflect.Pointer {
+			if f.IsNil() {
+				if !f.CanSet() {
+					return reflect.Value{}, false
+				}
+				f.Set(reflect.New(f.Type().Elem()))
+			}
+			f = f.Elem()
+		}
+		f = f.Field(x)
+	}
+	return f, f.CanSet()
 }
 
 func describeType(t reflect.Type) string {

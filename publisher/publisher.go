@@ -12,10 +12,10 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/retry"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -108,18 +108,17 @@ func transient(err error) bool {
 
 // Publish stores one message, retrying transient errors with exponential
 // backoff until MaxElapsed or ctx ends. A duplicate (same MsgID within the
-// stream's window) counts as stored.
+// stream's window) counts as stored. A message larger than the server's
+// max_payload fails at once with an error matching ErrTooLarge.
 func (p *Publisher) Publish(ctx context.Context, m Message) (*jetstream.PubAck, error) {
 	nm, err := p.msg(m)
 	if err != nil {
 		return nil, err
 	}
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = 2 * time.Second
-	bo.MaxElapsedTime = p.cfg.MaxElapsed
+	policy := retry.Publish
+	policy.MaxElapsed = p.cfg.MaxElapsed
 	var ack *jetstream.PubAck
-	op := func() error {
+	err = retry.Do(ctx, policy, func() error {
 		actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
 		defer cancel()
 		a, err := p.js.PublishMsg(actx, nm)
@@ -127,16 +126,20 @@ func (p *Publisher) Publish(ctx context.Context, m Message) (*jetstream.PubAck, 
 			if ctx.Err() == nil && transient(err) {
 				return err
 			}
-			return backoff.Permanent(err)
+			return retry.Permanent(err)
 		}
 		ack = a
 		return nil
-	}
-	if err := backoff.Retry(op, backoff.WithContext(bo, ctx)); err != nil {
-		return nil, fmt.Errorf("%w: %s (msg id %s): %v", ErrPublish, m.Subject, m.MsgID, err)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s (msg id %s): %w", ErrPublish, m.Subject, m.MsgID, err)
 	}
 	return ack, nil
 }
+
+// ErrTooLarge matches a publish refused because the message is larger than
+// the server's max_payload.
+var ErrTooLarge = nats.ErrMaxPayload
 
 // PublishAll stores msgs in order with at most MaxPending awaiting their ack,
 // and returns once every one is stored or one has failed (the first error).
@@ -198,20 +201,22 @@ func (p *Publisher) PublishAll(ctx context.Context, msgs []Message) error {
 
 // Message ids of the messages a job produces. They are derived from the job
 // id so that a redelivered job's second copy is dropped by the stream.
-func resultMsgID(jobID string) string  { return "result:" + jobID }
-func failureMsgID(jobID string) string { return "failure:" + jobID }
+// The instance is part of each id, so one instance's job id can never
+// pre-claim or collide with another's.
+func resultMsgID(instance, jobID string) string  { return "result:" + instance + ":" + jobID }
+func failureMsgID(instance, jobID string) string { return "failure:" + instance + ":" + jobID }
 
 // ActionResult stores an action's result on m365.results.<instance>.actions.
 func (p *Publisher) ActionResult(ctx context.Context, r *jobs.ActionResult) error {
 	r.SchemaVersion = jobs.SchemaVersion
-	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Results(r.Instance, jobs.ResultActions), MsgID: resultMsgID(r.JobID), Value: r})
+	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Results(r.Instance, jobs.ResultActions), MsgID: resultMsgID(r.Instance, r.JobID), Value: r})
 	return err
 }
 
 // SyncReport stores a sync job's report on m365.results.<instance>.syncs.
 func (p *Publisher) SyncReport(ctx context.Context, r *jobs.SyncReport) error {
 	r.SchemaVersion = jobs.SchemaVersion
-	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Results(r.Instance, jobs.ResultSyncs), MsgID: resultMsgID(r.JobID), Value: r})
+	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Results(r.Instance, jobs.ResultSyncs), MsgID: resultMsgID(r.Instance, r.JobID), Value: r})
 	return err
 }
 
@@ -225,6 +230,6 @@ func (p *Publisher) Indicators(ctx context.Context, ind *jobs.Indicators) error 
 // Failure stores a failure record on m365.failures.<instance>.
 func (p *Publisher) Failure(ctx context.Context, f *jobs.FailureRecord) error {
 	f.SchemaVersion = jobs.SchemaVersion
-	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Failures(f.Instance), MsgID: failureMsgID(f.JobID), Value: f})
+	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Failures(f.Instance), MsgID: failureMsgID(f.Instance, f.JobID), Value: f})
 	return err
 }

@@ -54,6 +54,11 @@ type Config struct {
 	// target (one job per user or group at a time) outlives it. Default
 	// 10s; refreshed every TargetLockTTL/3.
 	TargetLockTTL time.Duration
+	// MaxDeliver is the pool consumer's delivery cap. The worker counts
+	// attempts itself (throttled waits use none), so this is a backstop; a
+	// job nearing it fails with attempts_exhausted rather than vanish.
+	// Default 1000.
+	MaxDeliver int
 	// LedgerTTL is how long a finished job's id is remembered, so a job
 	// redelivered or republished with the same id gets no second result.
 	// Default 8 days (longer than the jobs stream keeps jobs).
@@ -106,6 +111,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.TargetLockTTL <= 0 {
 		c.TargetLockTTL = 10 * time.Second
+	}
+	if c.MaxDeliver <= 0 {
+		c.MaxDeliver = 1000
 	}
 	if c.LedgerTTL <= 0 {
 		c.LedgerTTL = 8 * 24 * time.Hour

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nkeys"
 
+	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -27,6 +28,9 @@ type Job struct {
 	// Attempt is 1 for the first handler run, counting only runs that used
 	// an attempt.
 	Attempt int
+	// Delivery counts every delivery of the job, give-backs included: each
+	// run of a handler has its own (a rerun's sync id is made of it).
+	Delivery int
 	// StreamSeq is the job's sequence in the jobs stream.
 	StreamSeq uint64
 	// Published is when the job was stored in the stream.
@@ -36,9 +40,19 @@ type Job struct {
 	// Logger carries job_id, instance and action.
 	Logger *slog.Logger
 
+	state    *state.Scope
 	progress func()
 	poolKey  nkeys.KeyPair
 }
+
+// State is the job's instance's part of the state bucket: its ledger,
+// effects, sync state and asset state. Handlers use its typed methods; they
+// never build keys.
+func (j *Job) State() *state.Scope { return j.state }
+
+// Rerun reports whether an earlier delivery of the job may have run the
+// handler (and left effects or state behind).
+func (j *Job) Rerun() bool { return j.Delivery > 1 }
 
 // ErrNoPoolKey means a sealed secret was given but the worker has no pool
 // key to open it.
@@ -50,6 +64,19 @@ func (j *Job) OpenSecret(s *jobs.SealedSecret) ([]byte, error) {
 		return nil, ErrNoPoolKey
 	}
 	return s.Open(j.poolKey)
+}
+
+// SealForPool seals b to the pool's own key: a value only the pool's
+// workers can open (a generated password kept for the job's redeliveries).
+func (j *Job) SealForPool(b []byte) (*jobs.SealedSecret, error) {
+	if j.poolKey == nil {
+		return nil, ErrNoPoolKey
+	}
+	pub, err := j.poolKey.PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	return jobs.Seal(b, pub)
 }
 
 // Progress tells JetStream the job is still being worked on, resetting its
@@ -73,18 +100,32 @@ func (j *Job) Progress() {
 //     with attempts_exhausted.
 type HandlerFunc func(ctx context.Context, j *Job) (any, error)
 
-// Registry maps action names to handlers.
-type Registry map[string]HandlerFunc
+// Handler is a registered handler with what it needs from the runtime.
+type Handler struct {
+	Func HandlerFunc
+	// Exclusive: one job of the handler's action per instance at a time,
+	// under the instance's lock (the sync round). A job a schedule produced
+	// that finds one running is closed as skipped (the running one covers
+	// it); any other waits for its turn.
+	Exclusive bool
+	// Ordered: jobs with the same target (Params.Target()) of one instance
+	// run one at a time, in publication order, across workers.
+	Ordered bool
+}
 
-// Register adds a typed handler for action to r.
+// Registry maps full action names to handlers.
+type Registry map[string]Handler
+
+// Register adds a typed handler for action to r; its jobs are ordered per
+// target.
 func Register[P jobs.Params](r Registry, action string, fn func(ctx context.Context, j *Job, p P) (any, error)) {
-	r[jobs.FullAction(action)] = func(ctx context.Context, j *Job) (any, error) {
+	r[jobs.FullAction(action)] = Handler{Ordered: true, Func: func(ctx context.Context, j *Job) (any, error) {
 		p, ok := j.Params.(P)
 		if !ok {
 			return nil, Permanent(jobs.CodeInternal, fmt.Sprintf("handler for %s got parameters of type %T", action, j.Params))
 		}
 		return fn(ctx, j, p)
-	}
+	}}
 }
 
 // retryAfterError asks for a redelivery after a delay without using an
@@ -135,8 +176,22 @@ func marshalOutput(v any) (json.RawMessage, error) {
 
 // NewJobForTest builds the Job a handler receives, for tests that call
 // handlers directly (as a redelivery would).
-func NewJobForTest(j *jobs.Job, p jobs.Params, in *Instance, poolKey nkeys.KeyPair, attempt int) *Job {
-	return &Job{Job: j, Params: p, Pool: jobs.DefaultPool, Attempt: attempt, InstanceConfig: in, Logger: slog.New(slog.DiscardHandler), poolKey: poolKey, Published: time.Now()}
+func NewJobForTest(j *jobs.Job, p jobs.Params, in *Instance, poolKey nkeys.KeyPair, st *state.Store, delivery int) *Job {
+	return &Job{Job: j, Params: p, Pool: jobs.DefaultPool, Attempt: delivery, Delivery: delivery, InstanceConfig: in, Logger: slog.New(slog.DiscardHandler),
+		poolKey: poolKey, Published: time.Now(), state: st.For(jobs.DefaultPool, j.Instance)}
+}
+
+// Safely calls f, turning a panic into an error. Handlers run the work of
+// every goroutine they start through it: the runtime recovers panics in the
+// handler's own goroutine, but one in another goroutine would crash the
+// worker (and every worker the job is redelivered to).
+func Safely(f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return f()
 }
 
 // RetryAfterOf reports whether err asks for a retry after a delay (see

@@ -8,11 +8,13 @@ import (
 	"net/url"
 	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -46,7 +48,8 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 }
 
 // Instance is one configured tenant: what the m365_instances bucket holds
-// under the instance id. Secrets are sealed to the pool's public key.
+// under <pool>.<id>, so that a pool's workers can be granted exactly their
+// pool's records. Secrets are sealed to the pool's public key.
 type Instance struct {
 	// ID is Tevyra's module-instance id.
 	ID string `json:"id"`
@@ -147,11 +150,17 @@ func (in Instance) Validate() error {
 // ErrInstanceNotFound means no configuration exists for an instance id.
 var ErrInstanceNotFound = errors.New("instance not found")
 
+// ErrInstanceUnreadable means an instance's record is stored in a form this
+// worker cannot read (written by a newer version, or damaged): jobs of the
+// instance wait until it is rewritten.
+var ErrInstanceUnreadable = errors.New("instance record stored in a form this worker cannot read")
+
 // Instances reads and writes instance configuration in the m365_instances
 // bucket. Watch keeps a local copy current for Lookup.
 type Instances struct {
 	kv        jetstream.KeyValue
 	schedules *Schedules
+	state     *state.Store
 
 	mu    sync.RWMutex
 	cache map[string]*Instance
@@ -164,28 +173,40 @@ func OpenInstances(ctx context.Context, js jetstream.JetStream, t Topology) (*In
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w (a worker creates the streams and buckets when it starts: start m365-worker worker or run against this NATS first)", t.InstancesBucket(), err)
 	}
-	return &Instances{kv: kv, schedules: NewSchedules(js, t), cache: map[string]*Instance{}}, nil
+	st, err := state.Open(ctx, js, t.StateBucket(), 0)
+	if err != nil {
+		return nil, err
+	}
+	return &Instances{kv: kv, schedules: NewSchedules(js, t), state: st, cache: map[string]*Instance{}}, nil
 }
 
-// Put validates and stores an instance, and sets its sync schedule (moved
-// when the instance changes pool).
+// instanceKey is an instance's key in the instances bucket.
+func instanceKey(pool, id string) string { return pool + "." + id }
+
+// Put validates and stores an instance, and sets its sync schedule. An
+// instance moving to another pool leaves its old pool: its record, its
+// schedule and its sync state move with it.
 func (s *Instances) Put(ctx context.Context, in Instance) (Instance, error) {
 	in = in.WithDefaults()
 	if err := in.Validate(); err != nil {
 		return in, err
 	}
-	if old, err := s.Get(ctx, in.ID); err == nil && old.Pool != in.Pool {
-		if err := s.schedules.Remove(ctx, old.Pool, old.ID); err != nil {
-			return in, err
-		}
+	old, err := s.Get(ctx, in.ID)
+	if err != nil && !errors.Is(err, ErrInstanceNotFound) && !errors.Is(err, ErrInstanceUnreadable) {
+		return in, err
 	}
 	in.UpdatedAt = time.Now().UTC()
 	b, err := json.Marshal(in)
 	if err != nil {
 		return in, err
 	}
-	if _, err := s.kv.Put(ctx, in.ID, b); err != nil {
+	if _, err := s.kv.Put(ctx, instanceKey(in.Pool, in.ID), b); err != nil {
 		return in, fmt.Errorf("store instance %s: %w", in.ID, err)
+	}
+	if old != nil && old.Pool != in.Pool {
+		if err := s.leavePool(ctx, old.Pool, in); err != nil {
+			return in, err
+		}
 	}
 	if err := s.schedules.Set(ctx, in); err != nil {
 		return in, err
@@ -194,23 +215,64 @@ func (s *Instances) Put(ctx context.Context, in Instance) (Instance, error) {
 	return in, nil
 }
 
-// Get reads an instance from the bucket.
+// leavePool moves an instance out of its old pool.
+func (s *Instances) leavePool(ctx context.Context, oldPool string, in Instance) error {
+	if err := s.schedules.Remove(ctx, oldPool, in.ID); err != nil {
+		return err
+	}
+	if err := s.state.MoveInstance(ctx, oldPool, in.Pool, in.ID); err != nil {
+		return fmt.Errorf("move the sync state of %s to pool %s: %w", in.ID, in.Pool, err)
+	}
+	if err := s.kv.Delete(ctx, instanceKey(oldPool, in.ID)); err != nil {
+		return fmt.Errorf("remove instance %s from pool %s: %w", in.ID, oldPool, err)
+	}
+	return nil
+}
+
+// Get reads an instance from the bucket, in whichever pool it is.
 func (s *Instances) Get(ctx context.Context, id string) (*Instance, error) {
 	if !jobs.ValidToken(id) {
 		return nil, fmt.Errorf("%w: %q is not a valid instance id", ErrInstanceNotFound, id)
 	}
-	e, err := s.kv.Get(ctx, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil, fmt.Errorf("%w: %s", ErrInstanceNotFound, id)
-	}
+	keys, err := s.keys(ctx, "*."+id)
 	if err != nil {
 		return nil, fmt.Errorf("read instance %s: %w", id, err)
 	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrInstanceNotFound, id)
+	}
+	return s.read(ctx, keys[0])
+}
+
+func (s *Instances) read(ctx context.Context, key string) (*Instance, error) {
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, fmt.Errorf("%w: %s", ErrInstanceNotFound, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read instance %s: %w", key, err)
+	}
 	var in Instance
 	if err := json.Unmarshal(e.Value(), &in); err != nil {
-		return nil, fmt.Errorf("instance %s is stored in a form this worker cannot read: %w", id, err)
+		return nil, fmt.Errorf("%w: instance %s: %v", ErrInstanceUnreadable, key, err)
 	}
 	return &in, nil
+}
+
+func (s *Instances) keys(ctx context.Context, filter string) ([]string, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, filter)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for k := range lister.Keys() {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // Delete removes an instance and its sync schedule.
@@ -222,7 +284,7 @@ func (s *Instances) Delete(ctx context.Context, id string) error {
 	if err := s.schedules.Remove(ctx, old.Pool, id); err != nil {
 		return err
 	}
-	if err := s.kv.Delete(ctx, id); err != nil {
+	if err := s.kv.Delete(ctx, instanceKey(old.Pool, id)); err != nil {
 		return fmt.Errorf("delete instance %s: %w", id, err)
 	}
 	s.mu.Lock()
@@ -233,13 +295,13 @@ func (s *Instances) Delete(ctx context.Context, id string) error {
 
 // List returns every instance, sorted by id.
 func (s *Instances) List(ctx context.Context) ([]Instance, error) {
-	lister, err := s.kv.ListKeys(ctx)
+	keys, err := s.keys(ctx, "*.*")
 	if err != nil {
 		return nil, err
 	}
 	var out []Instance
-	for k := range lister.Keys() {
-		in, err := s.Get(ctx, k)
+	for _, k := range keys {
+		in, err := s.read(ctx, k)
 		if errors.Is(err, ErrInstanceNotFound) {
 			continue
 		}
@@ -271,7 +333,7 @@ func (s *Instances) Watch(ctx context.Context, onChange func(id string, in *Inst
 			if e == nil {
 				continue // end of the initial values
 			}
-			id := e.Key()
+			_, id, _ := strings.Cut(e.Key(), ".")
 			var in *Instance
 			if e.Operation() == jetstream.KeyValuePut {
 				var v Instance
@@ -294,16 +356,20 @@ func (s *Instances) Watch(ctx context.Context, onChange func(id string, in *Inst
 	return nil
 }
 
-// Lookup returns an instance from the local copy, reading the bucket on a
-// miss (an instance added a moment ago).
-func (s *Instances) Lookup(ctx context.Context, id string) (*Instance, error) {
+// Lookup returns an instance of a pool from the local copy, reading the
+// bucket on a miss (an instance added a moment ago). An instance configured
+// in another pool is not found.
+func (s *Instances) Lookup(ctx context.Context, pool, id string) (*Instance, error) {
 	s.mu.RLock()
 	in, ok := s.cache[id]
 	s.mu.RUnlock()
-	if ok {
+	if ok && in.Pool == pool {
 		return in, nil
 	}
-	in, err := s.Get(ctx, id)
+	if !jobs.ValidToken(id) || !jobs.ValidToken(pool) {
+		return nil, fmt.Errorf("%w: %s.%s", ErrInstanceNotFound, pool, id)
+	}
+	in, err := s.read(ctx, instanceKey(pool, id))
 	if err != nil {
 		return nil, err
 	}

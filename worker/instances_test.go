@@ -51,7 +51,7 @@ func TestInstancesStoreAndWatch(t *testing.T) {
 		t.Errorf("defaults: %+v", in)
 	}
 	workertest.Eventually(t, 30*time.Second, "the watcher to see acme", func() bool { mu.Lock(); defer mu.Unlock(); return seen["acme"] != nil })
-	got, err := other.Lookup(ctx, "acme")
+	got, err := other.Lookup(ctx, "default", "acme")
 	if err != nil || got.TenantID != in.TenantID {
 		t.Fatalf("lookup: %+v %v", got, err)
 	}
@@ -64,7 +64,7 @@ func TestInstancesStoreAndWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := e.Get(ctx, "acme")
+	raw, _ := e.Get(ctx, "default.acme")
 	if strings.Contains(string(raw.Value()), "client-secret-value") {
 		t.Fatal("the secret sits in clear in the bucket")
 	}
@@ -81,7 +81,7 @@ func TestInstancesStoreAndWatch(t *testing.T) {
 		v, ok := seen["acme"]
 		return ok && v == nil
 	})
-	if _, err := other.Lookup(ctx, "acme"); !errors.Is(err, worker.ErrInstanceNotFound) {
+	if _, err := other.Lookup(ctx, "default", "acme"); !errors.Is(err, worker.ErrInstanceNotFound) {
 		t.Errorf("lookup after delete: %v", err)
 	}
 }

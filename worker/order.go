@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/state"
+
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -35,13 +37,14 @@ const turnWait = 2 * time.Second
 // earlier job of it is unfinished, and returns the target's lock. A nil lock
 // comes with the reason to give the job back for now; an error means the
 // lock could not be read at all.
-func (w *Worker) takeTurn(ctx context.Context, d *delivery, pool, instance, target string) (*syncLock, string, error) {
+func (w *Worker) takeTurn(d *delivery, target string) (*state.Lock, string, error) {
+	ctx, sc, seq := d.ctx, d.scope, d.meta.Sequence.Stream
 	until := time.Now().Add(turnWait)
-	key := instance + "/" + strings.ToLower(target)
+	key := d.parsed.target
 	for {
-		lock, err := w.state.acquireTargetLock(ctx, instance, target, lockValue{Worker: w.cfg.ID, JobID: d.jobID, Since: d.started}, w.cfg.TargetLockTTL)
-		if errors.Is(err, ErrSyncRunning) {
-			if !w.parkedWaitFor(ctx, targetLockKey(instance, target), false, until, nil) {
+		lock, err := sc.AcquireTarget(ctx, target, state.Holder{Worker: w.cfg.ID, JobID: d.jobID, Since: d.started}, w.cfg.TargetLockTTL)
+		if errors.Is(err, state.ErrHeld) {
+			if !w.parked(func() bool { return sc.WaitTargetFree(ctx, target, until) }) {
 				return nil, "another job for " + target + " is running", nil
 			}
 			continue
@@ -49,36 +52,36 @@ func (w *Worker) takeTurn(ctx context.Context, d *delivery, pool, instance, targ
 		if err != nil {
 			return nil, "", err
 		}
-		earlier, err := w.earlierUnfinished(ctx, pool, instance, key, d.meta.Sequence.Stream)
+		earlier, err := w.earlierUnfinished(ctx, sc, d.addr.Pool, key, seq)
 		if err == nil && earlier == "" {
 			return lock, "", nil
 		}
-		lock.release(context.WithoutCancel(ctx))
+		lock.Release(context.WithoutCancel(ctx))
 		if err != nil {
 			return nil, "cannot check for earlier jobs of " + target + ": " + err.Error(), nil
 		}
-		if w.turns.earlierWaiting(key, d.meta.Sequence.Stream) {
+		if w.turns.earlierWaiting(key, seq) {
 			// The earlier job is here, behind this one (it came back after
 			// a give-back): let it go first.
-			w.turns.yield(w.gate, key, d.meta.Sequence.Stream)
+			w.turns.yield(w.gate, key, seq)
 			until = time.Now().Add(turnWait)
 			continue
 		}
 		d.log.Debug("worker: an earlier job of the same target is unfinished; waiting for it", "earlier_job_id", earlier)
-		if !w.parkedWaitFor(ctx, ledgerKey(earlier), true, until, w.turns.overtaken(key)) && !w.turns.earlierWaiting(key, d.meta.Sequence.Stream) {
+		overtaken := w.turns.overtaken(key)
+		if !w.parked(func() bool { return sc.WaitDone(ctx, earlier, until, overtaken) }) && !w.turns.earlierWaiting(key, seq) {
 			return nil, "earlier job " + earlier + " for " + target + " is unfinished", nil
 		}
 	}
 }
 
-// parkedWaitFor is state.waitFor without holding a slot (when there is room
-// to park).
-func (w *Worker) parkedWaitFor(ctx context.Context, key string, present bool, until time.Time, wake <-chan struct{}) bool {
+// parked runs wait without holding a run slot.
+func (w *Worker) parked(wait func() bool) bool {
 	if w.gate != nil {
 		w.gate.park()
 		defer w.gate.unpark()
 	}
-	return w.state.waitFor(ctx, key, present, until, wake)
+	return wait()
 }
 
 // earlierCache remembers the target key and job id of stream sequences.
@@ -142,7 +145,8 @@ func (w *Worker) ackFloor(ctx context.Context) (uint64, error) {
 
 // earlierUnfinished returns the id of a job of the same target published
 // before the job at seq that has no final result yet ("" if none).
-func (w *Worker) earlierUnfinished(ctx context.Context, pool, instance, target string, seq uint64) (string, error) {
+func (w *Worker) earlierUnfinished(ctx context.Context, sc *state.Scope, pool, target string, seq uint64) (string, error) {
+	instance := sc.Instance()
 	floor, err := w.ackFloor(ctx)
 	if err != nil {
 		return "", fmt.Errorf("read the consumer's ack floor: %w", err)
@@ -174,7 +178,7 @@ func (w *Worker) earlierUnfinished(ctx context.Context, pool, instance, target s
 			next = m.Sequence
 		}
 		if sj.target == target && sj.id != "" {
-			done, err := w.state.done(ctx, sj.id)
+			done, err := sc.Done(ctx, sj.id)
 			if err != nil {
 				return "", err
 			}

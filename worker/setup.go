@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/retry"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -130,34 +131,29 @@ func Setup(ctx context.Context, js jetstream.JetStream, t Topology) error {
 			return fmt.Errorf("set up bucket %s: %w", cfg.Bucket, err)
 		}
 	}
-	return nil
+	return migrateLegacy(ctx, js, t)
 }
 
 // retryConflict retries an idempotent setup call that lost a race with
-// another worker doing the same.
+// another worker doing the same (the server answers with an API error).
 func retryConflict(ctx context.Context, f func() error) error {
-	var err error
-	for i := 0; i < 5; i++ {
-		if err = f(); err == nil {
-			return nil
-		}
+	return retry.Do(ctx, retry.Setup, func() error {
+		err := f()
 		var apiErr *jetstream.APIError
-		if !errors.As(err, &apiErr) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			return err
+		if err != nil && !errors.As(err, &apiErr) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return retry.Permanent(err)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(50*(i+1)) * time.Millisecond):
-		}
-	}
-	return err
+		return err
+	})
 }
 
 // PoolConsumer creates or updates the durable pull consumer a pool's
 // workers share, filtered to m365.jobs.<pool>.>.
-func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool string, ackWait time.Duration) (jetstream.Consumer, error) {
+func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool string, ackWait time.Duration, maxDeliver int) (jetstream.Consumer, error) {
 	t = t.withDefaults()
+	if maxDeliver <= 0 {
+		maxDeliver = 1000
+	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       consumerName(t.prefix(), pool),
 		Description:   "m365-worker pool " + pool,
@@ -167,7 +163,7 @@ func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool 
 		// Attempts are counted by the worker (throttled waits must not use
 		// them up); this is only a backstop against a job that kills every
 		// worker that touches it.
-		MaxDeliver:    1000,
+		MaxDeliver:    maxDeliver,
 		MaxAckPending: 1000,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		Replicas:      t.Replicas,

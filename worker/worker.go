@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/publisher"
 )
@@ -38,7 +39,7 @@ type Worker struct {
 	js        jetstream.JetStream
 	handlers  Registry
 	pub       *publisher.Publisher
-	state     *state
+	store     *state.Store
 	instances *Instances
 	log       *slog.Logger
 
@@ -76,7 +77,7 @@ func New(ctx context.Context, js jetstream.JetStream, topo Topology, cfg Config,
 	}
 	topo.Subjects = cfg.Subjects
 	topo = topo.withDefaults()
-	st, err := openState(ctx, js, topo)
+	st, err := state.Open(ctx, js, topo.StateBucket(), cfg.LedgerTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +91,7 @@ func New(ctx context.Context, js jetstream.JetStream, topo Topology, cfg Config,
 	return &Worker{
 		cfg: cfg, topo: topo, js: js, handlers: handlers,
 		pub:       publisher.New(js, publisher.Config{Subjects: cfg.Subjects}),
-		state:     st,
+		store:     st,
 		instances: inst,
 		log:       cfg.Logger.With("worker", cfg.ID, "pool", cfg.Pool),
 	}, nil
@@ -113,7 +114,7 @@ func (w *Worker) Instances() *Instances { return w.instances }
 // cancels the rest and gives them back for redelivery. It returns nil after a
 // clean shutdown.
 func (w *Worker) Run(ctx context.Context) error {
-	cons, err := PoolConsumer(ctx, w.js, w.topo, w.cfg.Pool, w.cfg.AckWait)
+	cons, err := PoolConsumer(ctx, w.js, w.topo, w.cfg.Pool, w.cfg.AckWait, w.cfg.MaxDeliver)
 	if err != nil {
 		return err
 	}
@@ -126,7 +127,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := w.instances.Watch(ctx, nil); err != nil {
 		return err
 	}
-	stopLive := w.announce()
+	stopLive := w.store.Announce(w.cfg.Pool, sanitizeToken(w.cfg.ID))
 	defer stopLive()
 	w.log.Info("worker: started", "concurrency", w.cfg.Concurrency, "consumer", consumerName(w.topo.prefix(), w.cfg.Pool))
 
@@ -152,16 +153,16 @@ func (w *Worker) Run(ctx context.Context) error {
 		if err == nil {
 			for msg := range batch.Messages() {
 				got++
-				pj := parseMsg(msg)
+				pj := w.parseMsg(msg)
 				if ctx.Err() != nil {
 					// Arrived after the shutdown began: give it back.
-					w.giveBack(msg, pj.id, "shutdown")
+					w.giveBackUnstarted(msg, pj, "shutdown")
 					g.release()
 					continue
 				}
 				wg.Add(1)
 				w.inFlight.Add(1)
-				key, seq := pj.targetKey(), streamSeq(msg)
+				key, seq := pj.target, streamSeq(msg)
 				var turn <-chan struct{}
 				if key != "" {
 					turn = w.turns.join(key, seq)
@@ -212,23 +213,21 @@ type parsedMsg struct {
 	err    error
 	// id is the job id results are published under.
 	id string
+	// target is "<instance>/<target>" for jobs of ordered handlers, ""
+	// otherwise: jobs of one target take turns.
+	target string
 }
 
-func parseMsg(msg jetstream.Msg) parsedMsg {
+func (w *Worker) parseMsg(msg jetstream.Msg) parsedMsg {
 	j, p, err := jobs.ParseJob(msg.Data())
 	pm := parsedMsg{job: j, params: p, err: err, id: fallbackJobID(msg)}
 	if j != nil && j.ID != "" && len(j.ID) <= 128 {
 		pm.id = jobIDFor(msg, j)
 	}
-	return pm
-}
-
-// targetKey is "<instance>/<target>" for valid action jobs, "" otherwise.
-func (pm parsedMsg) targetKey() string {
-	if pm.err != nil || pm.job.Action == jobs.ActionSync || pm.params.Target() == "" {
-		return ""
+	if err == nil && w.handlers[j.Action].Ordered && p.Target() != "" {
+		pm.target = j.Instance + "/" + strings.ToLower(p.Target())
 	}
-	return pm.job.Instance + "/" + strings.ToLower(pm.params.Target())
+	return pm
 }
 
 func (w *Worker) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
@@ -240,70 +239,32 @@ func (w *Worker) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo, err
 	return w.cons.Info(c)
 }
 
-// announce registers the worker as live in the state bucket (a key with a
-// TTL, refreshed) until the returned func is called.
-func (w *Worker) announce() func() {
-	key := "workers." + w.cfg.Pool + "." + sanitizeToken(w.cfg.ID)
-	stop := make(chan struct{})
-	var once sync.Once
-	put := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_, _ = w.state.putTTL(ctx, key, []byte(time.Now().UTC().Format(time.RFC3339)), liveWorkerTTL, 0)
-	}
-	put()
-	go func() {
-		t := time.NewTicker(liveWorkerTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				put()
-			}
-		}
-	}()
-	return func() {
-		once.Do(func() {
-			close(stop)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = w.state.kv.Purge(ctx, key)
-		})
-	}
+// OpenState opens a deployment's state bucket (for status and operator
+// tools: handlers get their instance's part through Job.State).
+func OpenState(ctx context.Context, js jetstream.JetStream, t Topology) (*state.Store, error) {
+	return state.Open(ctx, js, t.withDefaults().StateBucket(), 0)
 }
-
-const liveWorkerTTL = 15 * time.Second
 
 // LiveWorkers counts the workers of a pool that announced themselves within
 // the last 15 seconds.
 func LiveWorkers(ctx context.Context, js jetstream.JetStream, t Topology, pool string) (int, error) {
-	st, err := openState(ctx, js, t.withDefaults())
+	st, err := OpenState(ctx, js, t)
 	if err != nil {
 		return 0, err
 	}
-	lister, err := st.kv.ListKeysFiltered(ctx, "workers."+pool+".*")
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for range lister.Keys() {
-		n++
-	}
-	return n, nil
+	return st.LiveWorkers(ctx, pool)
 }
 
-// giveBack returns a job for redelivery without using an attempt.
-func (w *Worker) giveBack(msg jetstream.Msg, id, why string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := w.state.addSnooze(ctx, id, w.cfg.LedgerTTL); err != nil {
-		w.log.Warn("worker: cannot record give-back", "job_id", id, "error", err)
+// giveBackUnstarted returns a fetched job that will not start (the worker
+// is shutting down) without using an attempt.
+func (w *Worker) giveBackUnstarted(msg jetstream.Msg, pj parsedMsg, why string) {
+	d := &delivery{ctx: context.Background(), msg: msg, parsed: pj, jobID: pj.id, log: w.log.With("job_id", pj.id)}
+	instance := "_unknown"
+	if addr, err := w.cfg.Subjects.ParseJobSubject(msg.Subject()); err == nil {
+		instance = addr.Instance
 	}
-	if err := msg.Nak(); err != nil {
-		w.log.Warn("worker: give back failed; the job returns after the ack wait", "job_id", id, "reason", why, "error", err)
-	}
+	d.scope = w.store.For(w.cfg.Pool, instance)
+	w.giveBack(d, why)
 }
 
 // WatchLiveWorkers returns a func reporting the live worker count of a pool,

@@ -444,7 +444,7 @@ func TestConcurrentSyncsRefusedAcrossWorkers(t *testing.T) {
 	maxRunning := map[string]int{}
 	var rounds atomic.Int64
 	reg := worker.Registry{}
-	reg[jobs.ActionSync] = func(ctx context.Context, j *worker.Job) (any, error) {
+	reg[jobs.ActionSync] = worker.Handler{Exclusive: true, Func: func(ctx context.Context, j *worker.Job) (any, error) {
 		mu.Lock()
 		running[j.Instance]++
 		maxRunning[j.Instance] = max(maxRunning[j.Instance], running[j.Instance])
@@ -458,7 +458,7 @@ func TestConcurrentSyncsRefusedAcrossWorkers(t *testing.T) {
 		mu.Unlock()
 		rounds.Add(1)
 		return &jobs.SyncReport{Mode: jobs.ModeFull}, nil
-	}
+	}}
 	cfg := worker.Config{SyncLockTTL: 3 * time.Second, Concurrency: 4}
 	startWorker(t, srv, cfg, reg)
 	startWorker(t, srv, cfg, reg)

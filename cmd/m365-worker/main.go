@@ -353,7 +353,7 @@ func statusLine(ctx context.Context, js jetstream.JetStream, topo worker.Topolog
 		}
 		line := fmt.Sprintf("status: %d jobs handled (%d succeeded, %d failed), %d in flight, %d Graph requests, %d throttled",
 			s.Handled.Load(), s.Succeeded.Load(), s.Failed.Load(), w.InFlight(), requests, throttled)
-		if running, err := handlers.ReadSyncProgress(ctx, js, topo); err == nil {
+		if running, err := readProgress(ctx, js, topo); err == nil {
 			ids := make([]string, 0, len(running))
 			for id := range running {
 				ids = append(ids, id)
@@ -515,4 +515,12 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "Worker connected to %s, serving pool %q\n", nc.ConnectedUrlRedacted(), *p.pool)
 	return runPool(ctx, js, topo, p, key, log, nil)
+}
+
+func readProgress(ctx context.Context, js jetstream.JetStream, topo worker.Topology) (map[string]handlers.SyncProgress, error) {
+	store, err := worker.OpenState(ctx, js, topo)
+	if err != nil {
+		return nil, err
+	}
+	return handlers.ReadSyncProgress(ctx, store)
 }

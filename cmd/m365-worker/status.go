@@ -139,10 +139,14 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	var insts []instStatus
 	pools := map[string]bool{jobs.DefaultPool: true}
-	running, _ := handlers.ReadSyncProgress(ctx, js, topo)
+	st, err := worker.OpenState(ctx, js, topo)
+	if err != nil {
+		return err
+	}
+	running, _ := handlers.ReadSyncProgress(ctx, st)
 	for _, in := range list {
 		pools[in.Pool] = true
-		m, _ := handlers.ReadSyncMeta(ctx, js, topo, in.ID)
+		m, _ := handlers.ReadSyncMeta(ctx, st.For(in.Pool, in.ID))
 		m.UserLink, m.GroupLink = "", "" // not for display
 		st := instStatus{ID: in.ID, Pool: in.Pool, Sync: m, Credential: "ok"}
 		if m.AuthFailed {

@@ -219,7 +219,7 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 		return nil, qerr, 0
 	}
 	s.mu.Lock()
-	resp, e := s.route(c)
+	resp, e := s.routeWithFaults(c)
 	s.mu.Unlock()
 	latency := s.opts.Latency.Read + time.Duration(c.objects)*s.opts.Latency.PerObject
 	if write {

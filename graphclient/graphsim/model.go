@@ -183,6 +183,7 @@ type Tenant struct {
 	forcedThrottle int       // next N requests get 429 (fault injection)
 	forcedWait     time.Duration
 	forcedDate     bool
+	responseFaults ResponseFaults // a broken Graph's answers (fault injection)
 }
 
 type deletedItem struct {

@@ -1,0 +1,53 @@
+package chaos
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	RemoveBinaries()
+	os.Exit(code)
+}
+
+// TestChaos runs a few hundred jobs of every action through three worker
+// processes and a nats-server while workers and the server are killed -9
+// at random moments, and holds the outcome to the contract and the
+// simulator's ground truth. A failure names the seed: CHAOS_SEED=<seed>
+// replays the same plan, kill schedule and fault draws.
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the chaos run takes minutes")
+	}
+	cfg := Config{Jobs: 300, Kills: 4, ServerKills: 1, Workers: 3}
+	if s := os.Getenv("CHAOS_SEED"); s != "" {
+		seed, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("CHAOS_SEED=%q: %v", s, err)
+		}
+		cfg.Seed = seed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, cfg, t.Logf)
+	t.Logf("chaos report: seed %d, %d action jobs, %d sync jobs, %d publications (%d duplicates suppressed, %d republished), %d results, %d sync reports (%d rounds succeeded), failures %v (%d expected), %d worker kills, %d server kills, %d worker exits, faults %v, took %s",
+		rep.Seed, rep.ActionJobs, rep.SyncJobs, rep.Published, rep.DuplicatesSuppressed, rep.Republished, rep.Results, rep.SyncReports, rep.SyncRounds,
+		rep.FailuresByCode, rep.ExpectedFailures, rep.WorkerKills, rep.ServerKills, rep.WorkerExits, rep.FaultsInjected, rep.Duration.Round(time.Second))
+	for _, n := range rep.Notes {
+		t.Logf("note: %s", n)
+	}
+	if err != nil {
+		t.Fatalf("chaos run (seed %d) could not be carried out: %v (logs in %s)", rep.Seed, err, rep.Dir)
+	}
+	for _, m := range rep.Mismatches {
+		t.Errorf("%s", m)
+	}
+	if len(rep.Mismatches) > 0 {
+		t.Errorf("%d mismatches with seed %d (replay: CHAOS_SEED=%d go test ./internal/chaos -run Chaos -v); logs of the workers and nats-server in %s",
+			len(rep.Mismatches), rep.Seed, rep.Seed, rep.Dir)
+	}
+}

@@ -1,0 +1,132 @@
+package state
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/publisher"
+)
+
+// SyncMeta reads the instance's sync state into v (the sync handler owns
+// its shape); ok is false when the instance never synced.
+func (sc *Scope) SyncMeta(ctx context.Context, v any) (bool, error) {
+	return sc.s.getJSON(ctx, sc.key(kindSync), v)
+}
+
+// PutSyncMeta stores the instance's sync state.
+func (sc *Scope) PutSyncMeta(ctx context.Context, v any) error {
+	return sc.s.putJSON(ctx, sc.key(kindSync), v)
+}
+
+// PutProgress stores a running round's progress.
+func (sc *Scope) PutProgress(ctx context.Context, v any) error {
+	return sc.s.putJSON(ctx, sc.key(kindProgress), v)
+}
+
+// DeleteProgress removes the progress record once the round ends.
+func (sc *Scope) DeleteProgress(ctx context.Context) error {
+	return sc.s.kv.Delete(ctx, sc.key(kindProgress))
+}
+
+// EachProgress calls f with every running round's progress record (of every
+// pool and instance).
+func (s *Store) EachProgress(ctx context.Context, f func(pool, instance string, raw []byte)) error {
+	keys, err := s.listKeys(ctx, kindProgress+".*.*")
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		b, _, ok, err := s.get(ctx, k)
+		if err != nil {
+			return err
+		}
+		if ok {
+			parts := strings.Split(k, ".")
+			f(parts[1], parts[2], b)
+		}
+	}
+	return nil
+}
+
+// Asset kinds in the state.
+const (
+	AssetUser    = "u"
+	AssetGroup   = "g"
+	AssetLicense = "l"
+)
+
+func (sc *Scope) assetPrefix(kind string) string { return sc.key(kindAsset, kind) + "." }
+
+// AssetState reads one synced object's stored state (nil, false if none).
+func (sc *Scope) AssetState(ctx context.Context, kind, id string) ([]byte, bool, error) {
+	b, _, ok, err := sc.s.get(ctx, sc.assetPrefix(kind)+id)
+	return b, ok, err
+}
+
+// AssetIDs lists the ids of one kind of synced object.
+func (sc *Scope) AssetIDs(ctx context.Context, kind string) (map[string]bool, error) {
+	prefix := sc.assetPrefix(kind)
+	keys, err := sc.s.listKeys(ctx, prefix+"*")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		out[strings.TrimPrefix(k, prefix)] = true
+	}
+	return out, nil
+}
+
+// EachAssetState calls f with the stored state of every object of a kind.
+func (sc *Scope) EachAssetState(ctx context.Context, kind string, f func(id string, raw []byte)) error {
+	prefix := sc.assetPrefix(kind)
+	w, err := sc.s.kv.WatchFiltered(ctx, []string{prefix + "*"}, jetstream.IgnoreDeletes())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Stop() }()
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		f(strings.TrimPrefix(e.Key(), prefix), e.Value())
+	}
+	return ctx.Err()
+}
+
+// AssetOp is a write of one object's state: a put, or a delete when Value
+// is nil.
+type AssetOp struct {
+	Kind, ID string
+	Value    []byte
+}
+
+// WriteAssetStates stores ops: puts as pipelined publishes to the bucket's
+// subjects (each deduplicated by dedup plus its key and value, so a resent
+// write is stored once), deletes as purges. It returns once every write is
+// stored.
+func (sc *Scope) WriteAssetStates(ctx context.Context, ops []AssetOp, dedup string) error {
+	var puts []publisher.Message
+	for _, op := range ops {
+		key := sc.assetPrefix(op.Kind) + op.ID
+		if op.Value == nil {
+			if err := sc.s.kv.Purge(ctx, key); err != nil && !notFound(err) {
+				return err
+			}
+			continue
+		}
+		puts = append(puts, publisher.Message{Subject: sc.s.subject(key), MsgID: dedup + ":" + key + ":" + digest(op.Value),
+			Value: publisher.Encoded(op.Value)})
+	}
+	return sc.s.pub.PublishAll(ctx, puts)
+}
+
+// digest is a short hash of a value, for dedup ids.
+func digest(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:12])
+}

@@ -1,0 +1,263 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
+)
+
+// Fault paths of the pipeline, each driven for real: a job that keeps being
+// given back, a job whose failure is huge, two deliveries of one job id, a
+// lost target lock, an unreadable instance record.
+
+func publishRaw(t *testing.T, js jetstream.JetStream, j *jobs.Job, msgID string) {
+	t.Helper()
+	j.SchemaVersion = jobs.SchemaVersion
+	b, _ := json.Marshal(j)
+	if _, err := js.Publish(context.Background(), jobs.Subjects{}.JobSubject("default", j), b, jetstream.WithMsgID(msgID)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func resultOf(t *testing.T, js jetstream.JetStream, jobID string) *jobs.ActionResult {
+	for _, r := range results(t, js, "acme") {
+		if r.JobID == jobID {
+			return &r
+		}
+	}
+	return nil
+}
+
+// A job given back again and again (here: throttled forever) fails with
+// attempts_exhausted and a failure record before the consumer's MaxDeliver
+// would drop it without a word.
+func TestJobNearMaxDeliverFails(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		return nil, worker.RetryAfter(10*time.Millisecond, errors.New("throttled"))
+	})
+	startWorker(t, srv, worker.Config{MaxDeliver: 20}, reg)
+	workertest.PublishJob(t, js, "default", disableJob("forever"))
+	workertest.Eventually(t, 60*time.Second, "a result", func() bool { return resultOf(t, js, "forever") != nil })
+	res := resultOf(t, js, "forever")
+	if res.Status != jobs.StatusFailed || res.Error == nil || res.Error.Code != jobs.CodeAttemptsExhausted {
+		t.Fatalf("result %+v", res)
+	}
+	if !strings.Contains(res.Error.Message, "delivered") {
+		t.Errorf("message %q does not say why", res.Error.Message)
+	}
+	f := failures(t, js, "acme")
+	if len(f) != 1 || f[0].JobID != "forever" || f[0].Deliveries >= 20 {
+		t.Fatalf("failure records %+v", f)
+	}
+}
+
+// A job with 12,000 unknown parameter keys (132 KB) gets a bounded failed
+// result and a failure record, within the server's max_payload.
+func TestHugeInvalidJobGetsBoundedFailure(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	var calls sync.Map
+	var total atomic.Int64
+	startWorker(t, srv, worker.Config{}, countingRegistry(&calls, &total))
+	var b strings.Builder
+	b.WriteString(`{"user":"adele@contoso.com"`)
+	for i := range 12000 {
+		fmt.Fprintf(&b, `,"k%05d":1`, i)
+	}
+	b.WriteString("}")
+	workertest.PublishJob(t, js, "default", &jobs.Job{ID: "huge", Instance: "acme", Action: jobs.ActionDisableUser, Params: json.RawMessage(b.String())})
+	workertest.Eventually(t, 60*time.Second, "a result", func() bool { return resultOf(t, js, "huge") != nil })
+	res := resultOf(t, js, "huge")
+	if res.Status != jobs.StatusFailed || res.Error.Code != jobs.CodeInvalidParams {
+		t.Fatalf("result %+v", res.Error)
+	}
+	raw, _ := json.Marshal(res)
+	if len(raw) > 16<<10 || len(res.Error.Fields) > 25 {
+		t.Errorf("failed result is %d bytes with %d fields", len(raw), len(res.Error.Fields))
+	}
+	workertest.Eventually(t, 30*time.Second, "the failure record", func() bool { return len(failures(t, js, "acme")) == 1 })
+	if total.Load() != 0 {
+		t.Errorf("handler ran %d times", total.Load())
+	}
+}
+
+// Two deliveries of one job id at once (published twice under different
+// message ids) on two workers: the second waits for the target's turn, then
+// finds the job done and does not run it again.
+func TestSameJobTwiceRunsOnce(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	var runs atomic.Int64
+	started := make(chan struct{}, 2)
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		runs.Add(1)
+		started <- struct{}{}
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+		}
+		return map[string]string{"user_id": p.User}, nil
+	})
+	// Worker a runs the first copy in its only slot, so b takes the second.
+	startWorker(t, srv, worker.Config{ID: "a", Concurrency: 1}, reg)
+	publishRaw(t, js, disableJob("twice"), "twice-1")
+	<-started
+	startWorker(t, srv, worker.Config{ID: "b"}, reg)
+	publishRaw(t, js, disableJob("twice"), "twice-2")
+	workertest.Eventually(t, 60*time.Second, "both deliveries settled", func() bool {
+		c, err := js.Consumer(context.Background(), "M365_JOBS", "m365_pool_default")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.AckFloor.Stream == 2
+	})
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("the handler ran %d times for one job id", n)
+	}
+	if res := results(t, js, "acme"); len(res) != 1 {
+		t.Fatalf("%d results", len(res))
+	}
+}
+
+// targetLockKey is the state bucket key of an action target's lock
+// (internal/state's layout).
+func targetLockKey(pool, instance, target string) string {
+	return "lock." + pool + "." + instance + ".t." + base64.RawURLEncoding.EncodeToString([]byte(strings.ToLower(target)))
+}
+
+// A job whose target lock is taken over (its TTL ran out while the worker
+// was cut off and another worker took it) is cancelled and given back
+// without using an attempt; it runs again once the target is free.
+func TestLostTargetLockCancelsJob(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	var runs atomic.Int64
+	cancelled := make(chan struct{}, 1)
+	holding := make(chan struct{}, 1)
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		if runs.Add(1) > 1 {
+			return map[string]string{"user_id": p.User}, nil
+		}
+		holding <- struct{}{}
+		select {
+		case <-ctx.Done():
+			cancelled <- struct{}{}
+			return nil, ctx.Err()
+		case <-time.After(45 * time.Second):
+			return map[string]string{"user_id": p.User}, nil
+		}
+	})
+	startWorker(t, srv, worker.Config{TargetLockTTL: time.Second}, reg)
+	j := disableJob("locked")
+	workertest.PublishJob(t, js, "default", j)
+	<-holding
+	kv, err := js.KeyValue(context.Background(), "m365_state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := targetLockKey("default", "acme", "user:u-locked@contoso.com")
+	if _, err := kv.Get(context.Background(), key); err != nil {
+		t.Fatalf("the job's target lock %s: %v", key, err)
+	}
+	// Another holder takes the lock over, as after an expiry.
+	if err := kv.Purge(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(context.Background(), key, []byte(`{"worker":"other","job_id":"x"}`), jetstream.KeyTTL(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the job went on after losing its lock")
+	}
+	workertest.Eventually(t, 60*time.Second, "the job's result", func() bool { return resultOf(t, js, "locked") != nil })
+	res := resultOf(t, js, "locked")
+	if res.Status != jobs.StatusSucceeded || res.Attempts != 1 {
+		t.Fatalf("result %+v: want success on the first attempt (the give-back uses none)", res)
+	}
+}
+
+// instanceKey is the instances bucket key of an instance.
+func instanceKey(pool, id string) string { return pool + "." + id }
+
+// A passing error reading the instance configuration (here an unreadable
+// record, fixed a moment later) gives the job back; it is not failed as
+// instance_not_found.
+func TestInstanceLookupErrorIsRetried(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		if j.InstanceConfig == nil {
+			return nil, worker.Permanent(jobs.CodeInstanceNotFound, "no configuration for "+j.Job.Instance)
+		}
+		return map[string]string{"user_id": p.User}, nil
+	})
+	kv, err := js.KeyValue(context.Background(), "m365_instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(context.Background(), instanceKey("default", "acme"), []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, srv, worker.Config{}, reg)
+	workertest.PublishJob(t, js, "default", disableJob("lookup"))
+	workertest.Eventually(t, 60*time.Second, "a redelivery or a result", func() bool {
+		if resultOf(t, js, "lookup") != nil {
+			return true
+		}
+		c, err := js.Consumer(context.Background(), "M365_JOBS", "m365_pool_default")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.NumRedelivered > 0
+	})
+	if res := resultOf(t, js, "lookup"); res != nil {
+		t.Fatalf("the job settled while its instance could not be read: %+v", res.Error)
+	}
+	inst, err := worker.OpenInstances(context.Background(), js, srv.Topology)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inst.Put(context.Background(), worker.Instance{ID: "acme", TenantID: "00000000-0000-0000-0000-000000000001", ClientID: "00000000-0000-0000-0000-000000000002",
+		ClientSecret: sealedForTest(t)}); err != nil {
+		t.Fatal(err)
+	}
+	workertest.Eventually(t, 60*time.Second, "the result", func() bool { return resultOf(t, js, "lookup") != nil })
+	if res := resultOf(t, js, "lookup"); res.Status != jobs.StatusSucceeded {
+		t.Fatalf("result %+v", res.Error)
+	}
+}
+
+func sealedForTest(t *testing.T) *jobs.SealedSecret {
+	t.Helper()
+	kp, _ := nkeys.CreateCurveKeys()
+	pub, _ := kp.PublicKey()
+	s, err := jobs.Seal([]byte("client-secret-value"), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
