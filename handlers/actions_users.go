@@ -361,8 +361,8 @@ func (a *Actions) assignLicense(ctx context.Context, j *worker.Job, p *jobs.Assi
 		return out, nil
 	}
 	if err := c.AssignLicense(ctx, u.ID, []graphclient.LicenseChange{{SkuID: s.SkuID, DisabledPlans: plans}}, nil); err != nil {
-		if strings.Contains(err.Error(), "does not have any available licenses") {
-			return nil, fail(CodeNoFreeSeat, fmt.Sprintf("%s has no available licence (%d of %d used)", s.SkuPartNumber, s.Enabled, s.Enabled), err)
+		if errors.Is(err, graphclient.ErrNoFreeSeat) { // taken since the SKU was read
+			return nil, fail(CodeNoFreeSeat, fmt.Sprintf("%s has no available licence (all %d used)", s.SkuPartNumber, s.Enabled), err)
 		}
 		return nil, classify(err, CodeUserNotFound, "user "+p.User)
 	}

@@ -36,6 +36,7 @@ type env struct {
 	consistencyWait time.Duration
 	logger          *slog.Logger
 	graphConfig     graphclient.PoolConfig
+	roundTimeout    time.Duration
 }
 
 func newEnv(t testing.TB, o graphsim.Options) *env {
@@ -68,7 +69,7 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	gc := e.graphConfig
 	gc.Workers = worker.WatchLiveWorkers(ctx, js, e.srv.Topology, "default")
 	graph := graphclient.NewPool(gc)
-	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graph})
+	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graph, RoundTimeout: e.roundTimeout})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -353,3 +353,16 @@ func TestClip(t *testing.T) {
 		t.Errorf("countOf = %q", got)
 	}
 }
+
+func ExampleError_Bounded() {
+	e := &Error{Code: CodeInvalidParams, Message: "invalid params: " + strings.Repeat("x", 5000)}
+	for i := range 30 {
+		e.Fields = append(e.Fields, FieldError{Field: fmt.Sprintf("params.k%d", i), Problem: "is not a known field"})
+	}
+	b := e.Bounded()
+	fmt.Println(len(b.Message), len(b.Fields))
+	fmt.Println(b.Message[strings.LastIndex(b.Message, "x"):])
+	// Output:
+	// 2048 20
+	// x…; … and 10 more fields
+}

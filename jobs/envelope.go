@@ -169,7 +169,8 @@ func ParseJob(data []byte) (*Job, Params, error) {
 	}
 	spec, ok := actionSpecs[j.Action]
 	if !ok {
-		return &j, nil, &Error{Code: CodeUnknownAction, Message: fmt.Sprintf("unknown action %s (known: %s)", quoteInput(j.Action), strings.Join(Actions(), ", "))}
+		msg := fmt.Sprintf("unknown action %s (known: %s)", quoteInput(j.Action), strings.Join(Actions(), ", "))
+		return &j, nil, &Error{Code: CodeUnknownAction, Message: clip(msg, MaxMessageLen)}
 	}
 	p := spec.NewParams()
 	if err := DecodeParams(j.Params, p); err != nil {

@@ -26,8 +26,11 @@ type User struct {
 	CreatedDateTime       time.Time
 	OnPremisesSyncEnabled *bool
 	Licenses              []License // assignedLicenses
-	// PasswordSet counts password changes (the password itself is dropped).
-	PasswordSet int
+	// PasswordSet counts password changes; PasswordDigest is the SHA-256 of
+	// the current password (hex), the password itself is dropped. Tests
+	// check with PasswordIs which password works.
+	PasswordSet    int
+	PasswordDigest string
 	// Admin marks a user holding an admin role (needs a privileged role to
 	// reset).
 	Admin bool

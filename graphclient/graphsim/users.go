@@ -1,6 +1,8 @@
 package graphsim
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -113,6 +115,16 @@ func (c *gctx) getUser(key string) (*response, *apiError) {
 
 var passwordRE = regexp.MustCompile(`^.{8,256}$`)
 
+func passwordDigest(p string) string {
+	h := sha256.Sum256([]byte(p))
+	return hex.EncodeToString(h[:])
+}
+
+// PasswordIs reports whether p is the user's current password.
+func (u *User) PasswordIs(p string) bool {
+	return u.PasswordDigest != "" && u.PasswordDigest == passwordDigest(p)
+}
+
 // passwordOK applies Entra's complexity rule: 8 to 256 characters and three
 // of lower case, upper case, digits and symbols.
 func passwordOK(p string) bool {
@@ -217,6 +229,7 @@ func (c *gctx) applyUser(u *User, m map[string]json.RawMessage, create bool) *ap
 			return errWeakPassword()
 		}
 		u.PasswordSet++
+		u.PasswordDigest = passwordDigest(*pp.Password)
 	}
 	fields := map[string]**string{"givenName": &u.GivenName, "surname": &u.Surname, "jobTitle": &u.JobTitle, "department": &u.Department,
 		"officeLocation": &u.OfficeLocation, "mobilePhone": &u.MobilePhone, "mail": &u.Mail}

@@ -1,0 +1,126 @@
+package handlers_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/handlers"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
+)
+
+// A round given back mid-way (its worker drains with a 50 ms deadline) and
+// rerun by another worker publishes every change: the rerun has a sync id of
+// its own, so the results stream does not drop its batches as duplicates of
+// the first run's (their numbering restarts).
+func TestSyncGivenBackMidRound(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 3000, Groups: 20, NoThrottling: true, DeltaPageSize: 100,
+		Latency: graphsim.Latency{Read: 20 * time.Millisecond}})
+	e.startWorker(worker.Config{ID: "A", ShutdownTimeout: 50 * time.Millisecond})
+	stopA := e.stops[len(e.stops)-1]
+	e.addInstance("acme", 0, time.Hour)
+	id, err := worker.RequestSync(context.Background(), e.js, jobs.Subjects{}, "default", "acme", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	userBatches := func() []jobs.AssetDelta {
+		return workertest.Decode[jobs.AssetDelta](t, workertest.Messages(t, e.js, "M365_RESULTS", "m365.results.acme.assets.m365_user"))
+	}
+	workertest.Eventually(t, 60*time.Second, "A's first user batches", func() bool { return len(userBatches()) >= 2 })
+	stopA() // drains: the round is cancelled after 50 ms and given back
+	e.startWorker(worker.Config{ID: "B"})
+	workertest.Eventually(t, 120*time.Second, "the round's report", func() bool {
+		for _, r := range e.reports("acme") {
+			if r.JobID == id && r.Outcome == jobs.OutcomeSucceeded {
+				return true
+			}
+		}
+		return false
+	})
+	published := map[string]bool{}
+	for _, d := range userBatches() {
+		for _, ch := range d.Changes {
+			published[ch.ID] = true
+		}
+	}
+	if len(published) != 3000 {
+		t.Fatalf("%d of 3000 users were ever published", len(published))
+	}
+	e.checkAgainstTruth("acme", 0)
+}
+
+// reset_password run twice (a redelivery after the password was set but
+// before the result was stored) sets one password: the second run sets the
+// same one again and returns the same sealed copy, and that password is the
+// one the user has.
+func TestResetPasswordRedeliveredKeepsOnePassword(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 20, Groups: 2, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	in := e.addInstance("acme", 0, time.Hour)
+	tenant := e.sim.Credentials()[0].TenantID
+	snap, _ := e.sim.Export(tenant)
+	upn := snap.Users[3].UserPrincipalName
+	requester, _ := nkeys.CreateCurveKeys()
+	replyKey, _ := requester.PublicKey()
+	raw, _ := json.Marshal(jobs.ResetPasswordParams{UserRef: jobs.UserRef{User: upn}, PasswordOptions: jobs.PasswordOptions{ReplyKey: replyKey}})
+	b, _ := json.Marshal(&jobs.Job{SchemaVersion: 1, ID: "reset-twice", Instance: "acme", Action: jobs.FullAction(jobs.ActionResetPassword), Params: raw})
+	j, p, err := jobs.ParseJob(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var passwords []string
+	for delivery := 1; delivery <= 2; delivery++ {
+		out, err := e.reg[j.Action].Func(context.Background(), worker.NewJobForTest(j, p, &in, e.poolKey, e.store, delivery))
+		if err != nil {
+			t.Fatalf("delivery %d: %v", delivery, err)
+		}
+		pw, err := out.(handlers.UserOutput).Password.Open(requester)
+		if err != nil {
+			t.Fatal(err)
+		}
+		passwords = append(passwords, string(pw))
+	}
+	if passwords[0] != passwords[1] {
+		t.Fatal("the redelivery set another password than the one the requester was given first")
+	}
+	var works bool
+	_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error { works = a.User(upn).PasswordIs(passwords[1]); return nil })
+	if !works {
+		t.Fatal("the password the requester holds is not the user's password")
+	}
+}
+
+// A round that runs past its deadline (a Graph too slow to ever finish) ends
+// and fails once its attempts are used, saying so, instead of holding the
+// instance's lock and a worker slot forever.
+func TestSyncRoundDeadline(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 2000, Groups: 10, NoThrottling: true, DeltaPageSize: 50,
+		Latency: graphsim.Latency{Read: 100 * time.Millisecond}})
+	e.roundTimeout = 300 * time.Millisecond
+	e.startWorker(worker.Config{MaxAttempts: 1})
+	e.addInstance("acme", 0, time.Hour)
+	id, err := worker.RequestSync(context.Background(), e.js, jobs.Subjects{}, "default", "acme", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep jobs.SyncReport
+	workertest.Eventually(t, 60*time.Second, "the round's report", func() bool {
+		for _, r := range e.reports("acme") {
+			if r.JobID == id {
+				rep = r
+				return true
+			}
+		}
+		return false
+	})
+	if rep.Outcome != jobs.OutcomeFailed || rep.Error == nil || !strings.Contains(rep.Error.Message, "deadline") {
+		t.Fatalf("report %+v (error %+v)", rep, rep.Error)
+	}
+}

@@ -1,0 +1,280 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/internal/state"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+func (r *round) userAsset(u *graphclient.User) jobs.UserAsset { return userAssetOf(u, r.skuPart) }
+
+// userAssetOf is the m365_user record of a user; skuPart maps lower-case
+// skuIds to part numbers.
+func userAssetOf(u *graphclient.User, skuPart map[string]string) jobs.UserAsset {
+	a := jobs.UserAsset{ID: u.ID, UserPrincipalName: u.UserPrincipalName, DisplayName: u.DisplayName, GivenName: u.GivenName, Surname: u.Surname,
+		Mail: u.Mail, JobTitle: u.JobTitle, Department: u.Department, OfficeLocation: u.OfficeLocation, MobilePhone: u.MobilePhone,
+		BusinessPhones: u.BusinessPhones, AccountEnabled: u.AccountEnabled != nil && *u.AccountEnabled, UsageLocation: u.UsageLocation,
+		CreatedDateTime: u.CreatedDateTime, OnPremisesSyncEnabled: u.OnPremisesSyncEnabled, AssignedLicenses: []jobs.AssignedLicense{}}
+	if a.BusinessPhones == nil {
+		a.BusinessPhones = []string{}
+	}
+	if u.UserType != nil {
+		a.UserType = *u.UserType
+	}
+	for _, l := range u.AssignedLicenses {
+		dp := l.DisabledPlans
+		if dp == nil {
+			dp = []string{}
+		}
+		a.AssignedLicenses = append(a.AssignedLicenses, jobs.AssignedLicense{SkuID: l.SkuID, SkuPartNumber: skuPart[strings.ToLower(l.SkuID)], DisabledPlans: dp})
+	}
+	return a
+}
+
+func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
+	b := r.batcher(jobs.AssetUser)
+	seen := map[string]bool{}
+	emitted := map[string]string{}    // id → hash published this round
+	counted := map[string]userState{} // id → state counted this round ({} once gone)
+	if b.mode == jobs.ModeFull {
+		link = ""
+	}
+	pages, objects, t0 := 0, 0, time.Now()
+	var mu sync.Mutex // segments are read in parallel; changes apply one at a time
+	apply := func(page []graphclient.UserChange) error {
+		if err := r.afterLicences(); err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if b.mode != jobs.ModeFull || r.job.Rerun() {
+			keys := make([]assetRef, 0, len(page))
+			for _, ch := range page {
+				if _, ok := counted[ch.ID]; !ok {
+					keys = append(keys, assetRef{state.AssetUser, ch.ID})
+				}
+			}
+			if err := r.prefetch(keys); err != nil {
+				return err
+			}
+		}
+		pages++
+		objects += len(page)
+		r.prog.users.pages.Add(1)
+		r.prog.users.objects.Add(int64(len(page)))
+		if pages%25 == 0 {
+			r.log.Info("sync: users in progress", "pages", pages, "objects", objects, "per_second", int(float64(objects)/time.Since(t0).Seconds()))
+		}
+		for _, ch := range page {
+			key := assetRef{state.AssetUser, ch.ID}
+			if ch.Removed != "" {
+				delete(seen, ch.ID)
+				delete(emitted, ch.ID)
+				old, ok, err := r.lastUserState(counted, key, ch.ID)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					continue // never published: nothing to delete
+				}
+				counted[ch.ID] = userState{} // gone
+				r.countUser(old, true, userState{}, false)
+				reason := jobs.ReasonSoftDeleted
+				if ch.Removed == graphclient.RemovedHard {
+					reason = jobs.ReasonHardDeleted
+				}
+				if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: ch.ID, Reason: reason}, deleteState(key)); err != nil {
+					return err
+				}
+				continue
+			}
+			seen[ch.ID] = true
+			asset := r.userAsset(ch.User)
+			raw, _ := json.Marshal(asset)
+			st := userState{Hash: hashOf(raw), Enabled: asset.AccountEnabled, Licensed: len(asset.AssignedLicenses) > 0}
+			if emitted[ch.ID] == st.Hash {
+				continue // repeated in this round
+			}
+			if b.mode != jobs.ModeFull || r.job.Rerun() {
+				// A full round publishes everything (unless it reruns);
+				// an incremental one counts the indicators' change.
+				old, ok, err := r.lastUserState(counted, key, ch.ID)
+				if err != nil {
+					return err
+				} else if ok && old.Hash == st.Hash {
+					continue // unchanged (or a rerun)
+				}
+				counted[ch.ID] = st
+				r.countUser(old, ok, st, true)
+			}
+			emitted[ch.ID] = st.Hash
+			if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: ch.ID, Asset: raw}, putState(key, st)); err != nil {
+				return err
+			}
+		}
+		r.job.Progress()
+		return nil
+	}
+	if b.mode == jobs.ModeFull {
+		// A full round reads the tenant in parallel segments from a
+		// tracking point, then follows delta from that point.
+		tracking, ok, err := r.parallelUsers(c, apply)
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			link = tracking
+		} else {
+			link = ""
+		}
+	}
+	next, err := c.UserDelta(r.ctx, link, apply)
+	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" && b.mode != jobs.ModeFull {
+		r.log.Info("sync: user delta token expired or reset; running a full round")
+		b.mode = jobs.ModeFull
+		seen = map[string]bool{}
+		if tracking, ok, perr := r.parallelUsers(c, apply); perr != nil {
+			return "", perr
+		} else if ok {
+			next, err = c.UserDelta(r.ctx, tracking, apply)
+		} else {
+			next, err = c.UserDelta(r.ctx, "", apply)
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	if b.mode == jobs.ModeFull {
+		if err := r.deleteMissing(b, state.AssetUser, seen); err != nil {
+			return "", err
+		}
+	}
+	r.noteMode(b.mode)
+	if err := r.afterLicences(); err != nil {
+		return "", err
+	}
+	return next, b.flush(true)
+}
+
+// lastUserState is a user's state as this round last counted it, else as
+// stored.
+func (r *round) lastUserState(counted map[string]userState, key assetRef, id string) (userState, bool, error) {
+	if st, ok := counted[id]; ok {
+		return st, st.Hash != "", nil
+	}
+	var st userState
+	ok, err := r.getState(key, &st)
+	return st, ok, err
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// countUser records the indicators' change from old (if it existed) to
+// new (if it exists).
+func (r *round) countUser(old userState, hadOld bool, st userState, hasNew bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if hadOld {
+		r.change.users--
+		r.change.enabled -= b2i(old.Enabled)
+		r.change.licensed -= b2i(old.Licensed)
+	}
+	if hasNew {
+		r.change.users++
+		r.change.enabled += b2i(st.Enabled)
+		r.change.licensed += b2i(st.Licensed)
+	}
+}
+
+func (r *round) countGroup(delta int) {
+	r.mu.Lock()
+	r.change.groups += delta
+	r.mu.Unlock()
+}
+
+// noteMode makes the round full when one of its parts had to be.
+func (r *round) noteMode(mode string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if mode == jobs.ModeFull {
+		r.mode = jobs.ModeFull
+	}
+}
+
+// userSegments split a tenant's users by the first character of their UPN.
+const userSegments = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+// parallelUsers takes a delta tracking point, then reads every user in
+// parallel segments (one per first character of the UPN, 999 a page) within
+// the tenant's budget. It reports ok=false when the segments do not add up to
+// the tenant's user count (a UPN starting with another character): the
+// caller then walks delta from scratch instead.
+func (r *round) parallelUsers(c *graphclient.Client, apply graphclient.DeltaPage[graphclient.UserChange]) (string, bool, error) {
+	tracking, err := c.UserDelta(r.ctx, "latest", func([]graphclient.UserChange) error { return nil })
+	if err != nil {
+		return "", false, err
+	}
+	total, err := c.CountUsers(r.ctx)
+	if err != nil {
+		return "", false, err
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		read  int
+	)
+	sem := make(chan struct{}, 8)
+	for _, ch := range userSegments {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			err := worker.Safely(func() error {
+				return c.ListUsers(ctx, "startswith(userPrincipalName,'"+string(ch)+"')", func(page []graphclient.User) error {
+					changes := make([]graphclient.UserChange, len(page))
+					for i := range page {
+						changes[i] = graphclient.UserChange{ID: page[i].ID, User: &page[i]}
+					}
+					mu.Lock()
+					read += len(page)
+					mu.Unlock()
+					return apply(changes)
+				})
+			})
+			if err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+					cancel()
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return "", false, first
+	}
+	if read != total {
+		r.log.Warn("sync: the UPN segments did not cover every user; reading the tenant by delta instead", "read", read, "count", total)
+		return "", false, nil
+	}
+	return tracking, true, nil
+}
