@@ -261,3 +261,29 @@ func sealedForTest(t *testing.T) *jobs.SealedSecret {
 	}
 	return s
 }
+
+// A panic in a goroutine a handler starts, run through worker.Safely, fails
+// the job (after its attempts) instead of crashing the worker.
+func TestPanicInHandlerGoroutineFailsTheJob(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		errc := make(chan error, 1)
+		go func() {
+			errc <- worker.Safely(func() error {
+				var m map[string]int
+				m["boom"]++ // nil map: panics
+				return nil
+			})
+		}()
+		return nil, <-errc
+	})
+	startWorker(t, srv, worker.Config{MaxAttempts: 1}, reg)
+	workertest.PublishJob(t, js, "default", disableJob("panics"))
+	workertest.Eventually(t, 30*time.Second, "a result", func() bool { return resultOf(t, js, "panics") != nil })
+	res := resultOf(t, js, "panics")
+	if res.Status != jobs.StatusFailed || !strings.Contains(res.Error.Message, "panic") {
+		t.Fatalf("result %+v", res.Error)
+	}
+}

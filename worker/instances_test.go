@@ -2,12 +2,14 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/tevyra/m365-worker/jobs"
@@ -166,5 +168,40 @@ func TestScheduleNextTick(t *testing.T) {
 	}
 	if until := time.Until(next); until < 59*time.Minute || until > time.Hour {
 		t.Errorf("next tick in %s, want about an hour", until)
+	}
+}
+
+// Instance records stored before pools were part of their keys (under the
+// bare id) move to <pool>.<id> when setup runs, with their sync state.
+func TestSetupMigratesLegacyInstances(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	kp, _ := nkeys.CreateCurveKeys()
+	pub, _ := kp.PublicKey()
+	secret, _ := jobs.Seal([]byte("s"), pub)
+	legacy, _ := json.Marshal(worker.Instance{ID: "acme", Pool: "site-a", TenantID: "6e7b768e-07e2-4810-8459-485f84f8f204",
+		ClientID: "1c4a6a0b-5f6d-4bb8-9f1e-2f7f0f6e4d11", ClientSecret: secret})
+	ikv, _ := js.KeyValue(ctx, "m365_instances")
+	skv, _ := js.KeyValue(ctx, "m365_state")
+	if _, err := ikv.Put(ctx, "acme", legacy); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := skv.Put(ctx, "sync.acme", []byte(`{"user_delta_link":"https://graph.microsoft.com/v1.0/users/delta?$deltatoken=x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := worker.Setup(ctx, js, srv.Topology); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ikv.Get(ctx, "acme"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("the legacy record is still there: %v", err)
+	}
+	store, _ := worker.OpenInstances(ctx, js, srv.Topology)
+	in, err := store.Lookup(ctx, "site-a", "acme")
+	if err != nil || in.ClientID != "1c4a6a0b-5f6d-4bb8-9f1e-2f7f0f6e4d11" {
+		t.Fatalf("migrated instance: %+v %v", in, err)
+	}
+	if _, err := skv.Get(ctx, "sync.site-a.acme"); err != nil {
+		t.Errorf("the sync state did not move: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/tevyra/m365-worker/internal/retry"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -51,23 +52,21 @@ func WaitResult(ctx context.Context, js jetstream.JetStream, t Topology, instanc
 	// Opening the reader is retried until ctx ends: during a NATS node's
 	// failover the API briefly answers "no responders" or times out.
 	var cons jetstream.Consumer
-	for {
+	err := retry.Do(ctx, retry.UntilCancelled, func() error {
 		st, err := js.Stream(ctx, t.ResultsStream())
 		if err == nil {
 			cons, err = st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy})
 		}
-		if err == nil {
-			break
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			return retry.Permanent(err)
 		}
-		transient := errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
-		if !transient && ctx.Err() == nil {
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
 			return nil, fmt.Errorf("no result for job %s: %w (last error: %v)", jobID, ctx.Err(), err)
-		case <-time.After(250 * time.Millisecond):
 		}
+		return nil, err
 	}
 	for {
 		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))

@@ -21,7 +21,7 @@ type Policy struct {
 	Initial, Max time.Duration
 	Multiplier   float64
 	// Tries bounds the calls (0: no bound); MaxElapsed bounds the time
-	// spent (0: no bound). At least one of them must be set.
+	// spent (0: no bound). With neither, only the context ends the retries.
 	Tries      int
 	MaxElapsed time.Duration
 }
@@ -32,6 +32,9 @@ var (
 	Quick = Policy{Initial: 10 * time.Millisecond, Max: 200 * time.Millisecond, Tries: 8}
 	// Setup is for idempotent stream and bucket setup racing other workers.
 	Setup = Policy{Initial: 50 * time.Millisecond, Max: time.Second, Tries: 6}
+	// UntilCancelled is for waiting out a server's failover for as long as
+	// the caller's context allows.
+	UntilCancelled = Policy{Initial: 250 * time.Millisecond, Max: 2 * time.Second}
 	// Publish is for storing a message while a server or leader comes back.
 	Publish = Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second, MaxElapsed: 30 * time.Second}
 )
