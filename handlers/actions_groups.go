@@ -2,9 +2,7 @@ package handlers
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"sort"
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/jobs"
@@ -18,19 +16,6 @@ type GroupOutput struct {
 	MemberID     string   `json:"member_id,omitempty"`
 	Changed      bool     `json:"changed"`
 	WouldChange  []string `json:"would_change,omitempty"`
-}
-
-func (a *Actions) refreshGroup(ctx context.Context, j *worker.Job, c *graphclient.Client, id string) {
-	g, err := c.GetGroup(ctx, id)
-	if err != nil {
-		return
-	}
-	members, err := c.MemberIDs(ctx, id)
-	if err != nil {
-		return
-	}
-	raw, _ := json.Marshal(groupAssetOf(g, members))
-	a.refresh(ctx, j, jobs.AssetGroup, []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: raw}})
 }
 
 func (a *Actions) createGroup(ctx context.Context, j *worker.Job, p *jobs.CreateGroupParams) (any, error) {
@@ -72,15 +57,19 @@ func (a *Actions) createGroup(ctx context.Context, j *worker.Job, p *jobs.Create
 	g, err := c.CreateGroup(ctx, graphclient.NewGroup{DisplayName: p.DisplayName, MailNickname: p.MailNickname, Description: p.Description,
 		Unified: p.GroupType == jobs.GroupTypeMicrosoft365, Visibility: p.Visibility, Members: members})
 	if errors.Is(err, graphclient.ErrConflict) {
+		// Made by this job's own request, whose answer was lost and which
+		// the transport sent again (the nickname was free a moment ago).
+		if mine, gerr := c.GetGroup(ctx, p.MailNickname); gerr == nil && mine.DisplayName == p.DisplayName {
+			a.refreshGroup(ctx, j, c, mine.ID)
+			return GroupOutput{GroupID: mine.ID, MailNickname: mine.MailNickname, Changed: true}, nil
+		}
 		return nil, fail(CodeNicknameConflict, "a group with mail nickname "+p.MailNickname+" already exists", err)
 	}
 	if err != nil {
 		return nil, classify(err, CodeGroupNotFound, "group "+p.MailNickname)
 	}
 	_ = a.recordEffect(ctx, j, effect{ObjectID: g.ID})
-	sort.Strings(members)
-	raw, _ := json.Marshal(groupAssetOf(g, members)) // the created record: a read could still miss it
-	a.refresh(ctx, j, jobs.AssetGroup, []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: raw}})
+	a.refreshGroupRecord(ctx, j, g, members) // the created record: a read could still miss it
 	return GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, Changed: true}, nil
 }
 
@@ -139,7 +128,7 @@ func (a *Actions) deleteGroup(ctx context.Context, j *worker.Job, p *jobs.Delete
 	if err := c.DeleteGroup(ctx, g.ID); err != nil && !errors.Is(err, graphclient.ErrNotFound) {
 		return nil, classify(err, CodeGroupNotFound, "group "+p.Group)
 	}
-	a.refresh(ctx, j, jobs.AssetGroup, []jobs.AssetChange{{Op: jobs.OpDelete, ID: g.ID, Reason: jobs.ReasonSoftDeleted}})
+	a.refreshDeleted(ctx, j, jobs.AssetGroup, g.ID)
 	return GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, Changed: true}, nil
 }
 

@@ -3,14 +3,12 @@ package handlers
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/jobs"
-	"github.com/tevyra/m365-worker/publisher"
 	"github.com/tevyra/m365-worker/worker"
 )
 
@@ -29,52 +27,6 @@ type UserOutput struct {
 	Password *jobs.SealedSecret `json:"password,omitempty"`
 	// License names the licence of assign_license / remove_license.
 	License string `json:"license,omitempty"`
-}
-
-// refresh publishes the affected assets right after an action, so Tevyra
-// shows the change before the next sync.
-func (a *Actions) refresh(ctx context.Context, j *worker.Job, typ string, changes []jobs.AssetChange) {
-	d := &jobs.AssetDelta{SchemaVersion: jobs.SchemaVersion, Instance: j.Job.Instance, SyncID: "action:" + j.ID, Type: typ,
-		Mode: jobs.ModeIncremental, Batch: 1, Last: true, Changes: changes}
-	if _, err := a.pub.Publish(context.WithoutCancel(ctx), publisher.Message{Subject: a.sub.Assets(j.Job.Instance, typ), MsgID: "assets:action:" + j.Job.Instance + ":" + j.ID + ":" + typ, Value: d}); err != nil {
-		j.Logger.Warn("action: post-action refresh not published; the next sync will carry the change", "error", err)
-	}
-}
-
-func (a *Actions) refreshUser(ctx context.Context, j *worker.Job, c *graphclient.Client, id string) {
-	u, err := c.GetUser(ctx, id)
-	if err != nil {
-		j.Logger.Debug("action: post-action refresh skipped", "error", err)
-		return
-	}
-	a.refreshUserRecord(ctx, j, c, u)
-}
-
-// refreshUserRecord publishes a user record already at hand.
-func (a *Actions) refreshUserRecord(ctx context.Context, j *worker.Job, c *graphclient.Client, u *graphclient.User) {
-	skus, err := c.SubscribedSKUs(ctx)
-	if err != nil {
-		return
-	}
-	part := map[string]string{}
-	for _, s := range skus {
-		part[strings.ToLower(s.SkuID)] = s.SkuPartNumber
-	}
-	raw, _ := json.Marshal(userAssetOf(u, part))
-	a.refresh(ctx, j, jobs.AssetUser, []jobs.AssetChange{{Op: jobs.OpUpsert, ID: u.ID, Asset: raw}})
-}
-
-func (a *Actions) refreshLicense(ctx context.Context, j *worker.Job, c *graphclient.Client, skuID string) {
-	skus, err := c.SubscribedSKUs(ctx)
-	if err != nil {
-		return
-	}
-	for _, s := range skus {
-		if strings.EqualFold(s.SkuID, skuID) {
-			raw, _ := json.Marshal(licenseAssetOf(s))
-			a.refresh(ctx, j, jobs.AssetLicense, []jobs.AssetChange{{Op: jobs.OpUpsert, ID: s.SkuID, Asset: raw}})
-		}
-	}
 }
 
 func aliasOf(upn string) string {
@@ -107,7 +59,15 @@ func (a *Actions) createUser(ctx context.Context, j *worker.Job, p *jobs.CreateU
 	if err != nil {
 		return nil, err
 	}
-	pw, sealed, err := password(j, p.PasswordOptions)
+	if prior == nil {
+		// The first delivery: a user already there is someone else's.
+		if _, err := c.GetUser(ctx, p.UserPrincipalName); err == nil {
+			return nil, worker.Permanent(CodeUPNConflict, "a user "+p.UserPrincipalName+" already exists")
+		} else if !errors.Is(err, graphclient.ErrNotFound) {
+			return nil, classify(err, CodeUserNotFound, "user "+p.UserPrincipalName)
+		}
+	}
+	pw, ef, err := a.jobPassword(ctx, j, p.PasswordOptions, prior)
 	if err != nil {
 		return nil, err
 	}
@@ -119,29 +79,24 @@ func (a *Actions) createUser(ctx context.Context, j *worker.Job, p *jobs.CreateU
 	nu := graphclient.NewUser{DisplayName: p.DisplayName, UserPrincipalName: p.UserPrincipalName, MailNickname: nick, GivenName: p.GivenName,
 		Surname: p.Surname, JobTitle: p.JobTitle, Department: p.Department, OfficeLocation: p.OfficeLocation, MobilePhone: p.MobilePhone,
 		UsageLocation: p.UsageLocation, AccountEnabled: enabled, Password: pw, ForceChangePassword: p.ForceChange()}
-	// Record the intent (with the sealed password) before the effect: a
-	// redelivery after a crash finds the user it created.
-	if prior == nil {
-		if err := a.recordEffect(ctx, j, effect{Password: sealed}); err != nil {
-			return nil, err
-		}
-	}
 	u, err := c.CreateUser(ctx, nu)
 	if errors.Is(err, graphclient.ErrConflict) {
+		// Made by this job: an earlier delivery, or this one's own request
+		// whose answer was lost and which the transport sent again.
 		existing, gerr := c.GetUser(ctx, p.UserPrincipalName)
-		if prior != nil && gerr == nil && existing.DisplayName == p.DisplayName {
-			// Created by an earlier delivery of this job.
+		if gerr == nil && existing.DisplayName == p.DisplayName {
 			a.refreshUser(ctx, j, c, existing.ID)
-			return UserOutput{UserID: existing.ID, UserPrincipalName: existing.UserPrincipalName, Changed: true, Password: prior.Password}, nil
+			return UserOutput{UserID: existing.ID, UserPrincipalName: existing.UserPrincipalName, Changed: true, Password: ef.Password}, nil
 		}
 		return nil, fail(CodeUPNConflict, "a user "+p.UserPrincipalName+" already exists", err)
 	}
 	if err != nil {
 		return nil, classify(err, CodeUserNotFound, "user "+p.UserPrincipalName)
 	}
-	_ = a.recordEffect(ctx, j, effect{ObjectID: u.ID, Password: sealed})
+	ef.ObjectID = u.ID
+	_ = a.recordEffect(ctx, j, *ef)
 	a.refreshUserRecord(ctx, j, c, u) // the created record: a read could still miss it
-	return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, Changed: true, Password: sealed}, nil
+	return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, Changed: true, Password: ef.Password}, nil
 }
 
 func (a *Actions) updateUser(ctx context.Context, j *worker.Job, p *jobs.UpdateUserParams) (any, error) {
@@ -199,7 +154,7 @@ func (a *Actions) deleteUser(ctx context.Context, j *worker.Job, p *jobs.DeleteU
 	if err := c.DeleteUser(ctx, u.ID); err != nil && !errors.Is(err, graphclient.ErrNotFound) {
 		return nil, classify(err, CodeUserNotFound, "user "+p.User)
 	}
-	a.refresh(ctx, j, jobs.AssetUser, []jobs.AssetChange{{Op: jobs.OpDelete, ID: u.ID, Reason: jobs.ReasonSoftDeleted}})
+	a.refreshDeleted(ctx, j, jobs.AssetUser, u.ID)
 	return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, Changed: true}, nil
 }
 
@@ -237,10 +192,15 @@ func (a *Actions) resetPassword(ctx context.Context, j *worker.Job, p *jobs.Rese
 	if j.DryRun {
 		return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, WouldChange: []string{"new password"}}, nil
 	}
-	pw, sealed, err := a.resetPasswordOf(ctx, j, p.PasswordOptions)
+	prior, err := a.effect(ctx, j)
 	if err != nil {
 		return nil, err
 	}
+	pw, ef, err := a.jobPassword(ctx, j, p.PasswordOptions, prior)
+	if err != nil {
+		return nil, err
+	}
+	sealed := ef.Password
 	if err := c.SetPassword(ctx, u.ID, pw, p.ForceChange()); err != nil {
 		if errors.Is(err, graphclient.ErrForbidden) {
 			return nil, fail(CodeInsufficientPrivileges, "password resets need the app to hold the User Administrator directory role (Privileged Authentication Administrator for administrators' passwords) besides User.ReadWrite.All: assign the role to the app in Entra ID → Roles and administrators", err)
@@ -250,34 +210,37 @@ func (a *Actions) resetPassword(ctx context.Context, j *worker.Job, p *jobs.Rese
 	return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, Changed: true, Password: sealed}, nil
 }
 
-// resetPasswordOf is the password a reset_password job sets. A generated one
-// is recorded (sealed to the requester and to the pool) before Graph is
-// called: a redelivery sets the same password again and returns the same
-// sealed copy, so the password the requester receives is the one that works.
-func (a *Actions) resetPasswordOf(ctx context.Context, j *worker.Job, o jobs.PasswordOptions) (string, *jobs.SealedSecret, error) {
-	prior, err := a.effect(ctx, j)
-	if err != nil {
-		return "", nil, err
-	}
+// jobPassword is the password a job sets, the same on every delivery of the
+// job: given by the requester (sealed to the pool), or generated once and
+// recorded, sealed to the requester and to the pool, before Graph is called.
+// A redelivery sets that same password again and returns the same sealed
+// copy, so the password the requester receives is the one that works. The
+// job's intent is recorded either way (the returned effect), so a
+// redelivery knows an earlier delivery may have acted.
+func (a *Actions) jobPassword(ctx context.Context, j *worker.Job, o jobs.PasswordOptions, prior *effect) (string, *effect, error) {
 	if prior != nil && prior.PoolPassword != nil {
 		b, err := j.OpenSecret(prior.PoolPassword)
 		if err != nil {
 			return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot open the password an earlier delivery of this job recorded: "+err.Error())
 		}
-		return string(b), prior.Password, nil
+		return string(b), prior, nil
 	}
 	pw, sealed, err := password(j, o)
-	if err != nil || sealed == nil {
-		return pw, sealed, err // given by the requester: the same on every delivery
-	}
-	kept, err := j.SealForPool([]byte(pw))
 	if err != nil {
-		return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot keep the generated password for redeliveries: "+err.Error())
-	}
-	if err := a.recordEffect(ctx, j, effect{Password: sealed, PoolPassword: kept}); err != nil {
 		return "", nil, err
 	}
-	return pw, sealed, nil
+	ef := effect{Password: sealed}
+	if sealed != nil {
+		if ef.PoolPassword, err = j.SealForPool([]byte(pw)); err != nil {
+			return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot keep the generated password for redeliveries: "+err.Error())
+		}
+	}
+	if prior == nil || sealed != nil {
+		if err := a.recordEffect(ctx, j, ef); err != nil {
+			return "", nil, err
+		}
+	}
+	return pw, &ef, nil
 }
 
 // sku resolves a licence and the disabled plans (ids or names).

@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +123,96 @@ func TestSyncRoundDeadline(t *testing.T) {
 	})
 	if rep.Outcome != jobs.OutcomeFailed || rep.Error == nil || !strings.Contains(rep.Error.Message, "deadline") {
 		t.Fatalf("report %+v (error %+v)", rep, rep.Error)
+	}
+}
+
+// What an action published (its post-action refresh) is what the next round
+// compares with: an admin's change that puts an object back the way the
+// last round saw it is still published, and the indicators stay true.
+func TestActionRefreshThenAdminChangeThenSync(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 30, Groups: 4, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	e.syncNow("acme", false)
+	tenant := e.sim.Credentials()[0].TenantID
+	snap, _ := e.sim.Export(tenant)
+	var enabled, licensed, sku, created string
+	for _, u := range snap.Users {
+		switch {
+		case enabled == "" && u.AccountEnabled:
+			enabled = u.UserPrincipalName
+		case licensed == "" && len(u.AssignedLicenses) > 0 && u.UserPrincipalName != enabled:
+			licensed, sku = u.UserPrincipalName, u.AssignedLicenses[0].SkuID
+		}
+	}
+	created = "made.by.action@" + strings.SplitN(enabled, "@", 2)[1]
+	for _, run := range []struct {
+		action string
+		params any
+	}{
+		{jobs.ActionDisableUser, map[string]string{"user": enabled}},
+		{jobs.ActionRemoveLicense, map[string]string{"user": licensed, "sku": sku}},
+		{jobs.ActionCreateUser, map[string]any{"display_name": "Made By Action", "user_principal_name": created, "password": nil, "reply_key": mustReplyKey(t)}},
+	} {
+		if res := e.run("acme", run.action, run.params, false); res.Status != jobs.StatusSucceeded {
+			t.Fatalf("%s: %+v", run.action, res.Error)
+		}
+	}
+	// The admin puts the first user back as the last round saw it.
+	_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error {
+		a.UpdateUser(a.User(enabled), func(u *graphsim.User) { u.AccountEnabled = true })
+		return nil
+	})
+	e.syncNow("acme", false)
+	e.checkAgainstTruth("acme", 0)
+}
+
+func mustReplyKey(t *testing.T) string {
+	kp, _ := nkeys.CreateCurveKeys()
+	pub, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
+// A create whose answer is lost (Graph made the object, the connection
+// dropped) is retried by the transport and meets "already exists": the
+// object the job made is taken for the job's own, never a conflict, and
+// each job makes exactly one object.
+func TestCreateWithLostAnswerIsNoConflict(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 10, Groups: 2, NoThrottling: true, Seed: 7, Faults: graphsim.Faults{DropAfterWriteRate: 0.4}})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	tenant := e.sim.Credentials()[0].TenantID
+	snap, _ := e.sim.Export(tenant)
+	domain := strings.SplitN(snap.Users[0].UserPrincipalName, "@", 2)[1]
+	replyKey := mustReplyKey(t)
+	for i := range 12 {
+		upn := fmt.Sprintf("lost.answer%d@%s", i, domain)
+		res := e.run("acme", jobs.ActionCreateUser, map[string]any{"display_name": fmt.Sprintf("Lost Answer %d", i), "user_principal_name": upn, "reply_key": replyKey}, false)
+		if res.Status != jobs.StatusSucceeded {
+			t.Fatalf("create_user %s: %+v", upn, res.Error)
+		}
+		nick := fmt.Sprintf("lost-answer-%d", i)
+		res = e.run("acme", jobs.ActionCreateGroup, map[string]any{"display_name": "Lost Answer " + nick, "mail_nickname": nick, "group_type": "security"}, false)
+		if res.Status != jobs.StatusSucceeded {
+			t.Fatalf("create_group %s: %+v", nick, res.Error)
+		}
+	}
+	snap, _ = e.sim.Export(tenant)
+	users, groups := 0, 0
+	for _, u := range snap.Users {
+		if strings.HasPrefix(u.UserPrincipalName, "lost.answer") {
+			users++
+		}
+	}
+	for _, g := range snap.Groups {
+		if strings.HasPrefix(g.MailNickname, "lost-answer-") {
+			groups++
+		}
+	}
+	if users != 12 || groups != 12 {
+		t.Fatalf("%d users and %d groups made by 12 jobs each", users, groups)
 	}
 }

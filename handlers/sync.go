@@ -103,16 +103,25 @@ func ReadSyncMeta(ctx context.Context, sc *state.Scope) (SyncMeta, error) {
 	return m, err
 }
 
+// userState is what the sync state keeps of a user (and, with the hash
+// only, of a licence): the hash of the record consumers last received, from
+// a round or a post-action refresh, and the flags the indicators counted.
+// Uncounted marks the state of an object an action published that no round
+// has counted yet.
 type userState struct {
-	Hash     string `json:"h"`
-	Enabled  bool   `json:"e,omitempty"`
-	Licensed bool   `json:"l,omitempty"`
+	Hash      string `json:"h"`
+	Enabled   bool   `json:"e,omitempty"`
+	Licensed  bool   `json:"l,omitempty"`
+	Uncounted bool   `json:"n,omitempty"`
 }
 
+// groupState keeps a group's published hash, its record and member ids (to
+// publish full member lists from delta's member changes).
 type groupState struct {
-	Hash    string          `json:"h"`
-	Record  json.RawMessage `json:"r"`
-	Members []string        `json:"m"`
+	Hash      string          `json:"h"`
+	Record    json.RawMessage `json:"r"`
+	Members   []string        `json:"m"`
+	Uncounted bool            `json:"n,omitempty"`
 }
 
 func hashOf(b []byte) string {

@@ -116,14 +116,21 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			if err != nil {
 				return "", err
 			}
-			if ok && old.Hash == hashOf(raw) {
+			if ok && !old.Uncounted && old.Hash == hashOf(raw) {
 				continue
 			}
-			if !ok {
+			if !ok || old.Uncounted {
 				r.countGroup(1)
 			}
+			if ok && old.Hash == hashOf(raw) {
+				// Consumers have this record (a post-action refresh): it
+				// is only counted now.
+				st.Hash, st.Uncounted = old.Hash, false
+				b.keep(putState(key, st))
+				continue
+			}
 		}
-		st.Hash = hashOf(raw)
+		st.Hash, st.Uncounted = hashOf(raw), false
 		if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: id, Asset: raw}, putState(key, st)); err != nil {
 			return "", err
 		}
@@ -141,7 +148,9 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		} else if !ok {
 			continue
 		}
-		r.countGroup(-1)
+		if !old.Uncounted {
+			r.countGroup(-1)
+		}
 		reason := jobs.ReasonSoftDeleted
 		if removed[id] == graphclient.RemovedHard {
 			reason = jobs.ReasonHardDeleted

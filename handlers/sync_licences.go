@@ -55,15 +55,23 @@ func (r *round) indicators(skus []graphclient.SKU, prev *jobs.Indicators) (*jobs
 		r.finishIndicators(ind, skus)
 		return ind, nil
 	}
-	groups, err := r.state.AssetIDs(r.ctx, state.AssetGroup)
+	// Objects only an action published so far are counted by the round
+	// that sees them.
+	err := r.state.EachAssetState(r.ctx, state.AssetGroup, func(_ string, raw []byte) {
+		var st struct {
+			Uncounted bool `json:"n"`
+		}
+		if json.Unmarshal(raw, &st) == nil && !st.Uncounted {
+			ind.GroupsTotal++
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	ind.GroupsTotal = len(groups)
 	// The flags are in the users' states.
 	err = r.state.EachAssetState(r.ctx, state.AssetUser, func(_ string, raw []byte) {
 		var st userState
-		if json.Unmarshal(raw, &st) != nil {
+		if json.Unmarshal(raw, &st) != nil || st.Uncounted {
 			return
 		}
 		ind.UsersTotal++

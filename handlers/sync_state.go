@@ -64,6 +64,9 @@ func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
 	return nil
 }
 
+// keep stores a state with the next batch, publishing nothing for it.
+func (b *batcher) keep(store stateOp) { b.states = append(b.states, store) }
+
 // flush publishes the batch, then stores its changes' state. The message id
 // names the instance, the run's sync id (unique per run) and the batch.
 func (b *batcher) flush(last bool) error {

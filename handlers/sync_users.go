@@ -86,7 +86,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 					continue // never published: nothing to delete
 				}
 				counted[ch.ID] = userState{} // gone
-				r.countUser(old, true, userState{}, false)
+				r.countUser(old, !old.Uncounted, userState{}, false)
 				reason := jobs.ReasonSoftDeleted
 				if ch.Removed == graphclient.RemovedHard {
 					reason = jobs.ReasonHardDeleted
@@ -109,11 +109,19 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 				old, ok, err := r.lastUserState(counted, key, ch.ID)
 				if err != nil {
 					return err
-				} else if ok && old.Hash == st.Hash {
+				}
+				wasCounted := ok && !old.Uncounted
+				if wasCounted && old.Hash == st.Hash && old.Enabled == st.Enabled && old.Licensed == st.Licensed {
 					continue // unchanged (or a rerun)
 				}
 				counted[ch.ID] = st
-				r.countUser(old, ok, st, true)
+				r.countUser(old, wasCounted, st, true)
+				if ok && old.Hash == st.Hash {
+					// Consumers have this record (a post-action refresh):
+					// only what the indicators counted changes.
+					b.keep(putState(key, st))
+					continue
+				}
 			}
 			emitted[ch.ID] = st.Hash
 			if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: ch.ID, Asset: raw}, putState(key, st)); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"sort"
 	"strconv"
@@ -100,7 +101,24 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 		return
 	case faultSlow:
 		time.Sleep(s.opts.Faults.SlowDelay)
+	case faultDropAfterWrite:
+		if r.Method != http.MethodGet {
+			// The write takes effect; its answer is lost.
+			rec := httptest.NewRecorder()
+			s.handleGraph(rec, r, reqID, clientReqID)
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					conn.Close()
+					return
+				}
+			}
+			return
+		}
 	}
+	s.handleGraph(w, r, reqID, clientReqID)
+}
+
+func (s *Server) handleGraph(w http.ResponseWriter, r *http.Request, reqID, clientReqID string) {
 	claims, aerr := s.authenticate(r)
 	if aerr != nil {
 		s.writeError(w, reqID, clientReqID, aerr)

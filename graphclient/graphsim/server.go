@@ -64,6 +64,10 @@ type Faults struct {
 	RetryAfter time.Duration
 	// DropRate closes the connection without answering.
 	DropRate float64
+	// DropAfterWriteRate applies a write (POST, PATCH, DELETE) and then
+	// closes the connection without answering: the client cannot tell
+	// whether it took effect.
+	DropAfterWriteRate float64
 	// SlowRate delays a response by SlowDelay.
 	SlowRate  float64
 	SlowDelay time.Duration
@@ -419,6 +423,7 @@ const (
 	fault503
 	fault504
 	faultSlow
+	faultDropAfterWrite
 )
 
 func (s *Server) drawFault() fault {
@@ -432,7 +437,7 @@ func (s *Server) drawFault() fault {
 	for _, c := range []struct {
 		rate float64
 		f    fault
-	}{{f.DropRate, faultDrop}, {f.Rate500, fault500}, {f.Rate502, fault502}, {f.Rate503, fault503}, {f.Rate504, fault504}, {f.SlowRate, faultSlow}} {
+	}{{f.DropRate, faultDrop}, {f.Rate500, fault500}, {f.Rate502, fault502}, {f.Rate503, fault503}, {f.Rate504, fault504}, {f.SlowRate, faultSlow}, {f.DropAfterWriteRate, faultDropAfterWrite}} {
 		if x < c.rate {
 			return c.f
 		}
