@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -189,11 +190,17 @@ func generatePassword() (string, error) {
 	return string(out), nil
 }
 
+// passwordBinding is what a password in this job is sealed for: the
+// instance, the job and its user.
+func passwordBinding(j *worker.Job) jobs.Binding {
+	return jobs.PasswordBinding(j.Job.Instance, j.ID, strings.TrimPrefix(j.Params.Target(), "user:"))
+}
+
 // password returns the plaintext to set and, when generated, the sealed copy
 // for the requester.
 func password(j *worker.Job, o jobs.PasswordOptions) (string, *jobs.SealedSecret, error) {
 	if o.Password != nil {
-		b, err := j.OpenSecret(o.Password)
+		b, err := j.OpenSecret(o.Password, passwordBinding(j))
 		if err != nil {
 			return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot open the sealed password: "+err.Error())
 		}

@@ -219,7 +219,7 @@ func (a *Actions) resetPassword(ctx context.Context, j *worker.Job, p *jobs.Rese
 // redelivery knows an earlier delivery may have acted.
 func (a *Actions) jobPassword(ctx context.Context, j *worker.Job, o jobs.PasswordOptions, prior *effect) (string, *effect, error) {
 	if prior != nil && prior.PoolPassword != nil {
-		b, err := j.OpenSecret(prior.PoolPassword)
+		b, err := j.OpenSecret(prior.PoolPassword, passwordBinding(j))
 		if err != nil {
 			return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot open the password an earlier delivery of this job recorded: "+err.Error())
 		}
@@ -231,7 +231,7 @@ func (a *Actions) jobPassword(ctx context.Context, j *worker.Job, o jobs.Passwor
 	}
 	ef := effect{Password: sealed}
 	if sealed != nil {
-		if ef.PoolPassword, err = j.SealForPool([]byte(pw)); err != nil {
+		if ef.PoolPassword, err = j.SealForPool([]byte(pw), passwordBinding(j)); err != nil {
 			return "", nil, worker.Permanent(CodeSecretUnreadable, "cannot keep the generated password for redeliveries: "+err.Error())
 		}
 	}

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/tevyra/m365-worker/graphclient"
@@ -9,25 +10,37 @@ import (
 )
 
 // ClientConfig is the Graph client configuration of an instance; open
-// opens its sealed secret (a worker's pool key).
-func ClientConfig(in *worker.Instance, open func(*jobs.SealedSecret) ([]byte, error), users int) (graphclient.Config, error) {
+// opens its sealed secret for its binding (a worker's pool key).
+func ClientConfig(in *worker.Instance, open func(*jobs.SealedSecret, jobs.Binding) ([]byte, error), users int) (graphclient.Config, error) {
 	cfg := graphclient.Config{Instance: in.ID, TenantID: in.TenantID, ClientID: in.ClientID, Cloud: in.Cloud, Authority: in.Authority,
 		GraphRoot: in.GraphRoot, CAPEM: []byte(in.CAPEM), HTTPProxy: in.HTTPProxy, Users: users}
 	switch {
 	case in.ClientSecret != nil:
-		b, err := open(in.ClientSecret)
+		b, err := openField(in, worker.FieldClientSecret, in.ClientSecret, open)
 		if err != nil {
-			return cfg, worker.Permanent(CodeSecretUnreadable, fmt.Sprintf("cannot open the client secret of %s: %v", in.ID, err))
+			return cfg, err
 		}
 		cfg.ClientSecret = string(b)
 	case in.CertificateKey != nil:
-		b, err := open(in.CertificateKey)
+		b, err := openField(in, worker.FieldCertificateKey, in.CertificateKey, open)
 		if err != nil {
-			return cfg, worker.Permanent(CodeSecretUnreadable, fmt.Sprintf("cannot open the certificate key of %s: %v", in.ID, err))
+			return cfg, err
 		}
 		cfg.CertificatePEM, cfg.PrivateKeyPEM = []byte(in.Certificate), b
 	}
 	return cfg, nil
+}
+
+func openField(in *worker.Instance, field string, s *jobs.SealedSecret, open func(*jobs.SealedSecret, jobs.Binding) ([]byte, error)) ([]byte, error) {
+	b, err := open(s, in.SecretBinding(field))
+	if err == nil {
+		return b, nil
+	}
+	msg := fmt.Sprintf("cannot open the %s of %s: %v", field, in.ID, err)
+	if errors.Is(err, jobs.ErrUnbound) || errors.Is(err, jobs.ErrSealedElsewhere) {
+		msg += fmt.Sprintf("; seal it for this instance: m365-worker instance update %s --pool-key-file <the pool's key> (re-seals it), or give the secret again with --secret-file", in.ID)
+	}
+	return nil, worker.Permanent(CodeSecretUnreadable, msg)
 }
 
 // graphClient builds the job's instance's Graph client.

@@ -216,3 +216,40 @@ func TestCreateWithLostAnswerIsNoConflict(t *testing.T) {
 		t.Fatalf("%d users and %d groups made by 12 jobs each", users, groups)
 	}
 }
+
+// A sealed secret only opens where it was sealed for: acme's client secret
+// copied into another instance's record (pointing wherever the copier
+// likes) is refused, and the round says how to seal it for that instance.
+func TestSealedSecretCopiedToAnotherInstanceIsRefused(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 10, Groups: 2, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	acme := e.addInstance("acme", 0, time.Hour)
+	e.syncNow("acme", false)
+	store, err := worker.OpenInstances(context.Background(), e.js, e.srv.Topology)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := acme
+	evil.ID = "evil"
+	if _, err := store.Put(context.Background(), evil); err != nil {
+		t.Fatal(err)
+	}
+	id, err := worker.RequestSync(context.Background(), e.js, jobs.Subjects{}, "default", "evil", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep jobs.SyncReport
+	workertest.Eventually(t, 60*time.Second, "evil's report", func() bool {
+		for _, r := range e.reports("evil") {
+			if r.JobID == id {
+				rep = r
+				return true
+			}
+		}
+		return false
+	})
+	if rep.Outcome != jobs.OutcomeFailed || rep.Error == nil || rep.Error.Code != handlers.CodeSecretUnreadable ||
+		!strings.Contains(rep.Error.Message, "instance=acme") || !strings.Contains(rep.Error.Message, "instance update evil") {
+		t.Fatalf("report %+v (error %+v)", rep, rep.Error)
+	}
+}

@@ -100,7 +100,7 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 func (e *env) addInstance(id string, tenant int, interval time.Duration) worker.Instance {
 	cred := e.sim.Credentials()[tenant]
 	pub, _ := e.poolKey.PublicKey()
-	secret, err := jobs.Seal([]byte(cred.ClientSecret), pub)
+	secret, err := jobs.SealFor([]byte(cred.ClientSecret), pub, jobs.InstanceBinding(id, worker.FieldClientSecret, cred.TenantID, cred.ClientID))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -387,7 +387,7 @@ func TestSyncBadCredentials(t *testing.T) {
 	e.startWorker(worker.Config{})
 	in := e.addInstance("broken", 0, time.Hour)
 	pub, _ := e.poolKey.PublicKey()
-	in.ClientSecret, _ = jobs.Seal([]byte("wrong-secret"), pub)
+	in.ClientSecret, _ = jobs.SealFor([]byte("wrong-secret"), pub, in.SecretBinding(worker.FieldClientSecret))
 	store, _ := worker.OpenInstances(context.Background(), e.js, e.srv.Topology)
 	if _, err := store.Put(context.Background(), in); err != nil {
 		t.Fatal(err)

@@ -44,7 +44,7 @@ var fieldRules = map[string]obj{
 	"Job.id":                 {"minLength": 1, "maxLength": maxJobID, "pattern": `^[^\x00-\x20\x7f*>]+$`},
 	"Job.instance":           {"pattern": tokenRE.String()},
 	"Job.action":             {"enum": anySlice(Actions())},
-	"SealedSecret.alg":       {"const": SealAlg},
+	"SealedSecret.alg":       {"enum": []any{SealAlgBound, SealAlg}},
 	"SealedSecret.recipient": {"pattern": PatternXKey},
 	"SealedSecret.sender":    {"pattern": PatternXKey},
 	"SealedSecret.box":       {"minLength": 1, "contentEncoding": "base64"},

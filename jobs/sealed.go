@@ -28,6 +28,9 @@ type SealedSecret struct {
 	Sender string `json:"sender"`
 	// Box is the sealed bytes, standard base64.
 	Box string `json:"box"`
+	// For names what a bound value (SealAlgBound) is for, in clear; the
+	// same binding is sealed inside the box and checked on opening.
+	For string `json:"for,omitempty"`
 }
 
 // Seal seals plaintext to the recipient's curve public key with a fresh
@@ -52,8 +55,12 @@ func Seal(plaintext []byte, recipient string) (*SealedSecret, error) {
 // ErrWrongKey means a secret was sealed to another key than the one given.
 var ErrWrongKey = errors.New("the secret is sealed to another key")
 
-// Open returns the plaintext using the recipient's key pair.
+// Open returns the plaintext of an unbound value (SealAlg) using the
+// recipient's key pair. A bound value opens only with OpenFor.
 func (s *SealedSecret) Open(recipient nkeys.KeyPair) ([]byte, error) {
+	if s.Alg == SealAlgBound {
+		return nil, fmt.Errorf("open sealed secret: it is sealed for %s: open it with OpenFor", clip(s.For, maxEcho))
+	}
 	pub, err := recipient.PublicKey()
 	if err != nil {
 		return nil, fmt.Errorf("open sealed secret: %w", err)
@@ -73,8 +80,8 @@ func (s *SealedSecret) Open(recipient nkeys.KeyPair) ([]byte, error) {
 }
 
 func (s *SealedSecret) validate(ve *ValidationError, field string) {
-	if s.Alg != SealAlg {
-		ve.Add(field+".alg", "must be "+SealAlg)
+	if s.Alg != SealAlg && s.Alg != SealAlgBound {
+		ve.Add(field+".alg", "must be "+SealAlgBound+" (or "+SealAlg+")")
 	}
 	if !xkeyRE.MatchString(s.Recipient) {
 		ve.Add(field+".recipient", "must be a curve (xkey) public key")
@@ -82,7 +89,7 @@ func (s *SealedSecret) validate(ve *ValidationError, field string) {
 	if !xkeyRE.MatchString(s.Sender) {
 		ve.Add(field+".sender", "must be a curve (xkey) public key")
 	}
-	if b, err := base64.StdEncoding.DecodeString(s.Box); err != nil || len(b) == 0 {
+	if s.boxLen() == 0 {
 		ve.Add(field+".box", "must be non-empty standard base64")
 	}
 }

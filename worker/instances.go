@@ -147,6 +147,19 @@ func (in Instance) Validate() error {
 	return nil
 }
 
+// The sealed fields of an instance, as their bindings name them.
+const (
+	FieldClientSecret   = "client_secret"
+	FieldCertificateKey = "certificate_key"
+)
+
+// SecretBinding is what a sealed field of the instance is bound to: the
+// instance, the field, its tenant and its app. A secret sealed for another
+// instance (or app, or tenant) does not open here.
+func (in Instance) SecretBinding(field string) jobs.Binding {
+	return jobs.InstanceBinding(in.ID, field, in.TenantID, in.ClientID)
+}
+
 // ErrInstanceNotFound means no configuration exists for an instance id.
 var ErrInstanceNotFound = errors.New("instance not found")
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -244,13 +245,13 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 		return err
 	}
 	defer nc.Close()
-	var in worker.Instance
+	var in, prev worker.Instance
 	if sub == "update" {
 		cur, err := store.Get(ctx, id)
 		if err != nil {
 			return err
 		}
-		in = *cur
+		in, prev = *cur, *cur
 	} else if _, err := store.Get(ctx, id); err == nil {
 		return fmt.Errorf("instance %s exists: use instance update", id)
 	}
@@ -302,22 +303,20 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 			return err
 		}
 	}
+	pf := &poolFlags{poolKeyFile: poolKeyFile}
+	kp, err := pf.poolKey()
+	if err != nil {
+		return err
+	}
 	pub := *poolPub
-	if pub == "" {
-		pf := &poolFlags{poolKeyFile: poolKeyFile}
-		kp, err := pf.poolKey()
-		if err != nil {
-			return err
-		}
-		if kp == nil && (len(secret) > 0 || *keyFile != "") {
-			return usageError{errors.New("the pool's public key is needed to seal the secret: give --pool-public-key, --pool-key-file or M365_POOL_KEY")}
-		}
-		if kp != nil {
-			pub, _ = kp.PublicKey()
-		}
+	if pub == "" && kp != nil {
+		pub, _ = kp.PublicKey()
+	}
+	if pub == "" && (len(secret) > 0 || *keyFile != "") {
+		return usageError{errors.New("the pool's public key is needed to seal the secret: give --pool-public-key, --pool-key-file or M365_POOL_KEY")}
 	}
 	if s := strings.TrimSpace(string(secret)); s != "" {
-		if in.ClientSecret, err = jobs.Seal([]byte(s), pub); err != nil {
+		if in.ClientSecret, err = jobs.SealFor([]byte(s), pub, in.SecretBinding(worker.FieldClientSecret)); err != nil {
 			return err
 		}
 		in.CertificateKey, in.Certificate = nil, ""
@@ -331,16 +330,52 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 		if err != nil {
 			return fmt.Errorf("--certificate-key: %w", err)
 		}
-		if in.CertificateKey, err = jobs.Seal(key, pub); err != nil {
+		if in.CertificateKey, err = jobs.SealFor(key, pub, in.SecretBinding(worker.FieldCertificateKey)); err != nil {
 			return err
 		}
 		in.Certificate, in.ClientSecret = string(cert), nil
+	}
+	if err := resealStale(&in, &prev, kp); err != nil {
+		return err
 	}
 	saved, err := store.Put(ctx, in)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "instance %s %sed in pool %s; syncs every %s\n", saved.ID, strings.TrimSuffix(sub, "e"), saved.Pool, time.Duration(saved.SyncInterval))
+	return nil
+}
+
+// resealStale seals again, for the instance as it now is, a secret sealed
+// for what it was (another tenant or app id) or sealed before seals were
+// bound: that needs the pool's private key, which opens the old seal.
+func resealStale(in, prev *worker.Instance, kp nkeys.KeyPair) error {
+	for _, f := range []struct {
+		name string
+		s    **jobs.SealedSecret
+	}{{worker.FieldClientSecret, &in.ClientSecret}, {worker.FieldCertificateKey, &in.CertificateKey}} {
+		s := *f.s
+		if s == nil || s.SealedFor(in.SecretBinding(f.name)) {
+			continue
+		}
+		if kp == nil {
+			return usageError{fmt.Errorf("the %s of %s is sealed for %s, not for %s: give the secret again (--secret-file, --config or --certificate-key), or give the pool's key (--pool-key-file or M365_POOL_KEY) to seal it again", f.name, in.ID, cmp.Or(s.For, "no instance (sealed before seals named their place)"), in.SecretBinding(f.name))}
+		}
+		var plain []byte
+		var err error
+		if s.Alg == jobs.SealAlg {
+			plain, err = s.Open(kp)
+		} else {
+			plain, err = s.OpenFor(kp, prev.SecretBinding(f.name))
+		}
+		if err != nil {
+			return fmt.Errorf("seal the %s of %s again: %w", f.name, in.ID, err)
+		}
+		pub, _ := kp.PublicKey()
+		if *f.s, err = jobs.SealFor(plain, pub, in.SecretBinding(f.name)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

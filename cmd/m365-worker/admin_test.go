@@ -17,10 +17,21 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 )
+
+// cliStderr runs the binary and returns what it wrote to stderr.
+func cliStderr(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	_ = cmd.Run()
+	return errb.String()
+}
 
 // cli runs the binary to completion and returns stdout and the exit code.
 func cli(t *testing.T, stdin string, args ...string) (string, int) {
@@ -155,6 +166,33 @@ func TestOperatorCommands(t *testing.T) {
 	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile)
 	if code != 0 || !strings.Contains(out, "✓ sync: users") || !strings.Contains(out, "✓ reset_password") {
 		t.Errorf("instance test: %d %s", code, out)
+	}
+	// A record sealed before seals named their place does not open; one
+	// `instance update --pool-key-file` seals it again for the instance.
+	istore, err := worker.OpenInstances(ctx, js, worker.Topology{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy, _ := istore.Get(ctx, "acme")
+	seedB, _ := os.ReadFile(keyFile)
+	poolKP, _ := nkeys.FromCurveSeed(bytes.TrimSpace(seedB))
+	poolPub, _ := poolKP.PublicKey()
+	legacy.ClientSecret, _ = jobs.Seal([]byte(tenants[0]["client_secret"]), poolPub)
+	if _, err := istore.Put(ctx, *legacy); err != nil {
+		t.Fatal(err)
+	}
+	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile)
+	if code == 0 || !strings.Contains(out+cliStderr(t, "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile), "instance update acme --pool-key-file") {
+		t.Errorf("instance test with an unbound seal: %d %s", code, out)
+	}
+	if out, code = cli(t, "", "instance", "update", "acme", "--pool-key-file", keyFile, "--nats", natsURL); code != 0 {
+		t.Fatalf("instance update (re-seal): %s", out)
+	}
+	if resealed, _ := istore.Get(ctx, "acme"); resealed.ClientSecret.Alg != jobs.SealAlgBound || !strings.Contains(resealed.ClientSecret.For, "instance=acme") {
+		t.Errorf("re-sealed secret %+v", resealed.ClientSecret)
+	}
+	if out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile); code != 0 {
+		t.Errorf("instance test after the re-seal: %d %s", code, out)
 	}
 	// A read-only app registration: sync works, actions do not, and the
 	// permissions to grant are named.

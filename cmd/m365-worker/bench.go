@@ -23,6 +23,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	switch sub {
+	case "chaos":
+		return cmdBenchChaos(ctx, rest, stdout, stderr)
 	case "sync":
 		fs := newFlagSet("bench sync", "Measure, in one run against the built-in Graph simulator (realistic latency, GRAPH.md §12;\nthrottling on): a full first round of a tenant, a plain sequential delta walk through\nthe SDK's page iterator, an incremental round after some objects changed, and the\nworker process's peak RSS (JetStream and the simulator run in this process).", stderr)
 		users := fs.Int("users", 100000, "users in the tenant")

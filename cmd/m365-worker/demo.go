@@ -51,7 +51,7 @@ func startDemo(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, topo 
 	}
 	cred := sim.Credentials()[0]
 	pub, _ := key.PublicKey()
-	secret, err := jobs.Seal([]byte(cred.ClientSecret), pub)
+	secret, err := jobs.SealFor([]byte(cred.ClientSecret), pub, jobs.InstanceBinding("demo", worker.FieldClientSecret, cred.TenantID, cred.ClientID))
 	if err != nil {
 		sim.Close()
 		return nil, err

@@ -43,7 +43,7 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	cfg, err := handlers.ClientConfig(in, func(s *jobs.SealedSecret) ([]byte, error) { return s.Open(kp) }, 0)
+	cfg, err := handlers.ClientConfig(in, func(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) { return s.OpenFor(kp, b) }, 0)
 	if err != nil {
 		return err
 	}

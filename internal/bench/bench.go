@@ -134,7 +134,7 @@ func (e *Env) Close() {
 // sealed to the pool key, no schedule to speak of).
 func (e *Env) AddInstance(ctx context.Context, id string) error {
 	pub, _ := e.poolKey.PublicKey()
-	secret, err := jobs.Seal([]byte(e.Cred.ClientSecret), pub)
+	secret, err := jobs.SealFor([]byte(e.Cred.ClientSecret), pub, jobs.InstanceBinding(id, worker.FieldClientSecret, e.Cred.TenantID, e.Cred.ClientID))
 	if err != nil {
 		return err
 	}
