@@ -96,7 +96,9 @@ func (s *SealedSecret) OpenFor(recipient nkeys.KeyPair, b Binding) ([]byte, erro
 
 // SealedFor reports whether s says it is sealed for b (its clear label; only
 // OpenFor proves it).
-func (s *SealedSecret) SealedFor(b Binding) bool { return s != nil && s.Alg == SealAlgBound && s.For == b.String() }
+func (s *SealedSecret) SealedFor(b Binding) bool {
+	return s != nil && s.Alg == SealAlgBound && s.For == b.String()
+}
 
 // boxLen is the sealed bytes' length, for validation.
 func (s *SealedSecret) boxLen() int {

@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,6 +47,11 @@ type Config struct {
 	// ServerKills is the number of nats-server kill -9s (restarted on the
 	// same port and store). Default 1; negative: none.
 	ServerKills int
+	// Pauses is the number of times a worker is stopped (SIGSTOP) for
+	// longer than the ack wait and the target-lock TTL, then continued: its
+	// jobs are redelivered elsewhere while it still holds them. Default 1;
+	// negative: none.
+	Pauses int
 	// Workers is the number of worker processes. Default 3.
 	Workers int
 	// Concurrency of each worker. Default 8.
@@ -93,6 +99,11 @@ func (c Config) withDefaults() Config {
 		c.ServerKills = 0
 	} else if c.ServerKills == 0 {
 		c.ServerKills = 1
+	}
+	if c.Pauses < 0 {
+		c.Pauses = 0
+	} else if c.Pauses == 0 {
+		c.Pauses = 1
 	}
 	if c.Workers <= 0 {
 		c.Workers = 3
@@ -175,14 +186,18 @@ type Report struct {
 	FailuresByCode   map[string]int `json:"failures_by_code"`
 	ExpectedFailures int            `json:"expected_failures"`
 	WorkerKills      int            `json:"worker_kills"`
+	WorkerPauses     int            `json:"worker_pauses"`
 	ServerKills      int            `json:"server_kills"`
 	// WorkerExits are exits no kill caused (a worker starting while NATS
 	// was down, or a crash).
 	WorkerExits    int            `json:"worker_exits"`
 	Throttles      int            `json:"throttle_storms"`
 	FaultsInjected map[string]int `json:"faults_injected"`
-	Duration       time.Duration  `json:"duration"`
-	Mismatches     []Mismatch     `json:"mismatches"`
+	// PasswordsChecked counts users whose tenant password was compared
+	// with the one their last password job reported.
+	PasswordsChecked int           `json:"passwords_checked"`
+	Duration         time.Duration `json:"duration"`
+	Mismatches       []Mismatch    `json:"mismatches"`
 	// Notes are observations that are not contract violations.
 	Notes []string `json:"notes,omitempty"`
 	// Dir is where the logs are (kept when there are mismatches).
@@ -248,6 +263,9 @@ func Run(ctx context.Context, cfg Config, logf func(format string, args ...any))
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	// Times in UTC, to line up with the workers' logs.
+	orig := logf
+	logf = func(format string, args ...any) { orig(time.Now().UTC().Format("15:04:05.000 ")+format, args...) }
 	h := &harness{cfg: cfg, logf: logf, results: map[string]int{}, reports: map[string]int{}}
 	h.rep = Report{Seed: cfg.Seed, FailuresByCode: map[string]int{}}
 	t0 := time.Now()
@@ -304,16 +322,14 @@ func (h *harness) run(parent context.Context) error {
 	}
 	h.bin = cfg.Binary
 	natsBin := cfg.NATSServer
-	if h.bin == "" || natsBin == "" {
-		w, n, err := Binaries()
-		if err != nil {
+	if h.bin == "" {
+		if h.bin, _, err = Binaries(); err != nil {
 			return err
 		}
-		if h.bin == "" {
-			h.bin = w
-		}
-		if natsBin == "" {
-			natsBin = n
+	}
+	if natsBin == "" {
+		if natsBin, err = NATSServerBinary(); err != nil {
+			return err
 		}
 	}
 	ctx, cancel := context.WithCancel(parent)
@@ -337,7 +353,7 @@ func (h *harness) run(parent context.Context) error {
 
 	// The tenant, and the proxy in front of it.
 	opts := graphsim.Options{Users: cfg.Users, Groups: cfg.Groups, Seed: cfg.Seed, ConsistencyDelay: cfg.ConsistencyDelay,
-		Latency: graphsim.Latency{Read: 2 * time.Millisecond, Write: 5 * time.Millisecond, Token: 5 * time.Millisecond}}
+		Latency: graphsim.Latency{Read: 5 * time.Millisecond, Write: 40 * time.Millisecond, Token: 5 * time.Millisecond}}
 	if h.sim, err = graphsim.Start(opts); err != nil {
 		return err
 	}
@@ -350,7 +366,12 @@ func (h *harness) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	h.proxy = startProxy(h.sim, h.cred.TenantID, uint64(cfg.Seed))
+	faultLog, err := os.Create(filepath.Join(h.dir, "faults.log"))
+	if err != nil {
+		return err
+	}
+	defer faultLog.Close()
+	h.proxy = startProxy(h.sim, h.cred.TenantID, uint64(cfg.Seed), faultLog)
 	h.proxy.setFaults(cfg.Faults)
 
 	// Keys: the pool's (opens sealed secrets), the requester's (receives
@@ -371,15 +392,14 @@ func (h *harness) run(parent context.Context) error {
 
 	// Workers, then the instance (through the CLI).
 	wctx, stopWorkers := context.WithCancel(ctx)
-	defer stopWorkers()
 	var wg sync.WaitGroup
+	defer func() { stopWorkers(); wg.Wait() }()
 	for i := 0; i < cfg.Workers; i++ {
 		s := &workerSlot{idx: i, first: make(chan struct{})}
 		h.slots = append(h.slots, s)
 		wg.Add(1)
 		go func() { defer wg.Done(); h.superviseWorker(wctx, s) }()
 	}
-	defer wg.Wait()
 	for _, s := range h.slots {
 		select {
 		case <-s.first:
@@ -420,8 +440,8 @@ func (h *harness) run(parent context.Context) error {
 	// Publish, with chaos alongside, until every job has its result.
 	stalled := make(chan struct{})
 	pubDone := make(chan error, 1)
-	go func() { pubDone <- h.publish(ctx, p, stalled) }()
 	chaosDone := make(chan struct{})
+	go func() { pubDone <- h.publish(ctx, p, stalled, chaosDone) }()
 	chaosCtx, stopChaos := context.WithCancel(ctx)
 	go func() { defer close(chaosDone); h.chaos(chaosCtx, p) }()
 	waitErr := h.waitDone(ctx, p, pubDone, stalled)
@@ -549,7 +569,9 @@ func (h *harness) skus(ctx context.Context) ([]skuInfo, error) {
 	return out, nil
 }
 
-func (h *harness) workerLog(i int) string { return filepath.Join(h.dir, fmt.Sprintf("worker-%d.log", i)) }
+func (h *harness) workerLog(i int) string {
+	return filepath.Join(h.dir, fmt.Sprintf("worker-%d.log", i))
+}
 
 // superviseWorker keeps worker slot s running: restarted after a kill
 // (after the delay the killer chose) or an exit of its own (after 1 s).
@@ -718,11 +740,23 @@ func envelope(j *job) []byte {
 	return b
 }
 
-// publish sends the plan in order, keeping at most Window jobs unfinished.
-func (h *harness) publish(ctx context.Context, p *plan, stalled <-chan struct{}) error {
+// publish sends the plan in order, keeping at most Window jobs unfinished;
+// the last tenth waits until the chaos schedule has run, so that every
+// kill meets work in flight.
+func (h *harness) publish(ctx context.Context, p *plan, stalled, chaosDone <-chan struct{}) error {
 	published := map[string]bool{}
 	copies := map[int][]*job{}
+	holdAt := len(p.jobs) * 9 / 10
 	for i, j := range p.jobs {
+		if i == holdAt {
+			select {
+			case <-chaosDone:
+			case <-stalled:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		for h.unfinished(p, published) >= h.cfg.Window {
 			select {
 			case <-stalled:
@@ -784,10 +818,14 @@ func (h *harness) publishFinal(ctx context.Context, id string) error {
 // have their results.
 type event struct {
 	at     int
-	kind   string // worker, server, throttle
+	kind   string // worker, pause, server, throttle
 	worker int
 	down   time.Duration
 	delay  time.Duration
+	// targeted kills wait for a write that is not idempotent by nature
+	// (create, password, licence, delete) to be applied, and kill the
+	// worker that sent it before it sees the answer.
+	targeted bool
 }
 
 func (h *harness) schedule(p *plan) []event {
@@ -797,6 +835,11 @@ func (h *harness) schedule(p *plan) []event {
 	at := func() int { return int(float64(total) * (0.05 + 0.8*r.Float64())) }
 	for i := 0; i < h.cfg.Kills; i++ {
 		evs = append(evs, event{at: at(), kind: "worker", worker: r.IntN(h.cfg.Workers), down: time.Duration(200+r.IntN(2800)) * time.Millisecond,
+			delay: time.Duration(r.IntN(1500)) * time.Millisecond, targeted: i%2 == 1})
+	}
+	for i := 0; i < h.cfg.Pauses; i++ {
+		// Longer than the ack wait and the 10 s target-lock TTL.
+		evs = append(evs, event{at: at(), kind: "pause", worker: r.IntN(h.cfg.Workers), down: h.cfg.AckWait + time.Duration(3000+r.IntN(4000))*time.Millisecond,
 			delay: time.Duration(r.IntN(1500)) * time.Millisecond})
 	}
 	for i := 0; i < h.cfg.ServerKills; i++ {
@@ -815,8 +858,10 @@ func (h *harness) schedule(p *plan) []event {
 func (h *harness) chaos(ctx context.Context, p *plan) {
 	evs := h.schedule(p)
 	for _, e := range evs {
-		h.logf("chaos: planned: %s kill at %d finished jobs (worker %d, down %s)", e.kind, e.at, e.worker, e.down)
+		h.logf("chaos: planned: %s at %d finished jobs (worker %d, for %s)", e.kind, e.at, e.worker, e.down)
 	}
+	var paused sync.WaitGroup
+	defer paused.Wait()
 	for _, e := range evs {
 		if !h.waitFor(ctx, 24*time.Hour, func() bool { return h.finished(p) >= e.at }) {
 			return
@@ -827,15 +872,52 @@ func (h *harness) chaos(ctx context.Context, p *plan) {
 			return
 		}
 		switch e.kind {
-		case "worker":
-			s := h.slots[e.worker]
-			s.mu.Lock()
-			proc := s.proc
-			s.delay = e.down
-			s.mu.Unlock()
-			if proc == nil || proc.exited() {
+		case "worker", "pause":
+			var s *workerSlot
+			var proc *process
+			if e.targeted {
+				s, proc = h.targetedVictim(ctx)
+			}
+			// The planned worker, or the next one running when it is
+			// still restarting.
+			h.waitFor(ctx, 30*time.Second, func() bool {
+				if proc != nil {
+					return true
+				}
+				for k := 0; k < len(h.slots); k++ {
+					c := h.slots[(e.worker+k)%len(h.slots)]
+					c.mu.Lock()
+					p := c.proc
+					c.mu.Unlock()
+					if p != nil && !p.exited() {
+						s, proc = c, p
+						return true
+					}
+				}
+				return false
+			})
+			if proc == nil {
 				continue
 			}
+			e.worker = s.idx
+			if e.kind == "pause" {
+				h.logf("chaos: kill -STOP worker %d (pid %d) at %d finished jobs, for %s", e.worker, proc.cmd.Process.Pid, h.finished(p), e.down)
+				_ = proc.cmd.Process.Signal(syscall.SIGSTOP)
+				h.mu.Lock()
+				h.rep.WorkerPauses++
+				h.mu.Unlock()
+				paused.Add(1)
+				go func(e event, proc *process) {
+					defer paused.Done()
+					time.Sleep(e.down)
+					_ = proc.cmd.Process.Signal(syscall.SIGCONT)
+					h.logf("chaos: kill -CONT worker %d", e.worker)
+				}(e, proc)
+				continue
+			}
+			s.mu.Lock()
+			s.delay = e.down
+			s.mu.Unlock()
 			h.logf("chaos: kill -9 worker %d (pid %d) at %d finished jobs; restart in %s", e.worker, proc.cmd.Process.Pid, h.finished(p), e.down)
 			proc.kill9()
 			h.mu.Lock()
@@ -861,6 +943,38 @@ func (h *harness) chaos(ctx context.Context, p *plan) {
 			h.mu.Unlock()
 		}
 	}
+}
+
+// targetedVictim arms the proxy and returns the worker whose write it
+// holds, or nothing after 20 s.
+func (h *harness) targetedVictim(ctx context.Context) (*workerSlot, *process) {
+	reply := h.proxy.armKill(3 * time.Second)
+	defer h.proxy.disarm()
+	select {
+	case what := <-reply:
+		var pids []int
+		procs := map[int]*workerSlot{}
+		pm := map[int]*process{}
+		for _, s := range h.slots {
+			s.mu.Lock()
+			if p := s.proc; p != nil && !p.exited() {
+				pids = append(pids, p.cmd.Process.Pid)
+				procs[p.cmd.Process.Pid], pm[p.cmd.Process.Pid] = s, p
+			}
+			s.mu.Unlock()
+		}
+		_, addr, _ := strings.Cut(what, " /")
+		addr = addr[strings.LastIndex(addr, " ")+1:]
+		if pid := pidOfPeer(addr, pids); pid != 0 {
+			h.logf("chaos: targeted kill: worker %d sent %s, applied by Graph, its answer held", procs[pid].idx, what)
+			return procs[pid], pm[pid]
+		}
+		h.logf("chaos: targeted kill: no worker owns the connection of %s; killing at random", what)
+	case <-time.After(20 * time.Second):
+		h.logf("chaos: targeted kill: no write to aim at within 20 s; killing at random")
+	case <-ctx.Done():
+	}
+	return nil, nil
 }
 
 // waitDone waits until every job has its result, or none came for

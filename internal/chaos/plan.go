@@ -52,26 +52,26 @@ type job struct {
 
 // mUser is the model of a user.
 type mUser struct {
-	Key               string // model key: the seeded id, or "new:<upn>"
-	ID                string // seeded users; created ones learn it from the result
-	UPN               string
-	Created           bool
-	CreateJob         string
-	DisplayName       string
-	GivenName         *string
-	JobTitle          *string
-	Department        *string
-	OfficeLocation    *string
-	MobilePhone       *string
-	UsageLocation     *string
-	Enabled           bool
-	Licenses          map[string][]string // skuId → disabled plan ids
-	HasPBI            bool
-	Deleted           bool
-	LastPasswordJob   string
-	PasswordJobs      []string
-	Touched           bool
-	ref               string // how the script names the user
+	Key             string // model key: the seeded id, or "new:<upn>"
+	ID              string // seeded users; created ones learn it from the result
+	UPN             string
+	Created         bool
+	CreateJob       string
+	DisplayName     string
+	GivenName       *string
+	JobTitle        *string
+	Department      *string
+	OfficeLocation  *string
+	MobilePhone     *string
+	UsageLocation   *string
+	Enabled         bool
+	Licenses        map[string][]string // skuId → disabled plan ids
+	HasPBI          bool
+	Deleted         bool
+	LastPasswordJob string
+	PasswordJobs    []string
+	Touched         bool
+	ref             string // how the script names the user
 }
 
 // mGroup is the model of a group.
@@ -91,23 +91,23 @@ type mGroup struct {
 }
 
 type plan struct {
-	seed      int64
-	instance  string
-	jobs      []*job // publication order
-	byID      map[string]*job
-	users     map[string]*mUser  // model key → user
-	groups    map[string]*mGroup // model key → group
-	touchedG  map[string]bool    // seeded group ids with a script
-	special   map[string]bool    // seeded user ids used by failing jobs (must stay unchanged)
-	pool      []string           // member pool user ids
-	deletedU  map[string]bool    // seeded user ids the plan deletes
-	actions   map[string]int
-	syncJobs  []string
-	replyKey  string // the requester's curve public key
-	poolKey   string // the pool's public key (to seal given passwords)
-	domain    string
-	skuPart   map[string]string // skuId → part number
-	planIDs   map[string]map[string]string
+	seed     int64
+	instance string
+	jobs     []*job // publication order
+	byID     map[string]*job
+	users    map[string]*mUser  // model key → user
+	groups   map[string]*mGroup // model key → group
+	touchedG map[string]bool    // seeded group ids with a script
+	special  map[string]bool    // seeded user ids used by failing jobs (must stay unchanged)
+	pool     []string           // member pool user ids
+	deletedU map[string]bool    // seeded user ids the plan deletes
+	actions  map[string]int
+	syncJobs []string
+	replyKey string // the requester's curve public key
+	poolKey  string // the pool's public key (to seal given passwords)
+	domain   string
+	skuPart  map[string]string // skuId → part number
+	planIDs  map[string]map[string]string
 }
 
 // skuInfo is what the plan needs of a SKU.

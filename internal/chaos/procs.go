@@ -18,10 +18,37 @@ import (
 )
 
 var build struct {
-	once          sync.Once
-	dir           string
-	worker, nats  string
-	err           error
+	mu   sync.Mutex
+	dir  string
+	bins map[string]string // package → executable
+}
+
+// buildBinary builds a main package of this module's build list into a
+// temporary directory, once per process.
+func buildBinary(pkg, name string) (string, error) {
+	build.mu.Lock()
+	defer build.mu.Unlock()
+	if b, ok := build.bins[pkg]; ok {
+		return b, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	if build.dir == "" {
+		if build.dir, err = os.MkdirTemp("", "m365-chaos-bin-"); err != nil {
+			return "", err
+		}
+		build.bins = map[string]string{}
+	}
+	out := filepath.Join(build.dir, name)
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	}
+	build.bins[pkg] = out
+	return out, nil
 }
 
 // Binaries builds the m365-worker binary and a nats-server (the module's
@@ -29,40 +56,26 @@ var build struct {
 // once per process. It needs the Go toolchain and this module's source
 // (found from the working directory).
 func Binaries() (workerBin, natsBin string, err error) {
-	build.once.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			build.err = err
-			return
-		}
-		build.dir, build.err = os.MkdirTemp("", "m365-chaos-bin-")
-		if build.err != nil {
-			return
-		}
-		build.worker, build.nats = filepath.Join(build.dir, "m365-worker"), filepath.Join(build.dir, "nats-server")
-		for _, b := range [][2]string{{build.worker, "github.com/tevyra/m365-worker/cmd/m365-worker"}, {build.nats, "github.com/nats-io/nats-server/v2"}} {
-			cmd := exec.Command("go", "build", "-o", b[0], b[1])
-			cmd.Dir = root
-			if out, err := cmd.CombinedOutput(); err != nil {
-				build.err = fmt.Errorf("go build %s: %v\n%s", b[1], err, out)
-				return
-			}
-		}
-	})
-	return build.worker, build.nats, build.err
+	if workerBin, err = buildBinary("github.com/tevyra/m365-worker/cmd/m365-worker", "m365-worker"); err != nil {
+		return "", "", err
+	}
+	natsBin, err = NATSServerBinary()
+	return workerBin, natsBin, err
 }
 
 // NATSServerBinary builds only the nats-server (the bench command runs the
 // workers from its own executable).
 func NATSServerBinary() (string, error) {
-	_, n, err := Binaries()
-	return n, err
+	return buildBinary("github.com/nats-io/nats-server/v2", "nats-server")
 }
 
 // RemoveBinaries deletes what Binaries built.
 func RemoveBinaries() {
+	build.mu.Lock()
+	defer build.mu.Unlock()
 	if build.dir != "" {
 		_ = os.RemoveAll(build.dir)
+		build.dir, build.bins = "", nil
 	}
 }
 
@@ -144,7 +157,7 @@ func startProcess(logPath, marker string, bin string, args ...string) (*process,
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = lw, lw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, nil, err

@@ -3,9 +3,11 @@ package chaos
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -61,16 +63,19 @@ type proxy struct {
 	selfURL string
 
 	mu        sync.Mutex
+	log       io.Writer // one line per injected fault
 	rng       *rand.Rand
 	faults    Faults
 	injected  map[string]int
-	creates   map[string]int            // "user:<upn>" / "group:<nickname>" (lower case) → 201s
-	passwords map[string][]passwordSet  // user id → passwords accepted, in order
-	ambiguous map[string]bool           // user ids with concurrent password writes
+	creates   map[string]int           // "user:<upn>" / "group:<nickname>" (lower case) → 201s
+	passwords map[string][]passwordSet // user id → passwords accepted, in order
+	ambiguous map[string]bool          // user ids with concurrent password writes
+	armed     chan string              // a kill waiting for its moment (armKill)
+	hold      time.Duration
 }
 
-func startProxy(sim *graphsim.Server, tenant string, seed uint64) *proxy {
-	p := &proxy{sim: sim, tenant: tenant, simURL: sim.URL(), rng: rand.New(rand.NewPCG(seed, 0x70)),
+func startProxy(sim *graphsim.Server, tenant string, seed uint64, log io.Writer) *proxy {
+	p := &proxy{log: log, sim: sim, tenant: tenant, simURL: sim.URL(), rng: rand.New(rand.NewPCG(seed, 0x70)),
 		injected: map[string]int{}, creates: map[string]int{}, passwords: map[string][]passwordSet{}, ambiguous: map[string]bool{}}
 	p.up = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: sim.CertPool()}, DisableCompression: true,
 		MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second}, Timeout: 60 * time.Second}
@@ -118,7 +123,7 @@ const (
 
 var faultNames = map[fault]string{fault500: "500", fault503: "503", fault429: "429", faultDrop: "drop", faultCommitDrop: "drop_after_commit", faultSlow: "slow"}
 
-func (p *proxy) draw(write bool) (fault, time.Duration) {
+func (p *proxy) draw(r *http.Request, write bool) (fault, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f := p.faults
@@ -148,6 +153,9 @@ func (p *proxy) draw(write bool) (fault, time.Duration) {
 	}
 	if pick != noFault {
 		p.injected[faultNames[pick]]++
+		if p.log != nil {
+			fmt.Fprintf(p.log, "%s %s %s %s %s\n", time.Now().UTC().Format("15:04:05.000"), faultNames[pick], d, r.Method, r.URL.RequestURI())
+		}
 	}
 	return pick, d
 }
@@ -185,7 +193,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request) {
 	write := r.Method != http.MethodGet && r.Method != http.MethodHead
 	f, d := noFault, time.Duration(0)
 	if graph {
-		f, d = p.draw(write)
+		f, d = p.draw(r, write)
 	}
 	switch f {
 	case fault500:
@@ -203,7 +211,9 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request) {
 	case faultSlow:
 		time.Sleep(d)
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, p.simURL+r.URL.RequestURI(), bytes.NewReader(body))
+	// Graph finishes a request whose caller went away (a killed or
+	// cancelled worker): so does the proxy, to see the effect.
+	req, err := http.NewRequestWithContext(context.WithoutCancel(r.Context()), r.Method, p.simURL+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		hangUp(w)
 		return
@@ -227,6 +237,9 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if graph && write {
 		p.observe(r, body, resp.StatusCode, respBody)
+		if d := p.takeArmed(r, body, resp.StatusCode); d > 0 {
+			time.Sleep(d)
+		}
 	}
 	if f == faultCommitDrop {
 		hangUp(w)
@@ -356,8 +369,9 @@ func (p *proxy) recordPassword(id, pw string) {
 }
 
 // currentPassword is the last password the simulator accepted for the
-// user, and whether that is certain (no overlapping writes).
-func (p *proxy) currentPassword(id string) (string, []passwordSet, bool) {
+// user; why is empty when that is certain, else it says why not
+// (overlapping writes, or a write the proxy did not see).
+func (p *proxy) currentPassword(id string) (pw string, sets []passwordSet, why string) {
 	var count int
 	_ = p.sim.Mutate(p.tenant, func(a *graphsim.Admin) error {
 		if u := a.User(id); u != nil {
@@ -367,20 +381,75 @@ func (p *proxy) currentPassword(id string) (string, []passwordSet, bool) {
 	})
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	sets := append([]passwordSet(nil), p.passwords[id]...)
+	sets = append([]passwordSet(nil), p.passwords[id]...)
 	for i := len(sets) - 1; i >= 0; i-- {
 		if sets[i].count == count {
-			return sets[i].password, sets, !p.ambiguous[id]
+			if p.ambiguous[id] {
+				return sets[i].password, sets, "two password writes for the user overlapped"
+			}
+			return sets[i].password, sets, ""
 		}
 	}
+	why = fmt.Sprintf("the tenant counts %d password writes for the user, the proxy saw %d", count, len(sets))
 	if len(sets) > 0 {
-		return sets[len(sets)-1].password, sets, false
+		return sets[len(sets)-1].password, sets, why
 	}
-	return "", sets, false
+	return "", sets, why
 }
 
 func (p *proxy) createCount(key string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.creates[strings.ToLower(key)]
+}
+
+// armKill asks for the peer address of the next write of a kind that is
+// not idempotent by nature (a create, a password, a licence change, a
+// deletion) once the simulator has applied it; the proxy then holds that
+// answer for hold, so the caller can kill the process that sent it before
+// it learns the outcome.
+func (p *proxy) armKill(hold time.Duration) <-chan string {
+	reply := make(chan string, 1)
+	p.mu.Lock()
+	p.armed, p.hold = reply, hold
+	p.mu.Unlock()
+	return reply
+}
+
+func (p *proxy) disarm() {
+	p.mu.Lock()
+	p.armed = nil
+	p.mu.Unlock()
+}
+
+// takeArmed hands the request's peer to an armed kill, if the write is one
+// worth killing for.
+func (p *proxy) takeArmed(r *http.Request, body []byte, status int) time.Duration {
+	if status < 200 || status > 299 {
+		return 0
+	}
+	path := strings.TrimPrefix(r.URL.Path, "/v1.0")
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	match := false
+	switch {
+	case r.Method == http.MethodPost && len(segs) == 1 && (segs[0] == "users" || segs[0] == "groups"):
+		match = true
+	case r.Method == http.MethodPatch && len(segs) == 2 && segs[0] == "users" && bytes.Contains(body, []byte("passwordProfile")):
+		match = true
+	case r.Method == http.MethodPost && len(segs) == 3 && segs[2] == "assignLicense":
+		match = true
+	case r.Method == http.MethodDelete && len(segs) == 2:
+		match = true
+	}
+	if !match {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.armed == nil {
+		return 0
+	}
+	p.armed <- r.Method + " " + r.URL.Path + " " + r.RemoteAddr
+	p.armed = nil
+	return p.hold
 }

@@ -621,14 +621,17 @@ func (h *harness) checkPasswords(p *plan, c *collected, ids createdIDs) {
 			}
 			want = append(want, string(pw))
 		}
-		cur, sets, certain := h.proxy.currentPassword(id)
+		cur, sets, why := h.proxy.currentPassword(id)
 		last := p.byID[u.LastPasswordJob]
 		if !u.Deleted && known && len(want) == len(u.PasswordJobs) {
+			h.mu.Lock()
+			h.rep.PasswordsChecked++
+			h.mu.Unlock()
 			if cur != want[len(want)-1] {
 				h.mismatch("password", last.ID, last.Action, "user %s (%s): the tenant's password is %s, the job's result says %s (passwords set, in order: %s)",
 					u.UPN, id, mask(cur), mask(want[len(want)-1]), passwordTrail(sets))
-			} else if !certain {
-				h.mismatch("password", last.ID, last.Action, "user %s (%s): password writes overlapped (two at once for one user): %s", u.UPN, id, passwordTrail(sets))
+			} else if why != "" {
+				h.mismatch("password", last.ID, last.Action, "user %s (%s): %s (passwords seen, in order: %s)", u.UPN, id, why, passwordTrail(sets))
 			}
 		}
 		// Every password the tenant accepted must be one a job reports.
@@ -661,15 +664,54 @@ type view struct {
 	users    map[string]jobs.UserAsset
 	groups   map[string]jobs.GroupAsset
 	licenses map[string]jobs.LicenseAsset
-	writer   map[string]string // id → sync id and stream seq of the last change
+	writer   map[string]string   // id → sync id and stream seq of the last change
+	history  map[string][]string // id → every change, oldest first
+}
+
+// summary is a short text of an asset record for a history line.
+func summary(typ string, raw []byte) string {
+	switch typ {
+	case jobs.AssetUser:
+		var a jobs.UserAsset
+		_ = json.Unmarshal(raw, &a)
+		var l []string
+		for _, x := range a.AssignedLicenses {
+			l = append(l, x.SkuPartNumber)
+		}
+		return fmt.Sprintf("enabled=%v licences=%v title=%q", a.AccountEnabled, l, str(a.JobTitle))
+	case jobs.AssetGroup:
+		var a jobs.GroupAsset
+		_ = json.Unmarshal(raw, &a)
+		return fmt.Sprintf("%d members", len(a.Members))
+	}
+	var a jobs.LicenseAsset
+	_ = json.Unmarshal(raw, &a)
+	return fmt.Sprintf("consumed=%d enabled=%d", a.ConsumedUnits, a.PrepaidUnits.Enabled)
+}
+
+// historyOf is the last changes of an asset, for a mismatch's reader.
+func (v *view) historyOf(id string) string {
+	h := v.history[id]
+	if len(h) > 6 {
+		h = append([]string{"…"}, h[len(h)-6:]...)
+	}
+	return "\n    changes in stream order: " + strings.Join(h, " → ")
 }
 
 func rebuild(c *collected) *view {
-	v := &view{users: map[string]jobs.UserAsset{}, groups: map[string]jobs.GroupAsset{}, licenses: map[string]jobs.LicenseAsset{}, writer: map[string]string{}}
+	v := &view{users: map[string]jobs.UserAsset{}, groups: map[string]jobs.GroupAsset{}, licenses: map[string]jobs.LicenseAsset{}, writer: map[string]string{},
+		history: map[string][]string{}}
 	for _, da := range c.deltas {
 		d := da.d
 		for _, ch := range d.Changes {
 			v.writer[ch.ID] = fmt.Sprintf("%s %s (seq %d)", ch.Op, d.SyncID, da.seq)
+			line := fmt.Sprintf("seq %d %s %s", da.seq, d.SyncID, ch.Op)
+			if ch.Op == jobs.OpUpsert {
+				line += " " + summary(d.Type, ch.Asset)
+			} else {
+				line += " " + ch.Reason
+			}
+			v.history[ch.ID] = append(v.history[ch.ID], line)
 			switch {
 			case ch.Op == jobs.OpDelete:
 				switch d.Type {
@@ -707,7 +749,7 @@ func (h *harness) checkAssets(c *collected, truth *graphsim.Snapshot) {
 		seen[t.ID] = true
 		a, ok := v.users[t.ID]
 		if !ok {
-			add("user %s (%s) is missing from the view (last change: %s)", t.UserPrincipalName, t.ID, v.writer[t.ID])
+			add("user %s (%s) is missing from the view (last change: %s)%s", t.UserPrincipalName, t.ID, v.writer[t.ID], v.historyOf(t.ID))
 			continue
 		}
 		var d []string
@@ -734,12 +776,12 @@ func (h *harness) checkAssets(c *collected, truth *graphsim.Snapshot) {
 		}
 		cmp("licences", licenceText(al), licenceText(truthLicences(t)))
 		if len(d) > 0 {
-			add("user %s (%s): %s (last change: %s)", t.UserPrincipalName, t.ID, strings.Join(d, "; "), v.writer[t.ID])
+			add("user %s (%s): %s (last change: %s)%s", t.UserPrincipalName, t.ID, strings.Join(d, "; "), v.writer[t.ID], v.historyOf(t.ID))
 		}
 	}
 	for id, a := range v.users {
 		if !seen[id] {
-			add("user %s (%s) is in the view but not in the tenant (last change: %s)", a.UserPrincipalName, id, v.writer[id])
+			add("user %s (%s) is in the view but not in the tenant (last change: %s)%s", a.UserPrincipalName, id, v.writer[id], v.historyOf(id))
 		}
 	}
 	seen = map[string]bool{}
@@ -747,7 +789,7 @@ func (h *harness) checkAssets(c *collected, truth *graphsim.Snapshot) {
 		seen[t.ID] = true
 		a, ok := v.groups[t.ID]
 		if !ok {
-			add("group %s (%s) is missing from the view (last change: %s)", t.MailNickname, t.ID, v.writer[t.ID])
+			add("group %s (%s) is missing from the view (last change: %s)%s", t.MailNickname, t.ID, v.writer[t.ID], v.historyOf(t.ID))
 			continue
 		}
 		var d []string
@@ -761,23 +803,23 @@ func (h *harness) checkAssets(c *collected, truth *graphsim.Snapshot) {
 			d = append(d, "members: view vs truth "+setDiff(t.Members, a.Members))
 		}
 		if len(d) > 0 {
-			add("group %s (%s): %s (last change: %s)", t.MailNickname, t.ID, strings.Join(d, "; "), v.writer[t.ID])
+			add("group %s (%s): %s (last change: %s)%s", t.MailNickname, t.ID, strings.Join(d, "; "), v.writer[t.ID], v.historyOf(t.ID))
 		}
 	}
 	for id, a := range v.groups {
 		if !seen[id] {
-			add("group %s (%s) is in the view but not in the tenant (last change: %s)", a.MailNickname, id, v.writer[id])
+			add("group %s (%s) is in the view but not in the tenant (last change: %s)%s", a.MailNickname, id, v.writer[id], v.historyOf(id))
 		}
 	}
 	for _, s := range truth.SKUs {
 		l, ok := v.licenses[s.SkuID]
 		if !ok {
-			add("licence %s is missing from the view", s.SkuPartNumber)
+			add("licence %s is missing from the view%s", s.SkuPartNumber, v.historyOf(s.SkuID))
 			continue
 		}
 		if l.ConsumedUnits != s.Consumed || l.PrepaidUnits.Enabled != s.Enabled || l.AvailableUnits != s.Enabled-s.Consumed {
-			add("licence %s: consumed %d, enabled %d, available %d; truth %d, %d, %d (last change: %s)", s.SkuPartNumber, l.ConsumedUnits, l.PrepaidUnits.Enabled,
-				l.AvailableUnits, s.Consumed, s.Enabled, s.Enabled-s.Consumed, v.writer[s.SkuID])
+			add("licence %s: consumed %d, enabled %d, available %d; truth %d, %d, %d (last change: %s)%s", s.SkuPartNumber, l.ConsumedUnits, l.PrepaidUnits.Enabled,
+				l.AvailableUnits, s.Consumed, s.Enabled, s.Enabled-s.Consumed, v.writer[s.SkuID], v.historyOf(s.SkuID))
 		}
 	}
 	for i, s := range out {
