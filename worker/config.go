@@ -66,6 +66,11 @@ type Config struct {
 	// PoolKey opens secrets sealed to the pool (instance secrets, job
 	// passwords). Optional until a handler needs it.
 	PoolKey nkeys.KeyPair
+	// OnInstanceChange, if set, is called with every change of an instance
+	// of the worker's pool the worker sees (nil for a removal): the Graph
+	// client pool forgets a removed instance's client and its opened
+	// secret.
+	OnInstanceChange func(id string, in *Instance)
 	// Logger receives the worker's logs. Default: discard.
 	Logger *slog.Logger
 }

@@ -336,7 +336,17 @@ func (s *Instances) set(in *Instance) {
 // Watch keeps the local copy current until ctx ends. onChange, if not nil,
 // is called with each changed instance (nil for a deletion) and its id.
 func (s *Instances) Watch(ctx context.Context, onChange func(id string, in *Instance)) error {
-	w, err := s.kv.WatchAll(ctx)
+	return s.watch(ctx, ">", onChange)
+}
+
+// WatchPool is Watch for the instances of one pool (what a pool's workers
+// may read).
+func (s *Instances) WatchPool(ctx context.Context, pool string, onChange func(id string, in *Instance)) error {
+	return s.watch(ctx, pool+".>", onChange)
+}
+
+func (s *Instances) watch(ctx context.Context, filter string, onChange func(id string, in *Instance)) error {
+	w, err := s.kv.Watch(ctx, filter)
 	if err != nil {
 		return fmt.Errorf("watch instances: %w", err)
 	}

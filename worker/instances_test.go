@@ -205,3 +205,37 @@ func TestSetupMigratesLegacyInstances(t *testing.T) {
 		t.Errorf("the sync state did not move: %v", err)
 	}
 }
+
+// A worker watches its own pool's instances only, and hears of a removal
+// (so its Graph pool can forget the instance's client and secret).
+func TestWorkerHearsOfItsPoolsInstances(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	var mu sync.Mutex
+	seen := map[string][]bool{} // id → present at each change
+	startWorker(t, srv, worker.Config{OnInstanceChange: func(id string, in *worker.Instance) {
+		mu.Lock()
+		seen[id] = append(seen[id], in != nil)
+		mu.Unlock()
+	}}, worker.Registry{})
+	store, _ := worker.OpenInstances(context.Background(), js, srv.Topology)
+	for _, in := range []worker.Instance{{ID: "acme"}, {ID: "elsewhere", Pool: "site-a"}} {
+		in.TenantID, in.ClientID, in.ClientSecret = "6e7b768e-07e2-4810-8459-485f84f8f204", "1c4a6a0b-5f6d-4bb8-9f1e-2f7f0f6e4d11", sealedForTest(t)
+		if _, err := store.Put(context.Background(), in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.Delete(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	workertest.Eventually(t, 30*time.Second, "the removal", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen["acme"]) == 2 && seen["acme"][0] && !seen["acme"][1]
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen["elsewhere"]) != 0 {
+		t.Errorf("pool default's worker saw site-a's instance: %v", seen)
+	}
+}

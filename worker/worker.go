@@ -124,7 +124,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.bound.Store(true)
 	defer w.bound.Store(false)
-	if err := w.instances.Watch(ctx, nil); err != nil {
+	if err := w.instances.WatchPool(ctx, w.cfg.Pool, w.cfg.OnInstanceChange); err != nil {
 		return err
 	}
 	stopLive := w.store.Announce(w.cfg.Pool, sanitizeToken(w.cfg.ID))

@@ -530,7 +530,11 @@ func cmdFailed(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err == nil {
 			var env any
 			if json.Unmarshal(orig.Data, &env) == nil {
-				out["job"] = env
+				job, masked := redactClear(env)
+				out["job"] = job
+				if len(masked) > 0 {
+					out["redacted"] = masked
+				}
 			} else {
 				out["job_raw_bytes"] = len(orig.Data)
 			}

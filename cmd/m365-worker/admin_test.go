@@ -134,6 +134,31 @@ func TestOperatorCommands(t *testing.T) {
 	if !strings.Contains(out, `"POWER_BI_PRO"`) || !strings.Contains(out, `"stream_seq"`) {
 		t.Errorf("failed show: %s", out)
 	}
+	// A password sent in clear by mistake: refused, and never printed.
+	const clearPw = "Clear-Text-Pw-123!"
+	pnc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pnc.Close()
+	pjs, _ := jetstream.New(pnc)
+	clearJob := `{"schema_version":1,"id":"clear-pw","instance":"acme","action":"microsoft-365.reset_password","params":{"user":"` + user + `","password":"` + clearPw + `"}}`
+	if _, err := pjs.Publish(context.Background(), "m365.jobs.default.acme.action.reset_password", []byte(clearJob), jetstream.WithMsgID("clear-pw")); err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer pcancel()
+	clearRes, err := worker.WaitResult(pctx, pjs, worker.Topology{}, "acme", jobs.ActionResetPassword, "clear-pw")
+	if err != nil || clearRes.Error == nil || clearRes.Error.Code != jobs.CodeInvalidParams || !strings.Contains(clearRes.Error.Message, "sealed") {
+		t.Fatalf("a clear password: %+v %v", clearRes, err)
+	}
+	raw, _ := json.Marshal(clearRes)
+	out = string(raw)
+	shown, _ := cli(t, "", "failed", "show", clearRes.JobID, "--nats", natsURL)
+	listed, _ := cli(t, "", "failed", "list", "--nats", natsURL)
+	if strings.Contains(out+shown+listed, clearPw) || !strings.Contains(shown, "job.params.password") || !strings.Contains(shown, "redacted") {
+		t.Errorf("a clear password printed: %s\n%s\n%s", out, shown, listed)
+	}
 	// Fix the cause (buy seats), then replay.
 	r2, err := hc.Post(simURL+"/_admin/tenants/"+tenants[0]["tenant_id"]+"/seats", "application/json", strings.NewReader(`{"sku":"POWER_BI_PRO","enabled":1000}`))
 	if err != nil || r2.StatusCode != 204 {

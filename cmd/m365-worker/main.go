@@ -260,6 +260,9 @@ func (p *poolFlags) logger(w io.Writer) (*slog.Logger, error) {
 // poolKey reads the pool's curve key from M365_POOL_KEY or --pool-key-file.
 func (p *poolFlags) poolKey() (nkeys.KeyPair, error) {
 	seed := os.Getenv("M365_POOL_KEY")
+	// Read once, then gone from the environment: child processes (a proxy,
+	// a shell a handler might run) do not inherit the pool's private key.
+	_ = os.Unsetenv("M365_POOL_KEY")
 	if *p.poolKeyFile != "" {
 		b, err := os.ReadFile(*p.poolKeyFile)
 		if err != nil {
@@ -308,6 +311,11 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	w, err := worker.New(ctx, js, topo, worker.Config{
 		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, AckWait: *p.ackWait,
 		ShutdownTimeout: *p.shutdown, PoolKey: key, Logger: log,
+		OnInstanceChange: func(id string, in *worker.Instance) {
+			if in == nil {
+				graph.Forget(id) // its client and opened secret
+			}
+		},
 	}, reg)
 	if err != nil {
 		return err

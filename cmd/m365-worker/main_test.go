@@ -22,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/tevyra/m365-worker/jobs"
 )
@@ -307,4 +308,24 @@ func TestGraphsimCommand(t *testing.T) {
 		t.Errorf("users/$count = %q", n)
 	}
 	s.interrupt(t)
+}
+
+// The pool's private key is read from M365_POOL_KEY once and dropped from
+// the environment, so child processes never inherit it.
+func TestPoolKeyLeavesTheEnvironment(t *testing.T) {
+	kp, _ := nkeys.CreateCurveKeys()
+	seed, _ := kp.Seed()
+	t.Setenv("M365_POOL_KEY", string(seed))
+	none := ""
+	got, err := (&poolFlags{poolKeyFile: &none}).poolKey()
+	if err != nil || got == nil {
+		t.Fatalf("pool key: %v", err)
+	}
+	if v, ok := os.LookupEnv("M365_POOL_KEY"); ok {
+		t.Fatalf("M365_POOL_KEY still set (%d bytes)", len(v))
+	}
+	out, err := exec.Command("sh", "-c", "echo ${M365_POOL_KEY:-unset}").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "unset" {
+		t.Fatalf("a child process sees %q (%v)", out, err)
+	}
 }
