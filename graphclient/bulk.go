@@ -193,9 +193,14 @@ func (c *Client) ListUsers(ctx context.Context, filter string, fn func([]User) e
 // round ("" starts a full round, "latest" takes a tracking point without
 // data). Pages go to fn as they arrive; the new deltaLink is returned. An
 // expired or reset token gives an error matching ErrDeltaExpired: start a
-// full round.
+// full round. So does a link that is not https on the instance's Graph
+// host (OwnsLink), which is never requested; the error also matches
+// ErrForeignHost.
 func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserChange]) (string, error) {
-	u := c.deltaURL("users", link, UserSelect)
+	u, err := c.deltaURL("user delta", "users", link, UserSelect)
+	if err != nil {
+		return "", err
+	}
 	w := c.walk("user delta", u)
 	for {
 		p, err := getPage[userJSON](ctx, c, "user delta", u)
@@ -236,7 +241,10 @@ func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserCh
 // groups once the page is read, and a group continued on a later page is
 // sent again with the rest of its members (apply idempotently).
 func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[GroupChange]) (string, error) {
-	u := c.deltaURL("groups", link, append(append([]string{}, GroupSelect...), "members"))
+	u, err := c.deltaURL("group delta", "groups", link, append(append([]string{}, GroupSelect...), "members"))
+	if err != nil {
+		return "", err
+	}
 	w := c.walk("group delta", u)
 	for {
 		p, err := getPage[groupJSON](ctx, c, "group delta", u)

@@ -42,7 +42,7 @@ func matchesOnly(t *testing.T, name string, err, want error) {
 func TestClassifierOnSimulatorErrors(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 40, Groups: 12, NoThrottling: true})
 	cfg := simConfig(sim, 0)
-	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{MaxWait: time.Second}), cfg)
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, MaxWait: time.Second}), cfg)
 	ctx := context.Background()
 	snap, _ := sim.Export(cfg.TenantID)
 	var noLoc, unlicensed, licensed, dynamic, static string

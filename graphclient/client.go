@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -108,7 +109,14 @@ type PoolConfig struct {
 	// *Error with its status and the start of its text. Default
 	// DefaultMaxErrorBytes (64 KiB).
 	MaxErrorBytes int64
-	Logger        *slog.Logger
+	// AllowEndpointOverrides lets an instance's Config set Authority,
+	// GraphRoot and CAPEM (a simulator, a test tenant). Default false:
+	// such a Config is refused with an *EndpointOverrideError (matching
+	// ErrEndpointOverride), since it would send the instance's client
+	// secret and tokens to a server of the record's choosing. Cloud (the
+	// national clouds' built-in endpoints) and HTTPProxy always work.
+	AllowEndpointOverrides bool
+	Logger                 *slog.Logger
 }
 
 // Pool hands out clients per instance and holds the app-wide budgets.
@@ -164,9 +172,12 @@ type Client struct {
 	counters Counters
 	cred     *guardedCredential
 	graphURL string
-	http     *http.Client // the paced client, for raw requests ($batch)
-	limits   limits
-	log      *slog.Logger
+	// graphHost is the Graph root's host:port (port 443 when implied), the
+	// only host that gets the token.
+	graphHost string
+	http      *http.Client // the paced client, for raw requests ($batch)
+	limits    limits
+	log       *slog.Logger
 }
 
 // Client returns the instance's client, building it on first use and again
@@ -175,6 +186,9 @@ func (p *Pool) Client(cfg Config) (*Client, error) {
 	key := cfg.Instance
 	if key == "" {
 		key = cfg.TenantID + "/" + cfg.ClientID
+	}
+	if err := p.checkOverrides(cfg); err != nil {
+		return nil, err
 	}
 	fp := cfg.fingerprint()
 	p.mu.Lock()
@@ -196,6 +210,32 @@ func (p *Pool) Client(cfg Config) (*Client, error) {
 	}
 	p.clients[key] = c
 	return c, nil
+}
+
+// checkOverrides refuses a Config that sets endpoint overrides unless the
+// pool allows them.
+func (p *Pool) checkOverrides(cfg Config) error {
+	if p.cfg.AllowEndpointOverrides {
+		return nil
+	}
+	var fields []string
+	if cfg.Authority != "" {
+		fields = append(fields, "authority")
+	}
+	if cfg.GraphRoot != "" {
+		fields = append(fields, "graph_root")
+	}
+	if len(cfg.CAPEM) > 0 {
+		fields = append(fields, "ca_pem")
+	}
+	if fields == nil {
+		return nil
+	}
+	inst := cfg.Instance
+	if inst == "" {
+		inst = cfg.TenantID
+	}
+	return &EndpointOverrideError{Instance: inst, Fields: fields}
 }
 
 // Stats returns the traffic counters of every client, by instance.
@@ -248,17 +288,23 @@ func newClient(cfg Config, fp string, app *pacer, pc PoolConfig) (*Client, error
 		return nil, err
 	}
 	tenant := newTenantPacer(cfg.Users, pc.Workers(), pc.TimeScale, pc.MaxConcurrency)
-	c := &Client{cfg: cfg, fp: fp, tenant: tenant, cred: cred, graphURL: graphRoot + "/v1.0", limits: lim, log: log}
+	c := &Client{cfg: cfg, fp: fp, tenant: tenant, cred: cred, graphURL: graphRoot + "/v1.0", graphHost: hostPort(gu), limits: lim, log: log}
 	tr := &transport{base: base, tenant: tenant, app: app, workers: pc.Workers, maxWait: pc.MaxWait, maxAttempts: pc.MaxAttempts, counters: &c.counters, log: log}
-	// The SDK's default middleware without its retry handler: ours is the
-	// only retry layer.
+	// Every Graph request, the SDK's and ours, passes the host guard: none
+	// leaves for another host or over plain http.
+	guard := &hostGuard{next: tr, c: c}
+	// The SDK's default middleware without its retry and redirect
+	// handlers: ours is the only retry layer, and redirects are followed
+	// by the http.Client under checkRedirect, like the raw requests'.
 	var mws []khttp.Middleware
 	for _, m := range msgraphcore.GetDefaultMiddlewaresWithOptions(&msgraphcore.GraphClientOptions{}) {
-		if _, isRetry := m.(*khttp.RetryHandler); !isRetry {
+		switch m.(type) {
+		case *khttp.RetryHandler, *khttp.RedirectHandler:
+		default:
 			mws = append(mws, m)
 		}
 	}
-	hc := &http.Client{Transport: khttp.NewCustomTransportWithParentTransport(tr, mws...)}
+	hc := &http.Client{Transport: khttp.NewCustomTransportWithParentTransport(guard, mws...), CheckRedirect: c.checkRedirect}
 	// The SDK registers its serializers in process-wide defaults while it
 	// builds an adapter and a client (kiota's EnableBackingStore writes a
 	// global): build one at a time.
@@ -272,8 +318,78 @@ func newClient(cfg Config, fp string, app *pacer, pc PoolConfig) (*Client, error
 	c.adapter = adapter
 	c.Graph = msgraph.NewGraphServiceClient(adapter)
 	sdkInit.Unlock()
-	c.http = &http.Client{Transport: &authTransport{next: tr, cred: cred, scope: graphRoot + "/.default"}}
+	c.http = &http.Client{Transport: &authTransport{next: guard, c: c, cred: cred, scope: graphRoot + "/.default"}, CheckRedirect: c.checkRedirect}
 	return c, nil
+}
+
+// maxRedirects is how many redirects one Graph request follows, each on the
+// instance's Graph host over https.
+const maxRedirects = 3
+
+// hostPort is u's host and port, lower case, the port 443 when implied.
+func hostPort(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "443"
+	}
+	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// owns reports whether u is https on the instance's Graph host, without
+// user info.
+func (c *Client) owns(u *url.URL) bool {
+	return u != nil && u.Scheme == "https" && u.User == nil && u.Host != "" && hostPort(u) == c.graphHost
+}
+
+// OwnsLink reports whether link is a URL this client sends requests and its
+// token to: https on the instance's Graph host (the cloud's, or the
+// allowed GraphRoot override).
+func (c *Client) OwnsLink(link string) bool {
+	u, err := url.Parse(link)
+	return err == nil && c.owns(u)
+}
+
+// where names u's scheme and host only (a link's query may hold a token).
+func where(u *url.URL) string {
+	if u == nil {
+		return "(no URL)"
+	}
+	return u.Scheme + "://" + u.Host
+}
+
+// foreignErr is the refusal of a request to u.
+func (c *Client) foreignErr(u *url.URL, what string) *Error {
+	return &Error{Message: fmt.Sprintf("%s %s refused: only https://%s (the instance's Graph host) gets requests and the token", what, where(u), strings.TrimSuffix(c.graphHost, ":443")), foreign: true}
+}
+
+// checkRedirect follows at most maxRedirects redirects, each to the
+// instance's Graph host over https.
+func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
+	if !c.owns(req.URL) {
+		return c.foreignErr(req.URL, "Graph's redirect to")
+	}
+	if len(via) > maxRedirects {
+		return badResponse("", 0, fmt.Sprintf("Graph redirected more than %d times", maxRedirects))
+	}
+	return nil
+}
+
+// hostGuard refuses any request that is not https on the instance's Graph
+// host before it is paced or sent: the last check under both the SDK's
+// pipeline and the raw requests.
+type hostGuard struct {
+	next http.RoundTripper
+	c    *Client
+}
+
+func (g *hostGuard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !g.c.owns(req.URL) {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, g.c.foreignErr(req.URL, "a request to")
+	}
+	return g.next.RoundTrip(req)
 }
 
 var sdkInit sync.Mutex
@@ -408,14 +524,22 @@ func authError(err error, status int) *Error {
 	return e
 }
 
-// authTransport adds the bearer token for raw requests ($batch).
+// authTransport adds the bearer token for raw requests (the bulk reads,
+// $batch), only to https requests on the instance's Graph host.
 type authTransport struct {
 	next  http.RoundTripper
+	c     *Client
 	cred  azcore.TokenCredential
 	scope string
 }
 
 func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !a.c.owns(req.URL) {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, a.c.foreignErr(req.URL, "a request to")
+	}
 	tok, err := a.cred.GetToken(req.Context(), policy.TokenRequestOptions{Scopes: []string{a.scope}})
 	if err != nil {
 		return nil, err

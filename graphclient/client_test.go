@@ -94,7 +94,7 @@ func checkBudgetUse(t *testing.T, clients []*graphclient.Client, ok int64, elaps
 
 func TestPacingOneClientAtThreeTimesBudget(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 20, Groups: 2, TimeScale: simScale})
-	pool := graphclient.NewPool(graphclient.PoolConfig{TimeScale: simScale, MaxWait: time.Minute})
+	pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, TimeScale: simScale, MaxWait: time.Minute})
 	c := newClient(t, pool, simConfig(sim, 0))
 	if _, err := c.Graph.SubscribedSkus().Get(context.Background(), nil); err != nil { // token
 		t.Fatal(err)
@@ -108,7 +108,7 @@ func TestPacingThreeWorkersShareATenant(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 20, Groups: 2, TimeScale: simScale})
 	var clients []*graphclient.Client
 	for i := 0; i < 3; i++ {
-		pool := graphclient.NewPool(graphclient.PoolConfig{TimeScale: simScale, MaxWait: time.Minute, Workers: func() int { return 3 }})
+		pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, TimeScale: simScale, MaxWait: time.Minute, Workers: func() int { return 3 }})
 		c := newClient(t, pool, simConfig(sim, 0))
 		if _, err := c.Graph.SubscribedSkus().Get(context.Background(), nil); err != nil {
 			t.Fatal(err)
@@ -123,7 +123,7 @@ func TestPacingThreeWorkersShareATenant(t *testing.T) {
 func TestRetryAfterHonouredExactly(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 10, Groups: 1, NoThrottling: true})
 	cfg := simConfig(sim, 0)
-	pool := graphclient.NewPool(graphclient.PoolConfig{})
+	pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true})
 	c := newClient(t, pool, cfg)
 	ctx := context.Background()
 	if _, err := c.Graph.SubscribedSkus().Get(ctx, nil); err != nil {
@@ -160,7 +160,7 @@ func TestRetryAfterHonouredExactly(t *testing.T) {
 func TestLongRetryAfterReturnsTheWait(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 10, Groups: 1, NoThrottling: true})
 	cfg := simConfig(sim, 0)
-	pool := graphclient.NewPool(graphclient.PoolConfig{MaxWait: time.Second})
+	pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, MaxWait: time.Second})
 	c := newClient(t, pool, cfg)
 	_ = sim.Mutate(cfg.TenantID, func(a *graphsim.Admin) error { a.ThrottleNextWith(1, 90*time.Second, false); return nil })
 	t0 := time.Now()
@@ -185,7 +185,7 @@ func TestWrongSecretFailsFast(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 10, Groups: 1, NoThrottling: true})
 	cfg := simConfig(sim, 0)
 	cfg.ClientSecret = "not-the-secret"
-	pool := graphclient.NewPool(graphclient.PoolConfig{AuthBackoff: time.Hour})
+	pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, AuthBackoff: time.Hour})
 	c := newClient(t, pool, cfg)
 	before := sim.Tokens.Load()
 	for i := 0; i < 5; i++ {

@@ -50,6 +50,35 @@ var (
 // attempts like an outage.
 var ErrBadResponse = errors.New("unusable Graph response")
 
+// ErrEndpointOverride is an instance Config that sets Authority, GraphRoot
+// or CAPEM in a pool that does not allow it
+// (PoolConfig.AllowEndpointOverrides); the error is an
+// *EndpointOverrideError. It is a configuration error: never retryable.
+var ErrEndpointOverride = errors.New("endpoint override refused")
+
+// ErrForeignHost is a request the client refused to send, with or without
+// its bearer token: its URL is not https on the instance's Graph host (a
+// nextLink, a redirect or a stored delta link pointing elsewhere). A stored
+// delta link pointing elsewhere also matches ErrDeltaExpired, so the caller
+// drops it and runs a full round.
+var ErrForeignHost = errors.New("not the instance's Graph host")
+
+// EndpointOverrideError is the refusal of an instance Config that sets
+// endpoint overrides in a pool that does not allow them.
+type EndpointOverrideError struct {
+	Instance string
+	// Fields names what the Config sets, as the instance record names
+	// them: authority, graph_root, ca_pem.
+	Fields []string
+}
+
+func (e *EndpointOverrideError) Error() string {
+	return fmt.Sprintf("instance %s sets %s: endpoint overrides are refused unless the pool allows them (PoolConfig.AllowEndpointOverrides)", e.Instance, strings.Join(e.Fields, ", "))
+}
+
+// Is matches ErrEndpointOverride.
+func (e *EndpointOverrideError) Is(target error) bool { return target == ErrEndpointOverride }
+
 // Detail is one entry of a Graph error's details.
 type Detail struct {
 	Code    string `json:"code"`
@@ -78,6 +107,8 @@ type Error struct {
 	// reason is the refining sentinel set by classify (ErrNoFreeSeat, …)
 	// or by the client's guards (ErrBadResponse); nil for none.
 	reason error
+	// foreign: a request refused for its host (ErrForeignHost).
+	foreign bool
 }
 
 func (e *Error) Error() string {
@@ -118,6 +149,9 @@ func (e *Error) Unwrap() error { return e.err }
 func (e *Error) Is(target error) bool {
 	if e.reason != nil && target == e.reason {
 		return true
+	}
+	if target == ErrForeignHost {
+		return e.foreign
 	}
 	switch target {
 	case ErrNotFound:

@@ -68,7 +68,7 @@ func isGraphFault(t *testing.T, op string, err error, want string) {
 // repeat, after two requests (page one, then the link that links to
 // itself).
 func TestRepeatedNextLinkEndsTheWalk(t *testing.T) {
-	c, snap := faultyTenant(t, graphclient.PoolConfig{}, graphsim.ResponseFaults{RepeatNextLink: true})
+	c, snap := faultyTenant(t, graphclient.PoolConfig{AllowEndpointOverrides: true}, graphsim.ResponseFaults{RepeatNextLink: true})
 	for op, run := range walks(snap) {
 		t.Run(op, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -86,7 +86,7 @@ func TestRepeatedNextLinkEndsTheWalk(t *testing.T) {
 // exactly that many pages.
 func TestEndlessPagingStopsAtTheCap(t *testing.T) {
 	const maxPages = 25
-	c, snap := faultyTenant(t, graphclient.PoolConfig{MaxPages: maxPages}, graphsim.ResponseFaults{EndlessPages: true})
+	c, snap := faultyTenant(t, graphclient.PoolConfig{AllowEndpointOverrides: true, MaxPages: maxPages}, graphsim.ResponseFaults{EndlessPages: true})
 	for op, run := range walks(snap) {
 		t.Run(op, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -103,7 +103,7 @@ func TestEndlessPagingStopsAtTheCap(t *testing.T) {
 // A page body over PoolConfig.MaxPageBytes fails the read, on the raw
 // (ListUsers, UserDelta) and the SDK path (SubscribedSKUs) alike.
 func TestPageBodyOverTheCap(t *testing.T) {
-	c, _ := faultyTenant(t, graphclient.PoolConfig{MaxPageBytes: 2 << 10}, graphsim.ResponseFaults{})
+	c, _ := faultyTenant(t, graphclient.PoolConfig{AllowEndpointOverrides: true, MaxPageBytes: 2 << 10}, graphsim.ResponseFaults{})
 	ctx := context.Background()
 	err := c.ListUsers(ctx, "", func([]graphclient.User) error { return nil })
 	isGraphFault(t, "list users", err, "exceeds 2048 bytes (the cap, PoolConfig.MaxPageBytes)")
@@ -123,7 +123,7 @@ func TestPageBodyOverTheCap(t *testing.T) {
 // marked truncated.
 func TestHugeErrorBodyIsTruncated(t *testing.T) {
 	for _, status := range []int{400, 503} {
-		c, snap := faultyTenant(t, graphclient.PoolConfig{MaxAttempts: 2}, graphsim.ResponseFaults{HugeErrorBytes: 8 << 20, HugeErrorStatus: status})
+		c, snap := faultyTenant(t, graphclient.PoolConfig{AllowEndpointOverrides: true, MaxAttempts: 2}, graphsim.ResponseFaults{HugeErrorBytes: 8 << 20, HugeErrorStatus: status})
 		ctx := context.Background()
 		_, sdkErr := c.GetUser(ctx, snap.Users[0].ID)
 		rawErr := c.ListUsers(ctx, "", func([]graphclient.User) error { return nil })
@@ -148,7 +148,7 @@ func TestHugeErrorBodyIsTruncated(t *testing.T) {
 
 // A 204 No Content answer to $count is an error, not a nil dereference.
 func TestCountAnsweredNoContent(t *testing.T) {
-	c, _ := faultyTenant(t, graphclient.PoolConfig{}, graphsim.ResponseFaults{NoContentCount: true})
+	c, _ := faultyTenant(t, graphclient.PoolConfig{AllowEndpointOverrides: true}, graphsim.ResponseFaults{NoContentCount: true})
 	ctx := context.Background()
 	_, err := c.CountUsers(ctx)
 	isGraphFault(t, "count users", err, "without a body")

@@ -28,7 +28,7 @@ func TestCertificateConfigAndTokenCache(t *testing.T) {
 	_ = sim.Mutate(base.TenantID, func(a *graphsim.Admin) error { a.AddApp(app); return nil })
 	cfg := graphclient.Config{Instance: "cert", TenantID: base.TenantID, ClientID: app.ClientID, CertificatePEM: certPEM, PrivateKeyPEM: keyPEM,
 		Authority: base.Authority, GraphRoot: base.GraphRoot, CAPEM: base.CAPEM}
-	pool := graphclient.NewPool(graphclient.PoolConfig{})
+	pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true})
 	c := newClient(t, pool, cfg)
 	before := sim.Tokens.Load()
 	for i := 0; i < 5; i++ {
@@ -48,7 +48,7 @@ func TestCertificateConfigAndTokenCache(t *testing.T) {
 func TestOneRetryLayer(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 10, Groups: 1, NoThrottling: true, Faults: graphsim.Faults{Rate503: 1}})
 	cfg := simConfig(sim, 0)
-	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{MaxAttempts: 3}), cfg)
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, MaxAttempts: 3}), cfg)
 	_, err := c.SubscribedSKUs(context.Background())
 	if !errors.Is(err, graphclient.ErrUnavailable) {
 		t.Fatalf("every response 503: %v", err)

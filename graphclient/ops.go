@@ -54,15 +54,26 @@ type GroupChange struct {
 }
 
 // deltaURL is where a delta round starts: the stored link, or a new round
-// ("") or a tracking point ("latest") with the selected properties.
-func (c *Client) deltaURL(set, link string, sel []string) string {
+// ("") or a tracking point ("latest") with the selected properties. A
+// stored link that is not https on the instance's Graph host (state
+// written by someone else) is dropped: the error matches ErrDeltaExpired,
+// so the caller runs a full round, and ErrForeignHost.
+func (c *Client) deltaURL(op, set, link string, sel []string) (string, error) {
 	switch link {
 	case "":
-		return c.graphURL + "/" + set + "/delta?$select=" + strings.Join(sel, ",")
+		return c.graphURL + "/" + set + "/delta?$select=" + strings.Join(sel, ","), nil
 	case "latest":
-		return c.graphURL + "/" + set + "/delta?$deltatoken=latest&$select=" + strings.Join(sel, ",")
+		return c.graphURL + "/" + set + "/delta?$deltatoken=latest&$select=" + strings.Join(sel, ","), nil
 	}
-	return link
+	if !c.OwnsLink(link) {
+		u, _ := url.Parse(link)
+		c.log.Warn("graph: the stored delta link is not on the instance's Graph host; dropped for a full round", "op", op, "link_host", where(u), "graph_host", c.graphHost)
+		e := c.foreignErr(u, "the stored delta link to")
+		e.Op, e.reason = op, ErrDeltaExpired
+		e.Message += "; dropped, a full round follows"
+		return "", e
+	}
+	return link, nil
 }
 
 // SubscribedSKUs returns the tenant's licences.

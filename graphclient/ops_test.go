@@ -16,7 +16,7 @@ import (
 func TestOperationsAndSentinels(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 40, Groups: 12, NoThrottling: true, NoUserAdminRole: true})
 	cfg := simConfig(sim, 0)
-	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{MaxWait: time.Second}), cfg)
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, MaxWait: time.Second}), cfg)
 	ctx := context.Background()
 	snap, _ := sim.Export(cfg.TenantID)
 	domain := strings.SplitN(snap.Users[0].UserPrincipalName, "@", 2)[1]
@@ -199,7 +199,7 @@ func TestOperationsAndSentinels(t *testing.T) {
 func TestForbiddenAndDeltaExpired(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 20, Groups: 4, NoThrottling: true, ReadOnly: true, DeltaTokenTTL: 200 * time.Millisecond})
 	cfg := simConfig(sim, 0)
-	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{}), cfg)
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true}), cfg)
 	ctx := context.Background()
 	snap, _ := sim.Export(cfg.TenantID)
 	job := "x"
@@ -243,7 +243,7 @@ func TestForbiddenAndDeltaExpired(t *testing.T) {
 func TestDeltaRoundsMatchGroundTruth(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 5100, Groups: 30, NoThrottling: true, DeltaDuplicateRate: 0.01})
 	cfg := simConfig(sim, 0)
-	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{}), cfg)
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true}), cfg)
 	ctx := context.Background()
 	usersNow := map[string]graphclient.User{}
 	members := map[string]map[string]bool{}
@@ -325,7 +325,7 @@ func TestDeltaRoundsMatchGroundTruth(t *testing.T) {
 func TestBatchRetriesThrottledItems(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 10, Groups: 2, NoThrottling: true})
 	cfg := simConfig(sim, 0)
-	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{}), cfg)
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true}), cfg)
 	snap, _ := sim.Export(cfg.TenantID)
 	ctx := context.Background()
 	if _, err := c.SubscribedSKUs(ctx); err != nil { // token
@@ -358,7 +358,7 @@ func TestBatchRetriesThrottledItems(t *testing.T) {
 // be published differently by a sync and by a post-action refresh.
 func TestBulkRecordsMatchTheSDK(t *testing.T) {
 	sim := startSim(t, graphsim.Options{Users: 300, Groups: 12, NoThrottling: true})
-	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{}), simConfig(sim, 0))
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true}), simConfig(sim, 0))
 	ctx := context.Background()
 	var listed []graphclient.User
 	if err := c.ListUsers(ctx, "", func(p []graphclient.User) error { listed = append(listed, p...); return nil }); err != nil {

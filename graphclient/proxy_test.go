@@ -66,7 +66,7 @@ func TestEgressThroughForwardProxy(t *testing.T) {
 	proxyURL, logPath := startTinyproxy(t)
 	cfg := simConfig(sim, 0)
 	cfg.HTTPProxy = proxyURL
-	pool := graphclient.NewPool(graphclient.PoolConfig{})
+	pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true})
 	c := newClient(t, pool, cfg)
 	if _, err := c.Graph.SubscribedSkus().Get(context.Background(), nil); err != nil {
 		t.Fatalf("through the proxy: %v", err)
@@ -88,7 +88,7 @@ func TestEgressThroughForwardProxy(t *testing.T) {
 	cfg2 := simConfig(sim, 0)
 	cfg2.Instance = "via-dead-proxy"
 	cfg2.HTTPProxy = "http://127.0.0.1:1"
-	c2 := newClient(t, graphclient.NewPool(graphclient.PoolConfig{MaxAttempts: 1}), cfg2)
+	c2 := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, MaxAttempts: 1}), cfg2)
 	if _, err := c2.Graph.SubscribedSkus().Get(context.Background(), nil); err == nil {
 		t.Fatal("reached the simulator without the proxy")
 	}

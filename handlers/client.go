@@ -3,6 +3,7 @@ package handlers
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/jobs"
@@ -43,6 +44,11 @@ func openField(in *worker.Instance, field string, s *jobs.SealedSecret, open fun
 	return nil, worker.Permanent(CodeSecretUnreadable, msg)
 }
 
+// CodeEndpointOverrideRefused: the instance record sets authority,
+// graph_root or ca_pem and the pool does not run with
+// --allow-endpoint-overrides.
+const CodeEndpointOverrideRefused = "endpoint_override_refused"
+
 // graphClient builds the job's instance's Graph client.
 func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient.Client, error) {
 	if j.InstanceConfig == nil {
@@ -52,5 +58,12 @@ func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient
 	if err != nil {
 		return nil, err
 	}
-	return pool.Client(cfg)
+	c, err := pool.Client(cfg)
+	var oe *graphclient.EndpointOverrideError
+	if errors.As(err, &oe) {
+		return nil, worker.Permanent(CodeEndpointOverrideRefused, fmt.Sprintf("instance %s sets %s, which would send its credentials and tokens to servers of the record's choosing instead of its cloud's: "+
+			"refused; remove it from the instance record (national clouds need only cloud: usgov, usgov-dod or china), or run the pool's workers with --allow-endpoint-overrides (M365_ALLOW_ENDPOINT_OVERRIDES=true) where a simulator or test tenant needs it",
+			oe.Instance, strings.Join(oe.Fields, ", ")))
+	}
+	return c, err
 }

@@ -68,6 +68,7 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	// job, sharing each tenant's budget with the other live workers.
 	gc := e.graphConfig
 	gc.Workers = worker.WatchLiveWorkers(ctx, js, e.srv.Topology, "default")
+	gc.AllowEndpointOverrides = true // the instances point at the simulator
 	graph := graphclient.NewPool(gc)
 	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graph, RoundTimeout: e.roundTimeout})
 	if err != nil {
@@ -442,7 +443,7 @@ func TestSyncWorkerKilledMidRound(t *testing.T) {
 	// Worker A: its connection is cut while the first round runs.
 	_, jsA := e.srv.Connect(t)
 	ncA := jsA.Conn()
-	syncerA, err := handlers.NewSyncer(context.Background(), jsA, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graphclient.NewPool(graphclient.PoolConfig{})})
+	syncerA, err := handlers.NewSyncer(context.Background(), jsA, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true})})
 	if err != nil {
 		t.Fatal(err)
 	}

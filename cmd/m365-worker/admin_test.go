@@ -67,7 +67,7 @@ func TestOperatorCommands(t *testing.T) {
 
 	addr, httpAddr := freePort(t), freePort(t)
 	natsURL := "nats://" + addr
-	w := start(t, "run", "--data-dir", filepath.Join(dir, "data"), "--nats-listen", addr, "--demo=false", "--pool-key-file", keyFile, "--http-listen", httpAddr)
+	w := start(t, "run", "--data-dir", filepath.Join(dir, "data"), "--nats-listen", addr, "--demo=false", "--pool-key-file", keyFile, "--http-listen", httpAddr, "--allow-endpoint-overrides")
 	w.waitLine(t, "Workers serving")
 
 	// The module configuration exactly as Tevyra documents it, on stdin.
@@ -188,7 +188,7 @@ func TestOperatorCommands(t *testing.T) {
 		!strings.Contains(out, ", took ") || !strings.Contains(out, "m365_user 60 upserts 0 deletes") || !strings.Contains(out, "Graph requests, 0 throttled") {
 		t.Errorf("status: %s", out)
 	}
-	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile)
+	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile, "--allow-endpoint-overrides")
 	if code != 0 || !strings.Contains(out, "✓ sync: users") || !strings.Contains(out, "✓ reset_password") {
 		t.Errorf("instance test: %d %s", code, out)
 	}
@@ -206,8 +206,8 @@ func TestOperatorCommands(t *testing.T) {
 	if _, err := istore.Put(ctx, *legacy); err != nil {
 		t.Fatal(err)
 	}
-	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile)
-	if code == 0 || !strings.Contains(out+cliStderr(t, "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile), "instance update acme --pool-key-file") {
+	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile, "--allow-endpoint-overrides")
+	if code == 0 || !strings.Contains(out+cliStderr(t, "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile, "--allow-endpoint-overrides"), "instance update acme --pool-key-file") {
 		t.Errorf("instance test with an unbound seal: %d %s", code, out)
 	}
 	if out, code = cli(t, "", "instance", "update", "acme", "--pool-key-file", keyFile, "--nats", natsURL); code != 0 {
@@ -216,7 +216,7 @@ func TestOperatorCommands(t *testing.T) {
 	if resealed, _ := istore.Get(ctx, "acme"); resealed.ClientSecret.Alg != jobs.SealAlgBound || !strings.Contains(resealed.ClientSecret.For, "instance=acme") {
 		t.Errorf("re-sealed secret %+v", resealed.ClientSecret)
 	}
-	if out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile); code != 0 {
+	if out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile, "--allow-endpoint-overrides"); code != 0 {
 		t.Errorf("instance test after the re-seal: %d %s", code, out)
 	}
 	// A read-only app registration: sync works, actions do not, and the
@@ -232,7 +232,7 @@ func TestOperatorCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("instance add readonly: %s", out)
 	}
-	out, code = cli(t, "", "instance", "test", "readonly", "--nats", natsURL, "--pool-key-file", keyFile)
+	out, code = cli(t, "", "instance", "test", "readonly", "--nats", natsURL, "--pool-key-file", keyFile, "--allow-endpoint-overrides")
 	if code != 0 || !strings.Contains(out, "✓ sync: users") || !strings.Contains(out, "✗ actions on users") || !strings.Contains(out, "User.ReadWrite.All") ||
 		!strings.Contains(out, "Group.ReadWrite.All") || !strings.Contains(out, "User Administrator") {
 		t.Errorf("instance test (read-only): %d %s", code, out)
@@ -242,7 +242,7 @@ func TestOperatorCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("instance update: %s", out)
 	}
-	out, code = cli(t, "", "instance", "test", "readonly", "--nats", natsURL, "--pool-key-file", keyFile)
+	out, code = cli(t, "", "instance", "test", "readonly", "--nats", natsURL, "--pool-key-file", keyFile, "--allow-endpoint-overrides")
 	if code != 1 || !strings.Contains(out, "AADSTS7000215") {
 		t.Errorf("instance test (wrong secret): %d %s", code, out)
 	}

@@ -500,7 +500,7 @@ func TestCustomerSiteEndToEnd(t *testing.T) {
 			pub = strings.TrimPrefix(l, "public key: ")
 		}
 	}
-	site := start(t, "worker", "--nats", leaf.ClientURL(), "--js-domain", "hub", "--pool", "site-acme", "--pool-key-file", seed)
+	site := start(t, "worker", "--nats", leaf.ClientURL(), "--js-domain", "hub", "--pool", "site-acme", "--pool-key-file", seed, "--allow-endpoint-overrides")
 	site.waitLine(t, "serving pool")
 
 	// At Tevyra (the hub): the instance, sealed to the site's public key.

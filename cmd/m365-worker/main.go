@@ -213,6 +213,7 @@ func (f *flagSet) parse(args []string) error {
 type poolFlags struct {
 	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
 	jsDomain                                                   *string
+	allowOverrides                                             *bool
 	concurrency, replicas                                      *int
 	ackWait, shutdown                                          *time.Duration
 }
@@ -230,6 +231,8 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 		poolKeyFile: fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
 		httpListen:  fs.String("http-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9465 (off when empty)"),
 		jsDomain:    fs.String("js-domain", "", "JetStream domain of the hub, for workers on a customer site's leaf node (deploy/nats/leaf.conf)"),
+		allowOverrides: fs.Bool("allow-endpoint-overrides", false, "use the authority, graph_root and ca_pem of instance records (a Graph simulator or test tenant); "+
+			"without it such an instance's jobs fail with endpoint_override_refused (national clouds need only cloud; the demo of run turns it on)"),
 	}
 }
 
@@ -296,7 +299,7 @@ func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (w
 // it prints a status line whenever the counts change.
 func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, p *poolFlags, key nkeys.KeyPair, log *slog.Logger, statusOut io.Writer) error {
 	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
-	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log})
+	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides})
 	reg := worker.Registry{}
 	syncer, err := handlers.NewSyncer(ctx, js, handlers.SyncConfig{Topology: topo, Graph: graph, Logger: log})
 	if err != nil {
@@ -463,6 +466,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				return err
 			}
 		}
+		*p.allowOverrides = true // the demo instance points at the simulator
 		stopDemo, err := startDemo(ctx, nc, js, topo, key, *p.pool, *graphsimListen, *demoUsers, stdout)
 		if err != nil {
 			return err

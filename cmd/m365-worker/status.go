@@ -24,6 +24,7 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlagSet("instance test", "Get a token for the instance, read the permissions granted to its app, and say what works\nand what to grant. Exit status 1 when sync itself cannot work.", stderr)
 	cf := addConnFlags(fs)
 	keyFile := fs.String("pool-key-file", "", "the pool's private seed (or M365_POOL_KEY), to open the instance's secret")
+	allowOverrides := fs.Bool("allow-endpoint-overrides", false, "use the instance record's authority, graph_root and ca_pem (a Graph simulator or test tenant), as the workers do with the same flag")
 	if err := fs.parse(rest); err != nil {
 		return err
 	}
@@ -47,7 +48,10 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	c, err := graphclient.NewPool(graphclient.PoolConfig{MaxAttempts: 2, MaxWait: 10 * time.Second}).Client(cfg)
+	c, err := graphclient.NewPool(graphclient.PoolConfig{MaxAttempts: 2, MaxWait: 10 * time.Second, AllowEndpointOverrides: *allowOverrides}).Client(cfg)
+	if errors.Is(err, graphclient.ErrEndpointOverride) {
+		return fmt.Errorf("%w; --allow-endpoint-overrides uses them", err)
+	}
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package graphsim
 
 import (
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 )
@@ -26,6 +27,19 @@ type ResponseFaults struct {
 	// NoContentCount answers $count requests (/users/$count,
 	// /groups/$count) with 204 No Content.
 	NoContentCount bool
+	// NextLinkTo is a base URL ("https://host:port"): every page's
+	// @odata.nextLink points there instead of at the simulator (same path
+	// and query), like a Graph answer that would lead a client to another
+	// host. Default "": off.
+	NextLinkTo string
+	// RedirectTo is a base URL: every GET is answered 307 Temporary
+	// Redirect to the same path and query there, marked so that the
+	// redirected request, when it comes back to the simulator, is served.
+	// RedirectTo set to the simulator's own URL is one redirect on the
+	// same host. Default "": off.
+	RedirectTo string
+	// RedirectLoop answers every GET 307 to its own URL, forever.
+	RedirectLoop bool
 }
 
 // SetResponseFaults sets (or with the zero value clears) the tenant's
@@ -37,6 +51,8 @@ func (a *Admin) SetResponseFaults(f ResponseFaults) { a.t.responseFaults = f }
 const (
 	repeatToken  = "graphsim-repeat"
 	endlessToken = "graphsim-endless-"
+	// redirectedParam marks a request RedirectTo sent on.
+	redirectedParam = "graphsim-redirected"
 )
 
 // routeWithFaults routes c through the tenant's response faults. s.mu is
@@ -52,9 +68,16 @@ func (s *Server) routeWithFaults(c *gctx) (*response, *apiError) {
 	if f.NoContentCount && c.method == http.MethodGet && len(c.segs) == 2 && c.segs[1] == "$count" {
 		return &response{status: http.StatusNoContent}, nil
 	}
+	if r := f.redirect(c); r != nil {
+		return r, nil
+	}
 	paged := c.method == http.MethodGet && (f.RepeatNextLink || f.EndlessPages)
 	if !paged {
-		return s.route(c)
+		resp, e := s.route(c)
+		if e == nil && f.NextLinkTo != "" {
+			f.moveNextLink(c, resp)
+		}
+		return resp, e
 	}
 	tok := c.query.Get("$skiptoken")
 	if n, ok := strings.CutPrefix(tok, endlessToken); ok && f.EndlessPages {
@@ -87,6 +110,43 @@ func (c *gctx) faultPage(values any, token string) *response {
 	}
 	link := c.s.URL() + "/v1.0" + c.path + "?$skiptoken=" + token
 	return &response{status: http.StatusOK, body: map[string]any{"@odata.context": c.context(strings.Trim(c.path, "/")), "value": values, "@odata.nextLink": link}}
+}
+
+// redirect is the 307 of RedirectTo or RedirectLoop for c, or nil.
+func (f ResponseFaults) redirect(c *gctx) *response {
+	if c.method != http.MethodGet {
+		return nil
+	}
+	q := url.Values{}
+	for k, vs := range c.query {
+		q[k] = vs
+	}
+	var to string
+	switch {
+	case f.RedirectLoop:
+		to = c.s.URL()
+	case f.RedirectTo != "" && !q.Has(redirectedParam):
+		to = strings.TrimRight(f.RedirectTo, "/")
+		q.Set(redirectedParam, "1")
+	default:
+		return nil
+	}
+	loc := to + "/v1.0" + c.path
+	if len(q) > 0 {
+		loc += "?" + q.Encode()
+	}
+	return &response{status: http.StatusTemporaryRedirect, header: http.Header{"Location": {loc}}}
+}
+
+// moveNextLink points a page's nextLink at NextLinkTo.
+func (f ResponseFaults) moveNextLink(c *gctx, resp *response) {
+	body, ok := resp.body.(map[string]any)
+	if !ok {
+		return
+	}
+	if next, ok := body["@odata.nextLink"].(string); ok {
+		body["@odata.nextLink"] = strings.TrimRight(f.NextLinkTo, "/") + strings.TrimPrefix(next, c.s.URL())
+	}
 }
 
 func (f ResponseFaults) hugeError() *apiError {

@@ -155,7 +155,7 @@ func (e *Env) StartWorkers(ctx context.Context, n, concurrency int) error {
 		if level == "" {
 			level = "warn"
 		}
-		args := []string{"worker", "--nats", e.URL, "--pool-key-file", e.keyFile, "--log-level", level, "--ack-wait", "5m"}
+		args := []string{"worker", "--nats", e.URL, "--pool-key-file", e.keyFile, "--log-level", level, "--ack-wait", "5m", "--allow-endpoint-overrides"}
 		if concurrency > 0 {
 			args = append(args, "--concurrency", strconv.Itoa(concurrency))
 		}

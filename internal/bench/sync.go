@@ -116,7 +116,7 @@ func RunSync(ctx context.Context, o SyncOptions) (*SyncResult, error) {
 // then the groups delta chain with members, each through the SDK's page
 // iterator, one page after the other. It reads only (no publishing).
 func SDKWalk(ctx context.Context, cred graphsim.Credential, caPEM []byte, nUsers, nGroups int) (time.Duration, error) {
-	c, err := graphclient.NewPool(graphclient.PoolConfig{}).Client(graphclient.Config{Instance: "walk", TenantID: cred.TenantID, ClientID: cred.ClientID,
+	c, err := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true}).Client(graphclient.Config{Instance: "walk", TenantID: cred.TenantID, ClientID: cred.ClientID,
 		ClientSecret: cred.ClientSecret, Authority: cred.Authority, GraphRoot: cred.GraphRoot, CAPEM: caPEM, Users: nUsers})
 	if err != nil {
 		return 0, err

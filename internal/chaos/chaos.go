@@ -232,6 +232,9 @@ type harness struct {
 	progress time.Time
 
 	resultsTail, failuresTail *tail
+	// published sees every result publication on core NATS, those the
+	// stream's dedup drops included: job id → distinct results.
+	published map[string][]string
 }
 
 type workerSlot struct {
@@ -352,7 +355,7 @@ func (h *harness) run(parent context.Context) error {
 	}
 
 	// The tenant, and the proxy in front of it.
-	opts := graphsim.Options{Users: cfg.Users, Groups: cfg.Groups, Seed: cfg.Seed, ConsistencyDelay: cfg.ConsistencyDelay,
+	opts := graphsim.Options{Users: cfg.Users, Groups: cfg.Groups, Seed: cfg.Seed, ConsistencyDelay: cfg.ConsistencyDelay, DeltaPageSize: 50, DeltaDuplicateRate: 0.01,
 		Latency: graphsim.Latency{Read: 5 * time.Millisecond, Write: 40 * time.Millisecond, Token: 5 * time.Millisecond}}
 	if h.sim, err = graphsim.Start(opts); err != nil {
 		return err
@@ -431,6 +434,12 @@ func (h *harness) run(parent context.Context) error {
 	logf := h.logf
 	logf("chaos: plan: %d action jobs (%d meant to fail), %d sync jobs; tenant %d users, %d groups; logs in %s",
 		h.rep.ActionJobs, h.rep.ExpectedFailures, h.rep.SyncJobs, len(snap.Users), len(snap.Groups), h.dir)
+
+	// Every result publication, as a core subscriber sees it.
+	h.published = map[string][]string{}
+	if _, err := h.nc.Subscribe("m365.results."+instanceID+".actions", h.onPublished); err != nil {
+		return err
+	}
 
 	// Read the results and failures as they come.
 	h.progress = time.Now()
@@ -576,7 +585,7 @@ func (h *harness) workerLog(i int) string {
 // superviseWorker keeps worker slot s running: restarted after a kill
 // (after the delay the killer chose) or an exit of its own (after 1 s).
 func (h *harness) superviseWorker(ctx context.Context, s *workerSlot) {
-	args := []string{"worker", "--nats", h.ns.url, "--pool-key-file", h.keyFile, "--ack-wait", h.cfg.AckWait.String(),
+	args := []string{"worker", "--allow-endpoint-overrides", "--nats", h.ns.url, "--pool-key-file", h.keyFile, "--ack-wait", h.cfg.AckWait.String(),
 		"--concurrency", strconv.Itoa(h.cfg.Concurrency), "--log-level", "info"}
 	first := true
 	for ctx.Err() == nil {
@@ -654,6 +663,42 @@ func (h *harness) addInstance(ctx context.Context) error {
 		time.Sleep(time.Second)
 	}
 	return fmt.Errorf("instance add: %v\n%s", err, out)
+}
+
+// onPublished keeps each distinct result published for a job (status,
+// error code and output, a sealed password opened, "changed" left out: a
+// redelivery may well say false).
+func (h *harness) onPublished(m *nats.Msg) {
+	var r jobs.ActionResult
+	if json.Unmarshal(m.Data, &r) != nil {
+		return
+	}
+	var out map[string]any
+	_ = json.Unmarshal(r.Output, &out)
+	delete(out, "changed")
+	if pw, ok := out["password"]; ok {
+		b, _ := json.Marshal(pw)
+		var sealed jobs.SealedSecret
+		if json.Unmarshal(b, &sealed) == nil {
+			if plain, err := sealed.Open(h.replyKey); err == nil {
+				out["password"] = "opened:" + string(plain)
+			}
+		}
+	}
+	code := ""
+	if r.Error != nil {
+		code = r.Error.Code
+	}
+	b, _ := json.Marshal(out)
+	key := r.Status + " " + code + " " + string(b)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range h.published[r.JobID] {
+		if k == key {
+			return
+		}
+	}
+	h.published[r.JobID] = append(h.published[r.JobID], key)
 }
 
 // onResult counts a message from the results stream.
@@ -741,16 +786,19 @@ func envelope(j *job) []byte {
 }
 
 // publish sends the plan in order, keeping at most Window jobs unfinished;
-// the last tenth waits until the chaos schedule has run, so that every
-// kill meets work in flight.
+// the last tenth trickles out until the chaos schedule has run, so that
+// every kill meets work in flight.
 func (h *harness) publish(ctx context.Context, p *plan, stalled, chaosDone <-chan struct{}) error {
 	published := map[string]bool{}
 	copies := map[int][]*job{}
 	holdAt := len(p.jobs) * 9 / 10
 	for i, j := range p.jobs {
-		if i == holdAt {
+		if i >= holdAt {
+			// While chaos is still to come, trickle the rest so that it
+			// meets work in flight.
 			select {
 			case <-chaosDone:
+			case <-time.After(400 * time.Millisecond):
 			case <-stalled:
 				return nil
 			case <-ctx.Done():
@@ -822,10 +870,11 @@ type event struct {
 	worker int
 	down   time.Duration
 	delay  time.Duration
-	// targeted kills wait for a write that is not idempotent by nature
-	// (create, password, licence, delete) to be applied, and kill the
-	// worker that sent it before it sees the answer.
-	targeted bool
+	// targeted kills (and pauses) wait for a write that is not idempotent
+	// by nature (create, password, licence, delete; with passwords only a
+	// password) to be applied, and hit the worker that sent it before it
+	// sees the answer.
+	targeted, passwords bool
 }
 
 func (h *harness) schedule(p *plan) []event {
@@ -835,12 +884,12 @@ func (h *harness) schedule(p *plan) []event {
 	at := func() int { return int(float64(total) * (0.05 + 0.8*r.Float64())) }
 	for i := 0; i < h.cfg.Kills; i++ {
 		evs = append(evs, event{at: at(), kind: "worker", worker: r.IntN(h.cfg.Workers), down: time.Duration(200+r.IntN(2800)) * time.Millisecond,
-			delay: time.Duration(r.IntN(1500)) * time.Millisecond, targeted: i%2 == 1})
+			delay: time.Duration(r.IntN(1500)) * time.Millisecond, targeted: i%2 == 1, passwords: i%4 == 1})
 	}
 	for i := 0; i < h.cfg.Pauses; i++ {
 		// Longer than the ack wait and the 10 s target-lock TTL.
 		evs = append(evs, event{at: at(), kind: "pause", worker: r.IntN(h.cfg.Workers), down: h.cfg.AckWait + time.Duration(3000+r.IntN(4000))*time.Millisecond,
-			delay: time.Duration(r.IntN(1500)) * time.Millisecond})
+			delay: time.Duration(r.IntN(1500)) * time.Millisecond, targeted: i%2 == 0, passwords: true})
 	}
 	for i := 0; i < h.cfg.ServerKills; i++ {
 		evs = append(evs, event{at: at(), kind: "server", down: time.Duration(500+r.IntN(2500)) * time.Millisecond, delay: time.Duration(r.IntN(1500)) * time.Millisecond})
@@ -876,7 +925,7 @@ func (h *harness) chaos(ctx context.Context, p *plan) {
 			var s *workerSlot
 			var proc *process
 			if e.targeted {
-				s, proc = h.targetedVictim(ctx)
+				s, proc = h.targetedVictim(ctx, e.passwords)
 			}
 			// The planned worker, or the next one running when it is
 			// still restarting.
@@ -946,9 +995,9 @@ func (h *harness) chaos(ctx context.Context, p *plan) {
 }
 
 // targetedVictim arms the proxy and returns the worker whose write it
-// holds, or nothing after 20 s.
-func (h *harness) targetedVictim(ctx context.Context) (*workerSlot, *process) {
-	reply := h.proxy.armKill(3 * time.Second)
+// holds, or nothing after 10 s.
+func (h *harness) targetedVictim(ctx context.Context, passwords bool) (*workerSlot, *process) {
+	reply := h.proxy.armKill(3*time.Second, passwords)
 	defer h.proxy.disarm()
 	select {
 	case what := <-reply:
@@ -966,12 +1015,12 @@ func (h *harness) targetedVictim(ctx context.Context) (*workerSlot, *process) {
 		_, addr, _ := strings.Cut(what, " /")
 		addr = addr[strings.LastIndex(addr, " ")+1:]
 		if pid := pidOfPeer(addr, pids); pid != 0 {
-			h.logf("chaos: targeted kill: worker %d sent %s, applied by Graph, its answer held", procs[pid].idx, what)
+			h.logf("chaos: targeted: worker %d sent %s, applied by Graph, its answer held", procs[pid].idx, what)
 			return procs[pid], pm[pid]
 		}
-		h.logf("chaos: targeted kill: no worker owns the connection of %s; killing at random", what)
-	case <-time.After(20 * time.Second):
-		h.logf("chaos: targeted kill: no write to aim at within 20 s; killing at random")
+		h.logf("chaos: targeted: no worker owns the connection of %s; one at random", what)
+	case <-time.After(10 * time.Second):
+		h.logf("chaos: targeted: no write to aim at within 10 s; one at random")
 	case <-ctx.Done():
 	}
 	return nil, nil

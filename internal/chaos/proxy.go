@@ -72,6 +72,7 @@ type proxy struct {
 	ambiguous map[string]bool          // user ids with concurrent password writes
 	armed     chan string              // a kill waiting for its moment (armKill)
 	hold      time.Duration
+	armPW     bool
 }
 
 func startProxy(sim *graphsim.Server, tenant string, seed uint64, log io.Writer) *proxy {
@@ -408,10 +409,11 @@ func (p *proxy) createCount(key string) int {
 // deletion) once the simulator has applied it; the proxy then holds that
 // answer for hold, so the caller can kill the process that sent it before
 // it learns the outcome.
-func (p *proxy) armKill(hold time.Duration) <-chan string {
+// With onlyPasswords, only a password write will do.
+func (p *proxy) armKill(hold time.Duration, onlyPasswords bool) <-chan string {
 	reply := make(chan string, 1)
 	p.mu.Lock()
-	p.armed, p.hold = reply, hold
+	p.armed, p.hold, p.armPW = reply, hold, onlyPasswords
 	p.mu.Unlock()
 	return reply
 }
@@ -431,7 +433,13 @@ func (p *proxy) takeArmed(r *http.Request, body []byte, status int) time.Duratio
 	path := strings.TrimPrefix(r.URL.Path, "/v1.0")
 	segs := strings.Split(strings.Trim(path, "/"), "/")
 	match := false
+	p.mu.Lock()
+	onlyPW := p.armPW
+	p.mu.Unlock()
+	pw := r.Method == http.MethodPatch && len(segs) == 2 && segs[0] == "users" && bytes.Contains(body, []byte("passwordProfile"))
 	switch {
+	case onlyPW:
+		match = pw
 	case r.Method == http.MethodPost && len(segs) == 1 && (segs[0] == "users" || segs[0] == "groups"):
 		match = true
 	case r.Method == http.MethodPatch && len(segs) == 2 && segs[0] == "users" && bytes.Contains(body, []byte("passwordProfile")):

@@ -139,6 +139,30 @@ func (h *harness) checkResults(p *plan, c *collected, final string) {
 			h.mismatch("result", j.ID, j.Action, "ended %s (%s); it should have failed with %s", r.Status, errText(r.Error), j.Expect)
 		}
 	}
+	h.mu.Lock()
+	var twice []string
+	for id, ks := range h.published {
+		if len(ks) > 1 {
+			twice = append(twice, id)
+		}
+	}
+	sort.Strings(twice)
+	pub := map[string][]string{}
+	for _, id := range twice {
+		pub[id] = h.published[id]
+	}
+	h.mu.Unlock()
+	for _, id := range twice {
+		var d []string
+		for _, k := range pub[id] {
+			d = append(d, maskPasswords(k))
+		}
+		action := ""
+		if j := p.byID[id]; j != nil {
+			action = j.Action
+		}
+		h.mismatch("result", id, action, "%d different results were published for the job (the stream kept the first by its msg id; the job ran twice): %s", len(d), strings.Join(d, " | "))
+	}
 	for id, rs := range c.results {
 		if p.byID[id] == nil {
 			h.mismatch("result", id, rs[0].Action, "%d results for a job id never published", len(rs))
@@ -567,6 +591,21 @@ func setDiff(want, got []string) string {
 	sort.Strings(missing)
 	sort.Strings(extra)
 	return fmt.Sprintf("missing %v, extra %v", missing, extra)
+}
+
+// maskPasswords shortens opened passwords in a published result's key.
+func maskPasswords(k string) string {
+	for {
+		i := strings.Index(k, `"opened:`)
+		if i < 0 {
+			return k
+		}
+		j := strings.Index(k[i+8:], `"`)
+		if j < 0 {
+			return k
+		}
+		k = k[:i] + `"` + mask(k[i+8:i+8+j]) + k[i+8+j:]
+	}
 }
 
 func mask(pw string) string {
