@@ -3,6 +3,7 @@ package handlers
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/tevyra/m365-worker/graphclient"
@@ -15,6 +16,15 @@ import (
 func ClientConfig(in *worker.Instance, open func(*jobs.SealedSecret, jobs.Binding) ([]byte, error), users int) (graphclient.Config, error) {
 	cfg := graphclient.Config{Instance: in.ID, TenantID: in.TenantID, ClientID: in.ClientID, Cloud: in.Cloud, Authority: in.Authority,
 		GraphRoot: in.GraphRoot, CAPEM: []byte(in.CAPEM), HTTPProxy: in.HTTPProxy, Users: users}
+	if in.ProxyCredentials != nil {
+		b, err := openField(in, worker.FieldProxy, in.ProxyCredentials, open)
+		if err != nil {
+			return cfg, err
+		}
+		if cfg.HTTPProxy, err = withUserinfo(in.HTTPProxy, string(b)); err != nil {
+			return cfg, worker.Permanent(jobs.CodeInvalidParams, err.Error())
+		}
+	}
 	switch {
 	case in.ClientSecret != nil:
 		b, err := openField(in, worker.FieldClientSecret, in.ClientSecret, open)
@@ -66,4 +76,15 @@ func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient
 			oe.Instance, strings.Join(oe.Fields, ", ")))
 	}
 	return c, err
+}
+
+// withUserinfo puts "user:password" back into a proxy URL.
+func withUserinfo(proxy, userinfo string) (string, error) {
+	u, err := url.Parse(proxy)
+	if err != nil {
+		return "", fmt.Errorf("http_proxy is not a URL")
+	}
+	user, pass, _ := strings.Cut(userinfo, ":")
+	u.User = url.UserPassword(user, pass)
+	return u.String(), nil
 }

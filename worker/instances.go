@@ -73,8 +73,12 @@ type Instance struct {
 	// CAPEM adds trusted roots for Authority and GraphRoot (a simulator).
 	CAPEM string `json:"ca_pem,omitempty"`
 	// HTTPProxy sends this instance's Graph traffic through a forward
-	// proxy (HTTP CONNECT).
+	// proxy (HTTP CONNECT). It never holds credentials: those are in
+	// ProxyCredentials.
 	HTTPProxy string `json:"http_proxy,omitempty"`
+	// ProxyCredentials is the proxy's "user:password", sealed for the
+	// instance's http_proxy field.
+	ProxyCredentials *jobs.SealedSecret `json:"http_proxy_credentials,omitempty"`
 	// SyncInterval between scheduled syncs. Default 5m.
 	SyncInterval Duration `json:"sync_interval,omitempty"`
 	// UpdatedAt is set by Put.
@@ -136,6 +140,8 @@ func (in Instance) Validate() error {
 	if in.HTTPProxy != "" {
 		if u, err := url.Parse(in.HTTPProxy); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			ve.Add("http_proxy", "must be an http:// or https:// URL")
+		} else if u.User != nil {
+			ve.Add("http_proxy", "must not carry credentials in clear: they are sealed into http_proxy_credentials (m365-worker instance add|update --http-proxy seals them)")
 		}
 	}
 	if time.Duration(in.SyncInterval) < time.Second {
@@ -151,6 +157,7 @@ func (in Instance) Validate() error {
 const (
 	FieldClientSecret   = "client_secret"
 	FieldCertificateKey = "certificate_key"
+	FieldProxy          = "http_proxy"
 )
 
 // SecretBinding is what a sealed field of the instance is bound to: the

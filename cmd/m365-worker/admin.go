@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -197,9 +198,13 @@ func showInstance(w io.Writer, in *worker.Instance) error {
 	case in.CertificateKey != nil:
 		secret = "certificate, key " + in.CertificateKey.String()
 	}
+	proxy := in.HTTPProxy
+	if in.ProxyCredentials != nil {
+		proxy += " (credentials " + in.ProxyCredentials.String() + ")"
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, kv := range [][2]string{{"id", in.ID}, {"pool", in.Pool}, {"tenant_id", in.TenantID}, {"client_id", in.ClientID}, {"credential", secret},
-		{"cloud", in.Cloud}, {"authority", in.Authority}, {"graph_root", in.GraphRoot}, {"http_proxy", in.HTTPProxy},
+		{"cloud", in.Cloud}, {"authority", in.Authority}, {"graph_root", in.GraphRoot}, {"http_proxy", proxy},
 		{"sync_interval", time.Duration(in.SyncInterval).String()}, {"updated_at", in.UpdatedAt.Format(time.RFC3339)}} {
 		if kv[1] != "" {
 			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
@@ -335,6 +340,9 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 		}
 		in.Certificate, in.ClientSecret = string(cert), nil
 	}
+	if err := sealProxyCredentials(&in, pub, *proxy != ""); err != nil {
+		return err
+	}
 	if err := resealStale(&in, &prev, kp); err != nil {
 		return err
 	}
@@ -346,6 +354,30 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 	return nil
 }
 
+// sealProxyCredentials moves credentials given in --http-proxy
+// (http://user:password@host) into a sealed field: they never sit in clear
+// in the bucket.
+func sealProxyCredentials(in *worker.Instance, pub string, given bool) error {
+	u, err := url.Parse(in.HTTPProxy)
+	if in.HTTPProxy == "" || err != nil || u.User == nil {
+		if given {
+			in.ProxyCredentials = nil // a new proxy without credentials
+		}
+		return nil
+	}
+	if pub == "" {
+		return usageError{errors.New("the proxy's credentials are sealed with the pool's public key: give --pool-public-key, --pool-key-file or M365_POOL_KEY")}
+	}
+	pass, _ := u.User.Password()
+	sealed, err := jobs.SealFor([]byte(u.User.Username()+":"+pass), pub, in.SecretBinding(worker.FieldProxy))
+	if err != nil {
+		return err
+	}
+	u.User = nil
+	in.HTTPProxy, in.ProxyCredentials = u.String(), sealed
+	return nil
+}
+
 // resealStale seals again, for the instance as it now is, a secret sealed
 // for what it was (another tenant or app id) or sealed before seals were
 // bound: that needs the pool's private key, which opens the old seal.
@@ -353,7 +385,7 @@ func resealStale(in, prev *worker.Instance, kp nkeys.KeyPair) error {
 	for _, f := range []struct {
 		name string
 		s    **jobs.SealedSecret
-	}{{worker.FieldClientSecret, &in.ClientSecret}, {worker.FieldCertificateKey, &in.CertificateKey}} {
+	}{{worker.FieldClientSecret, &in.ClientSecret}, {worker.FieldCertificateKey, &in.CertificateKey}, {worker.FieldProxy, &in.ProxyCredentials}} {
 		s := *f.s
 		if s == nil || s.SealedFor(in.SecretBinding(f.name)) {
 			continue

@@ -246,6 +246,16 @@ func TestOperatorCommands(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "AADSTS7000215") {
 		t.Errorf("instance test (wrong secret): %d %s", code, out)
 	}
+	// Proxy credentials are sealed, never stored or shown in clear.
+	if out, code = cli(t, "", "instance", "update", "readonly", "--http-proxy", "http://puser:proxy-pass-9@127.0.0.1:9", "--pool-key-file", keyFile, "--nats", natsURL); code != 0 {
+		t.Fatalf("instance update --http-proxy: %s", out)
+	}
+	shownRO, _ := cli(t, "", "instance", "show", "readonly", "--nats", natsURL)
+	ikv, _ := js.KeyValue(ctx, "m365_instances")
+	rawRO, err := ikv.Get(ctx, "default.readonly")
+	if err != nil || strings.Contains(string(rawRO.Value())+shownRO, "proxy-pass-9") || !strings.Contains(shownRO, "http://127.0.0.1:9 (credentials [sealed to X") {
+		t.Errorf("proxy credentials: %v\n%s", err, shownRO)
+	}
 	ro.interrupt(t)
 
 	// Observability: /metrics, /healthz, /readyz and the NATS micro service.

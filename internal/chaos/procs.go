@@ -156,6 +156,10 @@ func startProcess(logPath, marker string, bin string, args ...string) (*process,
 		lw.ready = nil
 	}
 	cmd := exec.Command(bin, args...)
+	// The instance points at the simulator (through the proxy): workers
+	// must accept its authority, graph root and CA (an environment
+	// variable, so that binaries without the flag still start).
+	cmd.Env = append(os.Environ(), "M365_ALLOW_ENDPOINT_OVERRIDES=true")
 	cmd.Stdout, cmd.Stderr = lw, lw
 	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
