@@ -33,7 +33,7 @@ func TestEndpointOverridesRefusedWithoutTheOptIn(t *testing.T) {
 	reg := worker.Registry{}
 	syncer.Register(reg)
 	actions.Register(reg)
-	w, err := worker.New(ctx, js, e.srv.Topology, worker.Config{PoolKey: e.poolKey, PollWait: 200 * time.Millisecond}, reg)
+	w, err := worker.New(ctx, js, e.srv.Topology, worker.Config{PoolKey: e.poolKey, PollWait: 200 * time.Millisecond, ManageConsumer: true}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}

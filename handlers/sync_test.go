@@ -84,6 +84,7 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	e.reg = reg
 	cfg.PoolKey = e.poolKey
 	cfg.Logger = e.logger
+	cfg.ManageConsumer = true // the test is the operator too
 	if cfg.PollWait == 0 {
 		cfg.PollWait = 200 * time.Millisecond
 	}
@@ -449,7 +450,7 @@ func TestSyncWorkerKilledMidRound(t *testing.T) {
 	}
 	regA := worker.Registry{}
 	syncerA.Register(regA)
-	cfg := worker.Config{ID: "A", AckWait: 2 * time.Second, Heartbeat: 500 * time.Millisecond, SyncLockTTL: 2 * time.Second, PoolKey: e.poolKey, PollWait: 200 * time.Millisecond}
+	cfg := worker.Config{ID: "A", ManageConsumer: true, AckWait: 2 * time.Second, Heartbeat: 500 * time.Millisecond, SyncLockTTL: 2 * time.Second, PoolKey: e.poolKey, PollWait: 200 * time.Millisecond}
 	wA, err := worker.New(context.Background(), jsA, e.srv.Topology, cfg, regA)
 	if err != nil {
 		t.Fatal(err)

@@ -54,6 +54,12 @@ type Config struct {
 	// target (one job per user or group at a time) outlives it. Default
 	// 10s; refreshed every TargetLockTTL/3.
 	TargetLockTTL time.Duration
+	// ManageConsumer makes the worker create or update its pool's consumer
+	// with AckWait and MaxDeliver, as the operator would: for `run`
+	// (operator and worker in one process) and tests. Otherwise the worker
+	// binds the consumer setup made, takes its ack wait and delivery cap,
+	// and reports what is missing if it does not exist.
+	ManageConsumer bool
 	// MaxDeliver is the pool consumer's delivery cap. The worker counts
 	// attempts itself (throttled waits use none), so this is a backstop; a
 	// job nearing it fails with attempts_exhausted rather than vanish.

@@ -191,7 +191,7 @@ func OpenInstances(ctx context.Context, js jetstream.JetStream, t Topology) (*In
 	t = t.withDefaults()
 	kv, err := js.KeyValue(ctx, t.InstancesBucket())
 	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w (a worker creates the streams and buckets when it starts: start m365-worker worker or run against this NATS first)", t.InstancesBucket(), err)
+		return nil, fmt.Errorf("open bucket %s: %w (the operator's m365-worker setup creates the streams and buckets, or m365-worker run)", t.InstancesBucket(), err)
 	}
 	st, err := state.Open(ctx, js, t.StateBucket(), 0)
 	if err != nil {

@@ -70,10 +70,32 @@ func (t Topology) ConsumerName(pool string) string { return consumerName(t.prefi
 // whose job is redelivered one ack wait later.
 const ResultsDuplicateWindow = 30 * time.Minute
 
-// Setup creates or updates the streams and buckets. It is idempotent and safe
-// to run from many workers at once and on upgrade: a concurrent creation is
-// absorbed, and an existing stream is updated in place to this configuration.
+// SetupOptions tune SetupWith. Zero values take the defaults.
+type SetupOptions struct {
+	// Pools whose durable consumers are created or updated. Default
+	// "default".
+	Pools []string
+	// AckWait and MaxDeliver of the pool consumers. Defaults 60s and 1000.
+	AckWait    time.Duration
+	MaxDeliver int
+	// LowerReplicas lets an existing stream or bucket go to fewer replicas
+	// than it has. Without it the higher count is kept: a setup run with
+	// the default (1) never shrinks a cluster's R3 streams.
+	LowerReplicas bool
+}
+
+// Setup is SetupWith with the default options.
 func Setup(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	return SetupWith(ctx, js, t, SetupOptions{})
+}
+
+// SetupWith creates or updates the streams, the buckets and the pool
+// consumers: the operator's step (m365-worker setup, or run, which is
+// operator and worker in one), never a pool worker's. It is idempotent and
+// safe to run many at once and on upgrade: a concurrent creation is
+// absorbed, and an existing stream is updated in place to this
+// configuration.
+func SetupWith(ctx context.Context, js jetstream.JetStream, t Topology, o SetupOptions) error {
 	t = t.withDefaults()
 	s := t.Subjects
 	streams := []jetstream.StreamConfig{
@@ -112,6 +134,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		},
 	}
 	for _, cfg := range streams {
+		cfg.Replicas = keepReplicas(ctx, js, cfg.Name, cfg.Replicas, o.LowerReplicas)
 		if err := retryConflict(ctx, func() error {
 			_, err := js.CreateOrUpdateStream(ctx, cfg)
 			return err
@@ -124,6 +147,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		{Bucket: t.StateBucket(), Description: "m365-worker state: delta links, asset state, locks, job ledger, live workers", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, LimitMarkerTTL: time.Second},
 	}
 	for _, cfg := range kvs {
+		cfg.Replicas = keepReplicas(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas, o.LowerReplicas)
 		if err := retryConflict(ctx, func() error {
 			_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
 			return err
@@ -131,8 +155,60 @@ func Setup(ctx context.Context, js jetstream.JetStream, t Topology) error {
 			return fmt.Errorf("set up bucket %s: %w", cfg.Bucket, err)
 		}
 	}
-	return migrateLegacy(ctx, js, t)
+	if err := migrateLegacy(ctx, js, t); err != nil {
+		return err
+	}
+	pools := o.Pools
+	if len(pools) == 0 {
+		pools = []string{jobs.DefaultPool}
+	}
+	for _, pool := range pools {
+		if _, err := PoolConsumer(ctx, js, t, pool, o.AckWait, o.MaxDeliver); err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// keepReplicas is the replica count to set up a stream with: want, or the
+// stream's current count when that is higher and lowering is not allowed.
+func keepReplicas(ctx context.Context, js jetstream.JetStream, stream string, want int, lower bool) int {
+	st, err := js.Stream(ctx, stream)
+	if err != nil || lower {
+		return want
+	}
+	return max(want, st.CachedInfo().Config.Replicas)
+}
+
+// Check reports, in one error, everything a pool's workers need that is
+// missing (streams, buckets, the pool's consumer) and the operator's step
+// that creates it. Workers run it instead of setting anything up.
+func Check(ctx context.Context, js jetstream.JetStream, t Topology, pool string) error {
+	t = t.withDefaults()
+	var missing []string
+	for _, s := range []string{t.JobsStream(), t.ResultsStream(), t.FailuresStream(), "KV_" + t.InstancesBucket(), "KV_" + t.StateBucket()} {
+		if _, err := js.Stream(ctx, s); errors.Is(err, jetstream.ErrStreamNotFound) {
+			missing = append(missing, "stream "+s)
+		} else if err != nil {
+			return fmt.Errorf("check stream %s: %w", s, err)
+		}
+	}
+	if len(missing) == 0 {
+		if _, err := js.Consumer(ctx, t.JobsStream(), t.ConsumerName(pool)); errors.Is(err, jetstream.ErrConsumerNotFound) {
+			missing = append(missing, "consumer "+t.ConsumerName(pool)+" on "+t.JobsStream())
+		} else if err != nil {
+			return fmt.Errorf("check consumer %s: %w", t.ConsumerName(pool), err)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: %s; the operator creates them: m365-worker setup --nats <url> --pools %s", ErrNotSetUp, strings.Join(missing, ", "), pool)
+	}
+	return nil
+}
+
+// ErrNotSetUp means streams, buckets or a pool consumer a worker needs do
+// not exist.
+var ErrNotSetUp = errors.New("not set up")
 
 // retryConflict retries an idempotent setup call that lost a race with
 // another worker doing the same (the server answers with an API error).
@@ -153,6 +229,9 @@ func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool 
 	t = t.withDefaults()
 	if maxDeliver <= 0 {
 		maxDeliver = 1000
+	}
+	if ackWait <= 0 {
+		ackWait = 60 * time.Second
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       consumerName(t.prefix(), pool),

@@ -114,8 +114,11 @@ func (w *Worker) Instances() *Instances { return w.instances }
 // cancels the rest and gives them back for redelivery. It returns nil after a
 // clean shutdown.
 func (w *Worker) Run(ctx context.Context) error {
-	cons, err := PoolConsumer(ctx, w.js, w.topo, w.cfg.Pool, w.cfg.AckWait, w.cfg.MaxDeliver)
+	cons, err := w.bindConsumer(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it could start
+		}
 		return err
 	}
 	w.cons = cons
@@ -204,6 +207,59 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("worker: stopped")
 	return nil
+}
+
+// bindConsumer returns the pool's consumer: created or updated when the
+// worker manages it, else the one setup made, whose ack wait and delivery cap
+// the worker then follows.
+func (w *Worker) bindConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	if w.cfg.ManageConsumer {
+		return PoolConsumer(ctx, w.js, w.topo, w.cfg.Pool, w.cfg.AckWait, w.cfg.MaxDeliver)
+	}
+	if err := w.waitSetUp(ctx); err != nil {
+		return nil, err
+	}
+	cons, err := w.js.Consumer(ctx, w.topo.JobsStream(), w.topo.ConsumerName(w.cfg.Pool))
+	if err != nil {
+		return nil, fmt.Errorf("bind consumer %s: %w", w.topo.ConsumerName(w.cfg.Pool), err)
+	}
+	cc := cons.CachedInfo().Config
+	if cc.AckWait > 0 && cc.AckWait != w.cfg.AckWait {
+		w.log.Info("worker: following the consumer's ack wait", "ack_wait", cc.AckWait)
+		w.cfg.AckWait = cc.AckWait
+		if w.cfg.Heartbeat >= cc.AckWait {
+			w.cfg.Heartbeat = cc.AckWait / 3
+		}
+	}
+	if cc.MaxDeliver > 0 {
+		w.cfg.MaxDeliver = cc.MaxDeliver
+	}
+	return cons, nil
+}
+
+func (w *Worker) waitSetUp(ctx context.Context) error {
+	return WaitSetUp(ctx, w.js, w.topo, w.cfg.Pool, w.log)
+}
+
+// WaitSetUp waits until the operator's setup made what a pool's workers
+// need, saying what is missing (every 30 s), until ctx ends.
+func WaitSetUp(ctx context.Context, js jetstream.JetStream, t Topology, pool string, log *slog.Logger) error {
+	var said time.Time
+	for {
+		err := Check(ctx, js, t, pool)
+		if err == nil || !errors.Is(err, ErrNotSetUp) {
+			return err
+		}
+		if time.Since(said) > 30*time.Second {
+			log.Warn("worker: waiting for setup", "missing", err.Error())
+			said = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (stopped waiting)", err)
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // parsedMsg is a fetched message's envelope, parsed once.

@@ -45,6 +45,7 @@ func startWorker(t *testing.T, srv *workertest.Server, cfg worker.Config, reg wo
 	if cfg.PollWait == 0 {
 		cfg.PollWait = 200 * time.Millisecond
 	}
+	cfg.ManageConsumer = true // the test is the operator too
 	w, err := worker.New(context.Background(), js, srv.Topology, cfg, reg)
 	if err != nil {
 		t.Fatal(err)

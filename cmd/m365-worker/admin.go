@@ -245,7 +245,7 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 	if err := fs.parse(rest); err != nil {
 		return err
 	}
-	nc, _, _, store, err := cf.instances(ctx)
+	nc, js, topo, store, err := cf.instances(ctx)
 	if err != nil {
 		return err
 	}
@@ -349,6 +349,9 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 	saved, err := store.Put(ctx, in)
 	if err != nil {
 		return err
+	}
+	if err := ensurePoolConsumer(ctx, js, topo, saved.Pool); err != nil {
+		return fmt.Errorf("set up the consumer of pool %s: %w", saved.Pool, err)
 	}
 	fmt.Fprintf(stdout, "instance %s %sed in pool %s; syncs every %s\n", saved.ID, strings.TrimSuffix(sub, "e"), saved.Pool, time.Duration(saved.SyncInterval))
 	return nil

@@ -56,12 +56,21 @@ func TestComposeFile(t *testing.T) {
 	if _, err := os.Stat(filepath.Join("../..", w.Build.Context, w.Build.Dockerfile)); err != nil {
 		t.Errorf("worker build: %v", err)
 	}
+	su, ok := c.Services["setup"]
+	if !ok || len(su.Command) == 0 || su.Command[0] != "setup" || su.Environment["M365_NATS"] != "nats://nats:4222" {
+		t.Errorf("setup service: %+v", su)
+	}
+	if !strings.Contains(string(b), "condition: service_completed_successfully") {
+		t.Error("the workers do not wait for setup to complete")
+	}
 	// Every M365_* variable the compose file sets is one the CLI reads.
-	help, _ := os.ReadFile("main.go")
-	for k := range w.Environment {
-		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k, "M365_")), "_", "-")
-		if !strings.Contains(string(help), `"`+flagName+`"`) {
-			t.Errorf("compose sets %s but there is no --%s flag", k, flagName)
+	help := cliSources(t)
+	for _, svc := range []string{"worker", "setup"} {
+		for k := range c.Services[svc].Environment {
+			flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k, "M365_")), "_", "-")
+			if !strings.Contains(help, `"`+flagName+`"`) {
+				t.Errorf("compose's %s sets %s but there is no --%s flag", svc, k, flagName)
+			}
 		}
 	}
 	n := c.Services["nats"]
@@ -161,7 +170,7 @@ func countingWorker(t *testing.T, url, domain, pool string, replicas int, handle
 		handled.Add(1)
 		return map[string]string{"user_id": p.User}, nil
 	})
-	w, err := worker.New(context.Background(), js, worker.Topology{Replicas: replicas}, worker.Config{Pool: pool, PollWait: 200 * time.Millisecond}, reg)
+	w, err := worker.New(context.Background(), js, worker.Topology{Replicas: replicas}, worker.Config{Pool: pool, PollWait: 200 * time.Millisecond, ManageConsumer: true}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +239,12 @@ func TestNATSClusterFromConfig(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	for _, name := range []string{topo.JobsStream(), topo.ResultsStream(), topo.FailuresStream()} {
+	// A later setup with the default replica count (a customer site's, say)
+	// keeps the cluster's R3.
+	if err := worker.SetupWith(context.Background(), js, worker.Topology{Replicas: 1}, worker.SetupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{topo.JobsStream(), topo.ResultsStream(), topo.FailuresStream(), "KV_" + topo.StateBucket(), "KV_" + topo.InstancesBucket()} {
 		st, err := js.Stream(context.Background(), name)
 		if err != nil {
 			t.Fatal(err)
@@ -409,10 +423,13 @@ func readK8s(t *testing.T, file string) []k8sDoc {
 func TestKubernetesManifests(t *testing.T) {
 	topo := worker.Topology{}
 	var deploy, scaled, cm *k8sDoc
-	for _, file := range []string{"nats.yaml", "worker.yaml", "keda.yaml"} {
+	var setup *k8sDoc
+	for _, file := range []string{"nats.yaml", "worker.yaml", "keda.yaml", "setup.yaml"} {
 		for _, d := range readK8s(t, file) {
 			d := d
 			switch {
+			case d.Kind == "Job" && d.Metadata.Name == "m365-worker-setup":
+				setup = &d
 			case d.Kind == "Deployment" && d.Metadata.Name == "m365-worker":
 				deploy = &d
 			case d.Kind == "ScaledObject":
@@ -433,7 +450,25 @@ func TestKubernetesManifests(t *testing.T) {
 	if len(c.Args) == 0 || c.Args[0] != "worker" {
 		t.Errorf("worker args %v", c.Args)
 	}
-	src, _ := os.ReadFile("main.go")
+	src := cliSources(t)
+	// The operator's step, as a Job: setup with the cluster's three replicas.
+	if setup == nil {
+		t.Fatal("no setup Job in deploy/k8s/setup.yaml")
+	}
+	sc := setup.Spec.Template.Spec.Containers[0]
+	replicas := ""
+	for _, e := range sc.Env {
+		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Name, "M365_")), "_", "-")
+		if !strings.Contains(src, `"`+flagName+`"`) {
+			t.Errorf("setup.yaml sets %s but there is no --%s flag", e.Name, flagName)
+		}
+		if e.Name == "M365_REPLICAS" {
+			replicas = e.Value
+		}
+	}
+	if len(sc.Args) == 0 || sc.Args[0] != "setup" || replicas != "3" {
+		t.Errorf("setup job: args %v, replicas %q", sc.Args, replicas)
+	}
 	var shutdown time.Duration
 	for _, e := range c.Env {
 		if e.Name == "M365_POOL_KEY" {
@@ -443,7 +478,7 @@ func TestKubernetesManifests(t *testing.T) {
 			continue
 		}
 		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Name, "M365_")), "_", "-")
-		if !strings.Contains(string(src), `"`+flagName+`"`) {
+		if !strings.Contains(src, `"`+flagName+`"`) {
 			t.Errorf("worker.yaml sets %s but there is no --%s flag", e.Name, flagName)
 		}
 		if e.Name == "M365_SHUTDOWN_TIMEOUT" {
@@ -508,6 +543,10 @@ func TestCustomerSiteEndToEnd(t *testing.T) {
 	b, _ := os.ReadFile(creds)
 	_ = json.Unmarshal(b, &tenants)
 	hubURL := hub.ClientURL()
+	// The operator's step at the hub (the site's worker waits for it).
+	if out, code = cli(t, "", "setup", "--nats", hubURL, "--pools", "site-acme"); code != 0 || !strings.Contains(out, "site-acme") {
+		t.Fatalf("setup: %s", out)
+	}
 	out, code = cli(t, tenants[0]["client_secret"], "instance", "add", "acme", "--pool", "site-acme", "--pool-public-key", pub, "--tenant-id", tenants[0]["tenant_id"],
 		"--client-id", tenants[0]["client_id"], "--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--nats", hubURL, "--sync-interval", "1h")
 	if code != 0 {
@@ -538,4 +577,18 @@ func TestCustomerSiteEndToEnd(t *testing.T) {
 	if !strings.Contains(out, "instance acme (pool site-acme)") || !strings.Contains(out, "pool site-acme: 1 live workers") {
 		t.Errorf("status at the hub: %s", out)
 	}
+}
+
+// cliSources is the CLI's Go source, where every flag is named.
+func cliSources(t *testing.T) string {
+	t.Helper()
+	files, _ := filepath.Glob("*.go")
+	var b strings.Builder
+	for _, f := range files {
+		if !strings.HasSuffix(f, "_test.go") {
+			src, _ := os.ReadFile(f)
+			b.Write(src)
+		}
+	}
+	return b.String()
 }

@@ -42,7 +42,8 @@ Usage:
 
 Commands:
   run       start an embedded JetStream server and the workers (no configuration needed)
-  worker    run workers against an existing NATS system (--nats)
+  worker    run workers against an existing NATS system (--nats), set up by 'setup'
+  setup     create or update the streams, buckets and pool consumers (the operator's step)
   graphsim  serve the Microsoft Graph simulator (HTTPS, seeded tenants) for tests and demos
   pool      keygen: a curve key pair for sealing a pool's secrets
   instance  add | update | remove | list | show | test: the tenants the pool serves
@@ -75,6 +76,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(ctx, args[1:], stdout, stderr)
 	case "worker":
 		err = cmdWorker(ctx, args[1:], stdout, stderr)
+	case "setup":
+		err = cmdSetup(ctx, args[1:], stdout, stderr)
 	case "graphsim":
 		err = cmdGraphsim(ctx, args[1:], stdout, stderr)
 	case "pool":
@@ -283,12 +286,13 @@ func (p *poolFlags) poolKey() (nkeys.KeyPair, error) {
 	return kp, nil
 }
 
-// setupTopology creates or updates the streams and buckets.
+// setupTopology creates or updates the streams, buckets and the pool's
+// consumer: run is operator and worker in one process.
 func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (worker.Topology, error) {
 	topo := worker.Topology{Subjects: jobs.Subjects{Prefix: *p.prefix}, Replicas: *p.replicas}
 	setupCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	if err := worker.Setup(setupCtx, js, topo); err != nil {
+	if err := worker.SetupWith(setupCtx, js, topo, worker.SetupOptions{Pools: []string{*p.pool}, AckWait: *p.ackWait}); err != nil {
 		return topo, fmt.Errorf("set up streams and buckets: %w", err)
 	}
 	return topo, nil
@@ -297,7 +301,7 @@ func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (w
 // runPool runs one worker with every handler until ctx ends.
 // runPool runs one worker with every handler until ctx ends; with statusOut
 // it prints a status line whenever the counts change.
-func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, p *poolFlags, key nkeys.KeyPair, log *slog.Logger, statusOut io.Writer) error {
+func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, p *poolFlags, key nkeys.KeyPair, log *slog.Logger, statusOut io.Writer, manage bool) error {
 	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
 	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides})
 	reg := worker.Registry{}
@@ -313,7 +317,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	actions.Register(reg)
 	w, err := worker.New(ctx, js, topo, worker.Config{
 		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, AckWait: *p.ackWait,
-		ShutdownTimeout: *p.shutdown, PoolKey: key, Logger: log,
+		ShutdownTimeout: *p.shutdown, PoolKey: key, Logger: log, ManageConsumer: manage,
 		OnInstanceChange: func(id string, in *worker.Instance) {
 			if in == nil {
 				graph.Forget(id) // its client and opened secret
@@ -474,7 +478,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer stopDemo()
 	}
 	fmt.Fprintf(stdout, "Workers serving pool %q; Ctrl-C drains and exits.\n", *p.pool)
-	return runPool(ctx, js, topo, p, key, log, stdout)
+	return runPool(ctx, js, topo, p, key, log, stdout, true)
 }
 
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -514,19 +518,21 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	topo, err := setupTopology(ctx, js, p)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
+	// A pool worker sets nothing up: it checks that the operator's setup
+	// made what it needs, and says what is missing.
+	topo := worker.Topology{Subjects: jobs.Subjects{Prefix: *p.prefix}, Replicas: *p.replicas}
 	key, err := p.poolKey()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "Worker connected to %s, serving pool %q\n", nc.ConnectedUrlRedacted(), *p.pool)
-	return runPool(ctx, js, topo, p, key, log, nil)
+	if err := worker.WaitSetUp(ctx, js, topo, *p.pool, log); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	return runPool(ctx, js, topo, p, key, log, nil, false)
 }
 
 func readProgress(ctx context.Context, js jetstream.JetStream, topo worker.Topology) (map[string]handlers.SyncProgress, error) {

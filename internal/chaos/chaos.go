@@ -231,6 +231,7 @@ type harness struct {
 	reports  map[string]int // job id → sync reports
 	progress time.Time
 
+	noted                     map[string]int
 	resultsTail, failuresTail *tail
 	// published sees every result publication on core NATS, those the
 	// stream's dedup drops included: job id → distinct results.
@@ -251,12 +252,19 @@ func (h *harness) mismatch(kind, jobID, action, format string, args ...any) {
 	h.rep.Mismatches = append(h.rep.Mismatches, Mismatch{Kind: kind, JobID: jobID, Action: action, Detail: fmt.Sprintf(format, args...)})
 }
 
+// note records an observation once; repeats are counted.
 func (h *harness) note(format string, args ...any) {
 	s := fmt.Sprintf(format, args...)
-	h.logf("chaos: note: %s", s)
 	h.mu.Lock()
-	h.rep.Notes = append(h.rep.Notes, s)
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	if h.noted == nil {
+		h.noted = map[string]int{}
+	}
+	h.noted[s]++
+	if h.noted[s] == 1 {
+		h.logf("chaos: note: %s", s)
+		h.rep.Notes = append(h.rep.Notes, s)
+	}
 }
 
 // Run performs one chaos run. The error is for a run that could not be
@@ -275,6 +283,13 @@ func Run(ctx context.Context, cfg Config, logf func(format string, args ...any))
 	logf("chaos: seed %d (replay with CHAOS_SEED=%d or --seed %d): %d jobs, %d workers, %d worker kills, %d server kills", cfg.Seed, cfg.Seed, cfg.Seed, cfg.Jobs, cfg.Workers, cfg.Kills, cfg.ServerKills)
 	err := h.run(ctx)
 	h.rep.Duration = time.Since(t0)
+	h.mu.Lock()
+	for i, n := range h.rep.Notes {
+		if c := h.noted[n]; c > 1 {
+			h.rep.Notes[i] = fmt.Sprintf("%s (%d times)", n, c)
+		}
+	}
+	h.mu.Unlock()
 	if h.proxy != nil {
 		h.rep.FaultsInjected = h.proxy.injectedCounts()
 	}
@@ -393,7 +408,12 @@ func (h *harness) run(parent context.Context) error {
 		return err
 	}
 
-	// Workers, then the instance (through the CLI).
+	// The operator's step (streams, buckets and the pool's consumer, whose
+	// ack wait the workers follow), workers, then the instance (through the
+	// CLI).
+	if out, err := runCLI(ctx, h.bin, "", "setup", "--nats", h.ns.url, "--ack-wait", cfg.AckWait.String()); err != nil {
+		return fmt.Errorf("setup: %v\n%s", err, out)
+	}
 	wctx, stopWorkers := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { stopWorkers(); wg.Wait() }()
@@ -997,32 +1017,52 @@ func (h *harness) chaos(ctx context.Context, p *plan) {
 // targetedVictim arms the proxy and returns the worker whose write it
 // holds, or nothing after 10 s.
 func (h *harness) targetedVictim(ctx context.Context, passwords bool) (*workerSlot, *process) {
-	reply := h.proxy.armKill(3*time.Second, passwords)
 	defer h.proxy.disarm()
+	reply := h.proxy.armKill(3*time.Second, passwords)
+	wait := 10 * time.Second
+	if passwords {
+		// Password writes are rare: aim at one for a few seconds, then
+		// at any write that is not idempotent by nature.
+		select {
+		case what := <-reply:
+			return h.victimOf(what)
+		case <-time.After(4 * time.Second):
+			h.logf("chaos: targeted: no password write within 4 s; aiming at any write")
+			reply = h.proxy.armKill(3*time.Second, false)
+			wait = 6 * time.Second
+		case <-ctx.Done():
+			return nil, nil
+		}
+	}
 	select {
 	case what := <-reply:
-		var pids []int
-		procs := map[int]*workerSlot{}
-		pm := map[int]*process{}
-		for _, s := range h.slots {
-			s.mu.Lock()
-			if p := s.proc; p != nil && !p.exited() {
-				pids = append(pids, p.cmd.Process.Pid)
-				procs[p.cmd.Process.Pid], pm[p.cmd.Process.Pid] = s, p
-			}
-			s.mu.Unlock()
-		}
-		_, addr, _ := strings.Cut(what, " /")
-		addr = addr[strings.LastIndex(addr, " ")+1:]
-		if pid := pidOfPeer(addr, pids); pid != 0 {
-			h.logf("chaos: targeted: worker %d sent %s, applied by Graph, its answer held", procs[pid].idx, what)
-			return procs[pid], pm[pid]
-		}
-		h.logf("chaos: targeted: no worker owns the connection of %s; one at random", what)
-	case <-time.After(10 * time.Second):
-		h.logf("chaos: targeted: no write to aim at within 10 s; one at random")
+		return h.victimOf(what)
+	case <-time.After(wait):
+		h.logf("chaos: targeted: no write to aim at within %s; one at random", wait)
 	case <-ctx.Done():
 	}
+	return nil, nil
+}
+
+// victimOf is the worker that sent the held write what.
+func (h *harness) victimOf(what string) (*workerSlot, *process) {
+	var pids []int
+	procs := map[int]*workerSlot{}
+	pm := map[int]*process{}
+	for _, s := range h.slots {
+		s.mu.Lock()
+		if p := s.proc; p != nil && !p.exited() {
+			pids = append(pids, p.cmd.Process.Pid)
+			procs[p.cmd.Process.Pid], pm[p.cmd.Process.Pid] = s, p
+		}
+		s.mu.Unlock()
+	}
+	addr := what[strings.LastIndex(what, " ")+1:]
+	if pid := pidOfPeer(addr, pids); pid != 0 {
+		h.logf("chaos: targeted: worker %d sent %s, applied by Graph, its answer held", procs[pid].idx, what)
+		return procs[pid], pm[pid]
+	}
+	h.logf("chaos: targeted: no worker owns the connection of %s; one at random", what)
 	return nil, nil
 }
 

@@ -69,7 +69,7 @@ const DefaultTTL = 8 * 24 * time.Hour
 func Open(ctx context.Context, js jetstream.JetStream, bucket string, ttl time.Duration) (*Store, error) {
 	kv, err := js.KeyValue(ctx, bucket)
 	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w (a worker creates the streams and buckets when it starts: start m365-worker worker or run against this NATS first)", bucket, err)
+		return nil, fmt.Errorf("open bucket %s: %w (the operator's m365-worker setup creates the streams and buckets, or m365-worker run)", bucket, err)
 	}
 	if ttl <= 0 {
 		ttl = DefaultTTL
