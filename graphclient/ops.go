@@ -698,21 +698,21 @@ func (c *Client) MemberIDs(ctx context.Context, groupID string) ([]string, error
 	return ids, nil
 }
 
-// InRecycleBin reports whether a user (by id or UPN) or a group (by id or
-// mail nickname) sits in the recycle bin.
-func (c *Client) InRecycleBin(ctx context.Context, ref string, group bool) (bool, error) {
+// RecycledID returns the id of a deleted user (or group) in the recycle bin,
+// named by id, UPN or mail nickname; "" when it is not there.
+func (c *Client) RecycledID(ctx context.Context, ref string, group bool) (string, error) {
 	if isGUID(ref) {
 		o, err := c.Graph.Directory().DeletedItems().ByDirectoryObjectId(ref).Get(ctx, nil)
 		if err == nil && o == nil {
-			return false, noContent("read deleted item " + ref)
+			return "", noContent("read deleted item " + ref)
 		}
 		if err == nil {
-			return true, nil
+			return ref, nil
 		}
 		if e := fromSDK("read deleted item "+ref, err); errors.Is(e, ErrNotFound) {
-			return false, nil
+			return "", nil
 		} else {
-			return false, e
+			return "", e
 		}
 	}
 	prop, path := "userPrincipalName", "/directory/deletedItems/microsoft.graph.user"
@@ -723,10 +723,10 @@ func (c *Client) InRecycleBin(ctx context.Context, ref string, group bool) (bool
 	p, err := getPage[struct {
 		ID string `json:"id"`
 	}](ctx, c, "search the recycle bin", u)
-	if err != nil {
-		return false, err
+	if err != nil || len(p.Value) == 0 {
+		return "", err
 	}
-	return len(p.Value) > 0, nil
+	return p.Value[0].ID, nil
 }
 
 // CountUsers counts the tenant's users ($count, eventually consistent).

@@ -100,6 +100,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err := t.admit(ctx, cost, write); err != nil {
 			return nil, err
 		}
+		if err := checkGuard(ctx); err != nil {
+			<-t.tenant.sem
+			return nil, err
+		}
 		out := req.Clone(ctx)
 		if body != nil {
 			out.Body = io.NopCloser(bytes.NewReader(body))
@@ -230,4 +234,22 @@ func (t *transport) admit(ctx context.Context, cost int, write bool) error {
 func drain(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 	resp.Body.Close()
+}
+
+type guardKey struct{}
+
+// WithGuard returns a context whose Graph requests are each preceded by
+// guard: a request is not sent when it returns an error. The worker guards
+// a job's requests with its lock: a job whose lock ran out (its worker was
+// paused past the lock's TTL, another worker may be running it) sends
+// nothing more, however soon after its resumption it tries.
+func WithGuard(ctx context.Context, guard func() error) context.Context {
+	return context.WithValue(ctx, guardKey{}, guard)
+}
+
+func checkGuard(ctx context.Context) error {
+	if g, ok := ctx.Value(guardKey{}).(func() error); ok {
+		return g()
+	}
+	return nil
 }

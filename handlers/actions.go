@@ -69,8 +69,21 @@ func NewActions(ctx context.Context, js jetstream.JetStream, cfg ActionsConfig) 
 	return &Actions{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), sub: cfg.Topology.Subjects}, nil
 }
 
-// Register adds the 13 action handlers to reg.
+// Register adds the 13 action handlers to reg, each ordered per target and
+// with its Graph requests guarded by the target's lock.
 func (a *Actions) Register(reg worker.Registry) {
+	own := worker.Registry{}
+	a.register(own)
+	for name, h := range own {
+		fn := h.Func
+		h.Func = func(ctx context.Context, j *worker.Job) (any, error) {
+			return fn(graphclient.WithGuard(ctx, j.StillHolds), j)
+		}
+		reg[name] = h
+	}
+}
+
+func (a *Actions) register(reg worker.Registry) {
 	worker.Register(reg, jobs.ActionCreateUser, a.createUser)
 	worker.Register(reg, jobs.ActionUpdateUser, a.updateUser)
 	worker.Register(reg, jobs.ActionDeleteUser, a.deleteUser)

@@ -114,8 +114,13 @@ func (a *Actions) deleteGroup(ctx context.Context, j *worker.Job, p *jobs.Delete
 	}
 	g, err := c.GetGroup(ctx, p.Group)
 	if errors.Is(err, graphclient.ErrNotFound) {
-		if in, rerr := c.InRecycleBin(ctx, p.Group, true); rerr == nil && in {
-			return GroupOutput{GroupID: p.Group, Changed: false}, nil
+		// Already deleted (an earlier delivery may have died before its
+		// refresh): the delete is published again.
+		if id, rerr := c.RecycledID(ctx, p.Group, true); rerr == nil && id != "" {
+			if !j.DryRun {
+				a.refreshDeleted(ctx, j, jobs.AssetGroup, id)
+			}
+			return GroupOutput{GroupID: id, Changed: false}, nil
 		}
 		return nil, classify(a.find(ctx, j, p.Group, func() error { return err }), CodeGroupNotFound, "group "+p.Group)
 	}

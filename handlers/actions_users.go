@@ -140,8 +140,13 @@ func (a *Actions) deleteUser(ctx context.Context, j *worker.Job, p *jobs.DeleteU
 	if errors.Is(err, graphclient.ErrNotFound) {
 		// Already in the recycle bin (an earlier delivery, or an admin):
 		// the effect the job asks for is there.
-		if in, rerr := c.InRecycleBin(ctx, p.User, false); rerr == nil && in {
-			return UserOutput{UserID: p.User, Changed: false}, nil
+		// The delete is published again: an earlier delivery may have
+		// deleted it and died before its refresh.
+		if id, rerr := c.RecycledID(ctx, p.User, false); rerr == nil && id != "" {
+			if !j.DryRun {
+				a.refreshDeleted(ctx, j, jobs.AssetUser, id)
+			}
+			return UserOutput{UserID: id, Changed: false}, nil
 		}
 		return nil, classify(a.find(ctx, j, p.User, func() error { return err }), CodeUserNotFound, "user "+p.User)
 	}
@@ -357,10 +362,25 @@ func (a *Actions) removeLicense(ctx context.Context, j *worker.Job, p *jobs.Remo
 		return out, nil
 	}
 	if err := c.AssignLicense(ctx, u.ID, nil, []string{s.SkuID}); err != nil {
-		return nil, classify(err, CodeUserNotFound, "user "+p.User)
+		// Refused because it is gone already: this job's own request,
+		// whose answer was lost and which the transport sent again.
+		if !errors.Is(err, graphclient.ErrBadRequest) || !a.licenseGone(ctx, c, u.ID, s.SkuID) {
+			return nil, classify(err, CodeUserNotFound, "user "+p.User)
+		}
 	}
 	out.Changed = true
 	a.refreshUser(ctx, j, c, u.ID)
 	a.refreshLicense(ctx, j, c, s.SkuID)
 	return out, nil
+}
+
+// licenseGone reads the user again and reports whether it no longer holds
+// the SKU.
+func (a *Actions) licenseGone(ctx context.Context, c *graphclient.Client, userID, skuID string) bool {
+	u, err := c.GetUser(ctx, userID)
+	if err != nil {
+		return false
+	}
+	has, _ := hasLicense(u, skuID)
+	return !has
 }

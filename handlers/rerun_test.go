@@ -253,3 +253,27 @@ func TestSealedSecretCopiedToAnotherInstanceIsRefused(t *testing.T) {
 		t.Fatalf("report %+v (error %+v)", rep, rep.Error)
 	}
 }
+
+// A licence removal whose answer is lost is sent again and meets "the user
+// has no such licence": the job's own effect, a success.
+func TestRemoveLicenseWithLostAnswer(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 40, Groups: 2, NoThrottling: true, Seed: 11, Faults: graphsim.Faults{DropAfterWriteRate: 0.5}})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	tenant := e.sim.Credentials()[0].TenantID
+	snap, _ := e.sim.Export(tenant)
+	removed := 0
+	for _, u := range snap.Users {
+		if len(u.AssignedLicenses) == 0 || removed == 10 {
+			continue
+		}
+		removed++
+		res := e.run("acme", jobs.ActionRemoveLicense, map[string]string{"user": u.UserPrincipalName, "sku": u.AssignedLicenses[0].SkuID}, false)
+		if res.Status != jobs.StatusSucceeded {
+			t.Fatalf("remove_license for %s: %+v", u.UserPrincipalName, res.Error)
+		}
+	}
+	if removed < 5 {
+		t.Fatalf("only %d licensed users", removed)
+	}
+}

@@ -187,6 +187,8 @@ func (r *round) afterUsers() error {
 // Handle runs one sync round of the job's instance.
 func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 	started := time.Now().UTC()
+	// Nothing more reaches Graph once the instance's lock may be lost.
+	ctx = graphclient.WithGuard(ctx, j.StillHolds)
 	params, _ := j.Params.(*jobs.SyncParams)
 	sc := j.State()
 	meta, err := ReadSyncMeta(ctx, sc)

@@ -41,6 +41,7 @@ type Job struct {
 	Logger *slog.Logger
 
 	state    *state.Scope
+	lock     *state.Lock
 	progress func()
 	poolKey  nkeys.KeyPair
 }
@@ -49,6 +50,18 @@ type Job struct {
 // effects, sync state and asset state. Handlers use its typed methods; they
 // never build keys.
 func (j *Job) State() *state.Scope { return j.state }
+
+// StillHolds reports whether the job still surely holds the lock the
+// runtime took for it (its instance's or its target's), nil if it needs
+// none. Handlers check it before every effect on Graph (graphclient's
+// WithGuard): a job whose worker was paused past the lock's TTL, while
+// another worker may run it, must cause nothing more.
+func (j *Job) StillHolds() error {
+	if j.lock == nil {
+		return nil
+	}
+	return j.lock.Check()
+}
 
 // Rerun reports whether an earlier delivery of the job may have run the
 // handler (and left effects or state behind).

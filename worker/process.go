@@ -64,7 +64,8 @@ type delivery struct {
 	replayOf string
 	log      *slog.Logger
 	out      any
-	admitted bool // holds a lock taken by admit
+	admitted bool       // holds a lock taken by admit
+	lock     *state.Lock // that lock
 	cleanups []func()
 }
 
@@ -216,7 +217,7 @@ func (w *Worker) admit(d *delivery) error {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(d.ctx)
-	d.ctx, d.admitted = ctx, true
+	d.ctx, d.admitted, d.lock = ctx, true, lock
 	d.onDone(func() {
 		cancel()
 		lock.Release(context.WithoutCancel(ctx))
@@ -259,7 +260,7 @@ func (w *Worker) lookupInstance(d *delivery) error {
 func (w *Worker) handle(d *delivery) error {
 	j := &Job{Job: d.job, Params: d.parsed.params, Pool: d.addr.Pool, Worker: w.cfg.ID, Attempt: d.attempt, Delivery: int(d.meta.NumDelivered),
 		StreamSeq: d.meta.Sequence.Stream, Published: d.meta.Timestamp, InstanceConfig: d.inst, Logger: d.log,
-		state: d.scope, progress: func() { _ = d.msg.InProgress() }, poolKey: w.cfg.PoolKey}
+		state: d.scope, lock: d.lock, progress: func() { _ = d.msg.InProgress() }, poolKey: w.cfg.PoolKey}
 	out, err := w.runHandler(d, j)
 	d.out = out
 	return err

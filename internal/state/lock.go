@@ -32,6 +32,7 @@ type Lock struct {
 	ttl  time.Duration
 	mu   sync.Mutex
 	rev  uint64
+	okAt time.Time // when the server last confirmed the lock
 	stop chan struct{}
 	done chan struct{}
 	lost chan struct{}
@@ -72,7 +73,7 @@ func (s *Store) acquire(ctx context.Context, key string, h Holder, ttl time.Dura
 	if err != nil {
 		return nil, fmt.Errorf("take lock %s: %w", key, err)
 	}
-	l := &Lock{s: s, key: key, ttl: ttl, rev: rev, stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan struct{})}
+	l := &Lock{s: s, key: key, ttl: ttl, rev: rev, okAt: time.Now(), stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan struct{})}
 	go l.refresh(b)
 	return l, nil
 }
@@ -90,7 +91,7 @@ func (l *Lock) refresh(val []byte) {
 			l.mu.Lock()
 			rev, err := l.s.putTTL(ctx, l.key, val, l.ttl, l.rev)
 			if err == nil {
-				l.rev = rev
+				l.rev, l.okAt = rev, time.Now()
 			}
 			l.mu.Unlock()
 			cancel()
@@ -105,6 +106,28 @@ func (l *Lock) refresh(val []byte) {
 
 // Lost is closed if the lock expired and another holder took it.
 func (l *Lock) Lost() <-chan struct{} { return l.lost }
+
+// ErrLockLost means a lock may no longer be held: another holder took it,
+// or it was not confirmed within most of its TTL (its holder was paused or
+// cut off, and the server may have let it expire).
+var ErrLockLost = errors.New("the lock may no longer be held")
+
+// Check reports whether the lock is still surely held: call it right before
+// an effect only the holder may cause.
+func (l *Lock) Check() error {
+	select {
+	case <-l.lost:
+		return fmt.Errorf("%w: another holder took it", ErrLockLost)
+	default:
+	}
+	l.mu.Lock()
+	since := time.Since(l.okAt)
+	l.mu.Unlock()
+	if since > l.ttl*4/5 {
+		return fmt.Errorf("%w: not confirmed for %s (TTL %s)", ErrLockLost, since.Round(time.Millisecond), l.ttl)
+	}
+	return nil
+}
 
 // Release stops refreshing and deletes the lock if it is still ours.
 func (l *Lock) Release(ctx context.Context) {

@@ -162,3 +162,34 @@ func TestMigrateLegacy(t *testing.T) {
 		t.Fatalf("a second migration: %v", err)
 	}
 }
+
+// A lock taken over by another holder (its TTL ran out while its holder was
+// cut off) reports it: Lost closes and Check refuses.
+func TestLockTakenOverIsLost(t *testing.T) {
+	st, kv := open(t)
+	ctx := context.Background()
+	sc := st.For("default", "acme")
+	l, err := sc.AcquireTarget(ctx, "user:adele@contoso.com", state.Holder{Worker: "a"}, 1500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	if err := l.Check(); err != nil {
+		t.Fatalf("a fresh lock: %v", err)
+	}
+	key := "lock.default.acme.t.dXNlcjphZGVsZUBjb250b3NvLmNvbQ"
+	if err := kv.Purge(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, key, []byte(`{"worker":"b"}`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the takeover went unnoticed")
+	}
+	if err := l.Check(); !errors.Is(err, state.ErrLockLost) {
+		t.Fatalf("check after the takeover: %v", err)
+	}
+}
