@@ -64,7 +64,7 @@ type delivery struct {
 	replayOf string
 	log      *slog.Logger
 	out      any
-	admitted bool       // holds a lock taken by admit
+	admitted bool        // holds a lock taken by admit
 	lock     *state.Lock // that lock
 	cleanups []func()
 }
