@@ -14,7 +14,7 @@ import (
 // the simulator in this process, the workers as child processes of this
 // binary.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions [flags]\n", stderr)
+	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos [flags]\n", stderr)
 	if err != nil {
 		return err
 	}

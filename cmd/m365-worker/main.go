@@ -50,7 +50,7 @@ Commands:
   job       submit: publish a job, optionally wait for its result
   failed    list | show | replay: jobs that failed for good
   status    instances (last sync, indicators, credentials, next tick) and pools (workers, backlog)
-  bench     sync | actions: the benchmarks, against the built-in simulator
+  bench     sync | actions | chaos: the benchmarks, against the built-in simulator
   version   print the version
 
 Run 'm365-worker <command> --help' for the flags of a command.

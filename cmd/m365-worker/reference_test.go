@@ -18,7 +18,8 @@ var reference = []struct {
 	example string
 }{
 	{[]string{"run"}, "m365-worker run                                  # the demo: embedded JetStream, Graph simulator, instance demo\nm365-worker run --demo=false --data-dir /var/lib/m365 --nats-listen 0.0.0.0:4222 --http-listen 127.0.0.1:9465"},
-	{[]string{"worker"}, "M365_POOL_KEY=$(cat pool.seed) m365-worker worker --nats nats://nats-1:4222,nats://nats-2:4222 \\\n  --creds worker.creds --tls-ca ca.pem --pool default --concurrency 16 --replicas 3 --http-listen :9465 --log-format json"},
+	{[]string{"worker"}, "M365_POOL_KEY=$(cat pool.seed) m365-worker worker --nats nats://nats-1:4222,nats://nats-2:4222 \\\n  --creds worker.creds --tls-ca ca.pem --pool default --concurrency 16 --http-listen :9465 --log-format json"},
+	{[]string{"setup"}, "m365-worker setup --nats nats://nats-1:4222 --creds operator.creds --replicas 3 --pools default,site-acme"},
 	{[]string{"graphsim"}, "m365-worker graphsim --listen 127.0.0.1:8443 --users 100000 --groups 10000 --latency realistic \\\n  --ca-out ca.pem --credentials-out creds.json"},
 	{[]string{"pool", "keygen"}, "m365-worker pool keygen --out pool.seed          # prints the public key (X…)"},
 	{[]string{"instance", "add", "ID"}, "m365-worker instance add acme --config tevyra.json --pool-key-file pool.seed\nm365-worker instance add acme --tenant-id 6e7b… --client-id 1c4a… --secret-file - --sync-interval 15m < secret.txt"},
@@ -34,6 +35,7 @@ var reference = []struct {
 	{[]string{"status"}, "m365-worker status\nm365-worker status -o json"},
 	{[]string{"bench", "sync"}, "m365-worker bench sync                           # 100,000 users / 10,000 groups, realistic latency\nm365-worker bench sync --users 20000 --skip-baseline -o json"},
 	{[]string{"bench", "actions"}, "m365-worker bench actions --workers 3"},
+	{[]string{"bench", "chaos"}, "m365-worker bench chaos --jobs 5000 --kills 10   # real nats-server and workers, kill -9, Graph faults; exit 1 on a mismatch"},
 }
 
 func helpOf(t *testing.T, args []string) string {
