@@ -97,7 +97,6 @@ func TestActions(t *testing.T) {
 	replyKey, _ := requester.PublicKey()
 	poolPub, _ := e.poolKey.PublicKey()
 	const secretPassword = "Pl4intext!Secret-42"
-	sealedPw, _ := jobs.Seal([]byte(secretPassword), poolPub)
 
 	// The back-to-back chain with replication delay: create, licence, add to
 	// a group, published at once.
@@ -138,7 +137,12 @@ func TestActions(t *testing.T) {
 		t.Errorf("disabling a disabled account: %v", out)
 	}
 	ok(t, e.run("acme", jobs.ActionEnableUser, jobs.EnableUserParams{UserRef: jobs.UserRef{User: upn}}, false))
-	ok(t, e.run("acme", jobs.ActionResetPassword, jobs.ResetPasswordParams{UserRef: jobs.UserRef{User: upn}, PasswordOptions: jobs.PasswordOptions{Password: sealedPw}}, false))
+	// A given password is sealed for its job and user: it works there, and
+	// copied into another job it is refused.
+	sealedPw, _ := jobs.SealFor([]byte(secretPassword), poolPub, jobs.PasswordBinding("acme", "reset-given", upn))
+	e.publish("acme", jobs.ActionResetPassword, "reset-given", jobs.ResetPasswordParams{UserRef: jobs.UserRef{User: upn}, PasswordOptions: jobs.PasswordOptions{Password: sealedPw}}, false)
+	ok(t, e.result("acme", "reset-given"))
+	failed(t, e.run("acme", jobs.ActionResetPassword, jobs.ResetPasswordParams{UserRef: jobs.UserRef{User: upn}, PasswordOptions: jobs.PasswordOptions{Password: sealedPw}}, false), handlers.CodeSecretUnreadable)
 	ok(t, e.run("acme", jobs.ActionRemoveLicense, jobs.RemoveLicenseParams{UserRef: jobs.UserRef{User: upn}, SKU: "FLOW_FREE"}, false))
 	out = ok(t, e.run("acme", jobs.ActionRemoveLicense, jobs.RemoveLicenseParams{UserRef: jobs.UserRef{User: upn}, SKU: "FLOW_FREE"}, false))
 	if out["changed"] != false {
@@ -195,9 +199,10 @@ func TestActions(t *testing.T) {
 	failed(t, e.run("acme", jobs.ActionDeleteGroup, jobs.DeleteGroupParams{GroupRef: jobs.GroupRef{Group: "no-such-group"}}, false), handlers.CodeGroupNotFound)
 	failed(t, e.run("acme", jobs.ActionCreateUser, jobs.CreateUserParams{DisplayName: "Dup", UserPrincipalName: snap.Users[4].UserPrincipalName,
 		PasswordOptions: jobs.PasswordOptions{ReplyKey: replyKey}}, false), handlers.CodeUPNConflict)
-	weak, _ := jobs.Seal([]byte("weak"), poolPub)
-	failed(t, e.run("acme", jobs.ActionCreateUser, jobs.CreateUserParams{DisplayName: "Weak", UserPrincipalName: "weak@" + domain,
-		PasswordOptions: jobs.PasswordOptions{Password: weak}}, false), handlers.CodePasswordPolicy)
+	weak, _ := jobs.SealFor([]byte("weak"), poolPub, jobs.PasswordBinding("acme", "create-weak", "weak@"+domain))
+	e.publish("acme", jobs.ActionCreateUser, "create-weak", jobs.CreateUserParams{DisplayName: "Weak", UserPrincipalName: "weak@" + domain,
+		PasswordOptions: jobs.PasswordOptions{Password: weak}}, false)
+	failed(t, e.result("acme", "create-weak"), handlers.CodePasswordPolicy)
 	var noLoc, unlicensed string
 	for _, u := range snap.Users {
 		if u.UsageLocation == nil && noLoc == "" {

@@ -77,11 +77,6 @@ func (j *Job) OpenSecret(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
 	if j.poolKey == nil {
 		return nil, ErrNoPoolKey
 	}
-	if s.Alg == jobs.SealAlg && b.Field == "password" {
-		// Transitional: requesters still seal passwords in jobs without a
-		// binding (docs/contract.md); instance secrets must be bound.
-		return s.Open(j.poolKey)
-	}
 	return s.OpenFor(j.poolKey, b)
 }
 

@@ -441,7 +441,9 @@ func (h *harness) run(parent context.Context) error {
 		return err
 	}
 	p, err := makePlan(planInput{Seed: cfg.Seed, Instance: instanceID, Jobs: cfg.Jobs, Snap: snap, Admins: admins, SKUs: skus, Dynamic: dynamic,
-		ReplyKey: replyPub, PoolKey: h.poolPub, Seal: func(pw string) (*jobs.SealedSecret, error) { return jobs.Seal([]byte(pw), h.poolPub) }})
+		ReplyKey: replyPub, PoolKey: h.poolPub, Seal: func(pw string, b jobs.Binding) (*jobs.SealedSecret, error) {
+			return jobs.SealFor([]byte(pw), h.poolPub, b)
+		}})
 	if err != nil {
 		return err
 	}

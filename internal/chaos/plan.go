@@ -127,7 +127,7 @@ type planInput struct {
 	Dynamic  string // id of a dynamic group
 	ReplyKey string
 	PoolKey  string
-	Seal     func(pw string) (*jobs.SealedSecret, error)
+	Seal     func(pw string, b jobs.Binding) (*jobs.SealedSecret, error)
 }
 
 func sp(s string) *string { return &s }
@@ -237,12 +237,15 @@ func makePlan(in planInput) (*plan, error) {
 		p.actions[action]++
 		return j
 	}
-	password := func(script int) (jobs.PasswordOptions, string, error) {
+	// password is the password options of the next job made (by mk): a
+	// given password is sealed for that job and its user.
+	password := func(script int, action, user string) (jobs.PasswordOptions, string, error) {
 		if r.IntN(10) < 6 {
 			return jobs.PasswordOptions{ReplyKey: in.ReplyKey}, "", nil
 		}
 		pw := fmt.Sprintf("Chaos-%d-%06d!x", script, r.IntN(1000000))
-		s, err := in.Seal(pw)
+		next := fmt.Sprintf("chaos-%d-%04d-%s", in.Seed, n+1, jobs.ShortAction(action))
+		s, err := in.Seal(pw, jobs.PasswordBinding(in.Instance, next, user))
 		return jobs.PasswordOptions{Password: s}, pw, err
 	}
 	boolp := func(b bool) *bool { return &b }
@@ -296,7 +299,7 @@ func makePlan(in planInput) (*plan, error) {
 					}
 				}
 			case 2:
-				po, given, err := password(si)
+				po, given, err := password(si, jobs.ActionResetPassword, u.ref)
 				if err != nil {
 					return nil, err
 				}
@@ -512,7 +515,7 @@ func makePlan(in planInput) (*plan, error) {
 		if forced != nil {
 			u.Enabled = true
 		}
-		po, given, err := password(si)
+		po, given, err := password(si, jobs.ActionCreateUser, upn)
 		if err != nil {
 			return nil, err
 		}
