@@ -235,6 +235,51 @@ func (s *Instances) Put(ctx context.Context, in Instance) (Instance, error) {
 	return in, nil
 }
 
+// Apply is Put for an operator: when the instance is new, or its
+// credentials, tenant, cloud, endpoints or pool changed, it also asks for a
+// sync at once (full when the tenant or its Graph changed), so Tevyra sees
+// the tenant within seconds rather than after a whole interval; then the
+// schedule takes over. It returns the sync's job id ("" if none was asked).
+func (s *Instances) Apply(ctx context.Context, in Instance) (Instance, string, error) {
+	old, err := s.Get(ctx, in.ID)
+	if err != nil && !errors.Is(err, ErrInstanceNotFound) && !errors.Is(err, ErrInstanceUnreadable) {
+		return in, "", err
+	}
+	saved, err := s.Put(ctx, in)
+	if err != nil {
+		return saved, "", err
+	}
+	full, now := syncNeeded(old, &saved)
+	if !now {
+		return saved, "", nil
+	}
+	id, err := RequestSync(ctx, s.schedules.js, s.schedules.topo.Subjects, saved.Pool, saved.ID, full)
+	if err != nil {
+		return saved, "", fmt.Errorf("instance %s saved, but its first sync could not be asked for: %w", saved.ID, err)
+	}
+	return saved, id, nil
+}
+
+// syncNeeded says whether a change of an instance calls for a sync at once,
+// and whether a full one.
+func syncNeeded(old, in *Instance) (full, now bool) {
+	if old == nil {
+		return true, true
+	}
+	full = old.TenantID != in.TenantID || old.Cloud != in.Cloud || old.GraphRoot != in.GraphRoot
+	sealed := func(s *jobs.SealedSecret) string {
+		if s == nil {
+			return ""
+		}
+		return s.Box
+	}
+	changed := full || old.ClientID != in.ClientID || old.Pool != in.Pool || old.Authority != in.Authority ||
+		sealed(old.ClientSecret) != sealed(in.ClientSecret) || sealed(old.CertificateKey) != sealed(in.CertificateKey) ||
+		old.Certificate != in.Certificate || old.CAPEM != in.CAPEM || old.HTTPProxy != in.HTTPProxy ||
+		sealed(old.ProxyCredentials) != sealed(in.ProxyCredentials)
+	return full, changed
+}
+
 // leavePool moves an instance out of its old pool.
 func (s *Instances) leavePool(ctx context.Context, oldPool string, in Instance) error {
 	if err := s.schedules.Remove(ctx, oldPool, in.ID); err != nil {

@@ -239,3 +239,39 @@ func TestWorkerHearsOfItsPoolsInstances(t *testing.T) {
 		t.Errorf("pool default's worker saw site-a's instance: %v", seen)
 	}
 }
+
+// An instance added, or whose credentials or tenant change, is synced at
+// once (full when the tenant changed); an unchanged save is not.
+func TestApplyAsksForASyncAtOnce(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	store, _ := worker.OpenInstances(ctx, js, srv.Topology)
+	in := worker.Instance{ID: "acme", TenantID: "6e7b768e-07e2-4810-8459-485f84f8f204", ClientID: "1c4a6a0b-5f6d-4bb8-9f1e-2f7f0f6e4d11", ClientSecret: sealedForTest(t)}
+	full := func(id string) bool {
+		for _, m := range workertest.Messages(t, js, "M365_JOBS", "m365.jobs.default.acme.sync") {
+			var j jobs.Job
+			_ = json.Unmarshal(m.Data(), &j)
+			if j.ID == id {
+				return strings.Contains(string(j.Params), `"full":true`)
+			}
+		}
+		t.Fatalf("no sync job %s", id)
+		return false
+	}
+	saved, id, err := store.Apply(ctx, in)
+	if err != nil || id == "" || !full(id) {
+		t.Fatalf("added: %q %v", id, err)
+	}
+	if _, id, _ := store.Apply(ctx, saved); id != "" {
+		t.Errorf("an unchanged save asked for sync %s", id)
+	}
+	saved.ClientSecret = sealedForTest(t)
+	if _, id, _ := store.Apply(ctx, saved); id == "" || full(id) {
+		t.Errorf("a new secret: sync %q (want an incremental one)", id)
+	}
+	saved.TenantID = "00000000-0000-0000-0000-000000000009"
+	if _, id, _ := store.Apply(ctx, saved); id == "" || !full(id) {
+		t.Errorf("a new tenant: sync %q (want a full one)", id)
+	}
+}

@@ -346,14 +346,18 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 	if err := resealStale(&in, &prev, kp); err != nil {
 		return err
 	}
-	saved, err := store.Put(ctx, in)
+	saved, firstSync, err := store.Apply(ctx, in)
 	if err != nil {
 		return err
 	}
 	if err := ensurePoolConsumer(ctx, js, topo, saved.Pool); err != nil {
 		return fmt.Errorf("set up the consumer of pool %s: %w", saved.Pool, err)
 	}
-	fmt.Fprintf(stdout, "instance %s %sed in pool %s; syncs every %s\n", saved.ID, strings.TrimSuffix(sub, "e"), saved.Pool, time.Duration(saved.SyncInterval))
+	fmt.Fprintf(stdout, "instance %s %sed in pool %s; syncs every %s", saved.ID, strings.TrimSuffix(sub, "e"), saved.Pool, time.Duration(saved.SyncInterval))
+	if firstSync != "" {
+		fmt.Fprintf(stdout, "; syncing now (job %s)", firstSync)
+	}
+	fmt.Fprintln(stdout)
 	return nil
 }
 

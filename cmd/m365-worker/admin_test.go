@@ -77,8 +77,24 @@ func TestOperatorCommands(t *testing.T) {
 	cfg, _ := json.Marshal(map[string]string{"tenant_id": tenants[0]["tenant_id"], "client_id": tenants[0]["client_id"], "client_secret": tenants[0]["client_secret"]})
 	out, code = cli(t, string(cfg), "instance", "add", "acme", "--config", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca,
 		"--pool-key-file", keyFile, "--nats", natsURL, "--sync-interval", "1h")
-	if code != 0 {
+	if code != 0 || !strings.Contains(out, "syncing now (job ") {
 		t.Fatalf("instance add: %s", out)
+	}
+	// The added instance syncs at once, not after its hour.
+	firstSync := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
+	{
+		nc, err := nats.Connect(natsURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := jetstream.New(nc)
+		wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := worker.WaitResult(wctx, js, worker.Topology{}, "acme", jobs.ActionSync, firstSync)
+		cancel()
+		nc.Close()
+		if err != nil || res.Status != jobs.StatusSucceeded || !strings.Contains(string(res.Output), `"mode":"full"`) {
+			t.Fatalf("the first sync %s: %+v %v", firstSync, res, err)
+		}
 	}
 	out, _ = cli(t, "", "instance", "show", "acme", "--nats", natsURL)
 	if !strings.Contains(out, tenants[0]["tenant_id"]) || strings.Contains(out, tenants[0]["client_secret"]) || !strings.Contains(out, "sealed to X") {
@@ -183,9 +199,9 @@ func TestOperatorCommands(t *testing.T) {
 	}
 	// status and the test connection.
 	out, code = cli(t, "", "status", "--nats", natsURL)
-	if code != 0 || !strings.Contains(out, "instance acme (pool default)") || !strings.Contains(out, "last sync:   succeeded") ||
+	if code != 0 || !strings.Contains(out, "instance acme (pool default)") ||
 		!strings.Contains(out, "indicators:  60 users") || !strings.Contains(out, "pool default: 1 live workers") ||
-		!strings.Contains(out, ", took ") || !strings.Contains(out, "m365_user 60 upserts 0 deletes") || !strings.Contains(out, "Graph requests, 0 throttled") {
+		!strings.Contains(out, ", took ") || !strings.Contains(out, "last sync:   succeeded, incremental") || !strings.Contains(out, "m365_user 0 upserts 0 deletes") || !strings.Contains(out, "Graph requests, 0 throttled") {
 		t.Errorf("status: %s", out)
 	}
 	out, code = cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", keyFile, "--allow-endpoint-overrides")
