@@ -241,15 +241,17 @@ func (w *Worker) waitSetUp(ctx context.Context) error {
 	return WaitSetUp(ctx, w.js, w.topo, w.cfg.Pool, w.log)
 }
 
-// WaitSetUp waits until the operator's setup made what a pool's workers
-// need, saying what is missing (every 30 s), until ctx ends.
+// WaitSetUp waits until NATS is reachable and the operator's setup made what
+// a pool's workers need, saying what is missing (every 30 s), until ctx
+// ends.
 func WaitSetUp(ctx context.Context, js jetstream.JetStream, t Topology, pool string, log *slog.Logger) error {
 	var said time.Time
 	for {
 		err := Check(ctx, js, t, pool)
-		if err == nil || !errors.Is(err, ErrNotSetUp) {
-			return err
+		if err == nil {
+			return nil
 		}
+		// Not set up yet, or NATS not reachable yet: wait either way.
 		if time.Since(said) > 30*time.Second {
 			log.Warn("worker: waiting for setup", "missing", err.Error())
 			said = time.Now()

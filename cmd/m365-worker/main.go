@@ -499,7 +499,8 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	opts := []nats.Option{nats.Name("m365-worker"), nats.MaxReconnects(-1)}
+	// A worker started while NATS is down waits for it.
+	opts := []nats.Option{nats.Name("m365-worker"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true)}
 	if *creds != "" {
 		opts = append(opts, nats.UserCredentials(*creds))
 	}

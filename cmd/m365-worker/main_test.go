@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
 )
 
 var binary string
@@ -327,5 +329,39 @@ func TestPoolKeyLeavesTheEnvironment(t *testing.T) {
 	out, err := exec.Command("sh", "-c", "echo ${M365_POOL_KEY:-unset}").Output()
 	if err != nil || strings.TrimSpace(string(out)) != "unset" {
 		t.Fatalf("a child process sees %q (%v)", out, err)
+	}
+}
+
+// A worker started before NATS is up, and before the operator's setup, waits
+// for both and then serves its pool.
+func TestWorkerWaitsForNATSAndSetup(t *testing.T) {
+	addr := freePort(t)
+	w := start(t, "worker", "--nats", "nats://"+addr, "--pool", "default")
+	w.waitLine(t, "serving pool")
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	srv, err := worker.StartEmbedded(worker.EmbeddedOptions{StoreDir: t.TempDir(), Host: host, Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	if out, code := cli(t, "", "setup", "--nats", "nats://"+addr); code != 0 {
+		t.Fatalf("setup: %s", out)
+	}
+	nc, err := nats.Connect("nats://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	j := &jobs.Job{ID: "after-setup", Instance: "ghost", Action: jobs.FullAction(jobs.ActionDisableUser), Params: json.RawMessage(`{"user":"adele@contoso.com"}`)}
+	if _, err := worker.Submit(ctx, js, jobs.Subjects{}, "default", j); err != nil {
+		t.Fatal(err)
+	}
+	res, err := worker.WaitResult(ctx, js, worker.Topology{}, "ghost", j.Action, j.ID)
+	if err != nil || res.Error == nil || res.Error.Code != jobs.CodeInstanceNotFound {
+		t.Fatalf("the job's result: %+v %v", res, err)
 	}
 }
