@@ -108,14 +108,23 @@ func (a *Actions) client(j *worker.Job) (*graphclient.Client, error) {
 }
 
 // find runs a lookup. A not-found within ConsistencyWait of the job's
-// publication may be Graph's replication delay (an object created moments
+// publication (or of its first miss) may be Graph's replication delay (an object created moments
 // ago, perhaps by the job published just before): the job is given back for
 // a retry a moment later, without holding a worker slot or using an
 // attempt. After that window, not-found is final.
 func (a *Actions) find(ctx context.Context, j *worker.Job, ref string, f func() error) error {
 	err := f()
-	if errors.Is(err, graphclient.ErrNotFound) && time.Since(j.Published) < a.cfg.ConsistencyWait {
-		wait := min(max(time.Since(j.Published)/2, 500*time.Millisecond), 4*time.Second)
+	if !errors.Is(err, graphclient.ErrNotFound) {
+		return err
+	}
+	// The window runs from the job's publication, or from when it first
+	// missed the object if that is later (it waited for its turn).
+	since := j.Published
+	if first, ferr := j.State().FirstMiss(ctx, j.ID); ferr == nil && first.After(since) {
+		since = first
+	}
+	if time.Since(since) < a.cfg.ConsistencyWait {
+		wait := min(max(time.Since(since)/2, 500*time.Millisecond), 4*time.Second)
 		return worker.RetryAfter(wait, fmt.Errorf("%s not found yet (Graph replicates new objects with a delay): %w", ref, err))
 	}
 	return err

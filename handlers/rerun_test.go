@@ -277,3 +277,26 @@ func TestRemoveLicenseWithLostAnswer(t *testing.T) {
 		t.Fatalf("only %d licensed users", removed)
 	}
 }
+
+// A job that waited for its turn longer than the replication grace (behind
+// a slow earlier job of its target) still gets the grace for the object that
+// earlier job created: it runs from the job's first miss, not from its
+// publication.
+func TestReplicationGraceAfterAWaitForTheTurn(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 5, Groups: 1, NoThrottling: true, ConsistencyDelay: 4 * time.Second,
+		Latency: graphsim.Latency{Write: 2500 * time.Millisecond}})
+	e.consistencyWait = 2 * time.Second
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	snap, _ := e.sim.Export(e.sim.Credentials()[0].TenantID)
+	upn := "late.turn@" + strings.SplitN(snap.Users[0].UserPrincipalName, "@", 2)[1]
+	e.publish("acme", jobs.ActionCreateUser, "late-create", map[string]any{"display_name": "Late Turn", "user_principal_name": upn, "reply_key": mustReplyKey(t)}, false)
+	title := "Waited"
+	e.publish("acme", jobs.ActionUpdateUser, "late-update", jobs.UpdateUserParams{UserRef: jobs.UserRef{User: upn}, JobTitle: &title}, false)
+	if res := e.result("acme", "late-create"); res.Status != jobs.StatusSucceeded {
+		t.Fatalf("create: %+v", res.Error)
+	}
+	if res := e.result("acme", "late-update"); res.Status != jobs.StatusSucceeded {
+		t.Fatalf("the update that waited for its turn: %+v", res.Error)
+	}
+}

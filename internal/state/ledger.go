@@ -96,3 +96,27 @@ func (sc *Scope) PutEffect(ctx context.Context, jobID string, v any) error {
 	_, err = sc.s.putTTL(ctx, sc.effectKey(jobID), b, sc.s.ttl, 0)
 	return err
 }
+
+// FirstMiss returns when the job first found an object it names missing
+// (recording now if it never did): Graph's replication grace runs from
+// then, not from the job's publication, so a job that waited long for its
+// turn (behind a backlog, or an earlier job of its target) still gets it.
+func (sc *Scope) FirstMiss(ctx context.Context, jobID string) (time.Time, error) {
+	key := sc.key(kindMiss, token(jobID))
+	now := time.Now().UTC()
+	b, _ := now.MarshalText()
+	if _, err := sc.s.createTTL(ctx, key, b, sc.s.ttl); err == nil {
+		return now, nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return now, err
+	}
+	old, _, ok, err := sc.s.get(ctx, key)
+	if err != nil || !ok {
+		return now, err
+	}
+	var t time.Time
+	if err := t.UnmarshalText(old); err != nil {
+		return now, nil
+	}
+	return t, nil
+}

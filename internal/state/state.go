@@ -16,6 +16,7 @@
 //	sync.<pool>.<instance>                the instance's sync state (delta links, last round)
 //	progress.<pool>.<instance>            a running round's progress
 //	a.<pool>.<instance>.<kind>.<id>       one synced object's state (u, g, l)
+//	miss.<pool>.<instance>.<job>          when the job first found its target missing
 //	workers.<pool>.<worker>               a live worker (no instance)
 //
 // Job ids and targets are any printable strings; they are base64url-encoded
@@ -48,6 +49,7 @@ const (
 	kindProgress = "progress"
 	kindAsset    = "a"
 	kindWorker   = "workers"
+	kindMiss     = "miss"
 )
 
 // Store is the state bucket.
