@@ -3,6 +3,8 @@ package handlers
 import (
 	"context"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/jobs"
@@ -59,9 +61,14 @@ func (a *Actions) createGroup(ctx context.Context, j *worker.Job, p *jobs.Create
 	if errors.Is(err, graphclient.ErrConflict) {
 		// Made by this job's own request, whose answer was lost and which
 		// the transport sent again (the nickname was free a moment ago).
-		if mine, gerr := c.GetGroup(ctx, p.MailNickname); gerr == nil && mine.DisplayName == p.DisplayName {
+		mine, gerr := c.GetGroup(ctx, p.MailNickname)
+		if gerr == nil && mine.DisplayName == p.DisplayName {
 			a.refreshGroup(ctx, j, c, mine.ID)
 			return GroupOutput{GroupID: mine.ID, MailNickname: mine.MailNickname, Changed: true}, nil
+		}
+		if errors.Is(gerr, graphclient.ErrNotFound) {
+			// Not readable yet (replication): the redelivery finds it.
+			return nil, worker.RetryAfter(time.Second, fmt.Errorf("group %s exists but cannot be read yet: %w", p.MailNickname, gerr))
 		}
 		return nil, fail(CodeNicknameConflict, "a group with mail nickname "+p.MailNickname+" already exists", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/jobs"
@@ -87,6 +88,10 @@ func (a *Actions) createUser(ctx context.Context, j *worker.Job, p *jobs.CreateU
 		if gerr == nil && existing.DisplayName == p.DisplayName {
 			a.refreshUser(ctx, j, c, existing.ID)
 			return UserOutput{UserID: existing.ID, UserPrincipalName: existing.UserPrincipalName, Changed: true, Password: ef.Password}, nil
+		}
+		if errors.Is(gerr, graphclient.ErrNotFound) {
+			// Not readable yet (replication): the redelivery finds it.
+			return nil, worker.RetryAfter(time.Second, fmt.Errorf("user %s exists but cannot be read yet: %w", p.UserPrincipalName, gerr))
 		}
 		return nil, fail(CodeUPNConflict, "a user "+p.UserPrincipalName+" already exists", err)
 	}

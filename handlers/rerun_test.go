@@ -181,7 +181,7 @@ func mustReplyKey(t *testing.T) string {
 // object the job made is taken for the job's own, never a conflict, and
 // each job makes exactly one object.
 func TestCreateWithLostAnswerIsNoConflict(t *testing.T) {
-	e := newEnv(t, graphsim.Options{Users: 10, Groups: 2, NoThrottling: true, Seed: 7, Faults: graphsim.Faults{DropAfterWriteRate: 0.4}})
+	e := newEnv(t, graphsim.Options{Users: 10, Groups: 2, NoThrottling: true, Seed: 7, ConsistencyDelay: 300 * time.Millisecond, Faults: graphsim.Faults{DropAfterWriteRate: 0.4}})
 	e.startWorker(worker.Config{})
 	e.addInstance("acme", 0, time.Hour)
 	tenant := e.sim.Credentials()[0].TenantID
