@@ -19,6 +19,10 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	// Groups touched this round, with their merged state; published once the
 	// round is read (a large group spans pages).
 	touched := map[string]*groupState{}
+	// members is each touched group's member set, merged fragment by
+	// fragment in time linear in the changes (a large group arrives in many
+	// fragments).
+	members := map[string]map[string]struct{}{}
 	removed := map[string]string{}
 	var order []string
 	full := b.mode == jobs.ModeFull
@@ -45,6 +49,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		for _, ch := range page {
 			if ch.Removed != "" {
 				delete(touched, ch.ID)
+				delete(members, ch.ID)
 				removed[ch.ID] = ch.Removed
 				continue
 			}
@@ -64,19 +69,19 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 				rec, _ := json.Marshal(ch.Group)
 				st.Record = rec
 			}
-			set := map[string]bool{}
-			for _, m := range st.Members {
-				set[m] = true
+			set := members[ch.ID]
+			if set == nil {
+				set = make(map[string]struct{}, len(st.Members))
+				for _, m := range st.Members {
+					set[m] = struct{}{}
+				}
+				members[ch.ID] = set
 			}
 			for _, m := range ch.MembersAdded {
-				set[m] = true
+				set[m] = struct{}{}
 			}
 			for _, m := range ch.MembersRemoved {
 				delete(set, m)
-			}
-			st.Members = st.Members[:0]
-			for m := range set {
-				st.Members = append(st.Members, m)
 			}
 		}
 		r.job.Progress()
@@ -86,7 +91,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
 		r.log.Info("sync: group delta token expired or reset; running a full round")
 		b.mode, full = jobs.ModeFull, true
-		touched, removed, order = map[string]*groupState{}, map[string]string{}, nil
+		touched, members, removed, order = map[string]*groupState{}, map[string]map[string]struct{}{}, map[string]string{}, nil
 		next, err = c.GroupDelta(r.ctx, "", apply)
 	}
 	if err != nil {
@@ -101,6 +106,10 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		st := touched[id]
 		if st == nil {
 			continue
+		}
+		st.Members = make([]string, 0, len(members[id]))
+		for m := range members[id] {
+			st.Members = append(st.Members, m)
 		}
 		sort.Strings(st.Members)
 		var g graphclient.Group

@@ -25,7 +25,7 @@ import (
 
 // connFlags are the flags of the commands that talk to a running system.
 type connFlags struct {
-	url, creds, prefix, output, jsDomain *string
+	url, creds, prefix, output, jsDomain, inbox *string
 }
 
 func addConnFlags(fs *flagSet) *connFlags {
@@ -35,6 +35,7 @@ func addConnFlags(fs *flagSet) *connFlags {
 		prefix:   fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
 		output:   fs.String("o", "text", "output: text or json"),
 		jsDomain: fs.String("js-domain", "", "JetStream domain of the hub, when connected to a leaf node"),
+		inbox:    fs.String("inbox-prefix", "", "this role's own reply-subject prefix (e.g. _INBOX_operator), when NATS permissions give each role its own"),
 	}
 }
 
@@ -42,6 +43,9 @@ func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology,
 	opts := []nats.Option{nats.Name("m365-worker cli")}
 	if *c.creds != "" {
 		opts = append(opts, nats.UserCredentials(*c.creds))
+	}
+	if *c.inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(*c.inbox))
 	}
 	nc, err := nats.Connect(*c.url, opts...)
 	if err != nil {

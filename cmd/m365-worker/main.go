@@ -488,6 +488,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	tlsCA := fs.String("tls-ca", "", "CA file to verify the NATS servers")
 	tlsCert := fs.String("tls-cert", "", "client certificate file for NATS")
 	tlsKey := fs.String("tls-key", "", "client key file for NATS")
+	inbox := fs.String("inbox-prefix", "", "the pool's own reply-subject prefix (e.g. _INBOX_wdefault), when NATS permissions give each role its own")
 	p := addPoolFlags(fs)
 	if err := fs.parse(args); err != nil {
 		return err
@@ -509,6 +510,9 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if *tlsCert != "" || *tlsKey != "" {
 		opts = append(opts, nats.ClientCert(*tlsCert, *tlsKey))
+	}
+	if *inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(*inbox))
 	}
 	nc, err := nats.Connect(*natsURL, opts...)
 	if err != nil {

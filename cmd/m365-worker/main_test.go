@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
@@ -363,5 +364,63 @@ func TestWorkerWaitsForNATSAndSetup(t *testing.T) {
 	res, err := worker.WaitResult(ctx, js, worker.Topology{}, "ghost", j.Action, j.ID)
 	if err != nil || res.Error == nil || res.Error.Code != jobs.CodeInstanceNotFound {
 		t.Fatalf("the job's result: %+v %v", res, err)
+	}
+}
+
+// A pool's workers can run with their own reply-subject prefix, so that NATS
+// permissions can give each role its own inbox (a role allowed _INBOX.>
+// would receive other roles' replies): the worker serves its pool with only
+// _INBOX_wdefault.> to subscribe to, and a client of that user on the shared
+// prefix is refused.
+func TestWorkerWithItsOwnInboxPrefix(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		Users: []*server.User{
+			{Username: "operator", Password: "op"},
+			{Username: "wdefault", Password: "w", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{">"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_wdefault.>"}},
+			}},
+		}}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	addr := srv.Addr().String()
+	if out, code := cli(t, "", "setup", "--nats", "nats://operator:op@"+addr); code != 0 {
+		t.Fatalf("setup: %s", out)
+	}
+	w := start(t, "worker", "--nats", "nats://wdefault:w@"+addr, "--inbox-prefix", "_INBOX_wdefault")
+	w.waitLine(t, "serving pool")
+	nc, err := nats.Connect("nats://operator:op@" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	j := &jobs.Job{ID: "own-inbox", Instance: "ghost", Action: jobs.FullAction(jobs.ActionDisableUser), Params: json.RawMessage(`{"user":"adele@contoso.com"}`)}
+	if _, err := worker.Submit(ctx, js, jobs.Subjects{}, "default", j); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := worker.WaitResult(ctx, js, worker.Topology{}, "ghost", j.Action, j.ID); err != nil || res.Error == nil || res.Error.Code != jobs.CodeInstanceNotFound {
+		t.Fatalf("the job's result: %+v %v", res, err)
+	}
+	// The same user on the shared _INBOX prefix gets no JetStream answer.
+	shared, err := nats.Connect("nats://wdefault:w@" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shared.Close()
+	sjs, _ := jetstream.New(shared)
+	actx, acancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer acancel()
+	if _, err := sjs.AccountInfo(actx); err == nil {
+		t.Fatal("a request on the shared inbox prefix was answered")
 	}
 }
