@@ -100,6 +100,9 @@ func TestNATSConfigs(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 			continue
 		}
+		if opts.MaxPayload != 1<<20 {
+			t.Errorf("%s: max_payload %d, want 1 MiB set explicitly", f, opts.MaxPayload)
+		}
 		switch filepath.Base(f) {
 		case "leaf.conf":
 			// The site's leaf runs no JetStream and only dials out.
