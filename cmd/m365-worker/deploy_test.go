@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -90,6 +91,9 @@ func TestComposeFile(t *testing.T) {
 func TestNATSConfigs(t *testing.T) {
 	t.Setenv("NATS_SERVER_NAME", "nats-0")
 	t.Setenv("M365_HUB_LEAF_URL", "nats-leaf://hub.example:7422")
+	for _, v := range []string{"M365_OPERATOR_PASSWORD", "M365_TEVYRA_PASSWORD", "M365_WORKER_DEFAULT_PASSWORD"} {
+		t.Setenv(v, "pw")
+	}
 	files, _ := filepath.Glob("../../deploy/nats/*.conf")
 	if len(files) < 3 {
 		t.Fatalf("NATS configs under deploy/nats: %v (want single, cluster and leaf)", files)
@@ -552,15 +556,27 @@ func TestCustomerSiteEndToEnd(t *testing.T) {
 	}
 	out, code = cli(t, tenants[0]["client_secret"], "instance", "add", "acme", "--pool", "site-acme", "--pool-public-key", pub, "--tenant-id", tenants[0]["tenant_id"],
 		"--client-id", tenants[0]["client_id"], "--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--nats", hubURL, "--sync-interval", "1h")
-	if code != 0 {
+	if code != 0 || !strings.Contains(out, "syncing now (job ") {
 		t.Fatalf("instance add: %s", out)
 	}
-	out, code = cli(t, "", "job", "submit", "--instance", "acme", "--action", "sync", "--wait", "--timeout", "20s", "--nats", hubURL, "-o", "json")
-	var res jobs.ActionResult
-	_ = json.Unmarshal([]byte(out), &res)
+	// The first sync, asked for by instance add, runs on the site.
+	firstSync := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
+	hnc0, _ := nats.Connect(hubURL)
+	defer hnc0.Close()
+	hjs0, _ := jetstream.New(hnc0)
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	res, err := worker.WaitResult(wctx, hjs0, worker.Topology{}, "acme", jobs.ActionSync, firstSync)
 	var rep jobs.SyncReport
-	_ = json.Unmarshal(res.Output, &rep)
-	if code != 0 || res.Status != jobs.StatusSucceeded || rep.Counts[jobs.AssetUser].Upserts != 40 {
+	if err == nil {
+		_ = json.Unmarshal(res.Output, &rep)
+	}
+	if err == nil && rep.Counts[jobs.AssetUser].Upserts == 40 {
+		// And one asked for at the hub with job submit.
+		out, code = cli(t, "", "job", "submit", "--instance", "acme", "--action", "sync", "--wait", "--timeout", "30s", "--nats", hubURL, "-o", "json")
+		_ = json.Unmarshal([]byte(out), &res)
+	}
+	if err != nil || code != 0 || res.Status != jobs.StatusSucceeded || rep.Counts[jobs.AssetUser].Upserts != 40 {
 		hnc, _ := nats.Connect(hubURL)
 		hjs, _ := jetstream.New(hnc)
 		var dbg []string
@@ -594,4 +610,101 @@ func cliSources(t *testing.T) string {
 		}
 	}
 	return b.String()
+}
+
+// The roles of deploy/nats/roles.conf on a real server: the operator sets up
+// and adds an instance; the pool's worker, with only its permissions and its
+// own inbox, syncs the tenant and runs an action; Tevyra publishes the job
+// and reads the results. What a role must not do is refused.
+func TestRolesFromConfig(t *testing.T) {
+	opts := loadConf(t, "roles.conf", map[string]string{"M365_OPERATOR_PASSWORD": "op-pw", "M365_TEVYRA_PASSWORD": "tv-pw", "M365_WORKER_DEFAULT_PASSWORD": "wd-pw"})
+	srv := startServer(t, opts)
+	addr := srv.Addr().String()
+	url := func(user, pw string) string { return "nats://" + user + ":" + pw + "@" + addr }
+	if out, code := cli(t, "", "setup", "--nats", url("operator", "op-pw")); code != 0 {
+		t.Fatalf("setup as the operator: %s", out)
+	}
+	dir := t.TempDir()
+	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
+	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "20", "--groups", "3", "--ca-out", ca, "--credentials-out", creds)
+	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
+	seed := filepath.Join(dir, "pool.seed")
+	if out, code := cli(t, "", "pool", "keygen", "--out", seed); code != 0 {
+		t.Fatalf("keygen: %s", out)
+	}
+	w := start(t, "worker", "--nats", url("worker-default", "wd-pw"), "--inbox-prefix", "_INBOX_wdefault", "--pool-key-file", seed, "--allow-endpoint-overrides")
+	w.waitLine(t, "serving pool")
+	var tenants []map[string]string
+	b, _ := os.ReadFile(creds)
+	_ = json.Unmarshal(b, &tenants)
+	out, code := cli(t, tenants[0]["client_secret"], "instance", "add", "acme", "--tenant-id", tenants[0]["tenant_id"], "--client-id", tenants[0]["client_id"],
+		"--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--pool-key-file", seed, "--nats", url("operator", "op-pw"), "--sync-interval", "1h")
+	if code != 0 || !strings.Contains(out, "syncing now (job ") {
+		t.Fatalf("instance add as the operator: %s", out)
+	}
+	firstSync := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
+
+	// Tevyra, with its own inbox: reads the first sync's report, publishes an
+	// action and reads its result.
+	tnc, err := nats.Connect(url("tevyra", "tv-pw"), nats.CustomInboxPrefix("_INBOX_tevyra"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tnc.Close()
+	tjs, _ := jetstream.New(tnc)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	rep, err := worker.WaitResult(ctx, tjs, worker.Topology{}, "acme", jobs.ActionSync, firstSync)
+	if err != nil || rep.Status != jobs.StatusSucceeded {
+		t.Fatalf("the first sync, read by Tevyra: %+v %v\nworker:\n%s", rep, err, w.stderr)
+	}
+	job := `{"schema_version":1,"id":"roles-1","instance":"acme","action":"microsoft-365.disable_user","params":{"user":"nobody@contoso.com"}}`
+	if _, err := tjs.Publish(ctx, "m365.jobs.default.acme.action.disable_user", []byte(job), jetstream.WithMsgID("roles-1")); err != nil {
+		t.Fatalf("Tevyra publishes a job: %v", err)
+	}
+	res, err := worker.WaitResult(ctx, tjs, worker.Topology{}, "acme", jobs.ActionDisableUser, "roles-1")
+	if err != nil || res.Error == nil || res.Error.Code != "user_not_found" {
+		t.Fatalf("the action's result, read by Tevyra: %+v %v\nworker:\n%s", res, err, w.stderr)
+	}
+
+	// Refused: Tevyra reading buckets or deleting streams; the worker
+	// deleting streams, publishing jobs or reading another pool's records.
+	short := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 2*time.Second)
+	}
+	c1, f1 := short()
+	defer f1()
+	if kv, err := tjs.KeyValue(c1, "m365_instances"); err == nil {
+		if _, err := kv.Get(c1, "default.acme"); err == nil {
+			t.Error("Tevyra read an instance record")
+		}
+	}
+	c2, f2 := short()
+	defer f2()
+	if err := tjs.DeleteStream(c2, "M365_FAILURES"); err == nil {
+		t.Error("Tevyra deleted a stream")
+	}
+	wnc, err := nats.Connect(url("worker-default", "wd-pw"), nats.CustomInboxPrefix("_INBOX_wdefault"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wnc.Close()
+	wjs, _ := jetstream.New(wnc)
+	c3, f3 := short()
+	defer f3()
+	if err := wjs.DeleteStream(c3, "M365_JOBS"); err == nil {
+		t.Error("the pool's worker deleted a stream")
+	}
+	c4, f4 := short()
+	defer f4()
+	if _, err := wjs.Publish(c4, "m365.jobs.default.acme.sync", []byte("{}"), jetstream.WithMsgID("forged")); err == nil {
+		t.Error("the pool's worker published a job")
+	}
+	c5, f5 := short()
+	defer f5()
+	if kv, err := wjs.KeyValue(c5, "m365_instances"); err != nil {
+		t.Errorf("the worker's own bucket: %v", err)
+	} else if _, err := kv.Get(c5, "site-a.other"); err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("the pool's worker may read another pool's keys (%v)", err)
+	}
 }
