@@ -26,6 +26,7 @@ import (
 // connFlags are the flags of the commands that talk to a running system.
 type connFlags struct {
 	url, creds, prefix, output, jsDomain, inbox *string
+	tlsCA, tlsCert, tlsKey                      *string
 }
 
 func addConnFlags(fs *flagSet) *connFlags {
@@ -36,6 +37,9 @@ func addConnFlags(fs *flagSet) *connFlags {
 		output:   fs.String("o", "text", "output: text or json"),
 		jsDomain: fs.String("js-domain", "", "JetStream domain of the hub, when connected to a leaf node"),
 		inbox:    fs.String("inbox-prefix", "", "this role's own reply-subject prefix (e.g. _INBOX_operator), when NATS permissions give each role its own"),
+		tlsCA:    fs.String("tls-ca", "", "CA file to verify the NATS servers"),
+		tlsCert:  fs.String("tls-cert", "", "client certificate file for NATS"),
+		tlsKey:   fs.String("tls-key", "", "client key file for NATS"),
 	}
 }
 
@@ -46,6 +50,12 @@ func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology,
 	}
 	if *c.inbox != "" {
 		opts = append(opts, nats.CustomInboxPrefix(*c.inbox))
+	}
+	if *c.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(*c.tlsCA))
+	}
+	if *c.tlsCert != "" || *c.tlsKey != "" {
+		opts = append(opts, nats.ClientCert(*c.tlsCert, *c.tlsKey))
 	}
 	nc, err := nats.Connect(*c.url, opts...)
 	if err != nil {

@@ -2,9 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -94,6 +101,7 @@ func TestNATSConfigs(t *testing.T) {
 	for _, v := range []string{"M365_OPERATOR_PASSWORD", "M365_TEVYRA_PASSWORD", "M365_WORKER_DEFAULT_PASSWORD"} {
 		t.Setenv(v, "pw")
 	}
+	newTestPKI(t, t.TempDir())
 	files, _ := filepath.Glob("../../deploy/nats/*.conf")
 	if len(files) < 3 {
 		t.Fatalf("NATS configs under deploy/nats: %v (want single, cluster and leaf)", files)
@@ -617,14 +625,22 @@ func cliSources(t *testing.T) string {
 // own inbox, syncs the tenant and runs an action; Tevyra publishes the job
 // and reads the results. What a role must not do is refused.
 func TestRolesFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	pki := newTestPKI(t, t.TempDir())
 	opts := loadConf(t, "roles.conf", map[string]string{"M365_OPERATOR_PASSWORD": "op-pw", "M365_TEVYRA_PASSWORD": "tv-pw", "M365_WORKER_DEFAULT_PASSWORD": "wd-pw"})
 	srv := startServer(t, opts)
 	addr := srv.Addr().String()
-	url := func(user, pw string) string { return "nats://" + user + ":" + pw + "@" + addr }
-	if out, code := cli(t, "", "setup", "--nats", url("operator", "op-pw")); code != 0 {
+	url := func(user, pw string) string { return "tls://" + user + ":" + pw + "@" + addr }
+	tlsOpts := []nats.Option{nats.RootCAs(pki.ca), nats.ClientCert(pki.clientCert, pki.clientKey)}
+	if out, code := cli(t, "", append([]string{"setup", "--nats", url("operator", "op-pw")}, pki.tlsArgs()...)...); code != 0 {
 		t.Fatalf("setup as the operator: %s", out)
 	}
-	dir := t.TempDir()
+	// TLS with a client certificate is required: a client without one is
+	// refused at the handshake.
+	if nc, err := nats.Connect(url("operator", "op-pw"), nats.RootCAs(pki.ca), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Error("a client without a certificate connected")
+	}
 	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
 	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "20", "--groups", "3", "--ca-out", ca, "--credentials-out", creds)
 	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
@@ -632,13 +648,13 @@ func TestRolesFromConfig(t *testing.T) {
 	if out, code := cli(t, "", "pool", "keygen", "--out", seed); code != 0 {
 		t.Fatalf("keygen: %s", out)
 	}
-	w := start(t, "worker", "--nats", url("worker-default", "wd-pw"), "--inbox-prefix", "_INBOX_wdefault", "--pool-key-file", seed, "--allow-endpoint-overrides")
+	w := start(t, append([]string{"worker", "--nats", url("worker-default", "wd-pw"), "--inbox-prefix", "_INBOX_wdefault", "--pool-key-file", seed, "--allow-endpoint-overrides"}, pki.tlsArgs()...)...)
 	w.waitLine(t, "serving pool")
 	var tenants []map[string]string
 	b, _ := os.ReadFile(creds)
 	_ = json.Unmarshal(b, &tenants)
-	out, code := cli(t, tenants[0]["client_secret"], "instance", "add", "acme", "--tenant-id", tenants[0]["tenant_id"], "--client-id", tenants[0]["client_id"],
-		"--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--pool-key-file", seed, "--nats", url("operator", "op-pw"), "--sync-interval", "1h")
+	out, code := cli(t, tenants[0]["client_secret"], append([]string{"instance", "add", "acme", "--tenant-id", tenants[0]["tenant_id"], "--client-id", tenants[0]["client_id"],
+		"--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--pool-key-file", seed, "--nats", url("operator", "op-pw"), "--sync-interval", "1h"}, pki.tlsArgs()...)...)
 	if code != 0 || !strings.Contains(out, "syncing now (job ") {
 		t.Fatalf("instance add as the operator: %s", out)
 	}
@@ -646,7 +662,7 @@ func TestRolesFromConfig(t *testing.T) {
 
 	// Tevyra, with its own inbox: reads the first sync's report, publishes an
 	// action and reads its result.
-	tnc, err := nats.Connect(url("tevyra", "tv-pw"), nats.CustomInboxPrefix("_INBOX_tevyra"))
+	tnc, err := nats.Connect(url("tevyra", "tv-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_tevyra"))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -684,7 +700,7 @@ func TestRolesFromConfig(t *testing.T) {
 	if err := tjs.DeleteStream(c2, "M365_FAILURES"); err == nil {
 		t.Error("Tevyra deleted a stream")
 	}
-	wnc, err := nats.Connect(url("worker-default", "wd-pw"), nats.CustomInboxPrefix("_INBOX_wdefault"))
+	wnc, err := nats.Connect(url("worker-default", "wd-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_wdefault"))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -707,4 +723,52 @@ func TestRolesFromConfig(t *testing.T) {
 	} else if _, err := kv.Get(c5, "site-a.other"); err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("the pool's worker may read another pool's keys (%v)", err)
 	}
+}
+
+// testPKI writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate (ECDSA, valid for an hour) into dir, and points the
+// M365_TLS_* variables roles.conf reads at them.
+type testPKI struct{ ca, cert, key, clientCert, clientKey string }
+
+func newTestPKI(t *testing.T, dir string) testPKI {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "m365 test CA"}, NotBefore: time.Now().Add(-time.Minute),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	issue := func(name string, serial int64, usage []x509.ExtKeyUsage) (string, string) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name}, NotBefore: time.Now().Add(-time.Minute),
+			NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: usage, KeyUsage: x509.KeyUsageDigitalSignature,
+			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kb, _ := x509.MarshalECPrivateKey(k)
+		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "EC PRIVATE KEY", kb)
+	}
+	p := testPKI{ca: write("ca.pem", "CERTIFICATE", caDER)}
+	p.cert, p.key = issue("server", 2, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth})
+	p.clientCert, p.clientKey = issue("client", 3, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+	t.Setenv("M365_TLS_CERT", p.cert)
+	t.Setenv("M365_TLS_KEY", p.key)
+	t.Setenv("M365_TLS_CA", p.ca)
+	return p
+}
+
+// tlsArgs are the CLI flags of a client with the test PKI's certificate.
+func (p testPKI) tlsArgs() []string {
+	return []string{"--tls-ca", p.ca, "--tls-cert", p.clientCert, "--tls-key", p.clientKey}
 }
