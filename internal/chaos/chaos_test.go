@@ -23,7 +23,10 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the chaos run takes minutes")
 	}
-	cfg := Config{Jobs: 300, Kills: 4, ServerKills: 1, Workers: 3}
+	// A fixed seed by default, so that every run of the suite draws the same
+	// plan, kill schedule and faults (the moments still vary with timing);
+	// CHAOS_SEED explores others, and so does m365-worker bench chaos.
+	cfg := Config{Jobs: 300, Kills: 4, ServerKills: 1, Workers: 3, Seed: 589539}
 	if s := os.Getenv("CHAOS_SEED"); s != "" {
 		seed, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
