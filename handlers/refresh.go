@@ -139,6 +139,9 @@ func (a *Actions) refreshGroup(ctx context.Context, j *worker.Job, c *graphclien
 // refreshGroupRecord publishes a group record with its members, and keeps
 // the record and members in the sync state the way a round keeps them.
 func (a *Actions) refreshGroupRecord(ctx context.Context, j *worker.Job, g *graphclient.Group, members []string) {
+	if len(members) > jobs.MaxInlineMembers {
+		return // a large group is published in parts by the next round
+	}
 	members = append([]string(nil), members...)
 	sort.Strings(members)
 	raw, _ := json.Marshal(groupAssetOf(g, members))

@@ -300,3 +300,46 @@ func TestReplicationGraceAfterAWaitForTheTurn(t *testing.T) {
 		t.Fatalf("the update that waited for its turn: %+v", res.Error)
 	}
 }
+
+// A group of 30,000 members (well over the NATS payload limit as one record)
+// syncs and reaches the consumer's view whole, in a full round and after
+// member changes in an incremental one, on a stock 1 MiB max_payload; its
+// member chunks leave the state with it.
+func TestGiantGroupRoundTrips(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 30000, Groups: 2, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	tenant := e.sim.Credentials()[0].TenantID
+	snap, _ := e.sim.Export(tenant)
+	var giant string
+	_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error {
+		g := a.CreateGroup("everyone", "Everyone")
+		giant = g.ID
+		for _, u := range snap.Users {
+			a.SetMember(g, u.ID, true)
+		}
+		return nil
+	})
+	e.syncNow("acme", false)
+	e.checkAgainstTruth("acme", 0)
+	_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error {
+		g := a.Group(giant)
+		for _, u := range snap.Users[:50] {
+			a.SetMember(g, u.ID, false)
+		}
+		return nil
+	})
+	if rep := e.syncNow("acme", false); rep.Mode != jobs.ModeIncremental {
+		t.Fatalf("second round %s", rep.Mode)
+	}
+	e.checkAgainstTruth("acme", 0)
+	_ = e.sim.Mutate(tenant, func(a *graphsim.Admin) error { a.DeleteGroup(a.Group(giant)); return nil })
+	e.syncNow("acme", false)
+	e.checkAgainstTruth("acme", 0)
+	kv, _ := e.js.KeyValue(context.Background(), "m365_state")
+	if l, err := kv.ListKeysFiltered(context.Background(), "a.default.acme.gm.>"); err == nil {
+		for k := range l.Keys() {
+			t.Errorf("member chunk %s left behind", k)
+		}
+	}
+}

@@ -122,6 +122,9 @@ type groupState struct {
 	Record    json.RawMessage `json:"r"`
 	Members   []string        `json:"m"`
 	Uncounted bool            `json:"n,omitempty"`
+	// MemberChunks counts the member chunks a large group's members are
+	// stored in instead of Members (sync_members.go).
+	MemberChunks int `json:"mc,omitempty"`
 }
 
 func hashOf(b []byte) string {

@@ -61,6 +61,9 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 					if _, err := r.getState(assetRef{state.AssetGroup, ch.ID}, st); err != nil {
 						return err
 					}
+					if err := r.loadMembers(ch.ID, st); err != nil {
+						return err
+					}
 				}
 				touched[ch.ID] = st
 				order = append(order, ch.ID)
@@ -115,8 +118,9 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		var g graphclient.Group
 		_ = json.Unmarshal(st.Record, &g)
 		g.ID = id
-		raw, _ := json.Marshal(groupAssetOf(&g, st.Members))
+		raw, _ := json.Marshal(groupAssetOf(&g, st.Members)) // the whole record, for its hash
 		key := assetRef{state.AssetGroup, id}
+		oldChunks := 0
 		if !full || r.job.Rerun() {
 			// The stored state (an incremental round read it ahead with
 			// its page: prefetch).
@@ -125,6 +129,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			if err != nil {
 				return "", err
 			}
+			oldChunks = old.MemberChunks
 			if ok && !old.Uncounted && old.Hash == hashOf(raw) {
 				continue
 			}
@@ -135,13 +140,22 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 				// Consumers have this record (a post-action refresh): it
 				// is only counted now.
 				st.Hash, st.Uncounted = old.Hash, false
-				b.keep(putState(key, st))
+				b.keep(groupStateOps(id, *st, oldChunks)...)
 				continue
 			}
 		}
 		st.Hash, st.Uncounted = hashOf(raw), false
-		if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: id, Asset: raw}, putState(key, st)); err != nil {
-			return "", err
+		// The state goes with the group's last change: stored once all of
+		// the group is.
+		changes := groupChanges(&g, st.Members)
+		for i, ch := range changes {
+			var ops []stateOp
+			if i == len(changes)-1 {
+				ops = groupStateOps(id, *st, oldChunks)
+			}
+			if err := b.add(ch, ops...); err != nil {
+				return "", err
+			}
 		}
 	}
 	ids := make([]string, 0, len(removed))
@@ -164,7 +178,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		if removed[id] == graphclient.RemovedHard {
 			reason = jobs.ReasonHardDeleted
 		}
-		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: reason}, deleteState(key)); err != nil {
+		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: reason}, groupDeleteOps(id, old)...); err != nil {
 			return "", err
 		}
 	}

@@ -42,7 +42,7 @@ func (r *round) batcher(typ string) *batcher {
 	return &batcher{r: r, typ: typ, mode: r.mode}
 }
 
-func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
+func (b *batcher) add(ch jobs.AssetChange, stores ...stateOp) error {
 	n := len(ch.Asset) + len(ch.ID) + 64
 	if len(b.changes) > 0 && (len(b.changes) >= b.r.s.cfg.BatchChanges || b.size+n > b.r.s.cfg.BatchBytes) {
 		if err := b.flush(false); err != nil {
@@ -50,13 +50,14 @@ func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
 		}
 	}
 	b.changes = append(b.changes, ch)
-	b.states = append(b.states, store)
+	b.states = append(b.states, stores...)
 	b.size += n
 	b.r.mu.Lock()
 	c := b.r.counts[b.typ]
-	if ch.Op == jobs.OpUpsert {
+	switch ch.Op {
+	case jobs.OpUpsert:
 		c.Upserts++
-	} else {
+	case jobs.OpDelete:
 		c.Deletes++
 	}
 	b.r.counts[b.typ] = c
@@ -64,8 +65,8 @@ func (b *batcher) add(ch jobs.AssetChange, store stateOp) error {
 	return nil
 }
 
-// keep stores a state with the next batch, publishing nothing for it.
-func (b *batcher) keep(store stateOp) { b.states = append(b.states, store) }
+// keep stores states with the next batch, publishing nothing for them.
+func (b *batcher) keep(stores ...stateOp) { b.states = append(b.states, stores...) }
 
 // flush publishes the batch, then stores its changes' state. The message id
 // names the instance, the run's sync id (unique per run) and the batch.
@@ -182,7 +183,15 @@ func (r *round) deleteMissing(b *batcher, kind string, seen map[string]bool) err
 	}
 	sort.Strings(ids)
 	for _, id := range ids {
-		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: jobs.ReasonMissingAfterFullSync}, deleteState(assetRef{kind, id})); err != nil {
+		ops := []stateOp{deleteState(assetRef{kind, id})}
+		if kind == state.AssetGroup {
+			var old groupState
+			if _, err := r.getState(assetRef{kind, id}, &old); err != nil {
+				return err
+			}
+			ops = groupDeleteOps(id, old)
+		}
+		if err := b.add(jobs.AssetChange{Op: jobs.OpDelete, ID: id, Reason: jobs.ReasonMissingAfterFullSync}, ops...); err != nil {
 			return err
 		}
 	}

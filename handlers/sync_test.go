@@ -158,6 +158,12 @@ func (e *env) rebuild(instance string) *replica {
 		for _, d := range workertest.Decode[jobs.AssetDelta](e.t, workertest.Messages(e.t, e.js, "M365_RESULTS", "m365.results."+instance+".assets."+typ)) {
 			for _, ch := range d.Changes {
 				switch {
+				case ch.Op == jobs.OpMembers:
+					var more jobs.GroupMembers
+					_ = json.Unmarshal(ch.Asset, &more)
+					g := r.groups[ch.ID]
+					g.Members = append(g.Members, more.Members...)
+					r.groups[ch.ID] = g
 				case ch.Op == jobs.OpDelete:
 					delete(r.users, ch.ID)
 					delete(r.groups, ch.ID)

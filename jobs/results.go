@@ -118,6 +118,12 @@ const (
 const (
 	OpUpsert = "upsert"
 	OpDelete = "delete"
+	// OpMembers adds member ids to the group record published just before
+	// under the same id in the same sync: a group with more than
+	// MaxInlineMembers members is published as an upsert carrying the
+	// first ones (membersContinued set), then as many members changes as
+	// the rest needs, in order. Its asset is a GroupMembers.
+	OpMembers = "members"
 
 	ReasonSoftDeleted          = "soft_deleted"
 	ReasonHardDeleted          = "hard_deleted"
@@ -246,6 +252,19 @@ type GroupAsset struct {
 	MembershipRule  *string    `json:"membershipRule"`
 	CreatedDateTime *time.Time `json:"createdDateTime"`
 	Members         []string   `json:"members"`
+	// MembersContinued says members changes follow with the rest of the
+	// member ids (a group larger than MaxInlineMembers).
+	MembersContinued bool `json:"membersContinued,omitempty"`
+}
+
+// MaxInlineMembers bounds the member ids one group record or members change
+// carries, so that every message stays well within the NATS payload limit
+// whatever the group's size.
+const MaxInlineMembers = 5000
+
+// GroupMembers is the asset of a members change: more member ids of a group.
+type GroupMembers struct {
+	Members []string `json:"members"`
 }
 
 // PrepaidUnits are a SKU's seats by state.

@@ -96,7 +96,7 @@ var fieldRules = map[string]obj{
 	"AssetDelta.type":              {"enum": []any{AssetUser, AssetGroup, AssetLicense}},
 	"AssetDelta.mode":              {"enum": []any{ModeFull, ModeIncremental}},
 	"AssetDelta.batch":             {"minimum": 1},
-	"AssetChange.op":               {"enum": []any{OpUpsert, OpDelete}},
+	"AssetChange.op":               {"enum": []any{OpUpsert, OpDelete, OpMembers}},
 	"AssetChange.reason":           {"enum": []any{ReasonSoftDeleted, ReasonHardDeleted, ReasonMissingAfterFullSync}},
 	"SyncReport.mode":              {"enum": []any{ModeFull, ModeIncremental}},
 	"SyncReport.outcome":           {"enum": []any{OutcomeSucceeded, OutcomeFailed, OutcomeSkipped}},
@@ -113,6 +113,7 @@ var typeRules = map[string]obj{
 	"AssetChange": {"allOf": []any{
 		obj{"if": obj{"properties": obj{"op": obj{"const": OpUpsert}}}, "then": obj{"required": []any{"asset"}, "not": obj{"required": []any{"reason"}}}},
 		obj{"if": obj{"properties": obj{"op": obj{"const": OpDelete}}}, "then": obj{"required": []any{"reason"}, "not": obj{"required": []any{"asset"}}}},
+		obj{"if": obj{"properties": obj{"op": obj{"const": OpMembers}}}, "then": obj{"required": []any{"asset"}, "not": obj{"required": []any{"reason"}}}},
 	}},
 }
 

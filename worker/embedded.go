@@ -46,8 +46,10 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		JetStream:  true,
 		StoreDir:   o.StoreDir,
 		NoSigs:     true,
-		// Generous for asset-delta batches; the publisher keeps below it.
-		MaxPayload: 8 << 20,
+		// The stock limit, as the shipped configs set it: every message
+		// m365-worker writes stays within it (batches ≤ 512 KiB, large
+		// groups in parts, failures bounded).
+		MaxPayload: 1 << 20,
 	}
 	if o.SyncAlways {
 		opts.SyncAlways = true

@@ -265,9 +265,10 @@ func (h *harness) checkRounds(c *collected) {
 			}
 			r.rank, r.batch[d.Type], r.last[d.Type] = rank[d.Type], d.Batch, d.Last
 			for _, ch := range d.Changes {
-				if ch.Op == jobs.OpUpsert {
+				switch ch.Op {
+				case jobs.OpUpsert:
 					r.upserts[d.Type]++
-				} else {
+				case jobs.OpDelete:
 					r.deletes[d.Type]++
 				}
 			}
@@ -752,6 +753,12 @@ func rebuild(c *collected) *view {
 			}
 			v.history[ch.ID] = append(v.history[ch.ID], line)
 			switch {
+			case ch.Op == jobs.OpMembers: // the rest of a large group's members
+				var more jobs.GroupMembers
+				_ = json.Unmarshal(ch.Asset, &more)
+				g := v.groups[ch.ID]
+				g.Members = append(g.Members, more.Members...)
+				v.groups[ch.ID] = g
 			case ch.Op == jobs.OpDelete:
 				switch d.Type {
 				case jobs.AssetUser:
