@@ -301,12 +301,12 @@ func TestReplicationGraceAfterAWaitForTheTurn(t *testing.T) {
 	}
 }
 
-// A group of 30,000 members (well over the NATS payload limit as one record)
+// A group of 100,000 members (well over the NATS payload limit as one record)
 // syncs and reaches the consumer's view whole, in a full round and after
 // member changes in an incremental one, on a stock 1 MiB max_payload; its
 // member chunks leave the state with it.
 func TestGiantGroupRoundTrips(t *testing.T) {
-	e := newEnv(t, graphsim.Options{Users: 30000, Groups: 2, NoThrottling: true})
+	e := newEnv(t, graphsim.Options{Users: 100000, Groups: 2, NoThrottling: true})
 	e.startWorker(worker.Config{})
 	e.addInstance("acme", 0, time.Hour)
 	tenant := e.sim.Credentials()[0].TenantID

@@ -103,7 +103,9 @@ func Messages(t testing.TB, js jetstream.JetStream, stream, subject string) []je
 	defer func() { _ = st.DeleteConsumer(context.Background(), c.CachedInfo().Name) }()
 	var out []jetstream.Msg
 	for uint64(len(out)) < total {
-		batch, err := c.Fetch(int(total)-len(out), jetstream.FetchMaxWait(5*time.Second))
+		// A bounded batch: large messages (asset batches of up to 512
+		// KiB) must not overrun the client's pending limits.
+		batch, err := c.Fetch(min(int(total)-len(out), 64), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
