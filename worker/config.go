@@ -27,6 +27,13 @@ type Config struct {
 	// are fetched only when a slot is free, so none wait in a buffer while
 	// their ack timer runs.
 	Concurrency int
+	// InstanceShare bounds the jobs of one instance a worker runs at once,
+	// so that one tenant's burst cannot hold the slots every other tenant
+	// needs: a job beyond it is given back for half a second without using
+	// an attempt. Default Concurrency (no bound): the give-backs cost a
+	// lone busy tenant throughput, so pools serving many tenants set it
+	// (e.g. 12 of 16).
+	InstanceShare int
 	// AckWait is the consumer's ack wait: a job not settled or heartbeated
 	// for this long is redelivered to another worker. Default 60s.
 	AckWait time.Duration
@@ -95,6 +102,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 16
+	}
+	if c.InstanceShare <= 0 || c.InstanceShare > c.Concurrency {
+		c.InstanceShare = c.Concurrency
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 60 * time.Second

@@ -287,3 +287,40 @@ func TestPanicInHandlerGoroutineFailsTheJob(t *testing.T) {
 		t.Fatalf("result %+v", res.Error)
 	}
 }
+
+// Fair service: one tenant with 40 queued jobs that take long cannot hold
+// every slot; another tenant's one job, published after them, runs while
+// they wait.
+func TestOneTenantsBurstLeavesSlotsForOthers(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	release := make(chan struct{})
+	var busyRuns atomic.Int64
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		if j.Job.Instance == "busy" {
+			busyRuns.Add(1)
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		return map[string]string{"user_id": p.User}, nil
+	})
+	startWorker(t, srv, worker.Config{Concurrency: 4, InstanceShare: 2}, reg)
+	for i := range 40 {
+		j := disableJob(fmt.Sprintf("busy-%d", i))
+		j.Instance = "busy"
+		workertest.PublishJob(t, js, "default", j)
+	}
+	workertest.Eventually(t, 30*time.Second, "the busy tenant's first jobs running", func() bool { return busyRuns.Load() >= 2 })
+	workertest.PublishJob(t, js, "default", disableJob("quiet-1"))
+	workertest.Eventually(t, 30*time.Second, "the other tenant's job", func() bool { return resultOf(t, js, "quiet-1") != nil })
+	if n := busyRuns.Load(); n > 2 {
+		t.Errorf("the busy tenant ran %d jobs at once (share 2)", n)
+	}
+	close(release)
+	workertest.Eventually(t, 60*time.Second, "all of the busy tenant's jobs", func() bool {
+		return len(results(t, js, "busy")) == 40
+	})
+}

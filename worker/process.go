@@ -28,6 +28,7 @@ import (
 //	          target's turn and lock (publication order across workers);
 //	          losing a lock cancels the job
 //	ledger    again, now that the job holds its turn
+//	share     one instance's jobs take at most Config.InstanceShare slots
 //	instance  the instance's configuration (a passing error retries)
 //	handle    the handler, with heartbeats, a panic turned into an error
 //	settle    one result, then ack / nak with a delay / terminate
@@ -41,6 +42,7 @@ var pipeline = []struct {
 	{"validate", (*Worker).validate},
 	{"admit", (*Worker).admit},
 	{"ledger again", (*Worker).recheckLedger},
+	{"share", (*Worker).takeShare},
 	{"instance", (*Worker).lookupInstance},
 	{"handle", (*Worker).handle},
 }
@@ -230,6 +232,35 @@ func (w *Worker) admit(d *delivery) error {
 		case <-ctx.Done():
 		}
 	}()
+	return nil
+}
+
+// shareRetryDelay is how long a job beyond its instance's share is given
+// back for.
+const shareRetryDelay = 500 * time.Millisecond
+
+// takeShare counts the job against its instance's share of this worker's
+// slots; a job beyond it is given back (no attempt used), so that other
+// instances' jobs get the slots.
+func (w *Worker) takeShare(d *delivery) error {
+	inst := d.addr.Instance
+	w.shareMu.Lock()
+	if w.share == nil {
+		w.share = map[string]int{}
+	}
+	if w.share[inst] >= w.cfg.InstanceShare {
+		w.shareMu.Unlock()
+		return RetryAfter(shareRetryDelay, fmt.Errorf("instance %s has its share of this worker's slots (%d)", inst, w.cfg.InstanceShare))
+	}
+	w.share[inst]++
+	w.shareMu.Unlock()
+	d.onDone(func() {
+		w.shareMu.Lock()
+		if w.share[inst]--; w.share[inst] == 0 {
+			delete(w.share, inst)
+		}
+		w.shareMu.Unlock()
+	})
 	return nil
 }
 

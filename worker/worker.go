@@ -56,6 +56,9 @@ type Worker struct {
 	// turns orders the jobs of one (instance, target) in this worker by
 	// stream sequence.
 	turns turns
+	// share counts each instance's jobs past the share stage.
+	shareMu sync.Mutex
+	share   map[string]int
 }
 
 // Stats counts what a worker did since it started.

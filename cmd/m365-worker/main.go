@@ -217,7 +217,7 @@ type poolFlags struct {
 	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
 	jsDomain                                                   *string
 	allowOverrides                                             *bool
-	concurrency, replicas                                      *int
+	concurrency, replicas, share                               *int
 	ackWait, shutdown                                          *time.Duration
 }
 
@@ -225,6 +225,7 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 	return &poolFlags{
 		pool:        fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
 		concurrency: fs.Int("concurrency", 16, "jobs handled at once by this worker"),
+		share:       fs.Int("instance-share", 0, "at most this many of them for one instance, so one tenant's burst leaves slots for the others (default: no bound; e.g. 12 of 16 in a pool of many tenants)"),
 		ackWait:     fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
 		shutdown:    fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
 		logLevel:    fs.String("log-level", "info", "debug, info, warn or error"),
@@ -316,7 +317,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	}
 	actions.Register(reg)
 	w, err := worker.New(ctx, js, topo, worker.Config{
-		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, AckWait: *p.ackWait,
+		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, InstanceShare: *p.share, AckWait: *p.ackWait,
 		ShutdownTimeout: *p.shutdown, PoolKey: key, Logger: log, ManageConsumer: manage,
 		OnInstanceChange: func(id string, in *worker.Instance) {
 			if in == nil {
