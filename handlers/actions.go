@@ -145,7 +145,10 @@ func (a *Actions) group(ctx context.Context, j *worker.Job, c *graphclient.Clien
 // --- effect records: what a job already did, for redeliveries ------------
 
 type effect struct {
-	ObjectID string             `json:"object_id,omitempty"`
+	ObjectID string `json:"object_id,omitempty"`
+	// Name is the object's UPN or mail nickname as the first delivery saw
+	// it, so a redelivery reports the same output.
+	Name     string             `json:"name,omitempty"`
 	Password *jobs.SealedSecret `json:"password,omitempty"` // sealed to the requester
 	// PoolPassword is the same password sealed to the pool, so that a
 	// redelivery sets the very password the requester was given.

@@ -124,8 +124,13 @@ func (a *Actions) deleteGroup(ctx context.Context, j *worker.Job, p *jobs.Delete
 		// Already deleted (an earlier delivery may have died before its
 		// refresh): the delete is published again.
 		if id, rerr := c.RecycledID(ctx, p.Group, true); rerr == nil && id != "" {
-			if !j.DryRun {
-				a.refreshDeleted(ctx, j, jobs.AssetGroup, id)
+			if j.DryRun {
+				return GroupOutput{GroupID: id, Changed: false}, nil
+			}
+			a.refreshDeleted(ctx, j, jobs.AssetGroup, id)
+			// An earlier delivery of this job deleted it: the same output.
+			if prior, _ := a.effect(ctx, j); prior != nil && prior.ObjectID == id {
+				return GroupOutput{GroupID: id, MailNickname: prior.Name, Changed: true}, nil
 			}
 			return GroupOutput{GroupID: id, Changed: false}, nil
 		}
@@ -136,6 +141,9 @@ func (a *Actions) deleteGroup(ctx context.Context, j *worker.Job, p *jobs.Delete
 	}
 	if j.DryRun {
 		return GroupOutput{GroupID: g.ID, MailNickname: g.MailNickname, WouldChange: []string{"delete the group (restorable for 30 days)"}}, nil
+	}
+	if err := a.recordEffect(ctx, j, effect{ObjectID: g.ID, Name: g.MailNickname}); err != nil {
+		return nil, err
 	}
 	if err := c.DeleteGroup(ctx, g.ID); err != nil && !errors.Is(err, graphclient.ErrNotFound) {
 		return nil, classify(err, CodeGroupNotFound, "group "+p.Group)

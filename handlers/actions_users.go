@@ -148,8 +148,13 @@ func (a *Actions) deleteUser(ctx context.Context, j *worker.Job, p *jobs.DeleteU
 		// The delete is published again: an earlier delivery may have
 		// deleted it and died before its refresh.
 		if id, rerr := c.RecycledID(ctx, p.User, false); rerr == nil && id != "" {
-			if !j.DryRun {
-				a.refreshDeleted(ctx, j, jobs.AssetUser, id)
+			if j.DryRun {
+				return UserOutput{UserID: id, Changed: false}, nil
+			}
+			a.refreshDeleted(ctx, j, jobs.AssetUser, id)
+			// An earlier delivery of this job deleted it: the same output.
+			if prior, _ := a.effect(ctx, j); prior != nil && prior.ObjectID == id {
+				return UserOutput{UserID: id, UserPrincipalName: prior.Name, Changed: true}, nil
 			}
 			return UserOutput{UserID: id, Changed: false}, nil
 		}
@@ -160,6 +165,9 @@ func (a *Actions) deleteUser(ctx context.Context, j *worker.Job, p *jobs.DeleteU
 	}
 	if j.DryRun {
 		return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, WouldChange: []string{"move to the recycle bin (restorable for 30 days)"}}, nil
+	}
+	if err := a.recordEffect(ctx, j, effect{ObjectID: u.ID, Name: u.UserPrincipalName}); err != nil {
+		return nil, err
 	}
 	if err := c.DeleteUser(ctx, u.ID); err != nil && !errors.Is(err, graphclient.ErrNotFound) {
 		return nil, classify(err, CodeUserNotFound, "user "+p.User)
