@@ -62,6 +62,8 @@ func TestJobNearMaxDeliverFails(t *testing.T) {
 	if !strings.Contains(res.Error.Message, "delivered") {
 		t.Errorf("message %q does not say why", res.Error.Message)
 	}
+	// The failure record follows the result.
+	workertest.Eventually(t, 30*time.Second, "the failure record", func() bool { return len(failures(t, js, "acme")) > 0 })
 	f := failures(t, js, "acme")
 	if len(f) != 1 || f[0].JobID != "forever" || f[0].Deliveries >= 20 {
 		t.Fatalf("failure records %+v", f)
