@@ -325,19 +325,9 @@ func (s *Instances) read(ctx context.Context, key string) (*Instance, error) {
 }
 
 func (s *Instances) keys(ctx context.Context, filter string) ([]string, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, filter)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for k := range lister.Keys() {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out, nil
+	keys, err := state.ListKeys(ctx, s.kv, filter)
+	sort.Strings(keys)
+	return keys, err
 }
 
 // Delete removes an instance and its sync schedule.

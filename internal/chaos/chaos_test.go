@@ -20,9 +20,6 @@ func TestMain(m *testing.M) {
 // simulator's ground truth. A failure names the seed: CHAOS_SEED=<seed>
 // replays the same plan, kill schedule and fault draws.
 func TestChaos(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the chaos run takes minutes")
-	}
 	// A fixed seed by default, so that every run of the suite draws the same
 	// plan, kill schedule and faults (the moments still vary with timing);
 	// CHAOS_SEED explores others, and so does m365-worker bench chaos.

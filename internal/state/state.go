@@ -181,9 +181,15 @@ func (s *Store) createTTL(ctx context.Context, key string, val []byte, ttl time.
 	return s.kv.Create(ctx, key, val, jetstream.KeyTTL(ttl))
 }
 
-// listKeys returns the keys matching filter (one NATS subject filter).
+// listKeys returns the keys of the state bucket matching filter.
 func (s *Store) listKeys(ctx context.Context, filter string) ([]string, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, filter)
+	return ListKeys(ctx, s.kv, filter)
+}
+
+// ListKeys returns the keys of a bucket matching filter (one NATS subject
+// filter), none when there are none.
+func ListKeys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
+	lister, err := kv.ListKeysFiltered(ctx, filter)
 	if errors.Is(err, jetstream.ErrNoKeysFound) {
 		return nil, nil
 	}
