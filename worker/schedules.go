@@ -104,7 +104,7 @@ func RequestSync(ctx context.Context, js jetstream.JetStream, subjects jobs.Subj
 	params, _ := json.Marshal(jobs.SyncParams{Full: full})
 	j := jobs.Job{SchemaVersion: jobs.SchemaVersion, ID: id, Instance: instance, Action: jobs.ActionSync, Params: params, RequestedBy: "on-demand"}
 	b, _ := json.Marshal(j)
-	if _, err := js.Publish(ctx, subjects.SyncJob(pool, instance), b, jetstream.WithMsgID(id)); err != nil {
+	if _, err := js.Publish(ctx, subjects.SyncJob(pool, instance), b); err != nil {
 		return "", fmt.Errorf("request a sync of %s: %w", instance, err)
 	}
 	return id, nil

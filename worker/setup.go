@@ -70,6 +70,14 @@ func (t Topology) ConsumerName(pool string) string { return consumerName(t.prefi
 // whose job is redelivered one ack wait later.
 const ResultsDuplicateWindow = 30 * time.Minute
 
+// JobsDuplicateWindow is the jobs stream's dedup window: the least the
+// server allows. Jobs are published without Nats-Msg-Id and deduplicated by
+// the job ledger, per instance (docs/contract.md): the stream's window is
+// one for all instances, so a publisher allowed on one instance's subjects
+// could pre-claim another instance's job id inside it, and two instances'
+// jobs with the same id would collide.
+const JobsDuplicateWindow = 100 * time.Millisecond
+
 // SetupOptions tune SetupWith. Zero values take the defaults.
 type SetupOptions struct {
 	// Pools whose durable consumers are created or updated. Default
@@ -105,7 +113,7 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, t Topology, o SetupO
 			Subjects:          []string{s.JobsAll(), s.SchedulesAll()},
 			Retention:         jetstream.LimitsPolicy,
 			MaxAge:            t.JobsMaxAge,
-			Duplicates:        2 * time.Minute,
+			Duplicates:        JobsDuplicateWindow,
 			Storage:           jetstream.FileStorage,
 			Replicas:          t.Replicas,
 			AllowMsgTTL:       true,

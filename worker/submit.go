@@ -20,8 +20,9 @@ import (
 // NewJobID returns a fresh job id.
 func NewJobID() string { return "job-" + nuid.Next() }
 
-// Submit publishes a job the way Tevyra does (Nats-Msg-Id = id) on its
-// subject in the pool, after checking it against the contract.
+// Submit publishes a job the way Tevyra does (on its subject in the pool,
+// without Nats-Msg-Id: the job ledger deduplicates per instance), after
+// checking it against the contract.
 func Submit(ctx context.Context, js jetstream.JetStream, subjects jobs.Subjects, pool string, j *jobs.Job) (*jetstream.PubAck, error) {
 	if j.SchemaVersion == 0 {
 		j.SchemaVersion = jobs.SchemaVersion
@@ -36,7 +37,7 @@ func Submit(ctx context.Context, js jetstream.JetStream, subjects jobs.Subjects,
 	if _, _, err := jobs.ParseJob(b); err != nil {
 		return nil, err
 	}
-	return js.Publish(ctx, subjects.JobSubject(pool, j), b, jetstream.WithMsgID(j.ID))
+	return js.Publish(ctx, subjects.JobSubject(pool, j), b)
 }
 
 // WaitResult waits for the result of a job: an action result, or for sync
@@ -185,7 +186,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, t Topology, r *jobs.Fai
 	m := nats.NewMsg(orig.Subject)
 	m.Data = data
 	m.Header.Set(HeaderReplayOf, r.JobID)
-	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(newID)); err != nil {
+	if _, err := js.PublishMsg(ctx, m); err != nil {
 		return "", fmt.Errorf("replay %s: %w", r.JobID, err)
 	}
 	return newID, nil

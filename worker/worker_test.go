@@ -132,29 +132,67 @@ func TestDuplicateJobRunsOnce(t *testing.T) {
 	var total atomic.Int64
 	r := startWorker(t, srv, worker.Config{}, countingRegistry(&calls, &total))
 
+	// A publisher's retry after a lost ack stores the job twice (jobs carry
+	// no Nats-Msg-Id): the job ledger runs it once.
 	a1 := workertest.PublishJob(t, js, "default", disableJob("dup-1"))
 	a2 := workertest.PublishJob(t, js, "default", disableJob("dup-1"))
-	if a1.Duplicate || !a2.Duplicate {
-		t.Fatalf("stream dedup: first duplicate=%v second duplicate=%v", a1.Duplicate, a2.Duplicate)
-	}
-	workertest.Eventually(t, 30*time.Second, "the result", func() bool { return len(results(t, js, "acme")) == 1 })
-	workertest.Eventually(t, 30*time.Second, "the job to be acked", consumerIdle(t, js))
-
-	// The same job id again under another message id (beyond the stream's
-	// dedup window, say): the job ledger keeps it from running twice.
-	j := disableJob("dup-1")
-	j.SchemaVersion = 1
-	b, _ := json.Marshal(j)
-	if _, err := js.Publish(context.Background(), "m365.jobs.default.acme.action.disable_user", b, jetstream.WithMsgID("another-msg-id")); err != nil {
-		t.Fatal(err)
+	if a1.Duplicate || a2.Duplicate || a1.Sequence == a2.Sequence {
+		t.Fatalf("both copies should be stored: %+v %+v", a1, a2)
 	}
 	workertest.Eventually(t, 30*time.Second, "the duplicate to be acked", func() bool { return r.w.Stats().Skipped.Load() == 1 })
+	workertest.Eventually(t, 30*time.Second, "the consumer to be idle", consumerIdle(t, js))
+
+	// Once more, much later (a replayed or republished copy).
+	workertest.PublishJob(t, js, "default", disableJob("dup-1"))
+	workertest.Eventually(t, 30*time.Second, "the second duplicate to be acked", func() bool { return r.w.Stats().Skipped.Load() == 2 })
 	workertest.Eventually(t, 30*time.Second, "the consumer to be idle", consumerIdle(t, js))
 	if total.Load() != 1 {
 		t.Errorf("handler ran %d times, want 1", total.Load())
 	}
 	if n := len(results(t, js, "acme")); n != 1 {
 		t.Errorf("%d results, want 1", n)
+	}
+}
+
+// TestJobIDsAreScopedToTheirInstance: a job id belongs to its instance. A
+// publisher allowed on one instance's subjects cannot pre-claim another
+// instance's job id (the stream's dedup window is one for all instances, so
+// jobs are deduplicated by the per-instance ledger instead), and two
+// instances' jobs that happen to share an id both run.
+func TestJobIDsAreScopedToTheirInstance(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	var calls sync.Map
+	var total atomic.Int64
+	startWorker(t, srv, worker.Config{}, countingRegistry(&calls, &total))
+
+	// The pre-claim: a job on evil's subject carrying, as its message id,
+	// the id Tevyra is about to use for acme's job.
+	evil := disableJob("job-42")
+	evil.Instance = "evil"
+	evil.SchemaVersion = jobs.SchemaVersion
+	b, _ := json.Marshal(evil)
+	if _, err := js.Publish(context.Background(), jobs.Subjects{}.JobSubject("default", evil), b, jetstream.WithMsgID("job-42")); err != nil {
+		t.Fatal(err)
+	}
+	// Tevyra publishes acme's job the contract's way.
+	if _, err := worker.Submit(context.Background(), js, jobs.Subjects{}, "default", disableJob("job-42")); err != nil {
+		t.Fatal(err)
+	}
+	// A third instance happens to use the same id.
+	other := disableJob("job-42")
+	other.Instance = "globex"
+	if _, err := worker.Submit(context.Background(), js, jobs.Subjects{}, "default", other); err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"acme", "evil", "globex"} {
+		workertest.Eventually(t, 30*time.Second, inst+"'s result for job-42", func() bool {
+			rs := results(t, js, inst)
+			return len(rs) == 1 && rs[0].JobID == "job-42" && rs[0].Instance == inst
+		})
+	}
+	if total.Load() != 3 {
+		t.Errorf("handler ran %d times, want 3 (once per instance)", total.Load())
 	}
 }
 

@@ -64,8 +64,8 @@ func cmdBenchChaos(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 	} else {
 		fmt.Fprintf(stdout, "seed:                  %d\n", r.Seed)
-		fmt.Fprintf(stdout, "jobs published:        %d actions (%d meant to fail), %d syncs; %d publications, %d duplicates suppressed, %d republished under a new msg id\n",
-			r.ActionJobs, r.ExpectedFailures, r.SyncJobs, r.Published, r.DuplicatesSuppressed, r.Republished)
+		fmt.Fprintf(stdout, "jobs published:        %d actions (%d meant to fail), %d syncs; %d publications, %d of them second copies of a job\n",
+			r.ActionJobs, r.ExpectedFailures, r.SyncJobs, r.Published, r.Republished)
 		fmt.Fprintf(stdout, "results:               %d action results, %d sync reports (%d rounds succeeded)\n", r.Results, r.SyncReports, r.SyncRounds)
 		fmt.Fprintf(stdout, "failures by code:      %s\n", chaosCounts(r.FailuresByCode))
 		fmt.Fprintf(stdout, "kills:                 %d workers, %d nats-server; %d worker pauses; %d worker exits besides; %d 429 storms\n", r.WorkerKills, r.ServerKills, r.WorkerPauses, r.WorkerExits, r.Throttles)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tevyra/m365-worker/graphclient/graphsim"
 	"github.com/tevyra/m365-worker/jobs"
@@ -176,7 +175,7 @@ func RunActions(ctx context.Context, o ActionsOptions) (*ActionsResult, error) {
 		}
 		j := mixedAction(i, targets[i%len(targets)], groupIDs[i%len(groupIDs)])
 		body, _ := json.Marshal(j)
-		if _, err := e.JS.PublishAsync(e.Topo.Subjects.JobSubject(jobs.DefaultPool, j), body, jetstream.WithMsgID(j.ID)); err != nil {
+		if _, err := e.JS.PublishAsync(e.Topo.Subjects.JobSubject(jobs.DefaultPool, j), body); err != nil {
 			return nil, err
 		}
 	}

@@ -34,8 +34,8 @@ func TestChaos(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, cfg, t.Logf)
-	t.Logf("chaos report: seed %d, %d action jobs, %d sync jobs, %d publications (%d duplicates suppressed, %d republished), %d results, %d sync reports (%d rounds succeeded), failures %v (%d expected), %d worker kills, %d server kills, %d worker pauses, %d worker exits, %d passwords checked, faults %v, took %s",
-		rep.Seed, rep.ActionJobs, rep.SyncJobs, rep.Published, rep.DuplicatesSuppressed, rep.Republished, rep.Results, rep.SyncReports, rep.SyncRounds,
+	t.Logf("chaos report: seed %d, %d action jobs, %d sync jobs, %d publications (%d republished), %d results, %d sync reports (%d rounds succeeded), failures %v (%d expected), %d worker kills, %d server kills, %d worker pauses, %d worker exits, %d passwords checked, faults %v, took %s",
+		rep.Seed, rep.ActionJobs, rep.SyncJobs, rep.Published, rep.Republished, rep.Results, rep.SyncReports, rep.SyncRounds,
 		rep.FailuresByCode, rep.ExpectedFailures, rep.WorkerKills, rep.ServerKills, rep.WorkerPauses, rep.WorkerExits, rep.PasswordsChecked, rep.FaultsInjected, rep.Duration.Round(time.Second))
 	for _, n := range rep.Notes {
 		t.Logf("note: %s", n)

@@ -41,12 +41,12 @@ type job struct {
 	// Create jobs: the key of the object made ("user:<upn>", "group:<nick>").
 	Creates string
 
-	// Copy: publish once more later with the same job id under another
-	// Nats-Msg-Id (a republished job: the ledger must suppress it).
+	// Copy: publish once more later with the same job id (a republished
+	// job: the ledger must suppress it).
 	// CopyAfter is how many jobs later.
 	CopyAfter int
-	// Twice: publish twice at once with the same Nats-Msg-Id (the stream's
-	// dedup must suppress the second).
+	// Twice: publish twice at once (a publisher's retry after a lost ack:
+	// the ledger must suppress the second).
 	Twice bool
 }
 

@@ -197,7 +197,7 @@ func (h *harness) whereIs(j *job, c *collected) string {
 		s = append(s, "no failure record either")
 	}
 	if j.CopyAfter > 0 {
-		s = append(s, "it was republished under "+j.ID+"~copy")
+		s = append(s, "it was republished later")
 	}
 	return "; " + strings.Join(s, "; ")
 }

@@ -58,7 +58,7 @@ func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 }
 
 // PublishJob publishes a job envelope the way Tevyra does: on its subject,
-// with Nats-Msg-Id set to the job id.
+// without Nats-Msg-Id (the job ledger deduplicates, per instance).
 func PublishJob(t testing.TB, js jetstream.JetStream, pool string, j *jobs.Job) *jetstream.PubAck {
 	t.Helper()
 	if j.SchemaVersion == 0 {
@@ -68,7 +68,7 @@ func PublishJob(t testing.TB, js jetstream.JetStream, pool string, j *jobs.Job) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ack, err := js.Publish(context.Background(), jobs.Subjects{}.JobSubject(pool, j), b, jetstream.WithMsgID(j.ID))
+	ack, err := js.Publish(context.Background(), jobs.Subjects{}.JobSubject(pool, j), b)
 	if err != nil {
 		t.Fatal(err)
 	}
