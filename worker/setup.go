@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +27,13 @@ type Topology struct {
 	ResultsMaxAge time.Duration
 	// FailuresMaxAge is how long failure records stay. Default 90 days.
 	FailuresMaxAge time.Duration
+	// SitePools are pools whose jobs are also kept in a stream of their own
+	// (PoolJobsStream), sourced from the jobs stream with the pool's
+	// filter, where their consumer lives. A customer site's workers are
+	// given that stream only: reading jobs back for per-target order
+	// (STREAM.MSG.GET, whose filter is in the body) then reaches only their
+	// pool's jobs (docs/security.md).
+	SitePools []string
 }
 
 func (t Topology) withDefaults() Topology {
@@ -56,6 +64,19 @@ func (t Topology) prefix() string {
 func (t Topology) JobsStream() string     { return strings.ToUpper(t.prefix()) + "_JOBS" }
 func (t Topology) ResultsStream() string  { return strings.ToUpper(t.prefix()) + "_RESULTS" }
 func (t Topology) FailuresStream() string { return strings.ToUpper(t.prefix()) + "_FAILURES" }
+
+// PoolJobsStream is the stream a pool's consumer is on: the pool's own for a
+// site pool, else the jobs stream.
+func (t Topology) PoolJobsStream(pool string) string {
+	if slices.Contains(t.SitePools, pool) {
+		return t.SiteJobsStream(pool)
+	}
+	return t.JobsStream()
+}
+
+// SiteJobsStream is the name of a site pool's own jobs stream.
+func (t Topology) SiteJobsStream(pool string) string { return t.JobsStream() + "_" + pool }
+
 func (t Topology) InstancesBucket() string {
 	return t.prefix() + "_instances"
 }
@@ -86,6 +107,9 @@ type SetupOptions struct {
 	// AckWait and MaxDeliver of the pool consumers. Defaults 60s and 1000.
 	AckWait    time.Duration
 	MaxDeliver int
+	// SitePools get a jobs stream of their own (Topology.SitePools); they
+	// are set up as pools too.
+	SitePools []string
 	// LowerReplicas lets an existing stream or bucket go to fewer replicas
 	// than it has. Without it the higher count is kept: a setup run with
 	// the default (1) never shrinks a cluster's R3 streams.
@@ -105,6 +129,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, t Topology) error {
 // configuration.
 func SetupWith(ctx context.Context, js jetstream.JetStream, t Topology, o SetupOptions) error {
 	t = t.withDefaults()
+	t.SitePools = append(slices.Clone(t.SitePools), o.SitePools...)
 	s := t.Subjects
 	streams := []jetstream.StreamConfig{
 		{
@@ -141,6 +166,9 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, t Topology, o SetupO
 			Replicas:    t.Replicas,
 		},
 	}
+	for _, pool := range o.SitePools {
+		streams = append(streams, siteStreamConfig(t, pool))
+	}
 	for _, cfg := range streams {
 		cfg.Replicas = keepReplicas(ctx, js, cfg.Name, cfg.Replicas, o.LowerReplicas)
 		if err := retryConflict(ctx, func() error {
@@ -167,15 +195,32 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, t Topology, o SetupO
 		return err
 	}
 	pools := o.Pools
-	if len(pools) == 0 {
+	if len(pools) == 0 && len(o.SitePools) == 0 {
 		pools = []string{jobs.DefaultPool}
 	}
-	for _, pool := range pools {
+	for _, pool := range append(slices.Clone(pools), o.SitePools...) {
 		if _, err := PoolConsumer(ctx, js, t, pool, o.AckWait, o.MaxDeliver); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// siteStreamConfig is a site pool's own jobs stream: no subjects of its own,
+// sourced from the jobs stream with the pool's filter. Scheduled ticks carry
+// a TTL and roll each other up there too.
+func siteStreamConfig(t Topology, pool string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        t.SiteJobsStream(pool),
+		Description: "m365-worker jobs of site pool " + pool + " (sourced from " + t.JobsStream() + ")",
+		Sources:     []*jetstream.StreamSource{{Name: t.JobsStream(), FilterSubject: t.Subjects.PoolJobs(pool)}},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      t.JobsMaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		AllowMsgTTL: true,
+		AllowRollup: true,
+	}
 }
 
 // keepReplicas is the replica count to set up a stream with: want, or the
@@ -194,7 +239,7 @@ func keepReplicas(ctx context.Context, js jetstream.JetStream, stream string, wa
 func Check(ctx context.Context, js jetstream.JetStream, t Topology, pool string) error {
 	t = t.withDefaults()
 	var missing []string
-	for _, s := range []string{t.JobsStream(), t.ResultsStream(), t.FailuresStream(), "KV_" + t.InstancesBucket(), "KV_" + t.StateBucket()} {
+	for _, s := range []string{t.PoolJobsStream(pool), t.ResultsStream(), t.FailuresStream(), "KV_" + t.InstancesBucket(), "KV_" + t.StateBucket()} {
 		if _, err := js.Stream(ctx, s); errors.Is(err, jetstream.ErrStreamNotFound) {
 			missing = append(missing, "stream "+s)
 		} else if err != nil {
@@ -202,14 +247,18 @@ func Check(ctx context.Context, js jetstream.JetStream, t Topology, pool string)
 		}
 	}
 	if len(missing) == 0 {
-		if _, err := js.Consumer(ctx, t.JobsStream(), t.ConsumerName(pool)); errors.Is(err, jetstream.ErrConsumerNotFound) {
-			missing = append(missing, "consumer "+t.ConsumerName(pool)+" on "+t.JobsStream())
+		if _, err := js.Consumer(ctx, t.PoolJobsStream(pool), t.ConsumerName(pool)); errors.Is(err, jetstream.ErrConsumerNotFound) {
+			missing = append(missing, "consumer "+t.ConsumerName(pool)+" on "+t.PoolJobsStream(pool))
 		} else if err != nil {
 			return fmt.Errorf("check consumer %s: %w", t.ConsumerName(pool), err)
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%w: %s; the operator creates them: m365-worker setup --nats <url> --pools %s", ErrNotSetUp, strings.Join(missing, ", "), pool)
+		flag := "--pools"
+		if slices.Contains(t.SitePools, pool) {
+			flag = "--site-pools"
+		}
+		return fmt.Errorf("%w: %s; the operator creates them: m365-worker setup --nats <url> %s %s", ErrNotSetUp, strings.Join(missing, ", "), flag, pool)
 	}
 	return nil
 }
@@ -232,7 +281,8 @@ func retryConflict(ctx context.Context, f func() error) error {
 }
 
 // PoolConsumer creates or updates the durable pull consumer a pool's
-// workers share, filtered to m365.jobs.<pool>.>.
+// workers share, filtered to m365.jobs.<pool>.>, on the pool's jobs stream
+// (PoolJobsStream).
 func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool string, ackWait time.Duration, maxDeliver int) (jetstream.Consumer, error) {
 	t = t.withDefaults()
 	if maxDeliver <= 0 {
@@ -257,7 +307,7 @@ func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool 
 	}
 	var cons jetstream.Consumer
 	err := retryConflict(ctx, func() error {
-		c, err := js.CreateOrUpdateConsumer(ctx, t.JobsStream(), cfg)
+		c, err := js.CreateOrUpdateConsumer(ctx, t.PoolJobsStream(pool), cfg)
 		cons = c
 		return err
 	})
@@ -265,4 +315,20 @@ func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool 
 		return nil, fmt.Errorf("set up consumer %s: %w", cfg.Durable, err)
 	}
 	return cons, nil
+}
+
+// WithSitePools returns t with the pools among pools that have a jobs stream
+// of their own (set up with SetupOptions.SitePools) added to SitePools: how
+// the operator's tools find where a pool's consumer is.
+func WithSitePools(ctx context.Context, js jetstream.JetStream, t Topology, pools ...string) Topology {
+	t.SitePools = slices.Clone(t.SitePools)
+	for _, p := range pools {
+		if slices.Contains(t.SitePools, p) {
+			continue
+		}
+		if _, err := js.Stream(ctx, t.SiteJobsStream(p)); err == nil {
+			t.SitePools = append(t.SitePools, p)
+		}
+	}
+	return t
 }

@@ -157,13 +157,17 @@ func Failures(ctx context.Context, js jetstream.JetStream, t Topology, f Failure
 // OriginalJob reads a failed job's message back from the jobs stream.
 func OriginalJob(ctx context.Context, js jetstream.JetStream, t Topology, r *jobs.FailureRecord) (*jetstream.RawStreamMsg, error) {
 	t = t.withDefaults()
-	st, err := js.Stream(ctx, t.JobsStream())
+	name := t.JobsStream()
+	if r.Stream != "" {
+		name = r.Stream // a site pool's own jobs stream
+	}
+	st, err := js.Stream(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	m, err := st.GetMsg(ctx, r.StreamSeq)
 	if err != nil {
-		return nil, fmt.Errorf("job %s (sequence %d) is no longer in %s (jobs are kept %s): %w", r.JobID, r.StreamSeq, t.JobsStream(), t.JobsMaxAge, err)
+		return nil, fmt.Errorf("job %s (sequence %d) is no longer in %s (jobs are kept %s): %w", r.JobID, r.StreamSeq, name, t.JobsMaxAge, err)
 	}
 	return m, nil
 }

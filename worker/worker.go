@@ -125,7 +125,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.cons = cons
-	if w.jobsStream, err = w.js.Stream(ctx, w.topo.JobsStream()); err != nil {
+	if w.jobsStream, err = w.js.Stream(ctx, w.topo.PoolJobsStream(w.cfg.Pool)); err != nil {
 		return err
 	}
 	w.bound.Store(true)
@@ -222,7 +222,7 @@ func (w *Worker) bindConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	if err := w.waitSetUp(ctx); err != nil {
 		return nil, err
 	}
-	cons, err := w.js.Consumer(ctx, w.topo.JobsStream(), w.topo.ConsumerName(w.cfg.Pool))
+	cons, err := w.js.Consumer(ctx, w.topo.PoolJobsStream(w.cfg.Pool), w.topo.ConsumerName(w.cfg.Pool))
 	if err != nil {
 		return nil, fmt.Errorf("bind consumer %s: %w", w.topo.ConsumerName(w.cfg.Pool), err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -530,8 +531,24 @@ func TestConcurrentSyncsRefusedAcrossWorkers(t *testing.T) {
 // three workers fetch them at once, and an earlier job given back (here: a
 // RetryAfter) holds the later ones of its target until it is done.
 func TestSameTargetOrderAcrossWorkers(t *testing.T) {
+	sameTargetOrderAcrossWorkers(t, "default")
+}
+
+// A site pool's jobs are read from its own stream (sourced from the jobs
+// stream), for its consumer and for the order check alike.
+func TestSameTargetOrderInASitePool(t *testing.T) {
+	sameTargetOrderAcrossWorkers(t, "site-x")
+}
+
+func sameTargetOrderAcrossWorkers(t *testing.T, pool string) {
 	srv := workertest.Start(t)
 	_, js := srv.Connect(t)
+	if pool != "default" {
+		srv.Topology.SitePools = []string{pool}
+		if err := worker.SetupWith(context.Background(), js, srv.Topology, worker.SetupOptions{SitePools: []string{pool}}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	const targets, perTarget = 4, 40
 	var mu sync.Mutex
 	order := map[string][]int{}
@@ -560,14 +577,14 @@ func TestSameTargetOrderAcrossWorkers(t *testing.T) {
 	})
 	var ws []*running
 	for i := 0; i < 3; i++ {
-		ws = append(ws, startWorker(t, srv, worker.Config{ID: fmt.Sprintf("w%d", i), Concurrency: 8}, reg))
+		ws = append(ws, startWorker(t, srv, worker.Config{ID: fmt.Sprintf("w%d", i), Pool: pool, Concurrency: 8}, reg))
 	}
 	for n := 0; n < perTarget; n++ {
 		for k := 0; k < targets; k++ {
 			j := &jobs.Job{SchemaVersion: jobs.SchemaVersion, ID: fmt.Sprintf("t%d-%03d", k, n), Instance: "acme", Action: jobs.ActionDisableUser,
 				Params: json.RawMessage(fmt.Sprintf(`{"user":"target%d@contoso.com"}`, k))}
 			b, _ := json.Marshal(j)
-			if _, err := js.PublishAsync("m365.jobs.default.acme.action.disable_user", b, jetstream.WithMsgID(j.ID)); err != nil {
+			if _, err := js.PublishAsync("m365.jobs."+pool+".acme.action.disable_user", b); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -602,5 +619,36 @@ func TestSameTargetOrderAcrossWorkers(t *testing.T) {
 	}
 	for i, w := range ws {
 		t.Logf("worker %d: handled %d, given back %d", i, w.w.Stats().Handled.Load(), w.w.Stats().Snoozed.Load())
+	}
+}
+
+// A site pool's scheduled ticks reach its own stream: they carry a TTL and
+// roll each other up, which the sourced stream allows too.
+func TestSitePoolRunsItsScheduledTicks(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	srv.Topology.SitePools = []string{"site-x"}
+	if err := worker.SetupWith(context.Background(), js, srv.Topology, worker.SetupOptions{SitePools: []string{"site-x"}}); err != nil {
+		t.Fatal(err)
+	}
+	var ticks atomic.Int64
+	reg := worker.Registry{}
+	reg[jobs.ActionSync] = worker.Handler{Exclusive: true, Func: func(ctx context.Context, j *worker.Job) (any, error) {
+		if j.Pool == "site-x" && strings.HasPrefix(j.ID, "scheduled-sync-acme") {
+			ticks.Add(1)
+		}
+		return jobs.SyncReport{}, nil
+	}}
+	startWorker(t, srv, worker.Config{Pool: "site-x"}, reg)
+	if err := worker.NewSchedules(js, srv.Topology).Set(context.Background(), worker.Instance{ID: "acme", Pool: "site-x", SyncInterval: worker.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	workertest.Eventually(t, 60*time.Second, "two scheduled ticks run by the site pool", func() bool { return ticks.Load() >= 2 })
+	st, err := js.Stream(context.Background(), srv.Topology.SiteJobsStream("site-x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(context.Background()); err != nil || info.State.Msgs == 0 {
+		t.Errorf("the site pool's stream: %+v %v", info, err)
 	}
 }

@@ -26,20 +26,21 @@ import (
 // connFlags are the flags of the commands that talk to a running system.
 type connFlags struct {
 	url, creds, prefix, output, jsDomain, inbox *string
-	tlsCA, tlsCert, tlsKey                      *string
+	jsAPIPrefix, tlsCA, tlsCert, tlsKey         *string
 }
 
 func addConnFlags(fs *flagSet) *connFlags {
 	return &connFlags{
-		url:      fs.String("nats", "nats://127.0.0.1:4222", "NATS server URL"),
-		creds:    fs.String("creds", "", "NATS credentials file"),
-		prefix:   fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
-		output:   fs.String("o", "text", "output: text or json"),
-		jsDomain: fs.String("js-domain", "", "JetStream domain of the hub, when connected to a leaf node"),
-		inbox:    fs.String("inbox-prefix", "", "this role's own reply-subject prefix (e.g. _INBOX_operator), when NATS permissions give each role its own"),
-		tlsCA:    fs.String("tls-ca", "", "CA file to verify the NATS servers"),
-		tlsCert:  fs.String("tls-cert", "", "client certificate file for NATS"),
-		tlsKey:   fs.String("tls-key", "", "client key file for NATS"),
+		url:         fs.String("nats", "nats://127.0.0.1:4222", "NATS server URL"),
+		creds:       fs.String("creds", "", "NATS credentials file"),
+		prefix:      fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
+		output:      fs.String("o", "text", "output: text or json"),
+		jsDomain:    fs.String("js-domain", "", "JetStream domain of the hub, when connected to a leaf node"),
+		jsAPIPrefix: fs.String("js-api-prefix", "", "JetStream API prefix, when the account imports the hub's services (a site's account)"),
+		inbox:       fs.String("inbox-prefix", "", "this role's own reply-subject prefix (e.g. _INBOX_operator), when NATS permissions give each role its own"),
+		tlsCA:       fs.String("tls-ca", "", "CA file to verify the NATS servers"),
+		tlsCert:     fs.String("tls-cert", "", "client certificate file for NATS"),
+		tlsKey:      fs.String("tls-key", "", "client key file for NATS"),
 	}
 }
 
@@ -61,7 +62,7 @@ func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology,
 	if err != nil {
 		return nil, nil, worker.Topology{}, fmt.Errorf("connect to NATS at %s: %w (is m365-worker run or a NATS server up? set --nats)", *c.url, err)
 	}
-	js, err := newJetStream(nc, *c.jsDomain)
+	js, err := newJetStream(nc, *c.jsDomain, *c.jsAPIPrefix)
 	if err != nil {
 		nc.Close()
 		return nil, nil, worker.Topology{}, err

@@ -1,20 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
+	"crypto/tls"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -27,6 +25,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tevyra/m365-worker/internal/pki"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 )
@@ -58,14 +57,16 @@ func TestComposeFile(t *testing.T) {
 	if !ok {
 		t.Fatal("no worker service")
 	}
-	if w.Command[0] != "worker" || w.Environment["M365_NATS"] != "nats://nats:4222" {
+	// Each service is its role, over TLS with a client certificate.
+	if w.Command[0] != "worker" || w.Environment["M365_NATS"] != "tls://worker-default:${M365_WORKER_DEFAULT_PASSWORD}@nats:4222" ||
+		w.Environment["M365_INBOX_PREFIX"] != "_INBOX_wdefault" || w.Environment["M365_TLS_CERT"] == "" {
 		t.Errorf("worker service: %+v", w)
 	}
 	if _, err := os.Stat(filepath.Join("../..", w.Build.Context, w.Build.Dockerfile)); err != nil {
 		t.Errorf("worker build: %v", err)
 	}
 	su, ok := c.Services["setup"]
-	if !ok || len(su.Command) == 0 || su.Command[0] != "setup" || su.Environment["M365_NATS"] != "nats://nats:4222" {
+	if !ok || len(su.Command) == 0 || su.Command[0] != "setup" || su.Environment["M365_NATS"] != "tls://operator:${M365_OPERATOR_PASSWORD}@nats:4222" {
 		t.Errorf("setup service: %+v", su)
 	}
 	if !strings.Contains(string(b), "condition: service_completed_successfully") {
@@ -75,6 +76,9 @@ func TestComposeFile(t *testing.T) {
 	help := cliSources(t)
 	for _, svc := range []string{"worker", "setup"} {
 		for k := range c.Services[svc].Environment {
+			if k == "M365_POOL_KEY" {
+				continue // read from the environment only, never a flag
+			}
 			flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k, "M365_")), "_", "-")
 			if !strings.Contains(help, `"`+flagName+`"`) {
 				t.Errorf("compose's %s sets %s but there is no --%s flag", svc, k, flagName)
@@ -82,12 +86,15 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 	n := c.Services["nats"]
+	if n.Environment["NATS_TLS_CA"] == "" || !strings.HasPrefix(n.Environment["M365_OPERATOR_PASSWORD"], "${M365_OPERATOR_PASSWORD:?") {
+		t.Errorf("nats service: TLS files and the role passwords come from the environment: %+v", n.Environment)
+	}
 	if !strings.HasPrefix(n.Image, "nats:2.1") {
 		t.Errorf("nats image %q", n.Image)
 	}
 	for _, v := range n.Volumes {
 		host, _, _ := strings.Cut(v, ":")
-		if strings.HasPrefix(host, "./") {
+		if strings.HasPrefix(host, "./") && host != "./tls" { // ./tls is made by m365-worker tls init
 			if _, err := os.Stat(filepath.Join("../..", host)); err != nil {
 				t.Errorf("nats volume %s: %v", v, err)
 			}
@@ -97,10 +104,8 @@ func TestComposeFile(t *testing.T) {
 
 func TestNATSConfigs(t *testing.T) {
 	t.Setenv("NATS_SERVER_NAME", "nats-0")
-	t.Setenv("M365_HUB_LEAF_URL", "nats-leaf://hub.example:7422")
-	for _, v := range []string{"M365_OPERATOR_PASSWORD", "M365_TEVYRA_PASSWORD", "M365_WORKER_DEFAULT_PASSWORD"} {
-		t.Setenv(v, "pw")
-	}
+	t.Setenv("M365_HUB_LEAF_URL", "tls://leaf-site-a:pw@hub.example:7422")
+	rolePasswords(t)
 	newTestPKI(t, t.TempDir())
 	files, _ := filepath.Glob("../../deploy/nats/*.conf")
 	if len(files) < 3 {
@@ -114,6 +119,24 @@ func TestNATSConfigs(t *testing.T) {
 		}
 		if opts.MaxPayload != 1<<20 {
 			t.Errorf("%s: max_payload %d, want 1 MiB set explicitly", f, opts.MaxPayload)
+		}
+		// TLS everywhere: clients (with certificates), routes and leaf
+		// connections, both ends.
+		switch filepath.Base(f) {
+		case "leaf.conf":
+			if r := opts.LeafNode.Remotes; len(r) == 1 && (r[0].TLSConfig == nil || len(r[0].TLSConfig.Certificates) != 1 || r[0].LocalAccount != "SITE") {
+				t.Errorf("%s: the remote needs TLS with a client certificate and the SITE account", f)
+			}
+		default:
+			if opts.TLSConfig == nil || opts.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert || opts.LeafNode.TLSConfig == nil || opts.LeafNode.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+				t.Errorf("%s: client and leaf connections need TLS with verified client certificates", f)
+			}
+			if len(opts.Accounts) < 2 || len(opts.Users) < 5 {
+				t.Errorf("%s: %d accounts, %d users: the roles of accounts.inc are missing", f, len(opts.Accounts), len(opts.Users))
+			}
+			if filepath.Base(f) == "cluster.conf" && opts.Cluster.TLSConfig == nil {
+				t.Errorf("%s: routes need TLS", f)
+			}
 		}
 		switch filepath.Base(f) {
 		case "leaf.conf":
@@ -141,10 +164,16 @@ func TestNATSConfigs(t *testing.T) {
 // temporary store so that several servers run on this machine.
 func loadConf(t *testing.T, file string, env map[string]string) *server.Options {
 	t.Helper()
+	return loadConfFrom(t, "../../deploy/nats", file, env)
+}
+
+// loadConfFrom is loadConf for a copy of the configs in dir.
+func loadConfFrom(t *testing.T, dir, file string, env map[string]string) *server.Options {
+	t.Helper()
 	for k, v := range env {
 		t.Setenv(k, v)
 	}
-	opts, err := server.ProcessConfigFile(filepath.Join("../../deploy/nats", file))
+	opts, err := server.ProcessConfigFile(filepath.Join(dir, file))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,14 +201,14 @@ func startServer(t *testing.T, opts *server.Options) *server.Server {
 
 // countingWorker runs a worker of pool on url whose disable_user handler
 // counts the jobs it handled.
-func countingWorker(t *testing.T, url, domain, pool string, replicas int, handled *atomic.Int64) {
+func countingWorker(t *testing.T, url, pool string, replicas int, handled *atomic.Int64, opts ...nats.Option) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
+	nc, err := nats.Connect(url, append(opts, nats.MaxReconnects(-1))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, _ := newJetStream(nc, domain)
+	js, _ := jetstream.New(nc)
 	reg := worker.Registry{}
 	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
 		handled.Add(1)
@@ -220,6 +249,8 @@ func submitAndWait(t *testing.T, js jetstream.JetStream, pool, id string) {
 // The cluster config, as three real servers on loopback: the streams are
 // created R3 and jobs still run after a node goes down.
 func TestNATSClusterFromConfig(t *testing.T) {
+	pki := newTestPKI(t, t.TempDir())
+	rolePasswords(t)
 	ports := []string{freePort(t), freePort(t), freePort(t)}
 	var servers []*server.Server
 	for i := range ports {
@@ -234,7 +265,9 @@ func TestNATSClusterFromConfig(t *testing.T) {
 	for _, s := range servers {
 		urls = append(urls, s.ClientURL())
 	}
-	nc, err := nats.Connect(strings.Join(urls, ","), nats.MaxReconnects(-1))
+	// Every connection is TLS with a client certificate, routes included.
+	tlsOpts := []nats.Option{nats.RootCAs(pki.ca), nats.ClientCert(pki.clientCert, pki.clientKey)}
+	nc, err := nats.Connect(strings.Join(urls, ","), append(tlsOpts, nats.MaxReconnects(-1), nats.UserInfo("operator", "operator-pw"))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +302,7 @@ func TestNATSClusterFromConfig(t *testing.T) {
 		}
 	}
 	var handled atomic.Int64
-	countingWorker(t, strings.Join(urls, ","), "", "default", 3, &handled)
+	countingWorker(t, strings.Join(urls, ","), "default", 3, &handled, append(tlsOpts, nats.UserInfo("operator", "operator-pw"))...)
 	submitAndWait(t, js, "default", "cluster-1")
 	// One node down: the other two keep a quorum.
 	servers[2].Shutdown()
@@ -298,62 +331,6 @@ func TestNATSClusterFromConfig(t *testing.T) {
 	submitAndWait(t, js, "default", "cluster-2")
 	if handled.Load() != 2 {
 		t.Errorf("handled %d jobs, want 2", handled.Load())
-	}
-}
-
-// A customer site: a leaf node from leaf.conf dials out to the hub, and a
-// worker of the site's pool, connected only to the leaf, runs the jobs
-// Tevyra publishes at the hub; results land in the hub's streams.
-func TestLeafSiteWorkerFromConfig(t *testing.T) {
-	hubOpts := loadConf(t, "single.conf", nil)
-	leafAddr := freePort(t)
-	_, lp, _ := net.SplitHostPort(leafAddr)
-	hubOpts.LeafNode.Host, hubOpts.LeafNode.Port = "127.0.0.1", atoi(t, lp)
-	hub := startServer(t, hubOpts)
-	leafURL := "nats-leaf://" + leafAddr
-	leafOpts := loadConf(t, "leaf.conf", map[string]string{"NATS_SERVER_NAME": "site-a", "M365_HUB_LEAF_URL": leafURL})
-	leaf := startServer(t, leafOpts)
-	deadline := time.Now().Add(30 * time.Second)
-	for hub.NumLeafNodes() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the leaf did not connect to the hub")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	hnc, err := nats.Connect(hub.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hnc.Close()
-	hjs, _ := jetstream.New(hnc)
-	if err := worker.Setup(context.Background(), hjs, worker.Topology{}); err != nil {
-		t.Fatal(err)
-	}
-	// The hub's JetStream answers through the leaf connection once the
-	// interest has propagated.
-	lnc, err := nats.Connect(leaf.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lnc.Close()
-	ljs, _ := jetstream.NewWithDomain(lnc, "hub")
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := ljs.AccountInfo(ctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("JetStream through the leaf: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	var handled atomic.Int64
-	countingWorker(t, leaf.ClientURL(), "hub", "site-a", 1, &handled)
-	submitAndWait(t, hjs, "site-a", "site-1")
-	if handled.Load() != 1 {
-		t.Errorf("the site's worker handled %d jobs, want 1", handled.Load())
 	}
 }
 
@@ -409,26 +386,39 @@ type k8sDoc struct {
 	} `yaml:"spec"`
 }
 
-func readK8s(t *testing.T, file string) []k8sDoc {
+// readK8s renders the kustomize base with kubectl (installed on this
+// machine; the test fails, never skips, without it).
+func readK8s(t *testing.T) []k8sDoc {
 	t.Helper()
-	f, err := os.Open(filepath.Join("../../deploy/k8s", file))
+	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatal("kubectl is needed to render deploy/k8s (apt-get install kubectl): ", err)
 	}
-	defer f.Close()
+	out, err := exec.Command(kubectl, "kustomize", "../../deploy/k8s").Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize deploy/k8s: %v %s", err, exitStderr(err))
+	}
 	var docs []k8sDoc
-	dec := yaml.NewDecoder(f)
+	dec := yaml.NewDecoder(bytes.NewReader(out))
 	for {
 		var d k8sDoc
 		if err := dec.Decode(&d); err != nil {
-			if err.Error() == "EOF" {
+			if errors.Is(err, io.EOF) {
 				break
 			}
-			t.Fatalf("%s: %v", file, err)
+			t.Fatalf("rendered deploy/k8s: %v", err)
 		}
 		docs = append(docs, d)
 	}
 	return docs
+}
+
+func exitStderr(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(ee.Stderr)
+	}
+	return ""
 }
 
 // The Kubernetes manifests cannot be applied here; they are parsed and held
@@ -439,10 +429,13 @@ func TestKubernetesManifests(t *testing.T) {
 	topo := worker.Topology{}
 	var deploy, scaled, cm *k8sDoc
 	var setup *k8sDoc
-	for _, file := range []string{"nats.yaml", "worker.yaml", "keda.yaml", "setup.yaml"} {
-		for _, d := range readK8s(t, file) {
+	var policies []string
+	{
+		for _, d := range readK8s(t) {
 			d := d
 			switch {
+			case d.Kind == "NetworkPolicy":
+				policies = append(policies, d.Metadata.Name)
 			case d.Kind == "Job" && d.Metadata.Name == "m365-worker-setup":
 				setup = &d
 			case d.Kind == "Deployment" && d.Metadata.Name == "m365-worker":
@@ -457,9 +450,14 @@ func TestKubernetesManifests(t *testing.T) {
 	if deploy == nil || scaled == nil || cm == nil {
 		t.Fatalf("manifests: deployment %v, scaled object %v, nats config map %v", deploy != nil, scaled != nil, cm != nil)
 	}
-	conf, _ := os.ReadFile("../../deploy/nats/cluster.conf")
-	if cm.Data["nats.conf"] != string(conf) {
-		t.Error("deploy/k8s/nats.yaml's ConfigMap differs from deploy/nats/cluster.conf")
+	for key, file := range map[string]string{"nats.conf": "cluster.conf", "accounts.inc": "accounts.inc"} {
+		conf, _ := os.ReadFile("../../deploy/nats/" + file)
+		if cm.Data[key] != string(conf) {
+			t.Errorf("deploy/k8s/nats.yaml's ConfigMap key %s differs from deploy/nats/%s", key, file)
+		}
+	}
+	if !slices.Contains(policies, "nats") || !slices.Contains(policies, "m365-worker") {
+		t.Errorf("network policies %v: the monitoring port must be reachable by the monitoring role only", policies)
 	}
 	c := deploy.Spec.Template.Spec.Containers[0]
 	if len(c.Args) == 0 || c.Args[0] != "worker" {
@@ -473,6 +471,9 @@ func TestKubernetesManifests(t *testing.T) {
 	sc := setup.Spec.Template.Spec.Containers[0]
 	replicas := ""
 	for _, e := range sc.Env {
+		if !strings.HasPrefix(e.Name, "M365_") {
+			continue
+		}
 		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Name, "M365_")), "_", "-")
 		if !strings.Contains(src, `"`+flagName+`"`) {
 			t.Errorf("setup.yaml sets %s but there is no --%s flag", e.Name, flagName)
@@ -486,11 +487,14 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	var shutdown time.Duration
 	for _, e := range c.Env {
-		if e.Name == "M365_POOL_KEY" {
+		if e.Name == "M365_POOL_KEY" || e.Name == "NATS_PASSWORD" {
 			if e.ValueFrom == nil {
-				t.Error("M365_POOL_KEY must come from a Secret, not a plain value")
+				t.Errorf("%s must come from a Secret, not a plain value", e.Name)
 			}
 			continue
+		}
+		if e.Name == "M365_NATS" && (!strings.HasPrefix(e.Value, "tls://worker-default:$(NATS_PASSWORD)@") || strings.Contains(e.Value, "nats://")) {
+			t.Errorf("the workers connect as %q: want TLS as worker-default with the password from its Secret", e.Value)
 		}
 		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Name, "M365_")), "_", "-")
 		if !strings.Contains(src, `"`+flagName+`"`) {
@@ -516,96 +520,6 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 }
 
-// The customer-site shape end to end with the binary: a hub and a site leaf
-// from the deploy configs; the site's key made on the site; Tevyra (at the
-// hub) adds the instance sealed to the site's public key and submits a sync;
-// the site's worker, connected only to its leaf, reads the tenant and the
-// report lands at the hub.
-func TestCustomerSiteEndToEnd(t *testing.T) {
-	dir := t.TempDir()
-	hubOpts := loadConf(t, "single.conf", nil)
-	leafAddr := freePort(t)
-	_, lp, _ := net.SplitHostPort(leafAddr)
-	hubOpts.LeafNode.Host, hubOpts.LeafNode.Port = "127.0.0.1", atoi(t, lp)
-	hub := startServer(t, hubOpts)
-	leaf := startServer(t, loadConf(t, "leaf.conf", map[string]string{"NATS_SERVER_NAME": "site-acme", "M365_HUB_LEAF_URL": "nats-leaf://" + leafAddr}))
-	for deadline := time.Now().Add(30 * time.Second); hub.NumLeafNodes() == 0; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the leaf did not connect to the hub")
-		}
-	}
-	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
-	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "40", "--groups", "4", "--ca-out", ca, "--credentials-out", creds)
-	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
-
-	// On the site: the pool's key pair; only the public key leaves.
-	seed := filepath.Join(dir, "site.seed")
-	out, code := cli(t, "", "pool", "keygen", "--out", seed)
-	if code != 0 {
-		t.Fatalf("pool keygen: %s", out)
-	}
-	var pub string
-	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "public key: ") {
-			pub = strings.TrimPrefix(l, "public key: ")
-		}
-	}
-	site := start(t, "worker", "--nats", leaf.ClientURL(), "--js-domain", "hub", "--pool", "site-acme", "--pool-key-file", seed, "--allow-endpoint-overrides")
-	site.waitLine(t, "serving pool")
-
-	// At Tevyra (the hub): the instance, sealed to the site's public key.
-	var tenants []map[string]string
-	b, _ := os.ReadFile(creds)
-	_ = json.Unmarshal(b, &tenants)
-	hubURL := hub.ClientURL()
-	// The operator's step at the hub (the site's worker waits for it).
-	if out, code = cli(t, "", "setup", "--nats", hubURL, "--pools", "site-acme"); code != 0 || !strings.Contains(out, "site-acme") {
-		t.Fatalf("setup: %s", out)
-	}
-	out, code = cli(t, tenants[0]["client_secret"], "instance", "add", "acme", "--pool", "site-acme", "--pool-public-key", pub, "--tenant-id", tenants[0]["tenant_id"],
-		"--client-id", tenants[0]["client_id"], "--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--nats", hubURL, "--sync-interval", "1h")
-	if code != 0 || !strings.Contains(out, "syncing now (job ") {
-		t.Fatalf("instance add: %s", out)
-	}
-	// The first sync, asked for by instance add, runs on the site.
-	firstSync := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
-	hnc0, _ := nats.Connect(hubURL)
-	defer hnc0.Close()
-	hjs0, _ := jetstream.New(hnc0)
-	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer wcancel()
-	res, err := worker.WaitResult(wctx, hjs0, worker.Topology{}, "acme", jobs.ActionSync, firstSync)
-	var rep jobs.SyncReport
-	if err == nil {
-		_ = json.Unmarshal(res.Output, &rep)
-	}
-	if err == nil && rep.Counts[jobs.AssetUser].Upserts == 40 {
-		// And one asked for at the hub with job submit.
-		out, code = cli(t, "", "job", "submit", "--instance", "acme", "--action", "sync", "--wait", "--timeout", "30s", "--nats", hubURL, "-o", "json")
-		_ = json.Unmarshal([]byte(out), &res)
-	}
-	if err != nil || code != 0 || res.Status != jobs.StatusSucceeded || rep.Counts[jobs.AssetUser].Upserts != 40 {
-		hnc, _ := nats.Connect(hubURL)
-		hjs, _ := jetstream.New(hnc)
-		var dbg []string
-		if c, err := hjs.Consumer(context.Background(), "M365_JOBS", "m365_pool_site-acme"); err == nil {
-			info, _ := c.Info(context.Background())
-			dbg = append(dbg, fmt.Sprintf("consumer: pending %d ack-pending %d delivered %+v filter %v", info.NumPending, info.NumAckPending, info.Delivered, info.Config.FilterSubjects))
-		} else {
-			dbg = append(dbg, "consumer: "+err.Error())
-		}
-		if st, err := hjs.Stream(context.Background(), "M365_JOBS"); err == nil {
-			info, _ := st.Info(context.Background(), jetstream.WithSubjectFilter(">"))
-			dbg = append(dbg, fmt.Sprintf("stream subjects: %v", info.State.Subjects))
-		}
-		t.Fatalf("sync through the site: %d %s\nsite worker:\n%s\n%v", code, out, site.stderr, dbg)
-	}
-	out, _ = cli(t, "", "status", "--nats", hubURL)
-	if !strings.Contains(out, "instance acme (pool site-acme)") || !strings.Contains(out, "pool site-acme: 1 live workers") {
-		t.Errorf("status at the hub: %s", out)
-	}
-}
-
 // cliSources is the CLI's Go source, where every flag is named.
 func cliSources(t *testing.T) string {
 	t.Helper()
@@ -620,24 +534,25 @@ func cliSources(t *testing.T) string {
 	return b.String()
 }
 
-// The roles of deploy/nats/roles.conf on a real server: the operator sets up
+// The roles of deploy/nats/single.conf (accounts.inc) on a real server: the operator sets up
 // and adds an instance; the pool's worker, with only its permissions and its
 // own inbox, syncs the tenant and runs an action; Tevyra publishes the job
 // and reads the results. What a role must not do is refused.
 func TestRolesFromConfig(t *testing.T) {
 	dir := t.TempDir()
 	pki := newTestPKI(t, t.TempDir())
-	opts := loadConf(t, "roles.conf", map[string]string{"M365_OPERATOR_PASSWORD": "op-pw", "M365_TEVYRA_PASSWORD": "tv-pw", "M365_WORKER_DEFAULT_PASSWORD": "wd-pw"})
+	rolePasswords(t)
+	opts := loadConf(t, "single.conf", nil)
 	srv := startServer(t, opts)
 	addr := srv.Addr().String()
 	url := func(user, pw string) string { return "tls://" + user + ":" + pw + "@" + addr }
 	tlsOpts := []nats.Option{nats.RootCAs(pki.ca), nats.ClientCert(pki.clientCert, pki.clientKey)}
-	if out, code := cli(t, "", append([]string{"setup", "--nats", url("operator", "op-pw")}, pki.tlsArgs()...)...); code != 0 {
+	if out, code := cli(t, "", append([]string{"setup", "--nats", url("operator", "operator-pw")}, pki.tlsArgs()...)...); code != 0 {
 		t.Fatalf("setup as the operator: %s", out)
 	}
 	// TLS with a client certificate is required: a client without one is
 	// refused at the handshake.
-	if nc, err := nats.Connect(url("operator", "op-pw"), nats.RootCAs(pki.ca), nats.MaxReconnects(0)); err == nil {
+	if nc, err := nats.Connect(url("operator", "operator-pw"), nats.RootCAs(pki.ca), nats.MaxReconnects(0)); err == nil {
 		nc.Close()
 		t.Error("a client without a certificate connected")
 	}
@@ -648,13 +563,13 @@ func TestRolesFromConfig(t *testing.T) {
 	if out, code := cli(t, "", "pool", "keygen", "--out", seed); code != 0 {
 		t.Fatalf("keygen: %s", out)
 	}
-	w := start(t, append([]string{"worker", "--nats", url("worker-default", "wd-pw"), "--inbox-prefix", "_INBOX_wdefault", "--pool-key-file", seed, "--allow-endpoint-overrides"}, pki.tlsArgs()...)...)
+	w := start(t, append([]string{"worker", "--nats", url("worker-default", "worker-default-pw"), "--inbox-prefix", "_INBOX_wdefault", "--pool-key-file", seed, "--allow-endpoint-overrides"}, pki.tlsArgs()...)...)
 	w.waitLine(t, "serving pool")
 	var tenants []map[string]string
 	b, _ := os.ReadFile(creds)
 	_ = json.Unmarshal(b, &tenants)
 	out, code := cli(t, tenants[0]["client_secret"], append([]string{"instance", "add", "acme", "--tenant-id", tenants[0]["tenant_id"], "--client-id", tenants[0]["client_id"],
-		"--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--pool-key-file", seed, "--nats", url("operator", "op-pw"), "--sync-interval", "1h"}, pki.tlsArgs()...)...)
+		"--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--pool-key-file", seed, "--nats", url("operator", "operator-pw"), "--sync-interval", "1h"}, pki.tlsArgs()...)...)
 	if code != 0 || !strings.Contains(out, "syncing now (job ") {
 		t.Fatalf("instance add as the operator: %s", out)
 	}
@@ -662,7 +577,7 @@ func TestRolesFromConfig(t *testing.T) {
 
 	// Tevyra, with its own inbox: reads the first sync's report, publishes an
 	// action and reads its result.
-	tnc, err := nats.Connect(url("tevyra", "tv-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_tevyra"))...)
+	tnc, err := nats.Connect(url("tevyra", "tevyra-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_tevyra"))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -700,7 +615,7 @@ func TestRolesFromConfig(t *testing.T) {
 	if err := tjs.DeleteStream(c2, "M365_FAILURES"); err == nil {
 		t.Error("Tevyra deleted a stream")
 	}
-	wnc, err := nats.Connect(url("worker-default", "wd-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_wdefault"))...)
+	wnc, err := nats.Connect(url("worker-default", "worker-default-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_wdefault"))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -723,48 +638,71 @@ func TestRolesFromConfig(t *testing.T) {
 	} else if _, err := kv.Get(c5, "site-a.other"); err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("the pool's worker may read another pool's keys (%v)", err)
 	}
+
+	// Monitoring: the pool's backlog, never a job or a record.
+	violations := make(chan string, 16)
+	mnc, err := nats.Connect(url("monitor", "monitor-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_monitor"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				violations <- err.Error()
+			}
+		}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mnc.Close()
+	mjs, _ := jetstream.New(mnc)
+	mc, err := mjs.Consumer(ctx, "M365_JOBS", "m365_pool_default")
+	if err != nil {
+		t.Fatalf("monitoring reads the pool consumer: %v", err)
+	}
+	if info, err := mc.Info(ctx); err != nil || info.Delivered.Stream == 0 {
+		t.Errorf("monitoring sees the pool's progress: %+v %v", info, err)
+	}
+	if b, err := mc.Fetch(1, jetstream.FetchMaxWait(time.Second)); err == nil {
+		for range b.Messages() {
+			t.Error("monitoring fetched a job")
+		}
+	}
+	select {
+	case v := <-violations:
+		if !strings.Contains(v, "CONSUMER.MSG.NEXT") {
+			t.Errorf("monitoring's pull refused with %q", v)
+		}
+	case <-ctx.Done():
+		t.Error("monitoring may pull from a pool consumer: no permission violation")
+	}
+	c6, f6 := short()
+	defer f6()
+	if st, err := mjs.Stream(c6, "M365_JOBS"); err != nil {
+		t.Errorf("monitoring reads stream information: %v", err)
+	} else if _, err := st.GetMsg(c6, 1); err == nil {
+		t.Error("monitoring read a job")
+	}
+	c7, f7 := short()
+	defer f7()
+	if kv, err := mjs.KeyValue(c7, "m365_instances"); err == nil {
+		if _, err := kv.Get(c7, "default.acme"); err == nil {
+			t.Error("monitoring read an instance record")
+		}
+	}
 }
 
 // testPKI writes a CA, a server certificate for 127.0.0.1 and a client
-// certificate (ECDSA, valid for an hour) into dir, and points the
-// M365_TLS_* variables roles.conf reads at them.
+// certificate (as m365-worker tls init does) into dir, and points the
+// NATS_TLS_* variables the NATS configs read at them.
 type testPKI struct{ ca, cert, key, clientCert, clientKey string }
 
 func newTestPKI(t *testing.T, dir string) testPKI {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "m365 test CA"}, NotBefore: time.Now().Add(-time.Minute),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	f, err := pki.Init(dir, []string{"localhost", "127.0.0.1"}, []string{"client"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	issue := func(name string, serial int64, usage []x509.ExtKeyUsage) (string, string) {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name}, NotBefore: time.Now().Add(-time.Minute),
-			NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: usage, KeyUsage: x509.KeyUsageDigitalSignature,
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kb, _ := x509.MarshalECPrivateKey(k)
-		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "EC PRIVATE KEY", kb)
-	}
-	p := testPKI{ca: write("ca.pem", "CERTIFICATE", caDER)}
-	p.cert, p.key = issue("server", 2, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth})
-	p.clientCert, p.clientKey = issue("client", 3, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
-	t.Setenv("M365_TLS_CERT", p.cert)
-	t.Setenv("M365_TLS_KEY", p.key)
-	t.Setenv("M365_TLS_CA", p.ca)
+	p := testPKI{ca: f.CA, cert: f.ServerCert, key: f.ServerKey, clientCert: f.Clients["client"][0], clientKey: f.Clients["client"][1]}
+	t.Setenv("NATS_TLS_CERT", p.cert)
+	t.Setenv("NATS_TLS_KEY", p.key)
+	t.Setenv("NATS_TLS_CA", p.ca)
 	return p
 }
 

@@ -46,6 +46,7 @@ Commands:
   setup     create or update the streams, buckets and pool consumers (the operator's step)
   graphsim  serve the Microsoft Graph simulator (HTTPS, seeded tenants) for tests and demos
   pool      keygen: a curve key pair for sealing a pool's secrets
+  tls       init: a development CA and certificates for the NATS configs of deploy/nats
   instance  add | update | remove | list | show | test: the tenants the pool serves
   job       submit: publish a job, optionally wait for its result
   failed    list | show | replay: jobs that failed for good
@@ -82,6 +83,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdGraphsim(ctx, args[1:], stdout, stderr)
 	case "pool":
 		err = cmdPool(args[1:], stdout, stderr)
+	case "tls":
+		err = cmdTLS(args[1:], stdout, stderr)
 	case "instance":
 		err = cmdInstance(ctx, args[1:], stdout, stderr)
 	case "job":
@@ -215,7 +218,7 @@ func (f *flagSet) parse(args []string) error {
 // poolFlags are the flags every worker-running command shares.
 type poolFlags struct {
 	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
-	jsDomain                                                   *string
+	jsDomain, jsAPIPrefix                                      *string
 	allowOverrides                                             *bool
 	concurrency, replicas, share                               *int
 	ackWait, shutdown                                          *time.Duration
@@ -234,17 +237,24 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 		replicas:    fs.Int("replicas", 1, "stream and bucket replicas (3 in a cluster)"),
 		poolKeyFile: fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
 		httpListen:  fs.String("http-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9465 (off when empty)"),
-		jsDomain:    fs.String("js-domain", "", "JetStream domain of the hub, for workers on a customer site's leaf node (deploy/nats/leaf.conf)"),
+		jsDomain:    fs.String("js-domain", "", "JetStream domain of the hub, for workers on a leaf node in the hub's account"),
+		jsAPIPrefix: fs.String("js-api-prefix", "", "JetStream API prefix the site's account imports the hub's services under (JSHUB.API for deploy/nats/leaf.conf)"),
 		allowOverrides: fs.Bool("allow-endpoint-overrides", false, "use the authority, graph_root and ca_pem of instance records (a Graph simulator or test tenant); "+
 			"without it such an instance's jobs fail with endpoint_override_refused (national clouds need only cloud; the demo of run turns it on)"),
 	}
 }
 
-// newJetStream opens JetStream on nc, in domain when one is given (a worker
-// on a leaf node reaches the hub's streams that way).
-func newJetStream(nc *nats.Conn, domain string) (jetstream.JetStream, error) {
-	if domain != "" {
+// newJetStream opens JetStream on nc, in domain or under apiPrefix when one
+// is given: a worker on a leaf node reaches the hub's streams that way (a
+// site's own account imports them under an API prefix, deploy/nats).
+func newJetStream(nc *nats.Conn, domain, apiPrefix string) (jetstream.JetStream, error) {
+	switch {
+	case domain != "" && apiPrefix != "":
+		return nil, usageError{errors.New("--js-domain and --js-api-prefix exclude each other")}
+	case domain != "":
 		return jetstream.NewWithDomain(nc, domain)
+	case apiPrefix != "":
+		return jetstream.NewWithAPIPrefix(nc, apiPrefix)
 	}
 	return jetstream.New(nc)
 }
@@ -450,7 +460,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
 	defer nc.Close()
-	js, err := newJetStream(nc, *p.jsDomain)
+	js, err := newJetStream(nc, *p.jsDomain, *p.jsAPIPrefix)
 	if err != nil {
 		return err
 	}
@@ -490,6 +500,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	tlsCert := fs.String("tls-cert", "", "client certificate file for NATS")
 	tlsKey := fs.String("tls-key", "", "client key file for NATS")
 	inbox := fs.String("inbox-prefix", "", "the pool's own reply-subject prefix (e.g. _INBOX_wdefault), when NATS permissions give each role its own")
+	ownStream := fs.Bool("own-jobs-stream", false, "the pool is a site pool with its own jobs stream (M365_JOBS_<pool>, made by setup --site-pools)")
 	p := addPoolFlags(fs)
 	if err := fs.parse(args); err != nil {
 		return err
@@ -520,13 +531,16 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
 	}
 	defer nc.Close()
-	js, err := newJetStream(nc, *p.jsDomain)
+	js, err := newJetStream(nc, *p.jsDomain, *p.jsAPIPrefix)
 	if err != nil {
 		return err
 	}
 	// A pool worker sets nothing up: it checks that the operator's setup
 	// made what it needs, and says what is missing.
 	topo := worker.Topology{Subjects: jobs.Subjects{Prefix: *p.prefix}, Replicas: *p.replicas}
+	if *ownStream {
+		topo.SitePools = []string{*p.pool}
+	}
 	key, err := p.poolKey()
 	if err != nil {
 		return err

@@ -18,9 +18,10 @@ var reference = []struct {
 	example string
 }{
 	{[]string{"run"}, "m365-worker run                                  # the demo: embedded JetStream, Graph simulator, instance demo\nm365-worker run --demo=false --data-dir /var/lib/m365 --nats-listen 0.0.0.0:4222 --http-listen 127.0.0.1:9465"},
-	{[]string{"worker"}, "M365_POOL_KEY=$(cat pool.seed) m365-worker worker --nats nats://nats-1:4222,nats://nats-2:4222 \\\n  --creds worker.creds --tls-ca ca.pem --pool default --concurrency 16 --http-listen :9465 --log-format json"},
-	{[]string{"setup"}, "m365-worker setup --nats nats://nats-1:4222 --creds operator.creds --replicas 3 --pools default,site-acme"},
+	{[]string{"worker"}, "M365_POOL_KEY=$(cat pool.seed) m365-worker worker --nats nats://nats-1:4222,nats://nats-2:4222 \\\n  --creds worker.creds --tls-ca ca.pem --pool default --concurrency 16 --http-listen :9465 --log-format json\n# a customer site's worker, on the site's leaf node (deploy/nats/leaf.conf)\nm365-worker worker --nats nats://worker:$PW@127.0.0.1:4222 --pool site-a --own-jobs-stream \\\n  --js-api-prefix JSHUB.API --inbox-prefix _INBOX_site-a --pool-key-file site-a.seed"},
+	{[]string{"setup"}, "m365-worker setup --nats tls://operator:$PW@nats-1:4222 --tls-ca ca.pem --tls-cert operator.pem --tls-key operator-key.pem \\\n  --inbox-prefix _INBOX_operator --replicas 3 --pools default --site-pools site-a,site-b"},
 	{[]string{"graphsim"}, "m365-worker graphsim --listen 127.0.0.1:8443 --users 100000 --groups 10000 --latency realistic \\\n  --ca-out ca.pem --credentials-out creds.json"},
+	{[]string{"tls", "init"}, "m365-worker tls init --dir tls --hosts nats,localhost,127.0.0.1   # for docker-compose.yml"},
 	{[]string{"pool", "keygen"}, "m365-worker pool keygen --out pool.seed          # prints the public key (X…)"},
 	{[]string{"instance", "add", "ID"}, "m365-worker instance add acme --config tevyra.json --pool-key-file pool.seed\nm365-worker instance add acme --tenant-id 6e7b… --client-id 1c4a… --secret-file - --sync-interval 15m < secret.txt"},
 	{[]string{"instance", "update", "ID"}, "m365-worker instance update acme --sync-interval 1h\nm365-worker instance update acme --secret-file - --pool-key-file pool.seed < new-secret.txt"},

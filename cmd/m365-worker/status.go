@@ -170,7 +170,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	for p := range pools {
 		n, _ := worker.LiveWorkers(ctx, js, topo, p)
 		s := poolStatus{Pool: p, LiveWorkers: n}
-		if c, err := js.Consumer(ctx, topo.JobsStream(), topo.ConsumerName(p)); err == nil {
+		if c, err := js.Consumer(ctx, worker.WithSitePools(ctx, js, topo, p).PoolJobsStream(p), topo.ConsumerName(p)); err == nil {
 			if info, err := c.Info(ctx); err == nil {
 				s.Backlog, s.InFlight = info.NumPending, info.NumAckPending
 			}
