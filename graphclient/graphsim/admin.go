@@ -199,13 +199,7 @@ func (a *Admin) Purge(id string) error {
 	if !ok {
 		return fmt.Errorf("graphsim: %s is not in the recycle bin", id)
 	}
-	delete(a.t.deleted, id)
-	tomb := tombstone{id: id, reason: "deleted", version: a.t.bump()}
-	if d.user != nil {
-		a.t.userTombs = append(a.t.userTombs, tomb)
-	} else {
-		a.t.groupTombs = append(a.t.groupTombs, tomb)
-	}
+	a.t.purge(id, d)
 	return nil
 }
 

@@ -236,9 +236,16 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 		qerr.header = hdr
 		return nil, qerr, 0
 	}
-	s.mu.Lock()
-	resp, e := s.routeWithFaults(c)
-	s.mu.Unlock()
+	var resp *response
+	var e *apiError
+	if isSubscriptions(c.segs) {
+		// Not under the tenant lock: creating one calls the receiver.
+		resp, e = s.serveSubscriptions(c)
+	} else {
+		s.mu.Lock()
+		resp, e = s.routeWithFaults(c)
+		s.mu.Unlock()
+	}
 	latency := s.opts.Latency.Read + time.Duration(c.objects)*s.opts.Latency.PerObject
 	if write {
 		latency = s.opts.Latency.Write

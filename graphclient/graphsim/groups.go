@@ -378,13 +378,7 @@ func (c *gctx) purgeDeleted(id string) (*response, *apiError) {
 	if e := c.requireWriteFor(d); e != nil {
 		return nil, e
 	}
-	delete(c.t.deleted, id)
-	tomb := tombstone{id: id, reason: "deleted", version: c.t.bump()}
-	if d.user != nil {
-		c.t.userTombs = append(c.t.userTombs, tomb)
-	} else {
-		c.t.groupTombs = append(c.t.groupTombs, tomb)
-	}
+	c.t.purge(id, d)
 	return &response{status: 204}, nil
 }
 

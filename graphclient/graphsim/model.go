@@ -187,6 +187,9 @@ type Tenant struct {
 	forcedWait     time.Duration
 	forcedDate     bool
 	responseFaults ResponseFaults // a broken Graph's answers (fault injection)
+	// onChange hears every change to a user or group (change
+	// notifications, subscriptions.go); nil while seeding.
+	onChange func(kind, id string, purged bool)
 }
 
 type deletedItem struct {
@@ -198,6 +201,18 @@ type deletedItem struct {
 func (t *Tenant) bump() uint64 {
 	t.version++
 	return t.version
+}
+
+// changed records a change to user or group id (kind "users" or "groups"):
+// the version delta reports it under and, for change notifications, the
+// tenant's onChange. purged is a permanent delete. Every change to a user or
+// group goes through here.
+func (t *Tenant) changed(kind, id string, purged bool) uint64 {
+	v := t.bump()
+	if t.onChange != nil {
+		t.onChange(kind, id, purged)
+	}
+	return v
 }
 
 // DefaultDomain is the tenant's first verified domain.
@@ -260,18 +275,18 @@ func (t *Tenant) addUser(u *User) {
 	t.userIDs = nil
 	t.users[u.ID] = u
 	t.upn[strings.ToLower(u.UserPrincipalName)] = u.ID
-	u.version = t.bump()
+	u.version = t.changed("users", u.ID, false)
 }
 
 func (t *Tenant) addGroup(g *Group) {
 	t.groupIDs = nil
 	t.groups[g.ID] = g
 	t.nickname[strings.ToLower(g.MailNickname)] = g.ID
-	g.version = t.bump()
+	g.version = t.changed("groups", g.ID, false)
 }
 
-func (t *Tenant) touchUser(u *User)   { u.version = t.bump() }
-func (t *Tenant) touchGroup(g *Group) { g.version = t.bump() }
+func (t *Tenant) touchUser(u *User)   { u.version = t.changed("users", u.ID, false) }
+func (t *Tenant) touchGroup(g *Group) { g.version = t.changed("groups", g.ID, false) }
 
 func (t *Tenant) setMember(g *Group, member string, add bool) {
 	if add == g.Members[member] {
@@ -282,7 +297,7 @@ func (t *Tenant) setMember(g *Group, member string, add bool) {
 	} else {
 		delete(g.Members, member)
 	}
-	v := t.bump()
+	v := t.changed("groups", g.ID, false)
 	g.version = v
 	g.memberLog = append(g.memberLog, memberChange{member: member, added: add, version: v})
 }
@@ -302,7 +317,7 @@ func (t *Tenant) removeUser(u *User, soft bool, now time.Time) {
 			t.setMember(g, u.ID, false)
 		}
 	}
-	t.userTombs = append(t.userTombs, tombstone{id: u.ID, reason: reason, version: t.bump()})
+	t.userTombs = append(t.userTombs, tombstone{id: u.ID, reason: reason, version: t.changed("users", u.ID, !soft)})
 }
 
 func (t *Tenant) removeGroup(g *Group, soft bool, now time.Time) {
@@ -314,7 +329,17 @@ func (t *Tenant) removeGroup(g *Group, soft bool, now time.Time) {
 		reason = "changed"
 		t.deleted[g.ID] = deletedItem{group: g, deletedAt: now}
 	}
-	t.groupTombs = append(t.groupTombs, tombstone{id: g.ID, reason: reason, version: t.bump()})
+	t.groupTombs = append(t.groupTombs, tombstone{id: g.ID, reason: reason, version: t.changed("groups", g.ID, !soft)})
+}
+
+// purge deletes a recycled object for good.
+func (t *Tenant) purge(id string, d deletedItem) {
+	delete(t.deleted, id)
+	if d.user != nil {
+		t.userTombs = append(t.userTombs, tombstone{id: id, reason: "deleted", version: t.changed("users", id, true)})
+	} else {
+		t.groupTombs = append(t.groupTombs, tombstone{id: id, reason: "deleted", version: t.changed("groups", id, true)})
+	}
 }
 
 func maxTime(a, b time.Time) time.Time {

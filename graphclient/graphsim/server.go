@@ -110,6 +110,39 @@ type Options struct {
 	NoUserAdminRole bool
 	// Listen is the address to serve on. Default 127.0.0.1:0.
 	Listen string
+
+	// Change notifications (subscriptions.go). Model-time durations are
+	// divided by TimeScale; the receiver's timeouts are real time.
+
+	// NotifyClient makes the calls to notification URLs: validation
+	// handshakes, change and lifecycle notifications. Default: a client
+	// with a 10 s timeout trusting the system's roots.
+	NotifyClient *http.Client
+	// ValidationTimeout is how long a notification URL has to answer the
+	// validation handshake (real time). Default 10 s, as Graph.
+	ValidationTimeout time.Duration
+	// NotifyTimeout is how long a receiver has to acknowledge a POST of
+	// notifications before it is retried (real time). Default 3 s, as
+	// Graph.
+	NotifyTimeout time.Duration
+	// NotifyLatency delays every change notification (model time).
+	// Default 0; Graph's is undocumented, about 10 minutes in reports.
+	NotifyLatency time.Duration
+	// NotifyDropRate loses change notifications and NotifyDuplicateRate
+	// sends them twice, at these rates (0..1), reproducibly from Seed.
+	// Default 0.
+	NotifyDropRate, NotifyDuplicateRate float64
+	// NotifyRetries is how many times a POST answered with a non-2xx or
+	// not answered in time is retried before its notifications are
+	// dropped; negative: never retried. Default 5 (Graph retries for up to
+	// 4 hours).
+	NotifyRetries int
+	// NotifyRetryDelay is the wait before the first retry, doubled for
+	// each next one (model time). Default 10 s.
+	NotifyRetryDelay time.Duration
+	// SubscriptionQuota is the most subscriptions one app may hold in one
+	// tenant; past it creation answers 403. Default 100, as Graph.
+	SubscriptionQuota int
 }
 
 func (o Options) withDefaults() Options {
@@ -140,7 +173,7 @@ func (o Options) withDefaults() Options {
 	if o.Listen == "" {
 		o.Listen = "127.0.0.1:0"
 	}
-	return o
+	return o.withNotifyDefaults()
 }
 
 // Server is a running simulator.
@@ -152,6 +185,7 @@ type Server struct {
 	clock  clock
 	th     *throttler
 	tokKey []byte
+	notify *notifier // subscriptions and their deliveries
 
 	mu      sync.Mutex // guards tenants' data
 	tenants []*Tenant
@@ -185,6 +219,7 @@ func Start(opts Options) (*Server, error) {
 	s := &Server{opts: opts, byKey: map[string]*Tenant{}}
 	s.clock = clock{start: time.Now(), scale: opts.TimeScale}
 	s.th = newThrottler(s.clock, !opts.NoThrottling)
+	s.notify = newNotifier(s.clock, opts)
 	s.faultR = mrand.New(mrand.NewPCG(uint64(opts.Seed), 99))
 	s.tokKey = make([]byte, 32)
 	_, _ = rand.Read(s.tokKey)
@@ -197,6 +232,7 @@ func Start(opts Options) (*Server, error) {
 			app.Roles = append([]string(nil), ReadOnlyPermissions...)
 		}
 		app.UserAdmin = !opts.NoUserAdminRole
+		t.onChange = s.notify.hook(t.ID)
 		s.addTenant(t)
 	}
 	cert, caPEM, err := selfSignedCA()
@@ -229,8 +265,11 @@ func (s *Server) addTenant(t *Tenant) {
 	}
 }
 
-// Close stops the server.
-func (s *Server) Close() { s.hs.Close() }
+// Close stops the server and every delivery of change notifications.
+func (s *Server) Close() {
+	s.notify.close()
+	s.hs.Close()
+}
 
 // URL is the base URL (authority and Graph root).
 func (s *Server) URL() string { return s.hs.URL }
