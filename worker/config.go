@@ -77,8 +77,12 @@ type Config struct {
 	// Default 8 days (longer than the jobs stream keeps jobs).
 	LedgerTTL time.Duration
 	// PoolKey opens secrets sealed to the pool (instance secrets, job
-	// passwords). Optional until a handler needs it.
+	// passwords) and seals what the pool keeps for itself. Optional until
+	// a handler needs it.
 	PoolKey nkeys.KeyPair
+	// PreviousPoolKeys still open secrets sealed to them while the pool's
+	// key is rotated (docs/security.md); nothing new is sealed to them.
+	PreviousPoolKeys []nkeys.KeyPair
 	// OnInstanceChange, if set, is called with every change of an instance
 	// of the worker's pool the worker sees (nil for a removal): the Graph
 	// client pool forgets a removed instance's client and its opened

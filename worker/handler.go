@@ -44,6 +44,7 @@ type Job struct {
 	lock     *state.Lock
 	progress func()
 	poolKey  nkeys.KeyPair
+	previous []nkeys.KeyPair // pool keys being rotated out
 }
 
 // State is the job's instance's part of the state bucket: its ledger,
@@ -77,7 +78,22 @@ func (j *Job) OpenSecret(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
 	if j.poolKey == nil {
 		return nil, ErrNoPoolKey
 	}
-	return s.OpenFor(j.poolKey, b)
+	return s.OpenFor(PoolKeyFor(s.Recipient, append([]nkeys.KeyPair{j.poolKey}, j.previous...)), b)
+}
+
+// PoolKeyFor is the key among keys (the pool's current key first, then keys
+// being rotated out) whose public key is recipient; the current key when
+// none is (opening then says the value is sealed to another key).
+func PoolKeyFor(recipient string, keys []nkeys.KeyPair) nkeys.KeyPair {
+	for _, kp := range keys {
+		if pub, err := kp.PublicKey(); err == nil && pub == recipient {
+			return kp
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return keys[0]
 }
 
 // SealForPool seals b to the pool's own key for binding: a value only the

@@ -291,7 +291,7 @@ func (w *Worker) lookupInstance(d *delivery) error {
 func (w *Worker) handle(d *delivery) error {
 	j := &Job{Job: d.job, Params: d.parsed.params, Pool: d.addr.Pool, Worker: w.cfg.ID, Attempt: d.attempt, Delivery: int(d.meta.NumDelivered),
 		StreamSeq: d.meta.Sequence.Stream, Published: d.meta.Timestamp, InstanceConfig: d.inst, Logger: d.log,
-		state: d.scope, lock: d.lock, progress: func() { _ = d.msg.InProgress() }, poolKey: w.cfg.PoolKey}
+		state: d.scope, lock: d.lock, progress: func() { _ = d.msg.InProgress() }, poolKey: w.cfg.PoolKey, previous: w.cfg.PreviousPoolKeys}
 	out, err := w.runHandler(d, j)
 	d.out = out
 	return err

@@ -358,7 +358,7 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 	if err := sealProxyCredentials(&in, pub, *proxy != ""); err != nil {
 		return err
 	}
-	if err := resealStale(&in, &prev, kp); err != nil {
+	if err := resealStale(&in, &prev, kp, pub); err != nil {
 		return err
 	}
 	saved, firstSync, err := store.Apply(ctx, in)
@@ -400,20 +400,25 @@ func sealProxyCredentials(in *worker.Instance, pub string, given bool) error {
 	return nil
 }
 
-// resealStale seals again, for the instance as it now is, a secret sealed
-// for what it was (another tenant or app id) or sealed before seals were
-// bound: that needs the pool's private key, which opens the old seal.
-func resealStale(in, prev *worker.Instance, kp nkeys.KeyPair) error {
+// resealStale seals again, for the instance as it now is and to the pool
+// public key pub, a secret sealed for what it was (another tenant or app
+// id), sealed before seals were bound, or sealed to another pool key (the
+// pool's key is being rotated: kp is then the old key, pub the new one):
+// that needs the private key kp, which opens the old seal.
+func resealStale(in, prev *worker.Instance, kp nkeys.KeyPair, pub string) error {
 	for _, f := range []struct {
 		name string
 		s    **jobs.SealedSecret
 	}{{worker.FieldClientSecret, &in.ClientSecret}, {worker.FieldCertificateKey, &in.CertificateKey}, {worker.FieldProxy, &in.ProxyCredentials}} {
 		s := *f.s
-		if s == nil || s.SealedFor(in.SecretBinding(f.name)) {
+		if s == nil || (s.SealedFor(in.SecretBinding(f.name)) && (pub == "" || s.Recipient == pub)) {
 			continue
 		}
 		if kp == nil {
 			return usageError{fmt.Errorf("the %s of %s is sealed for %s, not for %s: give the secret again (--secret-file, --config or --certificate-key), or give the pool's key (--pool-key-file or M365_POOL_KEY) to seal it again", f.name, in.ID, cmp.Or(s.For, "no instance (sealed before seals named their place)"), in.SecretBinding(f.name))}
+		}
+		if own, _ := kp.PublicKey(); s.Recipient != own {
+			return usageError{fmt.Errorf("the %s of %s is sealed to pool key %s, and the key given is %s: give the key it is sealed to (--pool-key-file) and the new public key (--pool-public-key)", f.name, in.ID, s.Recipient, own)}
 		}
 		var plain []byte
 		var err error
@@ -425,8 +430,11 @@ func resealStale(in, prev *worker.Instance, kp nkeys.KeyPair) error {
 		if err != nil {
 			return fmt.Errorf("seal the %s of %s again: %w", f.name, in.ID, err)
 		}
-		pub, _ := kp.PublicKey()
-		if *f.s, err = jobs.SealFor(plain, pub, in.SecretBinding(f.name)); err != nil {
+		to := pub
+		if to == "" {
+			to, _ = kp.PublicKey()
+		}
+		if *f.s, err = jobs.SealFor(plain, to, in.SecretBinding(f.name)); err != nil {
 			return err
 		}
 	}

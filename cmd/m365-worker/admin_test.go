@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -342,4 +343,74 @@ func goEnv(t *testing.T, name string) string {
 		t.Fatalf("go env %s: %v", name, err)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// Rotating a pool's key without a gap: the workers hold the new key and the
+// old one, the operator seals each instance's secrets again to the new
+// public key (opening them with the old key), and the old key is dropped.
+func TestPoolKeyRotation(t *testing.T) {
+	dir := t.TempDir()
+	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
+	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "10", "--groups", "2", "--ca-out", ca, "--credentials-out", creds)
+	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
+	keygen := func(name string) (string, string) {
+		file := filepath.Join(dir, name)
+		out, code := cli(t, "", "pool", "keygen", "--out", file)
+		if code != 0 {
+			t.Fatalf("keygen: %s", out)
+		}
+		return file, regexp.MustCompile(`public key: (\S+)`).FindStringSubmatch(out)[1]
+	}
+	oldKey, _ := keygen("old.seed")
+	newKey, newPub := keygen("new.seed")
+	addr := freePort(t)
+	natsURL := "nats://" + addr
+	runWith := func(keyFile string) *started {
+		w := start(t, "run", "--data-dir", filepath.Join(dir, "data"), "--nats-listen", addr, "--demo=false", "--pool-key-file", keyFile, "--allow-endpoint-overrides")
+		w.waitLine(t, "Workers serving")
+		return w
+	}
+	w := runWith(oldKey)
+	var tenants []map[string]string
+	b, _ := os.ReadFile(creds)
+	_ = json.Unmarshal(b, &tenants)
+	if out, code := cli(t, tenants[0]["client_secret"], "instance", "add", "acme", "--tenant-id", tenants[0]["tenant_id"], "--client-id", tenants[0]["client_id"],
+		"--secret-file", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca, "--pool-key-file", oldKey, "--nats", natsURL, "--sync-interval", "1h"); code != 0 {
+		t.Fatalf("instance add: %s", out)
+	}
+	sync := func(what string) {
+		t.Helper()
+		out, code := cli(t, "", "job", "submit", "--instance", "acme", "--action", "sync", "--wait", "--timeout", "60s", "--nats", natsURL)
+		if code != 0 || !strings.Contains(out, "succeeded") {
+			t.Fatalf("sync %s: %d %s", what, code, out)
+		}
+	}
+	sync("with the old key")
+
+	// 1. The workers get both keys, the new one first.
+	both := filepath.Join(dir, "both.seed")
+	o, _ := os.ReadFile(oldKey)
+	n, _ := os.ReadFile(newKey)
+	if err := os.WriteFile(both, append(append(n, ','), o...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.interrupt(t)
+	w = runWith(both)
+	sync("with both keys, the secret still sealed to the old one")
+	// 2. The operator seals the secret again, to the new public key.
+	if out, code := cli(t, "", "instance", "update", "acme", "--pool-key-file", oldKey, "--pool-public-key", newPub, "--nats", natsURL); code != 0 {
+		t.Fatalf("instance update (re-seal to the new key): %s", out)
+	}
+	if out, _ := cli(t, "", "instance", "show", "acme", "--nats", natsURL); !strings.Contains(out, "sealed to "+newPub) {
+		t.Fatalf("after the re-seal: %s", out)
+	}
+	sync("with both keys, the secret sealed to the new one")
+	if out, code := cli(t, "", "instance", "test", "acme", "--nats", natsURL, "--pool-key-file", oldKey, "--allow-endpoint-overrides"); code == 0 || strings.Contains(out, "✓ token") {
+		t.Errorf("the old key alone still opens the secret: %d %s", code, out)
+	}
+	// 3. The old key is dropped.
+	w.interrupt(t)
+	w = runWith(newKey)
+	sync("with the new key alone")
+	w.interrupt(t)
 }

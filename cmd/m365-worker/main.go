@@ -24,6 +24,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -244,6 +245,14 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 	}
 }
 
+// openNote says where an open embedded server can be reached from.
+func openNote(host string) string {
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return ", reachable from this machine only"
+	}
+	return ", and reachable from the network on " + host
+}
+
 // newJetStream opens JetStream on nc, in domain or under apiPrefix when one
 // is given: a worker on a leaf node reaches the hub's streams that way (a
 // site's own account imports them under an API prefix, deploy/nats).
@@ -274,9 +283,22 @@ func (p *poolFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, usageError{fmt.Errorf("--log-format %q: use text or json", *p.logFormat)}
 }
 
-// poolKey reads the pool's curve key from M365_POOL_KEY or --pool-key-file.
+// poolKey reads the pool's curve key from M365_POOL_KEY or --pool-key-file:
+// the first of poolKeys.
 func (p *poolFlags) poolKey() (nkeys.KeyPair, error) {
-	seed := os.Getenv("M365_POOL_KEY")
+	keys, err := p.poolKeys()
+	if err != nil || len(keys) == 0 {
+		return nil, err
+	}
+	return keys[0], nil
+}
+
+// poolKeys reads the pool's curve keys from M365_POOL_KEY or
+// --pool-key-file: seeds separated by commas or white space, the current
+// key first, then keys being rotated out (they still open what was sealed
+// to them).
+func (p *poolFlags) poolKeys() ([]nkeys.KeyPair, error) {
+	seeds := os.Getenv("M365_POOL_KEY")
 	// Read once, then gone from the environment: child processes (a proxy,
 	// a shell a handler might run) do not inherit the pool's private key.
 	_ = os.Unsetenv("M365_POOL_KEY")
@@ -285,16 +307,17 @@ func (p *poolFlags) poolKey() (nkeys.KeyPair, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read pool key: %w", err)
 		}
-		seed = strings.TrimSpace(string(b))
+		seeds = string(b)
 	}
-	if seed == "" {
-		return nil, nil
+	var keys []nkeys.KeyPair
+	for i, seed := range strings.FieldsFunc(seeds, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) {
+		kp, err := nkeys.FromCurveSeed([]byte(seed))
+		if err != nil {
+			return nil, fmt.Errorf("pool key %d is not a curve seed (SX...): %w", i+1, err)
+		}
+		keys = append(keys, kp)
 	}
-	kp, err := nkeys.FromCurveSeed([]byte(seed))
-	if err != nil {
-		return nil, fmt.Errorf("the pool key is not a curve seed (SX...): %w", err)
-	}
-	return kp, nil
+	return keys, nil
 }
 
 // setupTopology creates or updates the streams, buckets and the pool's
@@ -312,7 +335,12 @@ func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (w
 // runPool runs one worker with every handler until ctx ends.
 // runPool runs one worker with every handler until ctx ends; with statusOut
 // it prints a status line whenever the counts change.
-func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, p *poolFlags, key nkeys.KeyPair, log *slog.Logger, statusOut io.Writer, manage bool) error {
+// keys are the pool's keys, the current one first (poolKeys).
+func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, p *poolFlags, keys []nkeys.KeyPair, log *slog.Logger, statusOut io.Writer, manage bool) error {
+	var key nkeys.KeyPair
+	if len(keys) > 0 {
+		key = keys[0]
+	}
 	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
 	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides})
 	reg := worker.Registry{}
@@ -328,7 +356,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	actions.Register(reg)
 	w, err := worker.New(ctx, js, topo, worker.Config{
 		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, InstanceShare: *p.share, AckWait: *p.ackWait,
-		ShutdownTimeout: *p.shutdown, PoolKey: key, Logger: log, ManageConsumer: manage,
+		ShutdownTimeout: *p.shutdown, PoolKey: key, PreviousPoolKeys: keys[min(1, len(keys)):], Logger: log, ManageConsumer: manage,
 		OnInstanceChange: func(id string, in *worker.Instance) {
 			if in == nil {
 				graph.Forget(id) // its client and opened secret
@@ -453,6 +481,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		url = srv.ClientURL()
 		abs, _ := filepath.Abs(storeDir)
 		fmt.Fprintf(stdout, "NATS with JetStream listening on %s (data in %s)\n", url, abs)
+		fmt.Fprintf(stdout, "It runs open: no users, no TLS%s. For production use deploy/nats (roles and TLS, docs/security.md).\n", openNote(host))
 		fmt.Fprintf(stdout, "Look at it with the nats CLI:\n  nats --server %s stream ls\n  nats --server %s sub 'm365.results.>'\n", url, url)
 	}
 	nc, err := nats.Connect(url, nats.Name("m365-worker run"), nats.MaxReconnects(-1))
@@ -471,25 +500,27 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		return err
 	}
-	key, err := p.poolKey()
+	keys, err := p.poolKeys()
 	if err != nil {
 		return err
 	}
 	if *natsURL == "" && *demo {
-		if key == nil {
-			if key, err = loadOrCreatePoolKey(filepath.Join(*dataDir, "pool.seed")); err != nil {
+		if len(keys) == 0 {
+			key, err := loadOrCreatePoolKey(filepath.Join(*dataDir, "pool.seed"))
+			if err != nil {
 				return err
 			}
+			keys = []nkeys.KeyPair{key}
 		}
 		*p.allowOverrides = true // the demo instance points at the simulator
-		stopDemo, err := startDemo(ctx, nc, js, topo, key, *p.pool, *graphsimListen, *demoUsers, stdout)
+		stopDemo, err := startDemo(ctx, nc, js, topo, keys[0], *p.pool, *graphsimListen, *demoUsers, stdout)
 		if err != nil {
 			return err
 		}
 		defer stopDemo()
 	}
 	fmt.Fprintf(stdout, "Workers serving pool %q; Ctrl-C drains and exits.\n", *p.pool)
-	return runPool(ctx, js, topo, p, key, log, stdout, true)
+	return runPool(ctx, js, topo, p, keys, log, stdout, true)
 }
 
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -541,7 +572,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *ownStream {
 		topo.SitePools = []string{*p.pool}
 	}
-	key, err := p.poolKey()
+	keys, err := p.poolKeys()
 	if err != nil {
 		return err
 	}
@@ -552,7 +583,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		return err
 	}
-	return runPool(ctx, js, topo, p, key, log, nil, false)
+	return runPool(ctx, js, topo, p, keys, log, nil, false)
 }
 
 func readProgress(ctx context.Context, js jetstream.JetStream, topo worker.Topology) (map[string]handlers.SyncProgress, error) {

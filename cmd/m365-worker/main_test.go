@@ -145,6 +145,9 @@ func TestRunEmbeddedDefault(t *testing.T) {
 	if !strings.Contains(line, "nats://"+addr) {
 		t.Fatalf("startup line %q does not say where NATS listens (%s)", line, addr)
 	}
+	if open := s.waitLine(t, "It runs open"); !strings.Contains(open, "this machine only") {
+		t.Errorf("the embedded server on loopback should say it is open to this machine only: %q", open)
+	}
 	s.waitLine(t, "stream ls")
 	// The main job on the embedded default: the demo tenant's indicators.
 	ind := s.waitLine(t, "demo indicators:")

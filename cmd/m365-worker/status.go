@@ -28,11 +28,11 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := fs.parse(rest); err != nil {
 		return err
 	}
-	kp, err := (&poolFlags{poolKeyFile: keyFile}).poolKey()
+	keys, err := (&poolFlags{poolKeyFile: keyFile}).poolKeys()
 	if err != nil {
 		return err
 	}
-	if kp == nil {
+	if len(keys) == 0 {
 		return usageError{errors.New("the pool key is needed to open the instance's secret: --pool-key-file or M365_POOL_KEY")}
 	}
 	nc, _, _, store, err := cf.instances(ctx)
@@ -44,7 +44,9 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	cfg, err := handlers.ClientConfig(in, func(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) { return s.OpenFor(kp, b) }, 0)
+	cfg, err := handlers.ClientConfig(in, func(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
+		return s.OpenFor(worker.PoolKeyFor(s.Recipient, keys), b)
+	}, 0)
 	if err != nil {
 		return err
 	}
