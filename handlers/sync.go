@@ -38,7 +38,9 @@ type SyncConfig struct {
 	// RoundTimeout bounds one round: a Graph that never ends a walk must
 	// not hold the instance's lock and a worker slot forever. Default 2h.
 	RoundTimeout time.Duration
-	Logger       *slog.Logger
+	// Notify turns Graph change notifications on (subscriptions.go).
+	Notify NotifyConfig
+	Logger *slog.Logger
 }
 
 // Syncer runs sync jobs.
@@ -56,6 +58,7 @@ func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Sy
 	if cfg.BatchBytes <= 0 {
 		cfg.BatchBytes = 512 << 10
 	}
+	cfg.Notify = cfg.Notify.withDefaults()
 	if cfg.RoundTimeout <= 0 {
 		cfg.RoundTimeout = 2 * time.Hour
 	}
@@ -94,6 +97,9 @@ type SyncMeta struct {
 	AuthError  string `json:"auth_error,omitempty"`
 	// Indicators are the last published indicators.
 	Indicators *jobs.Indicators `json:"indicators,omitempty"`
+	// Notify is the instance's change-notification subscriptions, when the
+	// pool has notifications on.
+	Notify *NotifyState `json:"notify,omitempty"`
 }
 
 // ReadSyncMeta reads an instance's sync state (zero when it never synced).
@@ -197,6 +203,9 @@ func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 	meta, err := ReadSyncMeta(ctx, sc)
 	if err != nil {
 		return nil, fmt.Errorf("read sync state: %w", err)
+	}
+	if skip := s.backstopSkip(j, meta, started); skip != nil {
+		return skip, nil // no Graph request: notifications keep the instance fresh
 	}
 	c, err := graphClient(s.cfg.Graph, j, meta.Users)
 	if err != nil {
@@ -316,6 +325,13 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	st := c.Stats().Sub(r.statsBefore)
 	meta.LastDuration, meta.LastCounts, meta.LastRequests, meta.LastThrottled = worker.Duration(meta.LastAt.Sub(r.started)), r.counts, st.Requests, st.Throttled
 	meta.Users, meta.AuthFailed, meta.AuthError, meta.Indicators = ind.UsersTotal, false, "", ind
+	if r.s.cfg.Notify.on() {
+		if meta.Notify == nil {
+			meta.Notify = &NotifyState{}
+		}
+		r.judge(meta.Notify)
+		r.ensureSubscriptions(c, meta.Notify)
+	}
 	if err := r.state.PutSyncMeta(context.WithoutCancel(r.ctx), *meta); err != nil {
 		return nil, fmt.Errorf("save sync state: %w", err)
 	}

@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
@@ -37,6 +38,7 @@ type env struct {
 	logger          *slog.Logger
 	graphConfig     graphclient.PoolConfig
 	roundTimeout    time.Duration
+	notify          handlers.NotifyConfig
 }
 
 func newEnv(t testing.TB, o graphsim.Options) *env {
@@ -70,7 +72,7 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	gc.Workers = worker.WatchLiveWorkers(ctx, js, e.srv.Topology, "default")
 	gc.AllowEndpointOverrides = true // the instances point at the simulator
 	graph := graphclient.NewPool(gc)
-	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graph, RoundTimeout: e.roundTimeout})
+	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graph, RoundTimeout: e.roundTimeout, Notify: e.notify})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -543,5 +545,27 @@ func TestSyncProgressAndLastRound(t *testing.T) {
 	m, err := handlers.ReadSyncMeta(context.Background(), e.store.For("default", "acme"))
 	if err != nil || m.LastDuration <= 0 || m.LastCounts[jobs.AssetUser].Upserts != 3000 || m.LastRequests == 0 || m.LastSyncID != id {
 		t.Errorf("sync state after the round: %v %+v", err, m)
+	}
+}
+
+// Every scheduled tick carries the same envelope; each round's asset
+// batches must still reach the consumer (their message ids name the tick,
+// not the envelope, or the results stream drops a later tick's batches as
+// duplicates of an earlier one's for 30 minutes).
+func TestEveryScheduledRoundPublishesItsChanges(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Tenants: 1, Users: 10, Groups: 2, Seed: 11})
+	e.addInstance("acme", 0, time.Hour)
+	e.startWorker(worker.Config{})
+	e.syncNow("acme", true)
+	if err := worker.NewSchedules(e.js, e.srv.Topology).Set(context.Background(), worker.Instance{ID: "acme", Pool: "default", SyncInterval: worker.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		var id string
+		_ = e.sim.Mutate(e.sim.Credentials()[0].TenantID, func(a *graphsim.Admin) error {
+			id = a.CreateUser(fmt.Sprintf("ticked-%d", i), "Ticked").ID
+			return nil
+		})
+		workertest.Eventually(t, 30*time.Second, fmt.Sprintf("user %d, by a scheduled round", i), func() bool { _, ok := e.rebuild("acme").users[id]; return ok })
 	}
 }

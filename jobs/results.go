@@ -319,6 +319,13 @@ const (
 	OutcomeSkipped   = "skipped"
 )
 
+// What asks for a sync round.
+const (
+	TriggerSchedule     = "schedule"     // the instance's scheduled tick (the backstop poll)
+	TriggerNotification = "notification" // a Graph change notification, through the receiver
+	TriggerOnDemand     = "on-demand"    // a sync job published by Tevyra or an operator
+)
+
 // SyncCounts counts a sync's changes of one asset type.
 type SyncCounts struct {
 	Upserts int `json:"upserts"`
@@ -337,7 +344,10 @@ type SyncReport struct {
 	// start).
 	Mode string `json:"mode,omitempty"`
 	// Outcome is OutcomeSucceeded, OutcomeFailed or OutcomeSkipped.
-	Outcome    string    `json:"outcome"`
+	Outcome string `json:"outcome"`
+	// Trigger is what asked for the round: TriggerSchedule,
+	// TriggerNotification or TriggerOnDemand.
+	Trigger    string    `json:"trigger,omitempty"`
 	StartedAt  time.Time `json:"started_at"`
 	FinishedAt time.Time `json:"finished_at"`
 	DurationMS int64     `json:"duration_ms"`

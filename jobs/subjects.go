@@ -108,12 +108,21 @@ func (s Subjects) FailuresAll() string { return s.p() + ".failures.>" }
 // Failures is the subject of an instance's failure records.
 func (s Subjects) Failures(instance string) string { return s.p() + ".failures." + instance }
 
+// NotifiedJob is the subject of an instance's notification triggers: sync
+// jobs the notification receiver publishes when Graph reports a change
+// (docs/notify.md).
+func (s Subjects) NotifiedJob(pool, instance string) string {
+	return s.p() + ".jobs." + pool + "." + instance + ".notified"
+}
+
 // JobAddress is what a job subject says.
 type JobAddress struct {
 	Pool     string
 	Instance string
 	// Action is the full action name: ActionSync or microsoft-365.<name>.
 	Action string
+	// Notified marks a notification trigger (a sync job on NotifiedJob).
+	Notified bool
 }
 
 // ParseJobSubject splits a job subject into pool, instance and action.
@@ -121,16 +130,18 @@ func (s Subjects) ParseJobSubject(subject string) (JobAddress, error) {
 	prefix := s.p() + ".jobs."
 	rest, ok := strings.CutPrefix(subject, prefix)
 	if !ok {
-		return JobAddress{}, fmt.Errorf("subject %s is not a job subject (want %s<pool>.<instance>.sync or .action.<name>)", quoteInput(subject), prefix)
+		return JobAddress{}, fmt.Errorf("subject %s is not a job subject (want %s<pool>.<instance>.sync, .notified or .action.<name>)", quoteInput(subject), prefix)
 	}
 	t := strings.Split(rest, ".")
 	switch {
 	case len(t) == 3 && t[2] == "sync":
 		return JobAddress{Pool: t[0], Instance: t[1], Action: ActionSync}, nil
+	case len(t) == 3 && t[2] == "notified":
+		return JobAddress{Pool: t[0], Instance: t[1], Action: ActionSync, Notified: true}, nil
 	case len(t) == 4 && t[2] == "action" && t[3] != "":
 		return JobAddress{Pool: t[0], Instance: t[1], Action: ActionPrefix + t[3]}, nil
 	}
-	return JobAddress{}, fmt.Errorf("subject %s is not a job subject (want %s<pool>.<instance>.sync or .action.<name>)", quoteInput(subject), prefix)
+	return JobAddress{}, fmt.Errorf("subject %s is not a job subject (want %s<pool>.<instance>.sync, .notified or .action.<name>)", quoteInput(subject), prefix)
 }
 
 // ResultAddress is what a result subject says.

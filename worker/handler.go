@@ -35,6 +35,9 @@ type Job struct {
 	StreamSeq uint64
 	// Published is when the job was stored in the stream.
 	Published time.Time
+	// Trigger says who asked for a sync job: jobs.TriggerSchedule,
+	// TriggerNotification or TriggerOnDemand.
+	Trigger string
 	// InstanceConfig is the instance configuration, when one exists.
 	InstanceConfig *Instance
 	// Logger carries job_id, instance and action.

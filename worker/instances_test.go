@@ -225,6 +225,13 @@ func TestWorkerHearsOfItsPoolsInstances(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The worker starts watching in its own time: it hears of acme (as an
+	// initial value or a change) before acme is removed.
+	workertest.Eventually(t, 30*time.Second, "acme", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen["acme"]) == 1
+	})
 	if err := store.Delete(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
 	}

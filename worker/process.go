@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -289,8 +290,14 @@ func (w *Worker) lookupInstance(d *delivery) error {
 }
 
 func (w *Worker) handle(d *delivery) error {
-	j := &Job{Job: d.job, Params: d.parsed.params, Pool: d.addr.Pool, Worker: w.cfg.ID, Attempt: d.attempt, Delivery: int(d.meta.NumDelivered),
-		StreamSeq: d.meta.Sequence.Stream, Published: d.meta.Timestamp, InstanceConfig: d.inst, Logger: d.log,
+	// The handler sees the job under the id its results carry: a schedule's
+	// ticks (and the receiver's triggers) share one envelope id, and
+	// whatever a handler names after the job (a round's batch message ids)
+	// must tell them apart.
+	env := *d.job
+	env.ID = d.jobID
+	j := &Job{Job: &env, Params: d.parsed.params, Pool: d.addr.Pool, Worker: w.cfg.ID, Attempt: d.attempt, Delivery: int(d.meta.NumDelivered),
+		StreamSeq: d.meta.Sequence.Stream, Published: d.meta.Timestamp, Trigger: triggerOf(d.msg), InstanceConfig: d.inst, Logger: d.log,
 		state: d.scope, lock: d.lock, progress: func() { _ = d.msg.InProgress() }, poolKey: w.cfg.PoolKey, previous: w.cfg.PreviousPoolKeys}
 	out, err := w.runHandler(d, j)
 	d.out = out
@@ -336,10 +343,24 @@ func fallbackJobID(msg jetstream.Msg) string {
 	return "unknown"
 }
 
+// triggerOf says what published a sync job: the instance's schedule (the
+// server sets a header on the ticks), the notification receiver (its own
+// subject), or anyone else (on demand).
+func triggerOf(msg jetstream.Msg) string {
+	switch {
+	case msg.Headers().Get(headerScheduler) != "":
+		return jobs.TriggerSchedule
+	case strings.HasSuffix(msg.Subject(), ".notified"):
+		return jobs.TriggerNotification
+	}
+	return jobs.TriggerOnDemand
+}
+
 // jobIDFor is the id results are published under. A schedule's ticks all
-// carry the same envelope, so each tick is told apart by its sequence.
+// carry the same envelope, and so do the receiver's triggers, so each is
+// told apart by its sequence.
 func jobIDFor(msg jetstream.Msg, j *jobs.Job) string {
-	if msg.Headers().Get(headerScheduler) != "" {
+	if triggerOf(msg) != jobs.TriggerOnDemand {
 		if meta, err := msg.Metadata(); err == nil {
 			return j.ID + "@" + strconv.FormatUint(meta.Sequence.Stream, 10)
 		}

@@ -174,7 +174,7 @@ func minimalError(je *jobs.Error) *jobs.Error {
 func (w *Worker) finishSkipped(d *delivery, cause error) {
 	ctx := context.WithoutCancel(d.ctx)
 	now := time.Now().UTC()
-	rep := &jobs.SyncReport{JobID: d.jobID, Instance: d.addr.Instance, SyncID: d.jobID, Outcome: jobs.OutcomeSkipped,
+	rep := &jobs.SyncReport{JobID: d.jobID, Instance: d.addr.Instance, SyncID: d.jobID, Outcome: jobs.OutcomeSkipped, Trigger: triggerOf(d.msg),
 		StartedAt: d.started, FinishedAt: now, DurationMS: now.Sub(d.started).Milliseconds(),
 		Error: &jobs.Error{Code: jobs.CodeSyncRunning, Message: cause.Error(), Retryable: true}}
 	if err := w.pub.SyncReport(ctx, rep); err != nil {
@@ -210,7 +210,7 @@ func (w *Worker) publishResult(ctx context.Context, d *delivery, out any, je *jo
 			}
 			rep = &jobs.SyncReport{Outcome: jobs.OutcomeFailed}
 		}
-		rep.JobID, rep.Instance = d.jobID, d.addr.Instance
+		rep.JobID, rep.Instance, rep.Trigger = d.jobID, d.addr.Instance, triggerOf(d.msg)
 		if rep.SyncID == "" {
 			rep.SyncID = d.jobID
 		}

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -19,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tevyra/m365-worker/internal/notify"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 )
@@ -106,13 +109,20 @@ func subcommand(args []string, usage string, stderr io.Writer) (string, []string
 // --- pool ------------------------------------------------------------------
 
 func cmdPool(args []string, stdout, stderr io.Writer) error {
-	sub, rest, err := subcommand(args, "usage: m365-worker pool keygen [--out FILE]\n", stderr)
-	if err != nil || sub != "keygen" {
-		if err == nil {
-			err = usageError{fmt.Errorf("unknown pool command %q (want keygen)", sub)}
-		}
+	sub, rest, err := subcommand(args, "usage: m365-worker pool keygen --out FILE | pool notify-key --pool P --master-key-file MASTER --out FILE\n", stderr)
+	if err != nil {
 		return err
 	}
+	switch sub {
+	case "keygen":
+		return cmdPoolKeygen(rest, stdout, stderr)
+	case "notify-key":
+		return cmdPoolNotifyKey(rest, stdout, stderr)
+	}
+	return usageError{fmt.Errorf("unknown pool command %q (want keygen or notify-key)", sub)}
+}
+
+func cmdPoolKeygen(rest []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("pool keygen", "Create a curve key pair for sealing a pool's secrets. The seed (private) goes to --out\n(mode 0600); the public key is printed: give it to whoever seals secrets for the pool.", stderr)
 	out := fs.String("out", "", "file for the private seed (required; keep it on the pool's site)")
 	if err := fs.parse(rest); err != nil {
@@ -131,6 +141,36 @@ func cmdPool(args []string, stdout, stderr io.Writer) error {
 	}
 	pub, _ := kp.PublicKey()
 	fmt.Fprintf(stdout, "public key: %s\nprivate seed written to %s (give it to the pool's workers as --pool-key-file or M365_POOL_KEY)\n", pub, *out)
+	return nil
+}
+
+// cmdPoolNotifyKey derives a pool's change-notification key from the
+// receiver's master key: the pool's workers get it (--notify-key-file),
+// never the master.
+func cmdPoolNotifyKey(rest []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("pool notify-key", "Derive a pool's change-notification key from the receiver's master key (docs/notify.md).\n"+
+		"The pool's workers get this key (--notify-key-file); only the receiver holds the master.", stderr)
+	pool := fs.String("pool", jobs.DefaultPool, "the pool")
+	secretFile := fs.String("master-key-file", "", "the receiver's master key file (required)")
+	out := fs.String("out", "", "file for the pool's key (required, mode 0600)")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	if *secretFile == "" || *out == "" {
+		return usageError{errors.New("--master-key-file and --out are required")}
+	}
+	master, err := os.ReadFile(*secretFile)
+	if err != nil {
+		return err
+	}
+	if master = bytes.TrimSpace(master); len(master) < notify.MinMasterKey {
+		return fmt.Errorf("the master key has %d bytes; it needs at least %d", len(master), notify.MinMasterKey)
+	}
+	key := base64.RawURLEncoding.EncodeToString(notify.PoolKey(master, *pool))
+	if err := os.WriteFile(*out, []byte(key+"\n"), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "the notification key of pool %s is written to %s (give it to the pool's workers as --notify-key-file)\n", *pool, *out)
 	return nil
 }
 

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,6 +54,7 @@ Commands:
   job       submit: publish a job, optionally wait for its result
   failed    list | show | replay: jobs that failed for good
   status    instances (last sync, indicators, credentials, next tick) and pools (workers, backlog)
+  notify    the HTTPS receiver of Graph change notifications (triggers incremental syncs)
   bench     sync | actions | chaos: the benchmarks, against the built-in simulator
   version   print the version
 
@@ -94,6 +97,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdFailed(ctx, args[1:], stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, args[1:], stdout, stderr)
+	case "notify":
+		err = cmdNotify(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = cmdBench(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
@@ -220,6 +225,8 @@ func (f *flagSet) parse(args []string) error {
 type poolFlags struct {
 	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
 	jsDomain, jsAPIPrefix                                      *string
+	notifyURL, notifyKeyFile                                   *string
+	notifyBackstop                                             *time.Duration
 	allowOverrides                                             *bool
 	concurrency, replicas, share                               *int
 	ackWait, shutdown                                          *time.Duration
@@ -227,19 +234,22 @@ type poolFlags struct {
 
 func addPoolFlags(fs *flagSet) *poolFlags {
 	return &poolFlags{
-		pool:        fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
-		concurrency: fs.Int("concurrency", 16, "jobs handled at once by this worker"),
-		share:       fs.Int("instance-share", 0, "at most this many of them for one instance, so one tenant's burst leaves slots for the others (default: no bound; e.g. 12 of 16 in a pool of many tenants)"),
-		ackWait:     fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
-		shutdown:    fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
-		logLevel:    fs.String("log-level", "info", "debug, info, warn or error"),
-		logFormat:   fs.String("log-format", "text", "text or json"),
-		prefix:      fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
-		replicas:    fs.Int("replicas", 1, "stream and bucket replicas (3 in a cluster)"),
-		poolKeyFile: fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
-		httpListen:  fs.String("http-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9465 (off when empty)"),
-		jsDomain:    fs.String("js-domain", "", "JetStream domain of the hub, for workers on a leaf node in the hub's account"),
-		jsAPIPrefix: fs.String("js-api-prefix", "", "JetStream API prefix the site's account imports the hub's services under (JSHUB.API for deploy/nats/leaf.conf)"),
+		pool:           fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
+		concurrency:    fs.Int("concurrency", 16, "jobs handled at once by this worker"),
+		share:          fs.Int("instance-share", 0, "at most this many of them for one instance, so one tenant's burst leaves slots for the others (default: no bound; e.g. 12 of 16 in a pool of many tenants)"),
+		ackWait:        fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
+		shutdown:       fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
+		logLevel:       fs.String("log-level", "info", "debug, info, warn or error"),
+		logFormat:      fs.String("log-format", "text", "text or json"),
+		prefix:         fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
+		replicas:       fs.Int("replicas", 1, "stream and bucket replicas (3 in a cluster)"),
+		poolKeyFile:    fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
+		httpListen:     fs.String("http-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9465 (off when empty)"),
+		jsDomain:       fs.String("js-domain", "", "JetStream domain of the hub, for workers on a leaf node in the hub's account"),
+		jsAPIPrefix:    fs.String("js-api-prefix", "", "JetStream API prefix the site's account imports the hub's services under (JSHUB.API for deploy/nats/leaf.conf)"),
+		notifyURL:      fs.String("notify-url", "", "where Graph reaches the notification receiver (m365-worker notify), e.g. https://hooks.example.com/graph: the pool's instances then get change-notification subscriptions (docs/notify.md)"),
+		notifyKeyFile:  fs.String("notify-key-file", "", "the pool's notification key (m365-worker pool notify-key), which derives each instance's clientState"),
+		notifyBackstop: fs.Duration("notify-backstop", 30*time.Minute, "while an instance's subscriptions are healthy, its scheduled ticks run a round only this often"),
 		allowOverrides: fs.Bool("allow-endpoint-overrides", false, "use the authority, graph_root and ca_pem of instance records (a Graph simulator or test tenant); "+
 			"without it such an instance's jobs fail with endpoint_override_refused (national clouds need only cloud; the demo of run turns it on)"),
 	}
@@ -320,6 +330,29 @@ func (p *poolFlags) poolKeys() ([]nkeys.KeyPair, error) {
 	return keys, nil
 }
 
+// notifyConfig is the change-notification configuration of the flags.
+func (p *poolFlags) notifyConfig() (handlers.NotifyConfig, error) {
+	if *p.notifyURL == "" {
+		return handlers.NotifyConfig{}, nil
+	}
+	u, err := url.Parse(*p.notifyURL)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return handlers.NotifyConfig{}, usageError{fmt.Errorf("--notify-url %q: Graph only notifies https URLs", *p.notifyURL)}
+	}
+	if *p.notifyKeyFile == "" {
+		return handlers.NotifyConfig{}, usageError{errors.New("--notify-url needs --notify-key-file (m365-worker pool notify-key)")}
+	}
+	b, err := os.ReadFile(*p.notifyKeyFile)
+	if err != nil {
+		return handlers.NotifyConfig{}, err
+	}
+	key, err := base64.RawURLEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(key) != 32 {
+		return handlers.NotifyConfig{}, fmt.Errorf("%s is not a pool notification key (m365-worker pool notify-key writes one)", *p.notifyKeyFile)
+	}
+	return handlers.NotifyConfig{BaseURL: *p.notifyURL, PoolKey: key, Backstop: *p.notifyBackstop}, nil
+}
+
 // setupTopology creates or updates the streams, buckets and the pool's
 // consumer: run is operator and worker in one process.
 func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (worker.Topology, error) {
@@ -344,7 +377,11 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
 	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides})
 	reg := worker.Registry{}
-	syncer, err := handlers.NewSyncer(ctx, js, handlers.SyncConfig{Topology: topo, Graph: graph, Logger: log})
+	notifyCfg, err := p.notifyConfig()
+	if err != nil {
+		return err
+	}
+	syncer, err := handlers.NewSyncer(ctx, js, handlers.SyncConfig{Topology: topo, Graph: graph, Notify: notifyCfg, Logger: log})
 	if err != nil {
 		return err
 	}

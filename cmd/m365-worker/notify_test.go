@@ -1,0 +1,129 @@
+package main
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tevyra/m365-worker/internal/notify"
+	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
+)
+
+// The receiver as deployed: the binary over HTTPS with its certificate,
+// against a JetStream server set up by worker.Setup. Graph's handshake is
+// answered; a notification with the instance's clientState makes one
+// trigger in the jobs stream, one with a wrong clientState none.
+func TestNotifyCommand(t *testing.T) {
+	ns := workertest.Start(t)
+	nc, js := ns.Connect(t)
+	dir := t.TempDir()
+	pki := newTestPKI(t, dir)
+	raw := make([]byte, 48)
+	_, _ = rand.Read(raw)
+	master := base64.StdEncoding.EncodeToString(raw)
+	secretFile := filepath.Join(dir, "notify.key")
+	if err := os.WriteFile(secretFile, []byte(master+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	seen, err := nc.SubscribeSync("m365.jobs.*.*.notified")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := start(t, "notify", "--nats", ns.URL, "--listen", "127.0.0.1:0", "--tls-cert-file", pki.cert, "--tls-key-file", pki.key,
+		"--master-key-file", secretFile, "--window", "100ms", "--metrics-listen", "127.0.0.1:0", "--base-path", "/graph")
+	metricsURL := strings.TrimPrefix(s.waitLine(t, "notify metrics on "), "notify metrics on ")
+	base := strings.TrimPrefix(s.waitLine(t, "notify listening on https://"), "notify listening on ")
+	caPEM, err := os.ReadFile(pki.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 30 * time.Second}
+	do := func(method, u, body string) (int, string, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, u, strings.NewReader(body))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Content-Type"), string(b)
+	}
+
+	token := "Validation: Testing client application reachability for subscription Request-Id: 5c1e (a+b)"
+	if code, ct, body := do("POST", base+"/default/acme?validationToken="+url.QueryEscape(token), ""); code != 200 || ct != "text/plain; charset=utf-8" || body != token {
+		t.Fatalf("handshake: %d %q %q", code, ct, body)
+	}
+	if !strings.HasSuffix(base, "/graph") {
+		t.Errorf("listening line %q does not end in the base path", base)
+	}
+	for _, p := range []string{base + "/not/a/valid/path", strings.TrimSuffix(base, "/graph") + "/default/acme"} {
+		if code, _, _ := do("POST", p+"?validationToken=x", ""); code != 404 {
+			t.Errorf("handshake on %s: %d, want 404", p, code)
+		}
+	}
+
+	cs := notify.ClientState(notify.PoolKey([]byte(master), "default"), "acme")
+	note := func(clientState string) string {
+		b, _ := json.Marshal(map[string]any{"value": []map[string]any{{"subscriptionId": "s1", "changeType": "updated", "resource": "Users/u1",
+			"clientState": clientState, "tenantId": "t1", "resourceData": map[string]any{"id": "u1"}}}})
+		return string(b)
+	}
+	if code, _, body := do("POST", base+"/default/acme", note(cs)); code != 202 {
+		t.Fatalf("notification with the right clientState: %d %s", code, body)
+	}
+	if code, _, _ := do("POST", base+"/default/evil", note(cs)); code != 403 {
+		t.Errorf("acme's clientState for evil: %d, want 403", code)
+	}
+	if code, _, _ := do("POST", base+"/default/evil", note("forged")); code != 403 {
+		t.Errorf("a forged clientState: %d, want 403", code)
+	}
+
+	jobsStream := worker.Topology{}.JobsStream()
+	workertest.Eventually(t, 60*time.Second, "acme's trigger in the jobs stream", func() bool {
+		return len(workertest.Messages(t, js, jobsStream, "m365.jobs.default.acme.notified")) == 1
+	})
+	if code, _, body := do("GET", metricsURL, ""); code != 200 || !strings.Contains(body, "m365_notify_received_total 3\n") ||
+		!strings.Contains(body, "m365_notify_refused_total 2\n") || !strings.Contains(body, "m365_notify_triggers_published_total 1\n") {
+		t.Errorf("metrics: %d\n%s", code, body)
+	}
+	s.interrupt(t) // publishes anything pending, then exits
+
+	msgs := workertest.Messages(t, js, jobsStream, "m365.jobs.default.acme.notified")
+	if len(msgs) != 1 {
+		t.Fatalf("%d triggers for acme, want 1", len(msgs))
+	}
+	want := `{"schema_version":1,"id":"notified-acme","instance":"acme","action":"sync","requested_by":"graph-notification"}`
+	if m := msgs[0]; string(m.Data()) != want || m.Headers().Get("Nats-Rollup") != "sub" || m.Headers().Get("Nats-Msg-Id") != "" {
+		t.Errorf("trigger %s with headers %v", m.Data(), m.Headers())
+	}
+	if n := len(workertest.Messages(t, js, jobsStream, "m365.jobs.default.evil.notified")); n != 0 {
+		t.Errorf("%d triggers for evil, want none", n)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := seen.Pending(); n != 1 {
+		t.Errorf("%d triggers published, want 1", n)
+	}
+	if out := s.stderr.String(); strings.Contains(out, master) || strings.Contains(out, cs) {
+		t.Errorf("the master key or a clientState was logged:\n%s", out)
+	}
+}

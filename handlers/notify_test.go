@@ -1,0 +1,216 @@
+package handlers_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/handlers"
+	"github.com/tevyra/m365-worker/internal/notify"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
+)
+
+// notifyEnv is an env whose simulator notifies a real receiver (over TLS)
+// that publishes triggers on the env's JetStream, and whose workers keep
+// the instances' subscriptions.
+type notifyEnv struct {
+	*env
+	recv *notify.Receiver
+}
+
+type lateHandler struct{ h atomic.Pointer[http.Handler] }
+
+func (l *lateHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := l.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
+	}
+	http.Error(w, "not ready", http.StatusServiceUnavailable)
+}
+
+func newNotifyEnv(t *testing.T, o graphsim.Options, cfg handlers.NotifyConfig) *notifyEnv {
+	t.Helper()
+	late := &lateHandler{}
+	hooks := httptest.NewTLSServer(late)
+	t.Cleanup(hooks.Close)
+	o.NotifyClient = hooks.Client()
+	e := newEnv(t, o)
+	master := []byte("0123456789abcdef0123456789abcdef-test-master")
+	recv, err := notify.New(notify.Config{Master: master, JetStream: e.js, Window: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(recv.Close)
+	var h http.Handler = recv
+	late.h.Store(&h)
+	cfg.BaseURL, cfg.PoolKey = hooks.URL, notify.PoolKey(master, "default")
+	e.notify = cfg
+	return &notifyEnv{env: e, recv: recv}
+}
+
+func (e *notifyEnv) subscriptions(tenant int) []graphsim.SubscriptionInfo {
+	var subs []graphsim.SubscriptionInfo
+	_ = e.sim.Mutate(e.sim.Credentials()[tenant].TenantID, func(a *graphsim.Admin) error { subs = a.Subscriptions(); return nil })
+	return subs
+}
+
+func (e *notifyEnv) meta(instance string) handlers.SyncMeta {
+	m, err := handlers.ReadSyncMeta(context.Background(), e.store.For("default", instance))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m
+}
+
+func (e *notifyEnv) reportsBy(instance, trigger string) []jobs.SyncReport {
+	var out []jobs.SyncReport
+	for _, r := range e.reports(instance) {
+		if r.Trigger == trigger {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// eventually is workertest.Eventually that, on a timeout, says what the
+// receiver and the sync reports saw.
+func (e *notifyEnv) eventually(d time.Duration, what string, cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			for _, r := range e.reports("acme") {
+				e.t.Logf("report %s trigger %s outcome %s mode %s counts %v error %+v", r.JobID, r.Trigger, r.Outcome, r.Mode, r.Counts, r.Error)
+			}
+			e.t.Fatalf("timed out after %s waiting for %s; receiver %+v", d, what, e.recv.Stats())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// idle reports whether the pool has no job waiting or in flight and the
+// receiver no trigger pending.
+func (e *notifyEnv) idle() bool {
+	c, err := e.js.Consumer(context.Background(), "M365_JOBS", "m365_pool_default")
+	if err != nil {
+		return false
+	}
+	info, err := c.Info(context.Background())
+	return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && e.recv.Stats().Pending == 0
+}
+
+func (e *notifyEnv) admin(tenant int, f func(a *graphsim.Admin)) {
+	if err := e.sim.Mutate(e.sim.Credentials()[tenant].TenantID, func(a *graphsim.Admin) error { f(a); return nil }); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// A change made in the tenant reaches the consumer's view through a
+// notification, long before the hourly poll; a burst of 500 notifications
+// makes at most two rounds.
+func TestChangeNotificationTriggersARound(t *testing.T) {
+	e := newNotifyEnv(t, graphsim.Options{Tenants: 1, Users: 30, Groups: 3, Seed: 7}, handlers.NotifyConfig{})
+	e.addInstance("acme", 0, time.Hour)
+	e.startWorker(worker.Config{})
+	e.syncNow("acme", true)
+	subs := e.subscriptions(0)
+	if len(subs) != 2 || !e.meta("acme").Notify.Healthy(time.Now()) {
+		t.Fatalf("after the first round: subscriptions %+v, state %+v", subs, e.meta("acme").Notify)
+	}
+	for _, s := range subs {
+		if s.ClientState != notify.ClientState(e.notify.PoolKey, "acme") || s.ChangeType != "updated,deleted" {
+			t.Errorf("subscription %+v", s)
+		}
+	}
+
+	var id string
+	e.admin(0, func(a *graphsim.Admin) { id = a.CreateUser("fresh.user", "Fresh User").ID })
+	workertest.Eventually(t, 60*time.Second, "the new user in the consumer's view", func() bool { _, ok := e.rebuild("acme").users[id]; return ok })
+	if n := len(e.reportsBy("acme", jobs.TriggerNotification)); n == 0 {
+		t.Fatal("the user arrived without a notification-triggered round")
+	}
+
+	before := len(e.reportsBy("acme", jobs.TriggerNotification))
+	received := e.recv.Stats().Received
+	e.admin(0, func(a *graphsim.Admin) {
+		u := a.User(id)
+		for i := range 500 {
+			a.UpdateUser(u, func(u *graphsim.User) { u.JobTitle = ptr(fmt.Sprintf("title-%d", i)) })
+		}
+	})
+	workertest.Eventually(t, 60*time.Second, "500 notifications received", func() bool { return e.recv.Stats().Received-received >= 500 })
+	e.eventually(60*time.Second, "the last title in the consumer's view", func() bool {
+		u, ok := e.rebuild("acme").users[id]
+		return ok && u.JobTitle != nil && *u.JobTitle == "title-499"
+	})
+	workertest.Eventually(t, 60*time.Second, "the pool to be idle", e.idle)
+	if n := len(e.reportsBy("acme", jobs.TriggerNotification)) - before; n < 1 || n > 2 {
+		t.Errorf("500 notifications made %d rounds, want 1 or 2 (receiver %+v)", n, e.recv.Stats())
+	}
+}
+
+// A notification Graph never delivers is caught by the backstop round,
+// which also casts doubt on the subscriptions (the instance is polled at its
+// normal interval again); ticks before the backstop is due are closed
+// without a Graph request.
+func TestDroppedNotificationCaughtByTheBackstop(t *testing.T) {
+	e := newNotifyEnv(t, graphsim.Options{Tenants: 1, Users: 20, Groups: 2, Seed: 8, NotifyDropRate: 1}, handlers.NotifyConfig{Backstop: 3 * time.Second})
+	e.addInstance("acme", 0, time.Hour)
+	e.startWorker(worker.Config{})
+	e.syncNow("acme", true)
+	if !e.meta("acme").Notify.Healthy(time.Now()) {
+		t.Fatalf("subscriptions: %+v", e.meta("acme").Notify)
+	}
+	// Ticks every second from now on.
+	if err := worker.NewSchedules(e.js, e.srv.Topology).Set(context.Background(), worker.Instance{ID: "acme", Pool: "default", SyncInterval: worker.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	e.admin(0, func(a *graphsim.Admin) { id = a.CreateUser("unannounced", "Unannounced").ID })
+	workertest.Eventually(t, 60*time.Second, "the user, by the backstop round", func() bool { _, ok := e.rebuild("acme").users[id]; return ok })
+	if n := len(e.reportsBy("acme", jobs.TriggerNotification)); n != 0 {
+		t.Errorf("%d notification rounds with every notification dropped", n)
+	}
+	skipped := 0
+	for _, r := range e.reportsBy("acme", jobs.TriggerSchedule) {
+		if r.Outcome == jobs.OutcomeSkipped && r.Error != nil && r.Error.Code == handlers.CodeBackstopNotDue && r.GraphRequests == 0 {
+			skipped++
+		}
+	}
+	if skipped == 0 {
+		t.Error("no tick was closed as not due while notifications were healthy")
+	}
+	if m := e.meta("acme"); m.Notify.Doubt == "" || m.Notify.Healthy(time.Now()) {
+		t.Errorf("after a missed change: %+v", m.Notify)
+	}
+}
+
+// Subscriptions are renewed before they run out and made again when Graph
+// has forgotten them.
+func TestSubscriptionsRenewedAndRecreated(t *testing.T) {
+	// RenewBefore longer than a subscription lives: every round renews.
+	e := newNotifyEnv(t, graphsim.Options{Tenants: 1, Users: 10, Groups: 2, Seed: 9}, handlers.NotifyConfig{RenewBefore: 60 * 24 * time.Hour})
+	e.addInstance("acme", 0, time.Hour)
+	e.startWorker(worker.Config{})
+	e.syncNow("acme", true)
+	first := e.meta("acme").Notify
+	e.syncNow("acme", false)
+	renewed := e.meta("acme").Notify
+	if renewed.Users.ID != first.Users.ID || !renewed.Users.RenewedAt.After(first.Users.RenewedAt) {
+		t.Errorf("not renewed: %+v then %+v", first.Users, renewed.Users)
+	}
+	e.admin(0, func(a *graphsim.Admin) { a.ForgetSubscriptions() })
+	e.syncNow("acme", false)
+	again := e.meta("acme").Notify
+	subs := e.subscriptions(0)
+	if !again.Healthy(time.Now()) || again.Users.ID == first.Users.ID || again.Groups.ID == first.Groups.ID || len(subs) != 2 {
+		t.Errorf("after Graph forgot them: %+v, Graph has %+v", again, subs)
+	}
+}
