@@ -62,7 +62,9 @@ func LifecycleURL(base, pool, instance string) string {
 
 // TriggerSubject is the subject of an instance's triggers:
 // <prefix>.jobs.<pool>.<instance>.notified.
-func TriggerSubject(s jobs.Subjects, pool, instance string) string { return s.NotifiedJob(pool, instance) }
+func TriggerSubject(s jobs.Subjects, pool, instance string) string {
+	return s.NotifiedJob(pool, instance)
+}
 
 // TriggerJob is the envelope of an instance's triggers: a sync job with
 // the id notified-<instance>, requested by RequestedBy. It carries no
