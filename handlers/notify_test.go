@@ -214,3 +214,33 @@ func TestSubscriptionsRenewedAndRecreated(t *testing.T) {
 		t.Errorf("after Graph forgot them: %+v, Graph has %+v", again, subs)
 	}
 }
+
+// Graph's reauthorizationRequired stops a subscription's notifications; the
+// lifecycle event triggers a round, which reauthorizes it (by renewing), and
+// notifications flow again.
+func TestReauthorizationRequiredIsAnswered(t *testing.T) {
+	e := newNotifyEnv(t, graphsim.Options{Tenants: 1, Users: 10, Groups: 2, Seed: 10}, handlers.NotifyConfig{Reauthorize: time.Millisecond})
+	e.addInstance("acme", 0, time.Hour)
+	e.startWorker(worker.Config{})
+	e.syncNow("acme", true)
+	users := e.meta("acme").Notify.Users.ID
+	e.admin(0, func(a *graphsim.Admin) {
+		if err := a.RequireReauthorization(users); err != nil {
+			t.Fatal(err)
+		}
+	})
+	workertest.Eventually(t, 60*time.Second, "the lifecycle event's round to reauthorize", func() bool {
+		for _, s := range e.subscriptions(0) {
+			if s.ID == users {
+				return !s.ReauthorizationRequired
+			}
+		}
+		return false
+	})
+	if e.recv.Stats().Lifecycle == 0 {
+		t.Error("no lifecycle notification reached the receiver")
+	}
+	var id string
+	e.admin(0, func(a *graphsim.Admin) { id = a.CreateUser("after.reauth", "After").ID })
+	workertest.Eventually(t, 60*time.Second, "a user created after the reauthorization, by notification", func() bool { _, ok := e.rebuild("acme").users[id]; return ok })
+}

@@ -40,6 +40,11 @@ type NotifyConfig struct {
 	// RenewBefore renews a subscription once less than this is left of it.
 	// Default 7 days (of Graph's 29).
 	RenewBefore time.Duration
+	// Reauthorize bounds how often a round triggered by a notification
+	// renews the subscriptions anyway: Graph's reauthorizationRequired
+	// lifecycle event reaches the workers as a trigger like any other, and
+	// a renewal is also a reauthorization. Default 1 hour.
+	Reauthorize time.Duration
 }
 
 func (c NotifyConfig) on() bool { return c.BaseURL != "" && len(c.PoolKey) > 0 }
@@ -50,6 +55,9 @@ func (c NotifyConfig) withDefaults() NotifyConfig {
 	}
 	if c.RenewBefore <= 0 {
 		c.RenewBefore = 7 * 24 * time.Hour
+	}
+	if c.Reauthorize <= 0 {
+		c.Reauthorize = time.Hour
 	}
 	return c
 }
@@ -134,7 +142,9 @@ func (r *round) judge(n *NotifyState) {
 }
 
 // ensureSubscriptions creates, renews or re-creates the instance's two
-// subscriptions as needed and records their health in n. It never fails
+// subscriptions as needed and records their health in n: renewed when less
+// than RenewBefore is left, when in doubt, and on a notification's round at
+// most every hour (which answers reauthorizationRequired). It never fails
 // the round: what goes wrong is kept in n.Error, and the instance is polled
 // at its normal interval meanwhile.
 func (r *round) ensureSubscriptions(c *graphclient.Client, n *NotifyState) {
@@ -145,7 +155,7 @@ func (r *round) ensureSubscriptions(c *graphclient.Client, n *NotifyState) {
 		resource string
 		st       **SubscriptionState
 	}{{"/users", &n.Users}, {"/groups", &n.Groups}} {
-		if err := r.ensureOne(c, cfg, sub.resource, sub.st, now); err != nil {
+		if err := r.ensureOne(c, cfg, sub.resource, sub.st, n.Doubt != "", now); err != nil {
 			n.Error = err.Error()
 			r.log.Warn("sync: change notifications unavailable; polling at the normal interval", "resource", sub.resource, "error", err)
 			return
@@ -153,9 +163,11 @@ func (r *round) ensureSubscriptions(c *graphclient.Client, n *NotifyState) {
 	}
 }
 
-func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource string, st **SubscriptionState, now time.Time) error {
+func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource string, st **SubscriptionState, doubt bool, now time.Time) error {
 	s := *st
-	if s.live(now) && s.Expires.Sub(now) > cfg.RenewBefore {
+	due := doubt || // a missed change: the subscription may need reauthorizing
+		(r.job.Trigger == jobs.TriggerNotification && s != nil && now.Sub(s.RenewedAt) > cfg.Reauthorize)
+	if s.live(now) && s.Expires.Sub(now) > cfg.RenewBefore && !due {
 		return nil
 	}
 	if s.live(now) {

@@ -74,7 +74,10 @@ func TestComposeFile(t *testing.T) {
 	}
 	// Every M365_* variable the compose file sets is one the CLI reads.
 	help := cliSources(t)
-	for _, svc := range []string{"worker", "setup"} {
+	if nt, ok := c.Services["notify"]; !ok || len(nt.Command) == 0 || nt.Command[0] != "notify" || !strings.HasPrefix(nt.Environment["M365_NATS"], "tls://notify:") {
+		t.Errorf("notify service: %+v", nt)
+	}
+	for _, svc := range []string{"worker", "setup", "notify"} {
 		for k := range c.Services[svc].Environment {
 			if k == "M365_POOL_KEY" {
 				continue // read from the environment only, never a flag
@@ -430,12 +433,18 @@ func TestKubernetesManifests(t *testing.T) {
 	var deploy, scaled, cm *k8sDoc
 	var setup *k8sDoc
 	var policies []string
+	var notifyDeploy *k8sDoc
+	ingress := false
 	{
 		for _, d := range readK8s(t) {
 			d := d
 			switch {
 			case d.Kind == "NetworkPolicy":
 				policies = append(policies, d.Metadata.Name)
+			case d.Kind == "Deployment" && d.Metadata.Name == "m365-notify":
+				notifyDeploy = &d
+			case d.Kind == "Ingress" && d.Metadata.Name == "m365-notify":
+				ingress = true
 			case d.Kind == "Job" && d.Metadata.Name == "m365-worker-setup":
 				setup = &d
 			case d.Kind == "Deployment" && d.Metadata.Name == "m365-worker":
@@ -456,7 +465,24 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("deploy/k8s/nats.yaml's ConfigMap key %s differs from deploy/nats/%s", key, file)
 		}
 	}
-	if !slices.Contains(policies, "nats") || !slices.Contains(policies, "m365-worker") {
+	// The receiver: its own role, an ingress, flags that exist.
+	if notifyDeploy == nil || !ingress {
+		t.Fatalf("the notification receiver: deployment %v, ingress %v", notifyDeploy != nil, ingress)
+	}
+	nc := notifyDeploy.Spec.Template.Spec.Containers[0]
+	if len(nc.Args) == 0 || nc.Args[0] != "notify" {
+		t.Errorf("receiver args %v", nc.Args)
+	}
+	for _, e := range nc.Env {
+		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Name, "M365_")), "_", "-")
+		if strings.HasPrefix(e.Name, "M365_") && !strings.Contains(cliSources(t), `"`+flagName+`"`) {
+			t.Errorf("notify.yaml sets %s but there is no --%s flag", e.Name, flagName)
+		}
+		if e.Name == "M365_NATS" && !strings.HasPrefix(e.Value, "tls://notify:$(NATS_PASSWORD)@") {
+			t.Errorf("the receiver connects as %q", e.Value)
+		}
+	}
+	if !slices.Contains(policies, "nats") || !slices.Contains(policies, "m365-worker") || !slices.Contains(policies, "m365-notify") {
 		t.Errorf("network policies %v: the monitoring port must be reachable by the monitoring role only", policies)
 	}
 	c := deploy.Spec.Template.Spec.Containers[0]
@@ -637,6 +663,24 @@ func TestRolesFromConfig(t *testing.T) {
 		t.Errorf("the worker's own bucket: %v", err)
 	} else if _, err := kv.Get(c5, "site-a.other"); err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("the pool's worker may read another pool's keys (%v)", err)
+	}
+
+	// The notification receiver: triggers only.
+	nnc, err := nats.Connect(url("notify", "notify-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_notify"))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nnc.Close()
+	njs, _ := jetstream.New(nnc)
+	if _, err := njs.Publish(ctx, "m365.jobs.default.acme.notified", []byte(`{"schema_version":1,"id":"notified-acme","instance":"acme","action":"sync","requested_by":"graph-notification"}`)); err != nil {
+		t.Errorf("the receiver publishes a trigger: %v", err)
+	}
+	for _, subj := range []string{"m365.jobs.default.acme.sync", "m365.jobs.default.acme.action.reset_password", "m365.results.acme.actions"} {
+		c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if _, err := njs.Publish(c, subj, []byte("{}")); err == nil {
+			t.Errorf("the receiver published on %s", subj)
+		}
+		cancel()
 	}
 
 	// Monitoring: the pool's backlog, never a job or a record.

@@ -13,7 +13,7 @@ import (
 // cmdTLS makes a development CA and certificates for the NATS configs of
 // deploy/nats (compose, a test system); production uses its own CA.
 func cmdTLS(args []string, stdout, stderr io.Writer) error {
-	sub, rest, err := subcommand(args, "usage: m365-worker tls init --dir DIR [--hosts nats,localhost,127.0.0.1] [--clients operator,tevyra,worker-default,monitor]\n", stderr)
+	sub, rest, err := subcommand(args, "usage: m365-worker tls init --dir DIR [--hosts nats,localhost,127.0.0.1] [--clients operator,tevyra,worker-default,monitor,notify]\n", stderr)
 	if err != nil || sub != "init" {
 		if err == nil {
 			err = usageError{fmt.Errorf("unknown tls command %q (want init)", sub)}
@@ -24,7 +24,7 @@ func cmdTLS(args []string, stdout, stderr io.Writer) error {
 		"what compose and a test system need. Keys are written 0600. Production deployments use their own CA.", stderr)
 	dir := fs.String("dir", "", "directory for the files (required)")
 	hosts := fs.String("hosts", "nats,localhost,127.0.0.1", "names and addresses of the servers, comma-separated")
-	clients := fs.String("clients", "operator,tevyra,worker-default,monitor", "client certificates to make, one per role, comma-separated")
+	clients := fs.String("clients", "operator,tevyra,worker-default,monitor,notify", "client certificates to make, one per role, comma-separated")
 	validFor := fs.Duration("valid-for", 365*24*time.Hour, "how long the certificates are valid")
 	if err := fs.parse(rest); err != nil {
 		return err
