@@ -49,6 +49,18 @@ func (c *Client) RenewSubscription(ctx context.Context, id string, until time.Ti
 	return &out, nil
 }
 
+// ListSubscriptions lists the app's subscriptions in the tenant (one
+// page: Graph allows 100 per app and tenant).
+func (c *Client) ListSubscriptions(ctx context.Context) ([]Subscription, error) {
+	var out struct {
+		Value []Subscription `json:"value"`
+	}
+	if err := c.sendJSON(ctx, "list subscriptions", http.MethodGet, c.graphURL+"/subscriptions", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Value, nil
+}
+
 // DeleteSubscription removes a subscription; one already gone is not an
 // error.
 func (c *Client) DeleteSubscription(ctx context.Context, id string) error {

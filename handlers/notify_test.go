@@ -192,11 +192,11 @@ func TestDroppedNotificationCaughtByTheBackstop(t *testing.T) {
 	}
 }
 
-// Subscriptions are renewed before they run out and made again when Graph
-// has forgotten them.
+// Subscriptions are renewed before they run out, made again when Graph has
+// forgotten them, and deleted with their instance.
 func TestSubscriptionsRenewedAndRecreated(t *testing.T) {
 	// RenewBefore longer than a subscription lives: every round renews.
-	e := newNotifyEnv(t, graphsim.Options{Tenants: 1, Users: 10, Groups: 2, Seed: 9}, handlers.NotifyConfig{RenewBefore: 60 * 24 * time.Hour})
+	e := newNotifyEnv(t, graphsim.Options{Tenants: 2, Users: 10, Groups: 2, Seed: 9}, handlers.NotifyConfig{RenewBefore: 60 * 24 * time.Hour})
 	e.addInstance("acme", 0, time.Hour)
 	e.startWorker(worker.Config{})
 	e.syncNow("acme", true)
@@ -206,6 +206,22 @@ func TestSubscriptionsRenewedAndRecreated(t *testing.T) {
 	if renewed.Users.ID != first.Users.ID || !renewed.Users.RenewedAt.After(first.Users.RenewedAt) {
 		t.Errorf("not renewed: %+v then %+v", first.Users, renewed.Users)
 	}
+	// A second instance on another tenant: removing it deletes its
+	// subscriptions and leaves acme's.
+	e.addInstance("globex", 1, time.Hour)
+	e.syncNow("globex", true)
+	if len(e.subscriptions(1)) != 2 {
+		t.Fatalf("globex's subscriptions: %+v", e.subscriptions(1))
+	}
+	store, _ := worker.OpenInstances(context.Background(), e.js, e.srv.Topology)
+	if err := store.Delete(context.Background(), "globex"); err != nil {
+		t.Fatal(err)
+	}
+	workertest.Eventually(t, 30*time.Second, "the removed instance's subscriptions deleted", func() bool { return len(e.subscriptions(1)) == 0 })
+	if len(e.subscriptions(0)) != 2 {
+		t.Errorf("acme's subscriptions after globex's removal: %+v", e.subscriptions(0))
+	}
+
 	e.admin(0, func(a *graphsim.Admin) { a.ForgetSubscriptions() })
 	e.syncNow("acme", false)
 	again := e.meta("acme").Notify

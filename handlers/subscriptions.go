@@ -198,17 +198,34 @@ func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource stri
 	return nil
 }
 
-// Unsubscribe deletes a removed instance's subscriptions, best effort, with
-// the Graph client the pool still holds for it; what is left expires within
-// 29 days, and the receiver's triggers for it fail as instance_not_found.
-func Unsubscribe(ctx context.Context, c *graphclient.Client, n *NotifyState) error {
-	if n == nil {
+// InstanceRemoved deletes a removed instance's subscriptions (those whose
+// notification URL is the instance's), with its last record and the pool's
+// keys to open its secret. Every worker of the pool that saw the instance
+// does it; a subscription already deleted is no error. Left over (no worker
+// saw the removal), they expire within 29 days, and the receiver's triggers
+// for the instance fail as instance_not_found meanwhile.
+func (s *Syncer) InstanceRemoved(ctx context.Context, pool string, prev *worker.Instance, open func(*jobs.SealedSecret, jobs.Binding) ([]byte, error)) error {
+	n := s.cfg.Notify
+	if !n.on() {
 		return nil
 	}
+	cfg, err := ClientConfig(prev, open, 0)
+	if err != nil {
+		return err
+	}
+	c, err := s.cfg.Graph.Client(cfg)
+	if err != nil {
+		return err
+	}
+	subs, err := c.ListSubscriptions(ctx)
+	if err != nil {
+		return fmt.Errorf("list the subscriptions of %s: %w", prev.ID, err)
+	}
+	want := notify.NotificationURL(n.BaseURL, pool, prev.ID)
 	var errs []error
-	for _, s := range []*SubscriptionState{n.Users, n.Groups} {
-		if s != nil && s.ID != "" {
-			errs = append(errs, c.DeleteSubscription(ctx, s.ID))
+	for _, sub := range subs {
+		if sub.NotificationURL == want {
+			errs = append(errs, c.DeleteSubscription(ctx, sub.ID))
 		}
 	}
 	return errors.Join(errs...)

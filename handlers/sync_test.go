@@ -86,6 +86,15 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	e.reg = reg
 	cfg.PoolKey = e.poolKey
 	cfg.Logger = e.logger
+	if cfg.OnInstanceRemoved == nil && e.notify.BaseURL != "" {
+		// As the binary does: a removed instance's subscriptions go with it.
+		cfg.OnInstanceRemoved = func(prev *worker.Instance) {
+			open := func(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) { return s.OpenFor(e.poolKey, b) }
+			if err := syncer.InstanceRemoved(context.Background(), "default", prev, open); err != nil {
+				e.t.Logf("unsubscribe %s: %v", prev.ID, err)
+			}
+		}
+	}
 	cfg.ManageConsumer = true // the test is the operator too
 	if cfg.PollWait == 0 {
 		cfg.PollWait = 200 * time.Millisecond

@@ -88,6 +88,10 @@ type Config struct {
 	// client pool forgets a removed instance's client and its opened
 	// secret.
 	OnInstanceChange func(id string, in *Instance)
+	// OnInstanceRemoved, if set, is called with the last record of an
+	// instance of the worker's pool that was removed, when the worker had
+	// seen it (its change-notification subscriptions are deleted with it).
+	OnInstanceRemoved func(prev *Instance)
 	// Logger receives the worker's logs. Default: discard.
 	Logger *slog.Logger
 }

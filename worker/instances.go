@@ -378,16 +378,16 @@ func (s *Instances) set(in *Instance) {
 // Watch keeps the local copy current until ctx ends. onChange, if not nil,
 // is called with each changed instance (nil for a deletion) and its id.
 func (s *Instances) Watch(ctx context.Context, onChange func(id string, in *Instance)) error {
-	return s.watch(ctx, ">", onChange)
+	return s.watch(ctx, ">", onChange, nil)
 }
 
 // WatchPool is Watch for the instances of one pool (what a pool's workers
 // may read).
-func (s *Instances) WatchPool(ctx context.Context, pool string, onChange func(id string, in *Instance)) error {
-	return s.watch(ctx, pool+".>", onChange)
+func (s *Instances) WatchPool(ctx context.Context, pool string, onChange func(id string, in *Instance), onRemoved func(prev *Instance)) error {
+	return s.watch(ctx, pool+".>", onChange, onRemoved)
 }
 
-func (s *Instances) watch(ctx context.Context, filter string, onChange func(id string, in *Instance)) error {
+func (s *Instances) watch(ctx context.Context, filter string, onChange func(id string, in *Instance), onRemoved func(prev *Instance)) error {
 	w, err := s.kv.Watch(ctx, filter)
 	if err != nil {
 		return fmt.Errorf("watch instances: %w", err)
@@ -407,6 +407,7 @@ func (s *Instances) watch(ctx context.Context, filter string, onChange func(id s
 				}
 			}
 			s.mu.Lock()
+			prev := s.cache[id]
 			if in == nil {
 				delete(s.cache, id)
 			} else {
@@ -415,6 +416,9 @@ func (s *Instances) watch(ctx context.Context, filter string, onChange func(id s
 			s.mu.Unlock()
 			if onChange != nil {
 				onChange(id, in)
+			}
+			if in == nil && prev != nil && onRemoved != nil {
+				onRemoved(prev)
 			}
 		}
 	}()

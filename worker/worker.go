@@ -130,7 +130,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.bound.Store(true)
 	defer w.bound.Store(false)
-	if err := w.instances.WatchPool(ctx, w.cfg.Pool, w.cfg.OnInstanceChange); err != nil {
+	if err := w.instances.WatchPool(ctx, w.cfg.Pool, w.cfg.OnInstanceChange, w.cfg.OnInstanceRemoved); err != nil {
 		return err
 	}
 	stopLive := w.store.Announce(w.cfg.Pool, sanitizeToken(w.cfg.ID))

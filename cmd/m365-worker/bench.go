@@ -14,7 +14,7 @@ import (
 // the simulator in this process, the workers as child processes of this
 // binary.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos [flags]\n", stderr)
+	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness [flags]\n", stderr)
 	if err != nil {
 		return err
 	}
@@ -25,6 +25,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch sub {
 	case "chaos":
 		return cmdBenchChaos(ctx, rest, stdout, stderr)
+	case "freshness":
+		return cmdBenchFreshness(ctx, bin, rest, stdout, stderr)
 	case "sync":
 		fs := newFlagSet("bench sync", "Measure, in one run against the built-in Graph simulator (realistic latency, GRAPH.md §12;\nthrottling on): a full first round of a tenant, a plain sequential delta walk through\nthe SDK's page iterator, an incremental round after some objects changed, and the\nworker process's peak RSS (JetStream and the simulator run in this process).", stderr)
 		users := fs.Int("users", 100000, "users in the tenant")
@@ -79,5 +81,40 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "throttled:        %d of %d Graph requests (%.2f %%)\n", r.Throttled, r.Requests, r.ThrottledPercent)
 		return nil
 	}
-	return usageError{fmt.Errorf("unknown bench command %q (want sync or actions)", sub)}
+	return usageError{fmt.Errorf("unknown bench command %q (want sync, actions, chaos or freshness)", sub)}
+}
+
+func cmdBenchFreshness(ctx context.Context, bin string, rest []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench freshness", "Random admin changes across many simulated tenants: how soon each reaches the consumer's view\n"+
+		"(change to asset delta) with Graph change notifications (simulator latency 0, and --notify-latency)\n"+
+		"and with polling, and the Graph requests per instance and hour of tenants that do not change.\n"+
+		"Polling runs at --poll-interval and the backstop at six times it (the defaults' 5 min : 30 min);\n"+
+		"the per-hour figures are scaled to the defaults.", stderr)
+	instances := fs.Int("instances", 20, "simulated tenants")
+	users := fs.Int("users", 50, "users per tenant")
+	changes := fs.Int("changes", 60, "changes, spread over twice the poll interval")
+	latency := fs.Duration("notify-latency", 5*time.Second, "the simulator's notification latency in the realistic run (Graph's is undocumented; minutes are reported)")
+	poll := fs.Duration("poll-interval", 10*time.Second, "the polling run's interval (5m is the default in production)")
+	quiet := fs.Duration("quiet", 2*time.Minute, "how long request rates are measured with no change (at least two backstop intervals with notifications)")
+	output := fs.String("o", "text", "output: text or json")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	r, err := bench.RunFreshness(ctx, bench.FreshnessOptions{Binary: bin, Instances: *instances, Users: *users, Changes: *changes,
+		NotifyLatency: *latency, PollInterval: *poll, Quiet: *quiet, Log: stderr})
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		return printJSON(stdout, r)
+	}
+	fmt.Fprintf(stdout, "%d tenants of %d users\n", r.Instances, r.Users)
+	for _, run := range r.Runs {
+		fmt.Fprintf(stdout, "%-32s change to asset delta p50 %s, p99 %s, max %s (%d of %d changes seen)\n", run.Name+":",
+			run.P50.Round(time.Millisecond), run.P99.Round(time.Millisecond), run.Max.Round(time.Millisecond), run.Seen, run.Changes)
+	}
+	fmt.Fprintf(stdout, "Graph requests per instance and hour, tenants that do not change (scaled to the defaults):\n")
+	fmt.Fprintf(stdout, "  polling every 5 min:                 %.1f\n", r.PollPerHourAtDefault)
+	fmt.Fprintf(stdout, "  notifications, backstop every 30 min: %.1f (%.1f× fewer)\n", r.NotifyPerHourAtDefault, r.RequestRatio)
+	return nil
 }

@@ -80,6 +80,7 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		{"sync: licences", readSKUs, "Directory.Read.All"},
 		{"actions on users (create, update, disable, enable, delete, licences)", writeUsers, "User.ReadWrite.All"},
 		{"actions on groups and members", writeGroups, "Group.ReadWrite.All"},
+		{"change notifications (with notify-url: fresher than polling)", readUsers && readGroups, "User.Read.All and Group.Read.All"},
 		{"reset_password", writeUsers && userAdmin, "the User Administrator directory role (Entra ID → Roles and administrators → User Administrator → add the app)"},
 	}
 	syncOK := readUsers && readGroups && readSKUs
@@ -201,6 +202,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				ind.UsersTotal, ind.UsersEnabled, ind.UsersLicensed, ind.GroupsTotal, ind.LicensesConsumed, ind.LicensesTotal)
 		}
 		fmt.Fprintf(stdout, "  credentials: %s\n", st.Credential)
+		if n := st.Sync.Notify; n != nil {
+			fmt.Fprintf(stdout, "  notifications: %s\n", notifyLine(n, time.Now()))
+		}
 		if st.NextSync != nil {
 			fmt.Fprintf(stdout, "  next sync:   %s\n", st.NextSync.Format(time.RFC3339))
 		}
@@ -230,4 +234,25 @@ func progressLine(p handlers.SyncProgress, now time.Time) string {
 		line += fmt.Sprintf(" (no news for %s: its worker may have died; the round runs again after the lock expires)", now.Sub(p.UpdatedAt).Round(time.Second))
 	}
 	return line
+}
+
+// notifyLine says how an instance's change notifications are doing.
+func notifyLine(n *handlers.NotifyState, now time.Time) string {
+	switch {
+	case n.Error != "":
+		return "✗ " + n.Error + " (polling at the normal interval)"
+	case n.Doubt != "":
+		return "? " + n.Doubt + " (polling at the normal interval)"
+	case !n.Healthy(now):
+		return "✗ no live subscription yet (polling at the normal interval)"
+	}
+	until := n.Users.Expires
+	if n.Groups.Expires.Before(until) {
+		until = n.Groups.Expires
+	}
+	line := fmt.Sprintf("✓ users and groups subscribed until %s", until.Format(time.RFC3339))
+	if !n.NotifiedAt.IsZero() {
+		line += fmt.Sprintf("; last notification %s ago", now.Sub(n.NotifiedAt).Round(time.Second))
+	}
+	return line + "; scheduled ticks are the backstop"
 }

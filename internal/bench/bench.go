@@ -37,6 +37,8 @@ type Options struct {
 	Sim graphsim.Options
 	// Log receives progress lines (nil: discarded).
 	Log io.Writer
+	// WorkerArgs are added to every worker's command line.
+	WorkerArgs []string
 }
 
 // Env is JetStream and the simulator in this process, workers as child
@@ -133,8 +135,14 @@ func (e *Env) Close() {
 // AddInstance configures the simulator's tenant as an instance (secret
 // sealed to the pool key, no schedule to speak of).
 func (e *Env) AddInstance(ctx context.Context, id string) error {
+	return e.AddTenant(ctx, id, e.Cred, 24*time.Hour)
+}
+
+// AddTenant configures one of the simulator's tenants as an instance that
+// syncs every interval.
+func (e *Env) AddTenant(ctx context.Context, id string, cred graphsim.Credential, interval time.Duration) error {
 	pub, _ := e.poolKey.PublicKey()
-	secret, err := jobs.SealFor([]byte(e.Cred.ClientSecret), pub, jobs.InstanceBinding(id, worker.FieldClientSecret, e.Cred.TenantID, e.Cred.ClientID))
+	secret, err := jobs.SealFor([]byte(cred.ClientSecret), pub, jobs.InstanceBinding(id, worker.FieldClientSecret, cred.TenantID, cred.ClientID))
 	if err != nil {
 		return err
 	}
@@ -142,8 +150,8 @@ func (e *Env) AddInstance(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	_, err = store.Put(ctx, worker.Instance{ID: id, TenantID: e.Cred.TenantID, ClientID: e.Cred.ClientID, ClientSecret: secret,
-		Authority: e.Cred.Authority, GraphRoot: e.Cred.GraphRoot, CAPEM: string(e.Sim.CAPEM()), SyncInterval: worker.Duration(24 * time.Hour)})
+	_, err = store.Put(ctx, worker.Instance{ID: id, TenantID: cred.TenantID, ClientID: cred.ClientID, ClientSecret: secret,
+		Authority: cred.Authority, GraphRoot: cred.GraphRoot, CAPEM: string(e.Sim.CAPEM()), SyncInterval: worker.Duration(interval)})
 	return err
 }
 
@@ -159,6 +167,7 @@ func (e *Env) StartWorkers(ctx context.Context, n, concurrency int) error {
 		if concurrency > 0 {
 			args = append(args, "--concurrency", strconv.Itoa(concurrency))
 		}
+		args = append(args, e.o.WorkerArgs...)
 		cmd := exec.Command(e.o.Binary, args...)
 		cmd.Stdout, cmd.Stderr = e.o.Log, e.o.Log
 		if err := cmd.Start(); err != nil {
