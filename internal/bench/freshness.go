@@ -63,8 +63,8 @@ type FreshnessRun struct {
 
 // FreshnessResult is the benchmark's outcome.
 type FreshnessResult struct {
-	Instances int           `json:"instances"`
-	Users     int           `json:"users"`
+	Instances int            `json:"instances"`
+	Users     int            `json:"users"`
 	Runs      []FreshnessRun `json:"runs"`
 	// PollInterval and Backstop of the measured runs; the per-hour figures
 	// at the defaults (5 min polling, 30 min backstop) follow from them.
