@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
@@ -62,6 +63,14 @@ func (c NotifyConfig) withDefaults() NotifyConfig {
 	return c
 }
 
+// SubscriptionStats count what the pool's rounds did with subscriptions.
+type SubscriptionStats struct {
+	Created, Renewed, Failed, BackstopSkips atomic.Int64
+}
+
+// SubscriptionStats are the syncer's subscription counters (for /metrics).
+func (s *Syncer) SubscriptionStats() *SubscriptionStats { return &s.subStats }
+
 // subscriptionLifetime is what a subscription is created or renewed for:
 // Graph's limit less an hour, so clocks that disagree a little never make
 // Graph refuse it.
@@ -110,6 +119,7 @@ func (s *Syncer) backstopSkip(j *worker.Job, meta SyncMeta, now time.Time) *jobs
 	if age >= n.Backstop {
 		return nil
 	}
+	s.subStats.BackstopSkips.Add(1)
 	return &jobs.SyncReport{Outcome: jobs.OutcomeSkipped, Error: &jobs.Error{Code: CodeBackstopNotDue,
 		Message: fmt.Sprintf("change notifications are healthy and the last round ran %s ago; the backstop round runs every %s", age.Round(time.Second), n.Backstop)}}
 }
@@ -156,6 +166,7 @@ func (r *round) ensureSubscriptions(c *graphclient.Client, n *NotifyState) {
 		st       **SubscriptionState
 	}{{"/users", &n.Users}, {"/groups", &n.Groups}} {
 		if err := r.ensureOne(c, cfg, sub.resource, sub.st, n.Doubt != "", now); err != nil {
+			r.s.subStats.Failed.Add(1)
 			n.Error = err.Error()
 			r.log.Warn("sync: change notifications unavailable; polling at the normal interval", "resource", sub.resource, "error", err)
 			return
@@ -173,6 +184,7 @@ func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource stri
 	if s.live(now) {
 		got, err := c.RenewSubscription(r.ctx, s.ID, now.Add(subscriptionLifetime))
 		if err == nil {
+			r.s.subStats.Renewed.Add(1)
 			*st = &SubscriptionState{ID: got.ID, Expires: got.ExpirationDateTime, RenewedAt: now}
 			if got.ID == "" {
 				(*st).ID = s.ID
@@ -194,6 +206,7 @@ func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource stri
 		}
 		return fmt.Errorf("create the %s subscription: %w", resource, err)
 	}
+	r.s.subStats.Created.Add(1)
 	*st = &SubscriptionState{ID: got.ID, Expires: got.ExpirationDateTime, RenewedAt: now}
 	return nil
 }

@@ -45,9 +45,10 @@ type SyncConfig struct {
 
 // Syncer runs sync jobs.
 type Syncer struct {
-	cfg   SyncConfig
-	pub   *publisher.Publisher
-	subjs jobs.Subjects
+	cfg      SyncConfig
+	pub      *publisher.Publisher
+	subjs    jobs.Subjects
+	subStats SubscriptionStats
 }
 
 // NewSyncer returns the sync handler publishing through js.

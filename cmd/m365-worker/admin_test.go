@@ -289,7 +289,8 @@ func TestOperatorCommands(t *testing.T) {
 	metrics, _ := io.ReadAll(r3.Body)
 	r3.Body.Close()
 	for _, want := range []string{`m365_jobs_total{action="microsoft-365.assign_license",outcome="failed"} 1`, `m365_jobs_total{action="sync",outcome="succeeded"}`,
-		`m365_graph_requests_total{instance="acme"}`, `m365_graph_resource_units_total{instance="acme"}`, "m365_consumer_pending", "m365_jobs_in_flight"} {
+		`m365_graph_requests_total{instance="acme"}`, `m365_graph_resource_units_total{instance="acme"}`, "m365_consumer_pending", "m365_jobs_in_flight",
+		"m365_subscriptions_renewed_total 0", "m365_backstop_skips_total 0"} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %s:\n%s", want, metrics)
 		}

@@ -113,8 +113,14 @@ func cmdBenchFreshness(ctx context.Context, bin string, rest []string, stdout, s
 		fmt.Fprintf(stdout, "%-32s change to asset delta p50 %s, p99 %s, max %s (%d of %d changes seen)\n", run.Name+":",
 			run.P50.Round(time.Millisecond), run.P99.Round(time.Millisecond), run.Max.Round(time.Millisecond), run.Seen, run.Changes)
 	}
-	fmt.Fprintf(stdout, "Graph requests per instance and hour, tenants that do not change (scaled to the defaults):\n")
-	fmt.Fprintf(stdout, "  polling every 5 min:                 %.1f\n", r.PollPerHourAtDefault)
-	fmt.Fprintf(stdout, "  notifications, backstop every 30 min: %.1f (%.1f× fewer)\n", r.NotifyPerHourAtDefault, r.RequestRatio)
+	for _, run := range r.Runs {
+		if run.QuietRounds+run.QuietSkips > 0 {
+			fmt.Fprintf(stdout, "quiet tenants, %s: %d Graph requests in %d scheduled rounds (%.1f a round), %d ticks closed as not due\n",
+				run.Name, run.QuietRequests, run.QuietRounds, run.RequestsPerRound, run.QuietSkips)
+		}
+	}
+	fmt.Fprintf(stdout, "Graph requests per instance and hour, tenants that do not change, at the defaults:\n")
+	fmt.Fprintf(stdout, "  polling every 5 min (12 rounds):                  %.1f\n", r.PollPerHourAtDefault)
+	fmt.Fprintf(stdout, "  notifications, backstop every 30 min (2 rounds):  %.1f (%.1f× fewer)\n", r.NotifyPerHourAtDefault, r.RequestRatio)
 	return nil
 }

@@ -416,7 +416,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	if err != nil {
 		return err
 	}
-	obs := worker.NewObserver(w, js.Conn(), graphMetrics(graph))
+	obs := worker.NewObserver(w, js.Conn(), graphMetrics(graph), subscriptionMetrics(syncer.SubscriptionStats()))
 	svc, err := obs.Micro(version)
 	if err != nil {
 		return fmt.Errorf("register the NATS micro service: %w", err)
@@ -490,6 +490,18 @@ func graphMetrics(p *graphclient.Pool) worker.MetricsSource {
 				worker.Metric{Name: "m365_graph_latency_seconds_total", Help: "Time spent in Graph requests.", Type: "counter", Labels: l, Value: s.Latency.Seconds()})
 		}
 		return ms
+	}
+}
+
+// subscriptionMetrics are the change-notification subscriptions' counters.
+func subscriptionMetrics(s *handlers.SubscriptionStats) worker.MetricsSource {
+	return func() []worker.Metric {
+		return []worker.Metric{
+			{Name: "m365_subscriptions_created_total", Help: "Change-notification subscriptions created.", Type: "counter", Value: float64(s.Created.Load())},
+			{Name: "m365_subscriptions_renewed_total", Help: "Change-notification subscriptions renewed (or reauthorized).", Type: "counter", Value: float64(s.Renewed.Load())},
+			{Name: "m365_subscriptions_failures_total", Help: "Subscription creations or renewals that failed (the instance is polled meanwhile).", Type: "counter", Value: float64(s.Failed.Load())},
+			{Name: "m365_backstop_skips_total", Help: "Scheduled ticks closed because notifications keep the instance fresh.", Type: "counter", Value: float64(s.BackstopSkips.Load())},
+		}
 	}
 }
 

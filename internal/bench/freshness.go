@@ -55,10 +55,12 @@ type FreshnessRun struct {
 	P99MS         int64         `json:"p99_ms"`
 	MaxMS         int64         `json:"max_ms"`
 	// QuietRequests are the Graph requests of all instances during the
-	// quiet window, QuietPerHour per instance and hour at the run's own
-	// intervals.
-	QuietRequests int64   `json:"quiet_graph_requests"`
-	QuietPerHour  float64 `json:"quiet_requests_per_instance_hour"`
+	// quiet window, in QuietRounds scheduled rounds (QuietSkips ticks were
+	// closed as backstop_not_due); RequestsPerRound follows.
+	QuietRequests    int64   `json:"quiet_graph_requests"`
+	QuietRounds      int     `json:"quiet_rounds"`
+	QuietSkips       int     `json:"quiet_skipped_ticks"`
+	RequestsPerRound float64 `json:"requests_per_round"`
 }
 
 // FreshnessResult is the benchmark's outcome.
@@ -67,7 +69,8 @@ type FreshnessResult struct {
 	Users     int            `json:"users"`
 	Runs      []FreshnessRun `json:"runs"`
 	// PollInterval and Backstop of the measured runs; the per-hour figures
-	// at the defaults (5 min polling, 30 min backstop) follow from them.
+	// at the defaults are the measured requests per round times the rounds
+	// an hour has at 5 min (polling) and at 30 min (the backstop).
 	PollInterval, Backstop time.Duration `json:"-"`
 	PollPerHourAtDefault   float64       `json:"poll_requests_per_instance_hour_at_5m"`
 	NotifyPerHourAtDefault float64       `json:"notify_requests_per_instance_hour_at_30m_backstop"`
@@ -107,11 +110,11 @@ func RunFreshness(ctx context.Context, o FreshnessOptions) (*FreshnessResult, er
 		run.Name = m.name
 		res.Runs = append(res.Runs, *run)
 	}
-	// Per instance and hour at the defaults: the measured rates scaled from
-	// the runs' intervals to 5 min (polling) and 30 min (backstop).
-	scale := float64(o.PollInterval) / float64(5*time.Minute)
-	res.PollPerHourAtDefault = res.Runs[2].QuietPerHour * scale
-	res.NotifyPerHourAtDefault = res.Runs[0].QuietPerHour * scale
+	// Per instance and hour at the defaults: a quiet tenant's round costs
+	// what was measured; polling runs 12 an hour, the backstop 2 (skipped
+	// ticks cost no request: see QuietRequests against QuietRounds).
+	res.PollPerHourAtDefault = res.Runs[2].RequestsPerRound * 12
+	res.NotifyPerHourAtDefault = res.Runs[0].RequestsPerRound * 2
 	if res.NotifyPerHourAtDefault > 0 {
 		res.RequestRatio = res.PollPerHourAtDefault / res.NotifyPerHourAtDefault
 	}
@@ -184,12 +187,15 @@ func freshnessRun(ctx context.Context, o FreshnessOptions, withNotify bool, late
 	// Quiet: the request rate of tenants that do not change.
 	run := &FreshnessRun{}
 	if quiet > 0 {
-		q0 := e.Sim.Requests.Load()
+		q0, t0 := e.Sim.Requests.Load(), time.Now()
 		if err := sleepCtx(ctx, quiet); err != nil {
 			return nil, err
 		}
 		run.QuietRequests = e.Sim.Requests.Load() - q0
-		run.QuietPerHour = float64(run.QuietRequests) / float64(o.Instances) * float64(time.Hour) / float64(quiet)
+		if run.QuietRounds, run.QuietSkips, err = scheduledRounds(ctx, e.JS, t0, time.Now()); err != nil {
+			return nil, err
+		}
+		run.RequestsPerRound = float64(run.QuietRequests) / float64(max(run.QuietRounds, 1))
 	}
 
 	// Changes: a user created in a random instance, one at a time at random
@@ -233,6 +239,38 @@ func freshnessRun(ctx context.Context, o FreshnessOptions, withNotify bool, late
 		run.P50MS, run.P99MS, run.MaxMS = run.P50.Milliseconds(), run.P99.Milliseconds(), run.Max.Milliseconds()
 	}
 	return run, nil
+}
+
+// scheduledRounds counts the scheduled rounds that ran, and the ticks
+// closed as not due, between from and to.
+func scheduledRounds(ctx context.Context, js jetstream.JetStream, from, to time.Time) (rounds, skips int, err error) {
+	c, err := js.OrderedConsumer(ctx, "M365_RESULTS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"m365.results.*.syncs"}})
+	if err != nil {
+		return 0, 0, err
+	}
+	for {
+		b, err := c.Fetch(500, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return 0, 0, err
+		}
+		n := 0
+		for m := range b.Messages() {
+			n++
+			var r jobs.SyncReport
+			if json.Unmarshal(m.Data(), &r) != nil || r.Trigger != jobs.TriggerSchedule || r.FinishedAt.Before(from) || r.FinishedAt.After(to) {
+				continue
+			}
+			switch r.Outcome {
+			case jobs.OutcomeSucceeded:
+				rounds++
+			case jobs.OutcomeSkipped:
+				skips++
+			}
+		}
+		if n == 0 {
+			return rounds, skips, nil
+		}
+	}
 }
 
 func instanceName(i int) string { return fmt.Sprintf("t%03d", i) }
