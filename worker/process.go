@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/slot"
 	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 )
@@ -328,7 +329,13 @@ func (w *Worker) runHandler(d *delivery, j *Job) (out any, err error) {
 		}
 	}()
 	d.log.Debug("worker: handling job")
-	return d.handler.Func(d.ctx, j)
+	ctx := d.ctx
+	if w.gate != nil {
+		js := &jobSlot{g: w.gate}
+		defer js.finish()
+		ctx = slot.With(ctx, js) // waits on Graph hold no run slot
+	}
+	return d.handler.Func(ctx, j)
 }
 
 // fallbackJobID names a job whose envelope cannot be read: its Nats-Msg-Id,
