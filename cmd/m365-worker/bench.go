@@ -14,7 +14,7 @@ import (
 // the simulator in this process, the workers as child processes of this
 // binary.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness [flags]\n", stderr)
+	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness|tenants [flags]\n", stderr)
 	if err != nil {
 		return err
 	}
@@ -27,6 +27,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdBenchChaos(ctx, rest, stdout, stderr)
 	case "freshness":
 		return cmdBenchFreshness(ctx, bin, rest, stdout, stderr)
+	case "tenants":
+		return cmdBenchTenants(ctx, bin, rest, stdout, stderr)
 	case "sync":
 		fs := newFlagSet("bench sync", "Measure, in one run against the built-in Graph simulator (realistic latency, GRAPH.md §12;\nthrottling on): a full first round of a tenant, a plain sequential delta walk through\nthe SDK's page iterator, an incremental round after some objects changed, and the\nworker process's peak RSS (JetStream and the simulator run in this process).", stderr)
 		users := fs.Int("users", 100000, "users in the tenant")
@@ -81,7 +83,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "throttled:        %d of %d Graph requests (%.2f %%)\n", r.Throttled, r.Requests, r.ThrottledPercent)
 		return nil
 	}
-	return usageError{fmt.Errorf("unknown bench command %q (want sync, actions, chaos or freshness)", sub)}
+	return usageError{fmt.Errorf("unknown bench command %q (want sync, actions, chaos, freshness or tenants)", sub)}
 }
 
 func cmdBenchFreshness(ctx context.Context, bin string, rest []string, stdout, stderr io.Writer) error {
@@ -122,5 +124,38 @@ func cmdBenchFreshness(ctx context.Context, bin string, rest []string, stdout, s
 	fmt.Fprintf(stdout, "Graph requests per instance and hour, tenants that do not change, at the defaults:\n")
 	fmt.Fprintf(stdout, "  polling every 5 min (12 rounds):                  %.1f\n", r.PollPerHourAtDefault)
 	fmt.Fprintf(stdout, "  notifications, backstop every 30 min (2 rounds):  %.1f (%.1f× fewer)\n", r.NotifyPerHourAtDefault, r.RequestRatio)
+	return nil
+}
+
+func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench tenants", "Many small simulated tenants, every instance on its schedule (realistic Graph latency): each tick\n"+
+		"followed from the jobs stream to its sync report. Prints tick-to-report latency, ticks reported and lost,\n"+
+		"the consumer's backlog over the run, syncs per second, Graph requests, worker CPU and peak RSS.", stderr)
+	instances := fs.Int("instances", 2000, "instances (one simulated tenant each)")
+	users := fs.Int("users", 50, "users per tenant")
+	workers := fs.Int("workers", 1, "worker processes")
+	interval := fs.Duration("interval", time.Minute, "every instance's sync interval")
+	duration := fs.Duration("duration", 3*time.Minute, "the measured window, after one interval of warm-up")
+	noLatency := fs.Bool("no-latency", false, "turn the simulator's realistic latency off")
+	output := fs.String("o", "text", "output: text or json")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	r, err := bench.RunTenants(ctx, bench.TenantsOptions{Binary: bin, Instances: *instances, Users: *users, Workers: *workers,
+		Interval: *interval, Duration: *duration, NoLatency: *noLatency, Log: stderr})
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		return printJSON(stdout, r)
+	}
+	fmt.Fprintf(stdout, "%d instances of %d users, every %s, %d workers, latency %s, window %s\n", r.Instances, r.Users, r.Interval, r.Workers, r.Latency, r.Duration)
+	fmt.Fprintf(stdout, "ticks:              %d in the window, %d reported (%d of them skipped), %d never reported\n", r.Ticks, r.Reported, r.Skipped, r.Lost)
+	fmt.Fprintf(stdout, "tick to report:     p50 %s, p99 %s, max %s\n", r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
+	fmt.Fprintf(stdout, "backlog (every 5s): %v\n", r.Backlog)
+	fmt.Fprintf(stdout, "syncs per second:   %.1f\n", r.SyncsPerSecond)
+	fmt.Fprintf(stdout, "Graph requests:     %d (%d throttled)\n", r.Requests, r.Throttled)
+	fmt.Fprintf(stdout, "worker CPU:         %s in %s (%.0f %% of one core); peak RSS %.0f MB\n", r.WorkerCPU.Round(time.Millisecond), r.Duration,
+		100*r.WorkerCPU.Seconds()/r.Duration.Seconds(), float64(r.WorkerPeakRSS)/(1<<20))
 	return nil
 }

@@ -1,0 +1,218 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/jobs"
+)
+
+// TenantsOptions configure the many-tenants benchmark: every instance on
+// its schedule, each tick followed from the jobs stream to its sync report.
+type TenantsOptions struct {
+	Binary string
+	// Instances small tenants of Users users each (Users/10 groups).
+	Instances, Users int
+	Workers          int
+	// Interval of every instance's schedule; Duration of the measurement
+	// (after one interval of warm-up, in which every instance's first full
+	// round runs).
+	Interval, Duration time.Duration
+	// NoLatency turns the simulator's realistic latency off.
+	NoLatency bool
+	Log       io.Writer
+}
+
+// TenantsResult is the benchmark's outcome.
+type TenantsResult struct {
+	Instances, Users, Workers int
+	Interval, Duration        time.Duration
+	Latency                   string
+	// Ticks produced in the window, Reported those with a sync report
+	// (Skipped of them closed as skipped), Lost the rest.
+	Ticks, Reported, Skipped, Lost int
+	// P50, P99, Max: tick (stored in the jobs stream) to its sync report.
+	P50, P99, Max time.Duration
+	// Backlog samples of the pool consumer's pending jobs, every 5 s.
+	Backlog        []uint64
+	SyncsPerSecond float64
+	Requests       int64
+	Throttled      int64
+	WorkerCPU      time.Duration
+	WorkerPeakRSS  int64
+}
+
+// RunTenants runs the benchmark.
+func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	sim := graphsim.Options{Tenants: o.Instances, Users: o.Users, Groups: max(1, o.Users/10), Seed: 31, Latency: graphsim.RealisticLatency}
+	profile := "GRAPH.md §12 (realistic)"
+	if o.NoLatency {
+		sim.Latency, profile = graphsim.Latency{}, "none"
+	}
+	e, err := Start(Options{Binary: o.Binary, Sim: sim, Log: o.Log})
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	res := &TenantsResult{Instances: o.Instances, Users: o.Users, Workers: o.Workers, Interval: o.Interval, Duration: o.Duration, Latency: profile}
+	if err := e.StartWorkers(ctx, o.Workers, 0); err != nil {
+		return nil, err
+	}
+	creds := e.Sim.Credentials()
+	for i := range o.Instances {
+		if err := e.AddTenant(ctx, instanceName(i), creds[i], o.Interval); err != nil {
+			return nil, err
+		}
+	}
+	fmt.Fprintf(o.Log, "tenants: %d instances scheduled every %s; warming up for one interval\n", o.Instances, o.Interval)
+	tr, stop, err := trackTicks(ctx, e.JS)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	if err := sleepCtx(ctx, o.Interval+5*time.Second); err != nil {
+		return nil, err
+	}
+	cons, err := e.JS.Consumer(ctx, e.Topo.JobsStream(), e.Topo.ConsumerName(jobs.DefaultPool))
+	if err != nil {
+		return nil, err
+	}
+	from := time.Now()
+	req0, thr0 := e.Sim.Requests.Load(), e.Sim.Throttled.Load()
+	cpu0 := workersCPU(e)
+	for end := from.Add(o.Duration); time.Now().Before(end); {
+		if info, err := cons.Info(ctx); err == nil {
+			res.Backlog = append(res.Backlog, info.NumPending)
+		}
+		if err := sleepCtx(ctx, 5*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	to := time.Now()
+	res.Requests, res.Throttled = e.Sim.Requests.Load()-req0, e.Sim.Throttled.Load()-thr0
+	res.WorkerCPU = workersCPU(e) - cpu0
+	// Ticks of the window get until one more interval to be reported.
+	if err := sleepCtx(ctx, o.Interval); err != nil {
+		return nil, err
+	}
+	var lat []time.Duration
+	tr.mu.Lock()
+	for id, t0 := range tr.ticks {
+		if t0.Before(from) || t0.After(to) {
+			continue
+		}
+		res.Ticks++
+		r, ok := tr.reports[id]
+		if !ok {
+			res.Lost++
+			continue
+		}
+		res.Reported++
+		if r.skipped {
+			res.Skipped++
+		}
+		lat = append(lat, r.at.Sub(t0))
+	}
+	tr.mu.Unlock()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		res.P50, res.P99, res.Max = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
+	}
+	res.SyncsPerSecond = float64(res.Reported-res.Skipped) / to.Sub(from).Seconds()
+	for _, w := range e.Workers() {
+		if rss, err := w.PeakRSS(); err == nil {
+			res.WorkerPeakRSS = max(res.WorkerPeakRSS, rss)
+		}
+	}
+	return res, nil
+}
+
+// tickTracker follows ticks in the jobs stream and sync reports.
+type tickTracker struct {
+	mu      sync.Mutex
+	ticks   map[string]time.Time // tick job id → stored at
+	reports map[string]tickReport
+}
+
+type tickReport struct {
+	at      time.Time
+	skipped bool
+}
+
+func trackTicks(ctx context.Context, js jetstream.JetStream) (*tickTracker, func(), error) {
+	tr := &tickTracker{ticks: map[string]time.Time{}, reports: map[string]tickReport{}}
+	jc, err := js.OrderedConsumer(ctx, "M365_JOBS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"m365.jobs.*.*.sync"}, DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		return nil, nil, err
+	}
+	c1, err := jc.Consume(func(m jetstream.Msg) {
+		meta, err := m.Metadata()
+		if err != nil || m.Headers().Get("Nats-Scheduler") == "" {
+			return
+		}
+		var j jobs.Job
+		if json.Unmarshal(m.Data(), &j) != nil {
+			return
+		}
+		tr.mu.Lock()
+		tr.ticks[j.ID+"@"+strconv.FormatUint(meta.Sequence.Stream, 10)] = meta.Timestamp
+		tr.mu.Unlock()
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	rc, err := js.OrderedConsumer(ctx, "M365_RESULTS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"m365.results.*.syncs"}, DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		c1.Stop()
+		return nil, nil, err
+	}
+	c2, err := rc.Consume(func(m jetstream.Msg) {
+		var r jobs.SyncReport
+		if json.Unmarshal(m.Data(), &r) != nil || !strings.Contains(r.JobID, "@") {
+			return
+		}
+		tr.mu.Lock()
+		if _, seen := tr.reports[r.JobID]; !seen {
+			tr.reports[r.JobID] = tickReport{at: time.Now(), skipped: r.Outcome == jobs.OutcomeSkipped}
+		}
+		tr.mu.Unlock()
+	})
+	if err != nil {
+		c1.Stop()
+		return nil, nil, err
+	}
+	return tr, func() { c1.Stop(); c2.Stop() }, nil
+}
+
+// workersCPU is the CPU time the worker processes used so far (Linux).
+func workersCPU(e *Env) time.Duration {
+	var total time.Duration
+	for _, w := range e.Workers() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", w.cmd.Process.Pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which may hold spaces).
+		f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:])
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			s, _ := strconv.ParseInt(f[12], 10, 64)
+			total += time.Duration(u+s) * time.Second / 100 // clock ticks (USER_HZ 100)
+		}
+	}
+	return total
+}
