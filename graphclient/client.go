@@ -125,6 +125,11 @@ type Pool struct {
 	mu      sync.Mutex
 	apps    map[string]*pacer // by client id
 	clients map[string]*Client
+	// networks are the HTTP transports (connection pools) by TLS roots and
+	// proxy: instances that reach Graph the same way share one, so a pool
+	// of thousands of instances keeps a few connection pools, not
+	// thousands.
+	networks map[string]*http.Transport
 }
 
 // NewPool returns an empty pool.
@@ -159,7 +164,7 @@ func NewPool(cfg PoolConfig) *Pool {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pool{cfg: cfg, apps: map[string]*pacer{}, clients: map[string]*Client{}}
+	return &Pool{cfg: cfg, apps: map[string]*pacer{}, clients: map[string]*Client{}, networks: map[string]*http.Transport{}}
 }
 
 // Client is a paced Graph client for one instance.
@@ -204,12 +209,28 @@ func (p *Pool) Client(cfg Config) (*Client, error) {
 		app = newAppPacer(p.cfg.Workers(), p.cfg.TimeScale)
 		p.apps[cfg.ClientID] = app
 	}
-	c, err := newClient(cfg, fp, app, p.cfg)
+	nk := networkKey(cfg)
+	network := p.networks[nk]
+	if network == nil {
+		var err error
+		if network, err = baseTransport(cfg); err != nil {
+			return nil, err
+		}
+		p.networks[nk] = network
+	}
+	c, err := newClient(cfg, fp, app, network, p.cfg)
 	if err != nil {
 		return nil, err
 	}
 	p.clients[key] = c
 	return c, nil
+}
+
+// networkKey tells apart the ways of reaching Graph: the extra TLS roots
+// and the proxy (with its credentials).
+func networkKey(cfg Config) string {
+	h := sha256.Sum256(cfg.CAPEM)
+	return cfg.HTTPProxy + "\x00" + hex.EncodeToString(h[:])
 }
 
 // checkOverrides refuses a Config that sets endpoint overrides unless the
@@ -256,7 +277,7 @@ func (p *Pool) Forget(instance string) {
 	p.mu.Unlock()
 }
 
-func newClient(cfg Config, fp string, app *pacer, pc PoolConfig) (*Client, error) {
+func newClient(cfg Config, fp string, app *pacer, network *http.Transport, pc PoolConfig) (*Client, error) {
 	cl, err := LookupCloud(cfg.Cloud)
 	if err != nil {
 		return nil, err
@@ -271,10 +292,6 @@ func newClient(cfg Config, fp string, app *pacer, pc PoolConfig) (*Client, error
 	gu, err := url.Parse(graphRoot)
 	if err != nil || gu.Scheme != "https" || gu.Host == "" {
 		return nil, fmt.Errorf("graph root %q must be an https URL", graphRoot)
-	}
-	network, err := baseTransport(cfg)
-	if err != nil {
-		return nil, err
 	}
 	lim := limits{pages: pc.MaxPages, pageBytes: pc.MaxPageBytes, errorBytes: pc.MaxErrorBytes}
 	base := &bodyCap{next: network, lim: lim}
@@ -397,7 +414,8 @@ var sdkInit sync.Mutex
 // baseTransport is the HTTP transport under everything: TLS roots and proxy.
 func baseTransport(cfg Config) (*http.Transport, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.MaxIdleConnsPerHost = 32
+	// Shared by every instance that reaches Graph this way (Pool.networks).
+	t.MaxIdleConns, t.MaxIdleConnsPerHost = 512, 256
 	if len(cfg.CAPEM) > 0 {
 		pool, err := x509.SystemCertPool()
 		if err != nil || pool == nil {

@@ -47,8 +47,9 @@ func addConnFlags(fs *flagSet) *connFlags {
 	}
 }
 
-func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology, error) {
-	opts := []nats.Option{nats.Name("m365-worker cli")}
+// natsOptions are the connection's credentials, inbox prefix and TLS.
+func (c *connFlags) natsOptions(name string) []nats.Option {
+	opts := []nats.Option{nats.Name(name)}
 	if *c.creds != "" {
 		opts = append(opts, nats.UserCredentials(*c.creds))
 	}
@@ -61,7 +62,11 @@ func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology,
 	if *c.tlsCert != "" || *c.tlsKey != "" {
 		opts = append(opts, nats.ClientCert(*c.tlsCert, *c.tlsKey))
 	}
-	nc, err := nats.Connect(*c.url, opts...)
+	return opts
+}
+
+func (c *connFlags) connect() (*nats.Conn, jetstream.JetStream, worker.Topology, error) {
+	nc, err := nats.Connect(*c.url, c.natsOptions("m365-worker cli")...)
 	if err != nil {
 		return nil, nil, worker.Topology{}, fmt.Errorf("connect to NATS at %s: %w (is m365-worker run or a NATS server up? set --nats)", *c.url, err)
 	}

@@ -137,12 +137,13 @@ func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, std
 	interval := fs.Duration("interval", time.Minute, "every instance's sync interval")
 	duration := fs.Duration("duration", 3*time.Minute, "the measured window, after one interval of warm-up")
 	noLatency := fs.Bool("no-latency", false, "turn the simulator's realistic latency off")
+	aligned := fs.Bool("aligned", false, "add every instance at once, so that all of them tick in the same second (default: added over one interval)")
 	output := fs.String("o", "text", "output: text or json")
 	if err := fs.parse(rest); err != nil {
 		return err
 	}
 	r, err := bench.RunTenants(ctx, bench.TenantsOptions{Binary: bin, Instances: *instances, Users: *users, Workers: *workers,
-		Interval: *interval, Duration: *duration, NoLatency: *noLatency, Log: stderr})
+		Interval: *interval, Duration: *duration, NoLatency: *noLatency, Aligned: *aligned, Log: stderr})
 	if err != nil {
 		return err
 	}

@@ -641,6 +641,11 @@ func TestRolesFromConfig(t *testing.T) {
 	if err := tjs.DeleteStream(c2, "M365_FAILURES"); err == nil {
 		t.Error("Tevyra deleted a stream")
 	}
+	c2b, f2b := short()
+	defer f2b()
+	if _, err := tjs.Consumer(c2b, "M365_JOBS", "m365_pool_default"); err == nil {
+		t.Error("Tevyra bound a pool's consumer")
+	}
 	wnc, err := nats.Connect(url("worker-default", "worker-default-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_wdefault"))...)
 	if err != nil {
 		t.Fatal(err)

@@ -151,19 +151,7 @@ func cmdNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // service: reconnecting for ever, and waiting for NATS when it is down at
 // start (triggers published meanwhile are retried, then counted failed).
 func notifyConnect(c *connFlags) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name("m365-worker notify"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true)}
-	if *c.creds != "" {
-		opts = append(opts, nats.UserCredentials(*c.creds))
-	}
-	if *c.inbox != "" {
-		opts = append(opts, nats.CustomInboxPrefix(*c.inbox))
-	}
-	if *c.tlsCA != "" {
-		opts = append(opts, nats.RootCAs(*c.tlsCA))
-	}
-	if *c.tlsCert != "" || *c.tlsKey != "" {
-		opts = append(opts, nats.ClientCert(*c.tlsCert, *c.tlsKey))
-	}
+	opts := append(c.natsOptions("m365-worker notify"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
 	nc, err := nats.Connect(*c.url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", *c.url, err)

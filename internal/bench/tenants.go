@@ -31,7 +31,11 @@ type TenantsOptions struct {
 	Interval, Duration time.Duration
 	// NoLatency turns the simulator's realistic latency off.
 	NoLatency bool
-	Log       io.Writer
+	// Aligned adds every instance at once, so all their ticks fall in the
+	// same second; by default they are added over one interval, as
+	// instances added over time tick at times of their own.
+	Aligned bool
+	Log     io.Writer
 }
 
 // TenantsResult is the benchmark's outcome.
@@ -73,9 +77,15 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 		return nil, err
 	}
 	creds := e.Sim.Credentials()
+	t0 := time.Now()
 	for i := range o.Instances {
 		if err := e.AddTenant(ctx, instanceName(i), creds[i], o.Interval); err != nil {
 			return nil, err
+		}
+		if !o.Aligned {
+			if err := sleepCtx(ctx, time.Until(t0.Add(o.Interval*time.Duration(i+1)/time.Duration(o.Instances)))); err != nil {
+				return nil, err
+			}
 		}
 	}
 	fmt.Fprintf(o.Log, "tenants: %d instances scheduled every %s; warming up for one interval\n", o.Instances, o.Interval)
@@ -84,6 +94,7 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 		return nil, err
 	}
 	defer stop()
+	// Every instance's first (full) round runs in the warm-up.
 	if err := sleepCtx(ctx, o.Interval+5*time.Second); err != nil {
 		return nil, err
 	}

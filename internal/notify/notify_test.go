@@ -157,17 +157,7 @@ func (e *env) stored(subject string) []jetstream.Msg {
 // a timing assertion).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.NewTimer(60 * time.Second)
-	defer deadline.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	workertest.Eventually(t, 60*time.Second, what, cond)
 }
 
 type lockedBuffer struct {
