@@ -31,18 +31,10 @@ func (a *Actions) refresh(ctx context.Context, j *worker.Job, typ string, ch job
 		j.Logger.Warn("action: post-action refresh not published; the next sync will carry the change", "error", err)
 		return
 	}
-	kind := stateKind(typ)
-	old, ok, err := j.State().AssetState(ctx, kind, ch.ID)
-	if err != nil {
-		j.Logger.Warn("action: cannot read the object's sync state; the next full round corrects it", "error", err)
-		return
-	}
-	val := keep(old, ok)
-	if val == nil {
-		return
-	}
-	if err := j.State().WriteAssetStates(ctx, []state.AssetOp{{Kind: kind, ID: ch.ID, Value: val}}, "action:"+j.ID); err != nil {
-		j.Logger.Warn("action: cannot record the refresh in the sync state", "error", err)
+	// Compare-and-set: a round that writes the object's state meanwhile
+	// has counted it, and keep runs again on what the round wrote.
+	if err := j.State().UpdateAssetState(ctx, stateKind(typ), ch.ID, keep); err != nil {
+		j.Logger.Warn("action: cannot record the refresh in the sync state; the next full round corrects it", "error", err)
 	}
 }
 

@@ -193,3 +193,35 @@ func TestLockTakenOverIsLost(t *testing.T) {
 		t.Fatalf("check after the takeover: %v", err)
 	}
 }
+
+// A post-action refresh that read an object's state before a round wrote
+// it does not overwrite the round's state: its update runs again on what
+// the round wrote (else an object the round counted is marked uncounted,
+// and counted twice by the next round).
+func TestUpdateAssetStateDoesNotOverwriteANewerWrite(t *testing.T) {
+	st, kv := open(t)
+	sc := st.For("default", "acme")
+	ctx := context.Background()
+	calls := 0
+	err := sc.UpdateAssetState(ctx, state.AssetUser, "u1", func(old []byte, ok bool) []byte {
+		calls++
+		if calls == 1 {
+			// The round writes the object's state between the refresh's
+			// read and its write.
+			if err := sc.WriteAssetStates(ctx, []state.AssetOp{{Kind: state.AssetUser, ID: "u1", Value: []byte("round")}}, "round-1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return []byte("refresh-after-" + string(old))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "a.default.acme.u.u1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(e.Value()) != "refresh-after-round" || calls != 2 {
+		t.Fatalf("stored %q after %d calls; want the refresh applied to the round's state", e.Value(), calls)
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/retry"
 	"github.com/tevyra/m365-worker/publisher"
 )
 
@@ -65,6 +66,31 @@ func (sc *Scope) assetPrefix(kind string) string { return sc.key(kindAsset, kind
 func (sc *Scope) AssetState(ctx context.Context, kind, id string) ([]byte, bool, error) {
 	b, _, ok, err := sc.s.get(ctx, sc.assetPrefix(kind)+id)
 	return b, ok, err
+}
+
+// UpdateAssetState changes one object's stored state to f(old, ok) (no
+// write when f returns nil) with a compare-and-set: when a round writes
+// the object's state meanwhile, f runs again on what the round wrote. A
+// post-action refresh uses it, so that its state never overwrites a
+// round's newer one (an object counted twice in the indicators).
+func (sc *Scope) UpdateAssetState(ctx context.Context, kind, id string, f func(old []byte, ok bool) []byte) error {
+	key := sc.assetPrefix(kind) + id
+	return retry.Do(ctx, retry.Quick, func() error {
+		old, rev, ok, err := sc.s.get(ctx, key)
+		if err != nil {
+			return err
+		}
+		val := f(old, ok)
+		if val == nil {
+			return nil
+		}
+		if ok {
+			_, err = sc.s.kv.Update(ctx, key, val, rev)
+		} else {
+			_, err = sc.s.kv.Create(ctx, key, val)
+		}
+		return err // a concurrent write: read again
+	})
 }
 
 // AssetIDs lists the ids of one kind of synced object.
