@@ -14,7 +14,7 @@ import (
 // the simulator in this process, the workers as child processes of this
 // binary.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness|tenants [flags]\n", stderr)
+	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness|tenants|overhead [flags]\n", stderr)
 	if err != nil {
 		return err
 	}
@@ -29,6 +29,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdBenchFreshness(ctx, bin, rest, stdout, stderr)
 	case "tenants":
 		return cmdBenchTenants(ctx, bin, rest, stdout, stderr)
+	case "overhead":
+		return cmdBenchOverhead(ctx, bin, rest, stdout, stderr)
 	case "sync":
 		fs := newFlagSet("bench sync", "Measure, in one run against the built-in Graph simulator (realistic latency, GRAPH.md §12;\nthrottling on): a full first round of a tenant, a plain sequential delta walk through\nthe SDK's page iterator, an incremental round after some objects changed, and the\nworker process's peak RSS (JetStream and the simulator run in this process).", stderr)
 		users := fs.Int("users", 100000, "users in the tenant")
@@ -83,7 +85,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "throttled:        %d of %d Graph requests (%.2f %%)\n", r.Throttled, r.Requests, r.ThrottledPercent)
 		return nil
 	}
-	return usageError{fmt.Errorf("unknown bench command %q (want sync, actions, chaos, freshness or tenants)", sub)}
+	return usageError{fmt.Errorf("unknown bench command %q (want sync, actions, chaos, freshness, tenants or overhead)", sub)}
 }
 
 func cmdBenchFreshness(ctx context.Context, bin string, rest []string, stdout, stderr io.Writer) error {
@@ -158,5 +160,30 @@ func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, std
 	fmt.Fprintf(stdout, "Graph requests:     %d (%d throttled)\n", r.Requests, r.Throttled)
 	fmt.Fprintf(stdout, "worker CPU:         %s in %s (%.0f %% of one core); peak RSS %.0f MB\n", r.WorkerCPU.Round(time.Millisecond), r.Duration,
 		100*r.WorkerCPU.Seconds()/r.Duration.Seconds(), float64(r.WorkerPeakRSS)/(1<<20))
+	return nil
+}
+
+func cmdBenchOverhead(ctx context.Context, bin string, rest []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench overhead", "What the pool costs on top of the Graph calls: update_user jobs through one worker process against\n"+
+		"the same Graph calls made directly with graphclient, and against JetStream alone (publish, consume,\n"+
+		"ack) on the same server. The simulator runs with no latency and no throttling.", stderr)
+	n := fs.Int("jobs", 500, "jobs (and direct call sets, and raw messages); past a few hundred the client-side pacing of the tenant's write budget bounds both ways")
+	users := fs.Int("users", 1000, "users in the tenant")
+	conc := fs.Int("concurrency", 64, "goroutines making the direct calls")
+	output := fs.String("o", "text", "output: text or json")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	r, err := bench.RunOverhead(ctx, bench.OverheadOptions{Binary: bin, Jobs: *n, Users: *users, Concurrency: *conc, Log: stderr})
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		return printJSON(stdout, r)
+	}
+	fmt.Fprintf(stdout, "%d update_user jobs, %.1f Graph requests each; simulator without latency or throttling\n", r.Jobs, r.RequestsPerJob)
+	fmt.Fprintf(stdout, "through the pool (1 worker):  %.0f jobs/s\n", r.PoolPerSec)
+	fmt.Fprintf(stdout, "the same calls, direct:        %.0f jobs/s  (pool = %.2f of direct)\n", r.DirectPerSec, r.PoolOfDirect)
+	fmt.Fprintf(stdout, "JetStream alone:               %.0f msgs/s (pool = %.2f of it)\n", r.JetStreamPerSec, r.PoolOfJetStream)
 	return nil
 }

@@ -39,6 +39,7 @@ var reference = []struct {
 	{[]string{"bench", "sync"}, "m365-worker bench sync                           # 100,000 users / 10,000 groups, realistic latency\nm365-worker bench sync --users 20000 --skip-baseline -o json"},
 	{[]string{"bench", "actions"}, "m365-worker bench actions --workers 3"},
 	{[]string{"bench", "tenants"}, "m365-worker bench tenants --instances 2000 --workers 1 --interval 1m --duration 3m"},
+	{[]string{"bench", "overhead"}, "m365-worker bench overhead --jobs 500"},
 	{[]string{"bench", "freshness"}, "m365-worker bench freshness --instances 20 --notify-latency 5s   # notifications vs polling: latency and Graph requests"},
 	{[]string{"bench", "chaos"}, "m365-worker bench chaos --jobs 5000 --kills 10   # real nats-server and workers, kill -9, Graph faults; exit 1 on a mismatch"},
 }
