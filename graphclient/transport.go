@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-
-	"github.com/tevyra/m365-worker/internal/slot"
 )
 
 // Counters count one client's Graph traffic.
@@ -78,9 +76,6 @@ func throttledErr(wait time.Duration, why string) *Error {
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
-	// Waiting on Graph (pacing, the network, throttled retries) holds no
-	// worker run slot.
-	defer slot.Park(ctx)()
 	var body []byte
 	if req.Body != nil && req.Body != http.NoBody {
 		b, err := io.ReadAll(req.Body)

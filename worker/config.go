@@ -23,23 +23,16 @@ type Config struct {
 	// ID names this worker in results, failure records and the live-worker
 	// registry. Default: <hostname>-<random>.
 	ID string
-	// Concurrency is the number of jobs that compute at once (run slots).
-	// Default 16. A job waiting on Graph (pacing, the network, a throttled
-	// retry) or for its target's turn gives its slot up meanwhile, so a
-	// worker's throughput is bound by its CPU, not by how long Graph
-	// takes. Jobs are fetched only when a slot is free, so none wait in a
-	// buffer while their ack timer runs.
+	// Concurrency is the number of jobs handled at once. Default 16. Jobs
+	// are fetched only when a slot is free, so none wait in a buffer while
+	// their ack timer runs.
 	Concurrency int
-	// MaxInFlight bounds the jobs a worker holds at once: computing,
-	// waiting on Graph or for their turn. Default 16 × Concurrency, at most
-	// the consumer's MaxAckPending (1000).
-	MaxInFlight int
-	// InstanceShare bounds the jobs of one instance a worker holds at once,
-	// so that one tenant's burst cannot take everything the worker holds
-	// while other tenants' jobs wait: a job beyond it is given back for
-	// half a second without using an attempt. Default MaxInFlight (no
-	// bound): the give-backs cost a lone busy tenant throughput, so pools
-	// serving many tenants set it.
+	// InstanceShare bounds the jobs of one instance a worker runs at once,
+	// so that one tenant's burst cannot hold the slots every other tenant
+	// needs: a job beyond it is given back for half a second without using
+	// an attempt. Default Concurrency (no bound): the give-backs cost a
+	// lone busy tenant throughput, so pools serving many tenants set it
+	// (e.g. 12 of 16).
 	InstanceShare int
 	// AckWait is the consumer's ack wait: a job not settled or heartbeated
 	// for this long is redelivered to another worker. Default 60s.
@@ -118,11 +111,8 @@ func (c Config) WithDefaults() Config {
 	if c.Concurrency <= 0 {
 		c.Concurrency = 16
 	}
-	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = min(16*c.Concurrency, 1000)
-	}
-	if c.InstanceShare <= 0 || c.InstanceShare > c.MaxInFlight {
-		c.InstanceShare = c.MaxInFlight
+	if c.InstanceShare <= 0 || c.InstanceShare > c.Concurrency {
+		c.InstanceShare = c.Concurrency
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 60 * time.Second
@@ -181,9 +171,6 @@ func (c Config) validate() error {
 	}
 	if c.Concurrency > 1000 {
 		errs = append(errs, fmt.Errorf("concurrency %d is above the consumer's MaxAckPending (1000)", c.Concurrency))
-	}
-	if c.MaxInFlight > 1000 || c.MaxInFlight < c.Concurrency {
-		errs = append(errs, fmt.Errorf("max in flight %d must be between the concurrency (%d) and the consumer's MaxAckPending (1000)", c.MaxInFlight, c.Concurrency))
 	}
 	return errors.Join(errs...)
 }

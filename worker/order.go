@@ -319,9 +319,9 @@ func (t *turns) yield(g *gate, key string, seq uint64) {
 	t.wait(g, key, seq)
 }
 
-// gate bounds the jobs a worker computes at once (run slots) and the jobs
-// it holds (MaxInFlight). A job waiting for its target's turn, or on Graph,
-// parks: it gives its run slot up, so other jobs run meanwhile, and takes
+// gate bounds the jobs a worker handles at once (run slots) and the jobs it
+// holds (4 × Concurrency). A job waiting for its target's turn parks: it
+// gives its run slot up, so jobs of other targets run meanwhile, and takes
 // one again before it goes on. Parked jobs never hold a slot, so the job
 // whose turn it is always gets one.
 type gate struct {
@@ -329,52 +329,8 @@ type gate struct {
 	held chan struct{}
 }
 
-func newGate(concurrency, held int) *gate {
-	return &gate{run: make(chan struct{}, concurrency), held: make(chan struct{}, held)}
-}
-
-// jobSlot parks a job's run slot while the job has Graph requests in
-// flight (from any of its goroutines) and takes it back when the last one
-// is done (slot.Parker).
-type jobSlot struct {
-	g       *gate
-	mu      sync.Mutex
-	waiting int
-	done    bool // the handler returned: requests still in flight no longer count
-}
-
-func (s *jobSlot) Park() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.done {
-		return
-	}
-	if s.waiting++; s.waiting == 1 {
-		s.g.park()
-	}
-}
-
-func (s *jobSlot) Unpark() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.done {
-		return
-	}
-	if s.waiting--; s.waiting == 0 {
-		s.g.unpark()
-	}
-}
-
-// finish ends the job's parking when its handler returns, holding its run
-// slot again (which settling gives back) even if a goroutine it left
-// behind still waits on Graph.
-func (s *jobSlot) finish() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.done && s.waiting > 0 {
-		s.g.unpark()
-	}
-	s.done = true
+func newGate(concurrency int) *gate {
+	return &gate{run: make(chan struct{}, concurrency), held: make(chan struct{}, 4*concurrency)}
 }
 
 // acquire takes a hold and a run slot for a job to fetch; false if ctx ends

@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tevyra/m365-worker/internal/slot"
 	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 )
@@ -329,13 +328,7 @@ func (w *Worker) runHandler(d *delivery, j *Job) (out any, err error) {
 		}
 	}()
 	d.log.Debug("worker: handling job")
-	ctx := d.ctx
-	if w.gate != nil {
-		js := &jobSlot{g: w.gate}
-		defer js.finish()
-		ctx = slot.With(ctx, js) // waits on Graph hold no run slot
-	}
-	return d.handler.Func(ctx, j)
+	return d.handler.Func(d.ctx, j)
 }
 
 // fallbackJobID names a job whose envelope cannot be read: its Nats-Msg-Id,

@@ -142,7 +142,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
 
-	w.gate = newGate(w.cfg.Concurrency, w.cfg.MaxInFlight)
+	w.gate = newGate(w.cfg.Concurrency)
 	g := w.gate
 	var wg sync.WaitGroup
 	for ctx.Err() == nil {

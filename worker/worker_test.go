@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tevyra/m365-worker/internal/slot"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 	"github.com/tevyra/m365-worker/worker/workertest"
@@ -652,31 +651,4 @@ func TestSitePoolRunsItsScheduledTicks(t *testing.T) {
 	if info, err := st.Info(context.Background()); err != nil || info.State.Msgs == 0 {
 		t.Errorf("the site pool's stream: %+v %v", info, err)
 	}
-}
-
-// A job waiting on Graph gives its run slot up (graphclient parks around
-// every request): two run slots serve ten jobs that all wait at once.
-func TestJobsWaitingOnGraphHoldNoSlot(t *testing.T) {
-	srv := workertest.Start(t)
-	_, js := srv.Connect(t)
-	var waiting atomic.Int64
-	release := make(chan struct{})
-	reg := worker.Registry{}
-	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
-		unpark := slot.Park(ctx) // what graphclient does around a request
-		waiting.Add(1)
-		<-release
-		waiting.Add(-1)
-		unpark()
-		return "ok", nil
-	})
-	startWorker(t, srv, worker.Config{Concurrency: 2}, reg)
-	for i := range 10 {
-		j := disableJob(fmt.Sprintf("wait-%d", i))
-		j.Params = json.RawMessage(fmt.Sprintf(`{"user":"user%d@contoso.com"}`, i)) // ten targets
-		workertest.PublishJob(t, js, "default", j)
-	}
-	workertest.Eventually(t, 30*time.Second, "ten jobs waiting on Graph at once with two run slots", func() bool { return waiting.Load() == 10 })
-	close(release)
-	workertest.Eventually(t, 30*time.Second, "all ten results", func() bool { return len(results(t, js, "acme")) == 10 })
 }

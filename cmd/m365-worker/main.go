@@ -235,8 +235,8 @@ type poolFlags struct {
 func addPoolFlags(fs *flagSet) *poolFlags {
 	return &poolFlags{
 		pool:           fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
-		concurrency:    fs.Int("concurrency", 16, "jobs computing at once in this worker (jobs waiting on Graph hold no slot; it holds up to 16 times as many)"),
-		share:          fs.Int("instance-share", 0, "hold at most this many jobs of one instance, so one tenant's burst leaves room for the others (default: no bound)"),
+		concurrency:    fs.Int("concurrency", 16, "jobs handled at once by this worker"),
+		share:          fs.Int("instance-share", 0, "at most this many of them for one instance, so one tenant's burst leaves slots for the others (default: no bound)"),
 		ackWait:        fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
 		shutdown:       fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
 		logLevel:       fs.String("log-level", "info", "debug, info, warn or error"),
