@@ -89,8 +89,7 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	if cfg.OnInstanceRemoved == nil && e.notify.BaseURL != "" {
 		// As the binary does: a removed instance's subscriptions go with it.
 		cfg.OnInstanceRemoved = func(prev *worker.Instance) {
-			open := func(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) { return s.OpenFor(e.poolKey, b) }
-			if err := syncer.InstanceRemoved(context.Background(), "default", prev, open); err != nil {
+			if err := syncer.InstanceRemoved(context.Background(), "default", prev, worker.OpenWith([]nkeys.KeyPair{e.poolKey})); err != nil {
 				e.t.Logf("unsubscribe %s: %v", prev.ID, err)
 			}
 		}

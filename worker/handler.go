@@ -81,13 +81,21 @@ func (j *Job) OpenSecret(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
 	if j.poolKey == nil {
 		return nil, ErrNoPoolKey
 	}
-	return s.OpenFor(PoolKeyFor(s.Recipient, append([]nkeys.KeyPair{j.poolKey}, j.previous...)), b)
+	return OpenWith(append([]nkeys.KeyPair{j.poolKey}, j.previous...))(s, b)
 }
 
-// PoolKeyFor is the key among keys (the pool's current key first, then keys
+// OpenWith opens sealed values with the pool's keys (the current one first,
+// then keys being rotated out), each with the key it is sealed to.
+func OpenWith(keys []nkeys.KeyPair) func(*jobs.SealedSecret, jobs.Binding) ([]byte, error) {
+	return func(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
+		return s.OpenFor(poolKeyFor(s.Recipient, keys), b)
+	}
+}
+
+// poolKeyFor is the key among keys (the pool's current key first, then keys
 // being rotated out) whose public key is recipient; the current key when
 // none is (opening then says the value is sealed to another key).
-func PoolKeyFor(recipient string, keys []nkeys.KeyPair) nkeys.KeyPair {
+func poolKeyFor(recipient string, keys []nkeys.KeyPair) nkeys.KeyPair {
 	for _, kp := range keys {
 		if pub, err := kp.PublicKey(); err == nil && pub == recipient {
 			return kp

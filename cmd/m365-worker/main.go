@@ -403,10 +403,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 			go func() { // its change-notification subscriptions go with it
 				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 				defer cancel()
-				open := func(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
-					return s.OpenFor(worker.PoolKeyFor(s.Recipient, keys), b)
-				}
-				if err := syncer.InstanceRemoved(rctx, *p.pool, prev, open); err != nil {
+				if err := syncer.InstanceRemoved(rctx, *p.pool, prev, worker.OpenWith(keys)); err != nil {
 					log.Warn("notify: could not delete a removed instance's subscriptions (they expire within 29 days)", "instance", prev.ID, "error", err)
 				}
 				graph.Forget(prev.ID)

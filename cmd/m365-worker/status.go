@@ -44,9 +44,7 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	cfg, err := handlers.ClientConfig(in, func(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
-		return s.OpenFor(worker.PoolKeyFor(s.Recipient, keys), b)
-	}, 0)
+	cfg, err := handlers.ClientConfig(in, worker.OpenWith(keys), 0)
 	if err != nil {
 		return err
 	}
