@@ -29,6 +29,10 @@ const (
 	CodeAttemptsExhausted = "attempts_exhausted"
 	// CodeSyncRunning: a sync of the instance was already running.
 	CodeSyncRunning = "sync_already_running"
+	// CodeTicksMissed: scheduled ticks were not served before the next one
+	// replaced them (the pool was behind, or no worker ran); the report
+	// counts them in missed_ticks.
+	CodeTicksMissed = "ticks_missed"
 	// CodeInternal: an unexpected failure in the worker.
 	CodeInternal = "internal"
 )
@@ -354,9 +358,12 @@ type SyncReport struct {
 	// Counts per asset type.
 	Counts map[string]SyncCounts `json:"counts,omitempty"`
 	// Graph traffic of the round.
-	GraphRequests int64  `json:"graph_requests"`
-	ResourceUnits int64  `json:"resource_units"`
-	Throttled     int64  `json:"throttled"`
-	Retries       int64  `json:"retries"`
-	Error         *Error `json:"error,omitempty"`
+	GraphRequests int64 `json:"graph_requests"`
+	ResourceUnits int64 `json:"resource_units"`
+	Throttled     int64 `json:"throttled"`
+	Retries       int64 `json:"retries"`
+	// MissedTicks counts the scheduled ticks a ticks_missed report stands
+	// for.
+	MissedTicks int    `json:"missed_ticks,omitempty"`
+	Error       *Error `json:"error,omitempty"`
 }

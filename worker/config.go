@@ -23,16 +23,21 @@ type Config struct {
 	// ID names this worker in results, failure records and the live-worker
 	// registry. Default: <hostname>-<random>.
 	ID string
-	// Concurrency is the number of jobs handled at once. Default 16. Jobs
-	// are fetched only when a slot is free, so none wait in a buffer while
-	// their ack timer runs.
+	// Concurrency is the number of jobs handled at once. Default 256: a
+	// job spends nearly all its time waiting on Graph (the network, the
+	// tenant's pacing, a throttled retry), and a waiting job costs a
+	// goroutine, not a core, so the bound is there for memory and for the
+	// consumer's MaxAckPending (1000), not for the CPU (Go's scheduler
+	// bounds that). Jobs are fetched only when a slot is free, so none wait
+	// in a buffer while their ack timer runs.
 	Concurrency int
-	// InstanceShare bounds the jobs of one instance a worker runs at once,
-	// so that one tenant's burst cannot hold the slots every other tenant
-	// needs: a job beyond it is given back for half a second without using
-	// an attempt. Default Concurrency (no bound): the give-backs cost a
-	// lone busy tenant throughput, so pools serving many tenants set it
-	// (e.g. 12 of 16).
+	// InstanceShare is the slots of a worker each instance is sure of, so
+	// that one tenant's burst cannot hold the slots every other tenant
+	// needs. An instance past its share borrows free slots as long as a
+	// share's worth stays free (work-conserving: a lone busy tenant uses
+	// all but that); a job that can do neither is given back (no attempt
+	// used) for a delay that grows each time it comes back. Default
+	// DefaultInstanceShare, at most a quarter of the Concurrency.
 	InstanceShare int
 	// AckWait is the consumer's ack wait: a job not settled or heartbeated
 	// for this long is redelivered to another worker. Default 60s.
@@ -97,6 +102,14 @@ type Config struct {
 }
 
 // WithDefaults returns c with every zero field set to its default.
+// DefaultConcurrency is a worker's default Concurrency.
+const DefaultConcurrency = 256
+
+// DefaultInstanceShare is the default InstanceShare: twice the requests
+// graphclient lets one tenant have in flight (PoolConfig.MaxConcurrency,
+// 16), so a tenant given its share at once has what Graph lets it use.
+const DefaultInstanceShare = 32
+
 func (c Config) WithDefaults() Config {
 	if c.Pool == "" {
 		c.Pool = jobs.DefaultPool
@@ -109,11 +122,12 @@ func (c Config) WithDefaults() Config {
 		c.ID = sanitizeToken(host) + "-" + nuid.Next()[16:]
 	}
 	if c.Concurrency <= 0 {
-		c.Concurrency = 16
+		c.Concurrency = DefaultConcurrency
 	}
-	if c.InstanceShare <= 0 || c.InstanceShare > c.Concurrency {
-		c.InstanceShare = c.Concurrency
+	if c.InstanceShare <= 0 {
+		c.InstanceShare = min(DefaultInstanceShare, max(1, c.Concurrency/4))
 	}
+	c.InstanceShare = min(c.InstanceShare, c.Concurrency)
 	if c.AckWait <= 0 {
 		c.AckWait = 60 * time.Second
 	}

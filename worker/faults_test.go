@@ -290,18 +290,22 @@ func TestPanicInHandlerGoroutineFailsTheJob(t *testing.T) {
 	}
 }
 
-// Fair service: one tenant with 40 queued jobs that take long cannot hold
-// every slot; another tenant's one job, published after them, runs while
-// they wait.
+// Fairness with the default share: one tenant's 200 queued actions borrow
+// every slot but a share's worth (work-conserving: it is alone), and another
+// tenant's one action, queued behind them all, runs at once in the slots
+// kept free, while every one of the busy tenant's jobs still holds its slot.
 func TestOneTenantsBurstLeavesSlotsForOthers(t *testing.T) {
 	srv := workertest.Start(t)
 	_, js := srv.Connect(t)
 	release := make(chan struct{})
-	var busyRuns atomic.Int64
+	var busyNow, busyPeak atomic.Int64
 	reg := worker.Registry{}
 	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
 		if j.Job.Instance == "busy" {
-			busyRuns.Add(1)
+			n := busyNow.Add(1)
+			defer busyNow.Add(-1)
+			for p := busyPeak.Load(); n > p && !busyPeak.CompareAndSwap(p, n); p = busyPeak.Load() {
+			}
 			select {
 			case <-release:
 			case <-ctx.Done():
@@ -309,20 +313,62 @@ func TestOneTenantsBurstLeavesSlotsForOthers(t *testing.T) {
 		}
 		return map[string]string{"user_id": p.User}, nil
 	})
-	startWorker(t, srv, worker.Config{Concurrency: 4, InstanceShare: 2}, reg)
-	for i := range 40 {
+	const concurrency, share = 8, 2 // the default share of 8 slots: a quarter
+	startWorker(t, srv, worker.Config{Concurrency: concurrency}, reg)
+	for i := range 200 {
 		j := disableJob(fmt.Sprintf("busy-%d", i))
 		j.Instance = "busy"
 		workertest.PublishJob(t, js, "default", j)
 	}
-	workertest.Eventually(t, 30*time.Second, "the busy tenant's first jobs running", func() bool { return busyRuns.Load() >= 2 })
+	workertest.Eventually(t, 30*time.Second, "the busy tenant borrowing every slot but a share", func() bool {
+		return busyNow.Load() == concurrency-share
+	})
 	workertest.PublishJob(t, js, "default", disableJob("quiet-1"))
-	workertest.Eventually(t, 30*time.Second, "the other tenant's job", func() bool { return resultOf(t, js, "quiet-1") != nil })
-	if n := busyRuns.Load(); n > 2 {
-		t.Errorf("the busy tenant ran %d jobs at once (share 2)", n)
+	workertest.Eventually(t, 30*time.Second, "the other tenant's job, behind 200", func() bool { return resultOf(t, js, "quiet-1") != nil })
+	if n := busyPeak.Load(); n > concurrency-share {
+		t.Errorf("the busy tenant ran %d jobs at once: more than %d of %d slots", n, concurrency-share, concurrency)
+	}
+	if n := len(results(t, js, "busy")); n != 0 {
+		t.Errorf("%d of the busy tenant's jobs finished before the other tenant's ran; none was released", n)
 	}
 	close(release)
-	workertest.Eventually(t, 60*time.Second, "all of the busy tenant's jobs", func() bool {
-		return len(results(t, js, "busy")) == 40
+	workertest.Eventually(t, 120*time.Second, "all of the busy tenant's jobs", func() bool {
+		return len(results(t, js, "busy")) == 200
+	})
+}
+
+// Jobs waiting on Graph do not cap a worker at a few at a time: with the
+// default concurrency, 100 tenants' jobs all wait at once (each handler here
+// waits as a Graph call would), and every one finishes when Graph answers.
+func TestJobsWaitingOnGraphDoNotCapTheWorker(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	answer := make(chan struct{})
+	var waiting atomic.Int64
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		waiting.Add(1)
+		select {
+		case <-answer:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return map[string]string{"user_id": p.User}, nil
+	})
+	startWorker(t, srv, worker.Config{}, reg)
+	const tenants = 100
+	for i := range tenants {
+		j := disableJob(fmt.Sprintf("wait-%d", i))
+		j.Instance = fmt.Sprintf("tenant-%d", i)
+		workertest.PublishJob(t, js, "default", j)
+	}
+	workertest.Eventually(t, 60*time.Second, "every tenant's job waiting on Graph at once", func() bool { return waiting.Load() == tenants })
+	close(answer)
+	workertest.Eventually(t, 60*time.Second, "every job's result", func() bool {
+		n := 0
+		for i := range tenants {
+			n += len(results(t, js, fmt.Sprintf("tenant-%d", i)))
+		}
+		return n == tenants
 	})
 }

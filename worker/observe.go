@@ -97,6 +97,7 @@ func (o *Observer) samples(ctx context.Context) []Metric {
 		ms = append(ms, Metric{Name: "m365_job_duration_seconds_count", Help: "Finished jobs.", Type: "counter", Labels: map[string]string{"action": a}, Value: float64(w.metrics.durCount[a])})
 	}
 	w.metrics.mu.Unlock()
+	ms = append(ms, Metric{Name: "m365_ticks_missed_total", Help: "Scheduled sync ticks not served before the next replaced them (each reported in a ticks_missed sync report).", Type: "counter", Value: float64(w.stats.TicksMissed.Load())})
 	ms = append(ms, Metric{Name: "m365_jobs_in_flight", Help: "Jobs being handled now.", Type: "gauge", Value: float64(w.InFlight())})
 	if info, err := w.consumerInfo(ctx); err == nil && info != nil {
 		ms = append(ms,

@@ -320,7 +320,7 @@ func (t *turns) yield(g *gate, key string, seq uint64) {
 }
 
 // gate bounds the jobs a worker handles at once (run slots) and the jobs it
-// holds (4 × Concurrency). A job waiting for its target's turn parks: it
+// holds (4 × Concurrency, at most the consumer's MaxAckPending). A job waiting for its target's turn parks: it
 // gives its run slot up, so jobs of other targets run meanwhile, and takes
 // one again before it goes on. Parked jobs never hold a slot, so the job
 // whose turn it is always gets one.
@@ -330,7 +330,8 @@ type gate struct {
 }
 
 func newGate(concurrency int) *gate {
-	return &gate{run: make(chan struct{}, concurrency), held: make(chan struct{}, 4*concurrency)}
+	held := max(concurrency, min(4*concurrency, 1000))
+	return &gate{run: make(chan struct{}, concurrency), held: make(chan struct{}, held)}
 }
 
 // acquire takes a hold and a run slot for a job to fetch; false if ctx ends

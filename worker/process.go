@@ -213,7 +213,7 @@ func (w *Worker) admit(d *delivery) error {
 			return err
 		}
 		if l == nil {
-			return RetryAfter(turnRetryDelay(d.snoozes), errors.New(wait))
+			return RetryAfter(giveBackDelay(d.snoozes, turnGiveBackCeiling), errors.New(wait))
 		}
 		lock = l
 	default:
@@ -236,27 +236,31 @@ func (w *Worker) admit(d *delivery) error {
 	return nil
 }
 
-// shareRetryDelay is how long a job beyond its instance's share is given
-// back for.
-const shareRetryDelay = 500 * time.Millisecond
-
 // takeShare counts the job against its instance's share of this worker's
-// slots; a job beyond it is given back (no attempt used), so that other
-// instances' jobs get the slots.
+// slots. Past its share an instance may still borrow a free slot, as long
+// as a share's worth stays free for the other instances' jobs: a lone busy
+// tenant uses nearly the whole worker, and a tenant that arrives gets its
+// share at once. A job that can neither take its share nor borrow is given
+// back (no attempt used), so the consumer delivers the other instances'
+// jobs queued behind it.
 func (w *Worker) takeShare(d *delivery) error {
 	inst := d.addr.Instance
+	share := w.cfg.InstanceShare
 	w.shareMu.Lock()
 	if w.share == nil {
 		w.share = map[string]int{}
 	}
-	if w.share[inst] >= w.cfg.InstanceShare {
+	free := w.cfg.Concurrency - w.shared
+	if w.share[inst] >= share && free-1 < share {
 		w.shareMu.Unlock()
-		return RetryAfter(shareRetryDelay, fmt.Errorf("instance %s has its share of this worker's slots (%d)", inst, w.cfg.InstanceShare))
+		return RetryAfter(giveBackDelay(d.snoozes, shareGiveBackCeiling), fmt.Errorf("instance %s has its share of this worker's slots (%d) and none is free to borrow", inst, share))
 	}
 	w.share[inst]++
+	w.shared++
 	w.shareMu.Unlock()
 	d.onDone(func() {
 		w.shareMu.Lock()
+		w.shared--
 		if w.share[inst]--; w.share[inst] == 0 {
 			delete(w.share, inst)
 		}
@@ -265,16 +269,24 @@ func (w *Worker) takeShare(d *delivery) error {
 	return nil
 }
 
-// turnRetryDelay is how long a job waiting for its target's turn is given
-// back for: longer the more often it came back, so that a long wait does not
-// use up the consumer's deliveries.
-func turnRetryDelay(snoozes int) time.Duration {
+// giveBackDelay is how long a job that must wait (for its target's turn,
+// for its instance's share) is given back for: longer the more often it
+// came back, up to ceiling, so that a long wait neither uses up the
+// consumer's deliveries nor keeps the worker busy fetching it again.
+func giveBackDelay(snoozes int, ceiling time.Duration) time.Duration {
 	d := 200 * time.Millisecond
-	for i := 0; i < snoozes && d < 10*time.Second; i++ {
+	for i := 0; i < snoozes && d < ceiling; i++ {
 		d *= 2
 	}
-	return min(d, 10*time.Second)
+	return min(d, ceiling)
 }
+
+// Give-back ceilings: a turn may be long (the target's earlier job waits
+// on Graph); a share frees as soon as any of the instance's jobs ends.
+const (
+	turnGiveBackCeiling  = 10 * time.Second
+	shareGiveBackCeiling = time.Second
+)
 
 func (w *Worker) lookupInstance(d *delivery) error {
 	in, err := w.instances.Lookup(d.ctx, w.cfg.Pool, d.job.Instance)

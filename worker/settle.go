@@ -188,6 +188,7 @@ func (w *Worker) finishSkipped(d *delivery, cause error) {
 func (w *Worker) finish(d *delivery, status string, settle func() error) {
 	ctx := context.WithoutCancel(d.ctx)
 	w.stats.Handled.Add(1)
+	w.accountTicks(ctx, d)
 	if err := d.scope.MarkDone(ctx, d.jobID, state.LedgerEntry{Status: status, Worker: w.cfg.ID, Finished: time.Now().UTC()}); err != nil {
 		// The result is stored; the stream's dedup window still guards
 		// against a second one.

@@ -56,9 +56,11 @@ type Worker struct {
 	// turns orders the jobs of one (instance, target) in this worker by
 	// stream sequence.
 	turns turns
-	// share counts each instance's jobs past the share stage.
+	// share counts each instance's jobs past the share stage; shared is
+	// their sum.
 	shareMu sync.Mutex
 	share   map[string]int
+	shared  int
 }
 
 // Stats counts what a worker did since it started.
@@ -69,6 +71,9 @@ type Stats struct {
 	Retried   atomic.Int64 // given back after a retryable error
 	Snoozed   atomic.Int64 // given back after RetryAfter
 	Skipped   atomic.Int64 // deliveries of jobs already done
+	// TicksMissed counts scheduled ticks no worker served before the next
+	// replaced them (reported as ticks_missed).
+	TicksMissed atomic.Int64
 }
 
 // New prepares a worker: it checks the configuration and opens the pool's

@@ -130,12 +130,15 @@ func cmdBenchFreshness(ctx context.Context, bin string, rest []string, stdout, s
 }
 
 func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("bench tenants", "Many small simulated tenants, every instance on its schedule (realistic Graph latency): each tick\n"+
-		"followed from the jobs stream to its sync report. Prints tick-to-report latency, ticks reported and lost,\n"+
-		"the consumer's backlog over the run, syncs per second, Graph requests, worker CPU and peak RSS.", stderr)
+	fs := newFlagSet("bench tenants", "Many simulated tenants of mixed sizes, every instance on its schedule (realistic Graph latency): each\n"+
+		"tick followed from the jobs stream to its sync report (the indicators are published just before it).\n"+
+		"Prints tick-to-report latency, ticks reported and lost, the consumer's backlog over the run, syncs per\n"+
+		"second, Graph requests, worker CPU and peak RSS; with --noisy, other tenants' action latency with and\n"+
+		"without the noise.", stderr)
 	instances := fs.Int("instances", 2000, "instances (one simulated tenant each)")
-	users := fs.Int("users", 50, "users per tenant")
+	users := fs.Int("users", 0, "users per tenant (default: mixed sizes, most of 20-500 users, one in 400 of 5,000-50,000, one of 100,000 with a group of 100,000 members)")
 	workers := fs.Int("workers", 1, "worker processes")
+	noisy := fs.Bool("noisy", false, "in the window's second half, one tenant publishes 1,000 actions at once and another's Graph throttles every request; probe actions to other tenants are timed in both halves")
 	interval := fs.Duration("interval", time.Minute, "every instance's sync interval")
 	duration := fs.Duration("duration", 3*time.Minute, "the measured window, after one interval of warm-up")
 	noLatency := fs.Bool("no-latency", false, "turn the simulator's realistic latency off")
@@ -145,14 +148,14 @@ func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, std
 		return err
 	}
 	r, err := bench.RunTenants(ctx, bench.TenantsOptions{Binary: bin, Instances: *instances, Users: *users, Workers: *workers,
-		Interval: *interval, Duration: *duration, NoLatency: *noLatency, Aligned: *aligned, Log: stderr})
+		Interval: *interval, Duration: *duration, NoLatency: *noLatency, Aligned: *aligned, Noisy: *noisy, Log: stderr})
 	if err != nil {
 		return err
 	}
 	if *output == "json" {
 		return printJSON(stdout, r)
 	}
-	fmt.Fprintf(stdout, "%d instances of %d users, every %s, %d workers, latency %s, window %s\n", r.Instances, r.Users, r.Interval, r.Workers, r.Latency, r.Duration)
+	fmt.Fprintf(stdout, "%d instances (%s), every %s, %d workers, latency %s, window %s\n", r.Instances, r.Sizes, r.Interval, r.Workers, r.Latency, r.Duration)
 	fmt.Fprintf(stdout, "ticks:              %d in the window, %d reported (%d of them skipped), %d never reported\n", r.Ticks, r.Reported, r.Skipped, r.Lost)
 	fmt.Fprintf(stdout, "tick to report:     p50 %s, p99 %s, max %s\n", r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
 	fmt.Fprintf(stdout, "backlog (every 5s): %v\n", r.Backlog)
@@ -160,6 +163,12 @@ func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, std
 	fmt.Fprintf(stdout, "Graph requests:     %d (%d throttled)\n", r.Requests, r.Throttled)
 	fmt.Fprintf(stdout, "worker CPU:         %s in %s (%.0f %% of one core); peak RSS %.0f MB\n", r.WorkerCPU.Round(time.Millisecond), r.Duration,
 		100*r.WorkerCPU.Seconds()/r.Duration.Seconds(), float64(r.WorkerPeakRSS)/(1<<20))
+	if r.Quiet != nil && r.Noisy != nil {
+		fmt.Fprintf(stdout, "probe actions:      quiet half p50 %s, p99 %s (%d of %d done); noisy half p50 %s, p99 %s (%d of %d done); p99 ratio %.2f\n",
+			r.Quiet.P50.Round(time.Millisecond), r.Quiet.P99.Round(time.Millisecond), r.Quiet.Done, r.Quiet.Sent,
+			r.Noisy.P50.Round(time.Millisecond), r.Noisy.P99.Round(time.Millisecond), r.Noisy.Done, r.Noisy.Sent, r.Noisy.P99.Seconds()/max(r.Quiet.P99.Seconds(), 1e-9))
+		fmt.Fprintf(stdout, "the noise:          %d of %d burst actions done, %d of %d actions of the throttled tenant done\n", r.BurstDone, bench.NoiseBurst, r.ThrottledDone, bench.NoiseThrottled)
+	}
 	return nil
 }
 

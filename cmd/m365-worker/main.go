@@ -235,8 +235,8 @@ type poolFlags struct {
 func addPoolFlags(fs *flagSet) *poolFlags {
 	return &poolFlags{
 		pool:           fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
-		concurrency:    fs.Int("concurrency", 16, "jobs handled at once by this worker"),
-		share:          fs.Int("instance-share", 0, "at most this many of them for one instance, so one tenant's burst leaves slots for the others (default: no bound)"),
+		concurrency:    fs.Int("concurrency", worker.DefaultConcurrency, "jobs handled at once by this worker (they mostly wait on Graph: the bound is for memory, not the CPU)"),
+		share:          fs.Int("instance-share", 0, "slots each instance is sure of: past it an instance borrows free ones while this many stay free, so one tenant's burst leaves slots for the others (default: 32, at most a quarter of the concurrency)"),
 		ackWait:        fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
 		shutdown:       fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
 		logLevel:       fs.String("log-level", "info", "debug, info, warn or error"),

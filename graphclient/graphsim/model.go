@@ -348,3 +348,7 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// UserCount is the number of users in the tenant (deleted ones not
+// counted).
+func (t *Tenant) UserCount() int { return len(t.users) }

@@ -79,6 +79,9 @@ type Options struct {
 	Tenants int
 	// Users and Groups per tenant. Defaults 100 and 10.
 	Users, Groups int
+	// Sizes, when set, seeds one tenant per entry, each of its own size
+	// (Tenants, Users and Groups are then not used).
+	Sizes []TenantSize
 	// Seed makes tenants, secrets and faults reproducible. Default 1.
 	Seed int64
 	// NoThrottling turns the throttling model off.
@@ -144,6 +147,9 @@ type Options struct {
 	// tenant; past it creation answers 403. Default 100, as Graph.
 	SubscriptionQuota int
 }
+
+// TenantSize is the size of one seeded tenant.
+type TenantSize struct{ Users, Groups int }
 
 func (o Options) withDefaults() Options {
 	if o.Tenants <= 0 {
@@ -226,8 +232,12 @@ func Start(opts Options) (*Server, error) {
 	// Seeded creation dates count back from a fixed day, so a seed always
 	// gives the same tenant.
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for i := 0; i < opts.Tenants; i++ {
-		t, app := seedTenant(i, opts.Seed, opts.Users, opts.Groups, base)
+	sizes := opts.Sizes
+	for i := 0; len(opts.Sizes) == 0 && i < opts.Tenants; i++ {
+		sizes = append(sizes, TenantSize{Users: opts.Users, Groups: opts.Groups})
+	}
+	for i, size := range sizes {
+		t, app := seedTenant(i, opts.Seed, size.Users, size.Groups, base)
 		if opts.ReadOnly {
 			app.Roles = append([]string(nil), ReadOnlyPermissions...)
 		}

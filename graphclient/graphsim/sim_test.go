@@ -221,3 +221,25 @@ func TestCountAndQueryRules(t *testing.T) {
 		t.Errorf("subscribedSkus RU %s", resp.Header.Get("x-ms-resource-unit"))
 	}
 }
+
+// Sizes seeds one tenant per entry, each of its own size.
+func TestTenantsOfMixedSizes(t *testing.T) {
+	sim, err := graphsim.Start(graphsim.Options{Sizes: []graphsim.TenantSize{{Users: 5, Groups: 1}, {Users: 40, Groups: 3}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	creds := sim.Credentials()
+	if len(creds) != 2 {
+		t.Fatalf("%d tenants seeded, want 2", len(creds))
+	}
+	for i, want := range []int{5, 40} {
+		n := 0
+		if err := sim.Mutate(creds[i].TenantID, func(a *graphsim.Admin) error { n = a.Tenant().UserCount(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if n != want {
+			t.Errorf("tenant %d has %d users, want %d", i, n, want)
+		}
+	}
+}

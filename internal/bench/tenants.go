@@ -22,7 +22,10 @@ import (
 // its schedule, each tick followed from the jobs stream to its sync report.
 type TenantsOptions struct {
 	Binary string
-	// Instances small tenants of Users users each (Users/10 groups).
+	// Instances tenants of Users users each (Users/10 groups); Users 0
+	// mixes sizes as a pool serving many customers sees them (mixedSizes:
+	// most of 20-500 users, one in 400 of 5,000-50,000, and one of 100,000
+	// with a group of all of them).
 	Instances, Users int
 	Workers          int
 	// Interval of every instance's schedule; Duration of the measurement
@@ -35,14 +38,21 @@ type TenantsOptions struct {
 	// same second; by default they are added over one interval, as
 	// instances added over time tick at times of their own.
 	Aligned bool
-	Log     io.Writer
+	// Noisy splits the window: in its second half one tenant publishes
+	// 1,000 actions at once and another's Graph throttles every request
+	// (and it gets 200 actions). Probe actions to other tenants, every
+	// 250 ms through the whole window, are timed in each half.
+	Noisy bool
+	Log   io.Writer
 }
 
 // TenantsResult is the benchmark's outcome.
 type TenantsResult struct {
 	Instances, Users, Workers int
-	Interval, Duration        time.Duration
-	Latency                   string
+	// Sizes says how big the tenants are.
+	Sizes              string
+	Interval, Duration time.Duration
+	Latency            string
 	// Ticks produced in the window, Reported those with a sync report
 	// (Skipped of them closed as skipped), Lost the rest.
 	Ticks, Reported, Skipped, Lost int
@@ -55,6 +65,11 @@ type TenantsResult struct {
 	Throttled      int64
 	WorkerCPU      time.Duration
 	WorkerPeakRSS  int64
+	// With Noisy: the probe actions' latency (publication to result) in
+	// the quiet half and in the noisy half, and how many of the noise's
+	// actions had a result by the end.
+	Quiet, Noisy             *ActionLatency
+	BurstDone, ThrottledDone int
 }
 
 // RunTenants runs the benchmark.
@@ -63,6 +78,11 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 		o.Log = io.Discard
 	}
 	sim := graphsim.Options{Tenants: o.Instances, Users: o.Users, Groups: max(1, o.Users/10), Seed: 31, Latency: graphsim.RealisticLatency}
+	sizes := fmt.Sprintf("%d users each", o.Users)
+	if o.Users <= 0 {
+		sim.Sizes = mixedSizes(o.Instances)
+		sizes = describeSizes(sim.Sizes)
+	}
 	profile := "GRAPH.md §12 (realistic)"
 	if o.NoLatency {
 		sim.Latency, profile = graphsim.Latency{}, "none"
@@ -72,11 +92,16 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 		return nil, err
 	}
 	defer e.Close()
-	res := &TenantsResult{Instances: o.Instances, Users: o.Users, Workers: o.Workers, Interval: o.Interval, Duration: o.Duration, Latency: profile}
+	res := &TenantsResult{Instances: o.Instances, Users: o.Users, Sizes: sizes, Workers: o.Workers, Interval: o.Interval, Duration: o.Duration, Latency: profile}
+	creds := e.Sim.Credentials()
+	if o.Users <= 0 {
+		if err := addGiantGroup(e.Sim, creds[0].TenantID, giantGroupMembers); err != nil {
+			return nil, err
+		}
+	}
 	if err := e.StartWorkers(ctx, o.Workers, 0); err != nil {
 		return nil, err
 	}
-	creds := e.Sim.Credentials()
 	t0 := time.Now()
 	for i := range o.Instances {
 		if err := e.AddTenant(ctx, instanceName(i), creds[i], o.Interval); err != nil {
@@ -102,6 +127,13 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	var noise *noisyRun
+	if o.Noisy {
+		if noise, err = startNoisyRun(ctx, e, o); err != nil {
+			return nil, err
+		}
+		defer noise.stop()
+	}
 	from := time.Now()
 	req0, thr0 := e.Sim.Requests.Load(), e.Sim.Throttled.Load()
 	cpu0 := workersCPU(e)
@@ -114,6 +146,11 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 		}
 	}
 	to := time.Now()
+	if noise != nil {
+		if err := noise.wait(); err != nil {
+			return nil, err
+		}
+	}
 	res.Requests, res.Throttled = e.Sim.Requests.Load()-req0, e.Sim.Throttled.Load()-thr0
 	res.WorkerCPU = workersCPU(e) - cpu0
 	// Ticks of the window get until one more interval to be reported.
@@ -149,7 +186,81 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 			res.WorkerPeakRSS = max(res.WorkerPeakRSS, rss)
 		}
 	}
+	if noise != nil {
+		noise.report(res)
+	}
 	return res, nil
+}
+
+// noisyRun is the --noisy part of the window: probes all through it, the
+// noise in its second half.
+type noisyRun struct {
+	clock *actionClock
+	stop  func()
+	errc  chan error
+}
+
+func startNoisyRun(ctx context.Context, e *Env, o TenantsOptions) (*noisyRun, error) {
+	n := o.Instances
+	if n < 30 {
+		return nil, fmt.Errorf("--noisy needs at least 30 instances (%d)", n)
+	}
+	// The probes act on 20 small tenants; the noise comes from two others.
+	var probeIdx []int
+	for i := n - 3; len(probeIdx) < 20; i-- {
+		probeIdx = append(probeIdx, i)
+	}
+	probes, err := probeTenants(e, probeIdx, 20)
+	if err != nil {
+		return nil, err
+	}
+	noisy, err := probeTenants(e, []int{n - 1, n - 2}, 500)
+	if err != nil {
+		return nil, err
+	}
+	clock, stop, err := startActionClock(ctx, e.JS)
+	if err != nil {
+		return nil, err
+	}
+	r := &noisyRun{clock: clock, stop: stop, errc: make(chan error, 1)}
+	half := o.Duration / 2
+	throttledTenant := e.Sim.Credentials()[n-2].TenantID
+	go func() {
+		err := clock.probe(ctx, e, "quiet", probes, half)
+		if err == nil {
+			fmt.Fprintf(o.Log, "tenants: noise on: %d actions from %s, %s throttled, with %d actions\n", NoiseBurst, noisy[0].instance, noisy[1].instance, NoiseThrottled)
+			err = clock.startNoise(ctx, e, noisy[0], noisy[1], throttledTenant)
+		}
+		if err == nil {
+			err = clock.probe(ctx, e, "noisy", probes, o.Duration-half)
+		}
+		r.errc <- err
+	}()
+	return r, nil
+}
+
+func (r *noisyRun) wait() error { return <-r.errc }
+
+func (r *noisyRun) report(res *TenantsResult) {
+	q, n := r.clock.phase("quiet-"), r.clock.phase("noisy-")
+	res.Quiet, res.Noisy = &q, &n
+	res.BurstDone, res.ThrottledDone = r.clock.phase("burst-").Done, r.clock.phase("throttled-").Done
+}
+
+// describeSizes summarises a tenant mix.
+func describeSizes(sizes []graphsim.TenantSize) string {
+	small, large, total, biggest := 0, 0, 0, 0
+	for _, s := range sizes {
+		total += s.Users
+		biggest = max(biggest, s.Users)
+		if s.Users <= 500 {
+			small++
+		} else {
+			large++
+		}
+	}
+	return fmt.Sprintf("mixed: %d of 20-500 users, %d of 5,000-100,000 (the largest %d users, with a group of %d members); %d users in all",
+		small, large, biggest, min(biggest, giantGroupMembers), total)
 }
 
 // tickTracker follows ticks in the jobs stream and sync reports.

@@ -17,6 +17,7 @@
 //	progress.<pool>.<instance>            a running round's progress
 //	a.<pool>.<instance>.<kind>.<id>       one synced object's state (u, g, l)
 //	miss.<pool>.<instance>.<job>          when the job first found its target missing
+//	tick.<pool>.<instance>                the last scheduled tick a worker took (missed ticks)
 //	workers.<pool>.<worker>               a live worker (no instance)
 //
 // Job ids and targets are any printable strings; they are base64url-encoded
@@ -50,6 +51,7 @@ const (
 	kindAsset    = "a"
 	kindWorker   = "workers"
 	kindMiss     = "miss"
+	kindTick     = "tick"
 )
 
 // Store is the state bucket.
