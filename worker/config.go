@@ -27,7 +27,7 @@ type Config struct {
 	// job spends nearly all its time waiting on Graph (the network, the
 	// tenant's pacing, a throttled retry), and a waiting job costs a
 	// goroutine, not a core, so the bound is there for memory and for the
-	// consumer's MaxAckPending (1000), not for the CPU (Go's scheduler
+	// jobs a worker holds (at most 1,000), not for the CPU (Go's scheduler
 	// bounds that). Jobs are fetched only when a slot is free, so none wait
 	// in a buffer while their ack timer runs.
 	Concurrency int
@@ -184,7 +184,7 @@ func (c Config) validate() error {
 		errs = append(errs, fmt.Errorf("lock TTLs (sync %s, target %s) must be at least 1s", c.SyncLockTTL, c.TargetLockTTL))
 	}
 	if c.Concurrency > 1000 {
-		errs = append(errs, fmt.Errorf("concurrency %d is above the consumer's MaxAckPending (1000)", c.Concurrency))
+		errs = append(errs, fmt.Errorf("concurrency %d is above 1000, the most jobs a worker holds", c.Concurrency))
 	}
 	return errors.Join(errs...)
 }

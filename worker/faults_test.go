@@ -372,3 +372,36 @@ func TestJobsWaitingOnGraphDoNotCapTheWorker(t *testing.T) {
 		return n == tenants
 	})
 }
+
+// One tenant's burst on a few targets queues in the worker for the targets'
+// turns; those queued jobs may fill at most half of what the worker holds,
+// so another tenant's job behind the burst is still fetched and runs.
+func TestQueuedTurnsLeaveRoomForOtherTenants(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	release := make(chan struct{})
+	var busyRunning atomic.Int64
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		if j.Job.Instance == "busy" {
+			busyRunning.Add(1)
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		return map[string]string{"user_id": p.User}, nil
+	})
+	startWorker(t, srv, worker.Config{Concurrency: 4}, reg) // holds 16 jobs
+	for i := range 200 {
+		j := disableJob(fmt.Sprintf("busy-%03d", i))
+		j.Instance = "busy"
+		j.Params = json.RawMessage(fmt.Sprintf(`{"user":"target%d@contoso.com"}`, i%2))
+		workertest.PublishJob(t, js, "default", j)
+	}
+	workertest.Eventually(t, 30*time.Second, "the busy tenant's two targets running", func() bool { return busyRunning.Load() == 2 })
+	workertest.PublishJob(t, js, "default", disableJob("quiet-1"))
+	workertest.Eventually(t, 30*time.Second, "the other tenant's job, behind 198 queued for their turns", func() bool { return resultOf(t, js, "quiet-1") != nil })
+	close(release)
+	workertest.Eventually(t, 180*time.Second, "all of the busy tenant's jobs", func() bool { return len(results(t, js, "busy")) == 200 })
+}

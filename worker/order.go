@@ -274,6 +274,22 @@ func (t *turns) join(key string, seq uint64) <-chan struct{} {
 	return ch
 }
 
+// first reports whether seq would be the first of key's jobs in this
+// worker: none is held, or seq is lower than all of them.
+func (t *turns) first(key string, seq uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tt := t.by[key]
+	if tt == nil {
+		return true
+	}
+	low := tt.running
+	if len(tt.waiting) > 0 {
+		low = min(low, tt.waiting[0].seq)
+	}
+	return seq < low
+}
+
 // done ends seq's turn on key and hands it to the lowest waiting sequence.
 func (t *turns) done(key string, seq uint64) {
 	t.mu.Lock()
@@ -320,7 +336,7 @@ func (t *turns) yield(g *gate, key string, seq uint64) {
 }
 
 // gate bounds the jobs a worker handles at once (run slots) and the jobs it
-// holds (4 × Concurrency, at most the consumer's MaxAckPending). A job waiting for its target's turn parks: it
+// holds (4 × Concurrency, at most 1,000). A job waiting for its target's turn parks: it
 // gives its run slot up, so jobs of other targets run meanwhile, and takes
 // one again before it goes on. Parked jobs never hold a slot, so the job
 // whose turn it is always gets one.
@@ -382,4 +398,39 @@ func (g *gate) wait(ch <-chan struct{}) {
 	g.park()
 	<-ch
 	g.unpark()
+}
+
+// hold counts a fetched job against its instance's hold: the jobs of an
+// instance waiting in this worker for their target's turn may fill at most
+// half of what the worker holds, so that one tenant's burst of jobs on a
+// few targets cannot fill the worker and stop it fetching every other
+// tenant's jobs. A job that would not wait (free says so: no turn to wait
+// for, or earlier than every job of its target held here, which the others
+// wait for) is always held. false: over the hold (the job is given back).
+// Every hold, true or false, is ended by unhold.
+func (w *Worker) hold(inst string, free bool) bool {
+	w.shareMu.Lock()
+	defer w.shareMu.Unlock()
+	if w.holding == nil {
+		w.holding = map[string]int{}
+	}
+	w.holding[inst]++
+	return free || w.holding[inst] <= cap(w.gate.held)/2
+}
+
+func (w *Worker) unhold(inst string) {
+	w.shareMu.Lock()
+	defer w.shareMu.Unlock()
+	if w.holding[inst]--; w.holding[inst] <= 0 {
+		delete(w.holding, inst)
+	}
+}
+
+// instanceOf is the instance a job's subject names ("" if none).
+func (w *Worker) instanceOf(msg jetstream.Msg) string {
+	a, err := w.cfg.Subjects.ParseJobSubject(msg.Subject())
+	if err != nil {
+		return ""
+	}
+	return a.Instance
 }

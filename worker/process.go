@@ -25,11 +25,15 @@ import (
 //	ledger    a job whose result is stored is never run again (duplicate)
 //	count     attempts used; a job near the consumer's MaxDeliver fails
 //	validate  the envelope, its subject and a handler for its action
+//	hold      a job that would queue for its target's turn while its
+//	          instance holds half the jobs this worker can hold is given back
 //	admit     what the handler needs: the instance's exclusive lock, or the
 //	          target's turn and lock (publication order across workers);
 //	          losing a lock cancels the job
 //	ledger    again, now that the job holds its turn
-//	share     one instance's jobs take at most Config.InstanceShare slots
+//	share     one instance's jobs take Config.InstanceShare slots, and borrow
+//	          free ones within bounds (after admit: a job waiting for its
+//	          target's lock holds no share)
 //	instance  the instance's configuration (a passing error retries)
 //	handle    the handler, with heartbeats, a panic turned into an error
 //	settle    one result, then ack / nak with a delay / terminate
@@ -41,6 +45,7 @@ var pipeline = []struct {
 	{"ledger", (*Worker).checkLedger},
 	{"count", (*Worker).countAttempts},
 	{"validate", (*Worker).validate},
+	{"hold", (*Worker).checkHold},
 	{"admit", (*Worker).admit},
 	{"ledger again", (*Worker).recheckLedger},
 	{"share", (*Worker).takeShare},
@@ -237,36 +242,51 @@ func (w *Worker) admit(d *delivery) error {
 }
 
 // takeShare counts the job against its instance's share of this worker's
-// slots. Past its share an instance may still borrow a free slot, as long
-// as a share's worth stays free for the other instances' jobs: a lone busy
-// tenant uses nearly the whole worker, and a tenant that arrives gets its
-// share at once. A job that can neither take its share nor borrow is given
-// back (no attempt used), so the consumer delivers the other instances'
-// jobs queued behind it.
+// slots. Past its share an instance may borrow a free slot, as long as a
+// share's worth stays free and borrowed slots stay within half the
+// worker: a lone busy tenant uses most of the worker, and a tenant that
+// arrives behind a burst (or beside a tenant whose Graph throttles it)
+// finds a slot at once. A job that can neither take its share nor borrow
+// is given back (no attempt used), so that the consumer delivers the other
+// instances' jobs queued behind it.
 func (w *Worker) takeShare(d *delivery) error {
-	inst := d.addr.Instance
-	share := w.cfg.InstanceShare
+	inst, share := d.addr.Instance, w.cfg.InstanceShare
 	w.shareMu.Lock()
 	if w.share == nil {
 		w.share = map[string]int{}
 	}
-	free := w.cfg.Concurrency - w.shared
-	if w.share[inst] >= share && free-1 < share {
+	borrow := w.share[inst] >= share
+	if borrow && (w.cfg.Concurrency-w.shared-1 < share || w.borrowed >= w.cfg.Concurrency/2) {
 		w.shareMu.Unlock()
 		return RetryAfter(giveBackDelay(d.snoozes, shareGiveBackCeiling), fmt.Errorf("instance %s has its share of this worker's slots (%d) and none is free to borrow", inst, share))
 	}
 	w.share[inst]++
 	w.shared++
+	if borrow {
+		w.borrowed++
+	}
 	w.shareMu.Unlock()
 	d.onDone(func() {
 		w.shareMu.Lock()
 		w.shared--
+		if borrow {
+			w.borrowed--
+		}
 		if w.share[inst]--; w.share[inst] == 0 {
 			delete(w.share, inst)
 		}
 		w.shareMu.Unlock()
 	})
 	return nil
+}
+
+func (w *Worker) checkHold(d *delivery) error {
+	if !d.parsed.overHold {
+		return nil
+	}
+	// One delay for all: jobs given back in stream order come back in it,
+	// so a target's jobs are not scrambled into waiting for each other.
+	return RetryAfter(holdGiveBackDelay, fmt.Errorf("instance %s holds half the jobs this worker can hold", d.addr.Instance))
 }
 
 // giveBackDelay is how long a job that must wait (for its target's turn,
@@ -282,10 +302,13 @@ func giveBackDelay(snoozes int, ceiling time.Duration) time.Duration {
 }
 
 // Give-back ceilings: a turn may be long (the target's earlier job waits
-// on Graph); a share frees as soon as any of the instance's jobs ends.
+// on Graph); a share frees as soon as any of the instance's jobs ends, but
+// an instance past its share has a backlog the worker need not fetch
+// again and again.
 const (
+	holdGiveBackDelay    = time.Second
 	turnGiveBackCeiling  = 10 * time.Second
-	shareGiveBackCeiling = time.Second
+	shareGiveBackCeiling = 5 * time.Second
 )
 
 func (w *Worker) lookupInstance(d *delivery) error {

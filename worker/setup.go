@@ -280,6 +280,14 @@ func retryConflict(ctx context.Context, f func() error) error {
 	})
 }
 
+// PoolMaxAckPending is the pool consumer's MaxAckPending: the jobs
+// delivered and not yet settled, across the pool's workers. A job given
+// back with a delay (past its instance's share, or throttled) still counts
+// until it is delivered again, so the cap is far above what the workers
+// hold (at most 1,000 each): one tenant's burst of thousands of actions,
+// mostly given back, must not stop deliveries to every other tenant.
+const PoolMaxAckPending = 20000
+
 // PoolConsumer creates or updates the durable pull consumer a pool's
 // workers share, filtered to m365.jobs.<pool>.>, on the pool's jobs stream
 // (PoolJobsStream).
@@ -301,7 +309,7 @@ func PoolConsumer(ctx context.Context, js jetstream.JetStream, t Topology, pool 
 		// them up); this is only a backstop against a job that kills every
 		// worker that touches it.
 		MaxDeliver:    maxDeliver,
-		MaxAckPending: 1000,
+		MaxAckPending: PoolMaxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		Replicas:      t.Replicas,
 	}

@@ -57,10 +57,14 @@ type Worker struct {
 	// stream sequence.
 	turns turns
 	// share counts each instance's jobs past the share stage; shared is
-	// their sum.
-	shareMu sync.Mutex
-	share   map[string]int
-	shared  int
+	// their sum, borrowed those beyond their instance's share.
+	shareMu  sync.Mutex
+	share    map[string]int
+	shared   int
+	borrowed int
+	// holding counts each instance's jobs held by this worker: running,
+	// or waiting for their target's turn.
+	holding map[string]int
 }
 
 // Stats counts what a worker did since it started.
@@ -173,13 +177,17 @@ func (w *Worker) Run(ctx context.Context) error {
 				}
 				wg.Add(1)
 				w.inFlight.Add(1)
-				key, seq := pj.target, streamSeq(msg)
+				inst, key, seq := w.instanceOf(msg), pj.target, streamSeq(msg)
+				pj.overHold = !w.hold(inst, key == "" || w.turns.first(key, seq))
+				if pj.overHold {
+					key = "" // given back at once: it takes no turn
+				}
 				var turn <-chan struct{}
 				if key != "" {
 					turn = w.turns.join(key, seq)
 				}
 				go func() {
-					defer func() { w.inFlight.Add(-1); g.release(); wg.Done() }()
+					defer func() { w.unhold(inst); w.inFlight.Add(-1); g.release(); wg.Done() }()
 					if key != "" {
 						if turn != nil {
 							g.wait(turn)
@@ -282,6 +290,9 @@ type parsedMsg struct {
 	// target is "<instance>/<target>" for jobs of ordered handlers, ""
 	// otherwise: jobs of one target take turns.
 	target string
+	// overHold: the job's instance holds its most of this worker's jobs
+	// (Worker.hold); the job is given back without waiting for its turn.
+	overHold bool
 }
 
 func (w *Worker) parseMsg(msg jetstream.Msg) parsedMsg {

@@ -442,7 +442,9 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	for i := 0; i < n; i++ {
 		workertest.PublishJob(t, js, "default", disableJob(fmt.Sprintf("drain-%03d", i)))
 	}
-	first := startWorker(t, srv, worker.Config{ID: "first", Concurrency: 8}, reg)
+	// One tenant, jobs that do not wait on Graph: no share (the fairness
+	// tests cover it), so that the drain is bound by the shutdown alone.
+	first := startWorker(t, srv, worker.Config{ID: "first", Concurrency: 8, InstanceShare: 8}, reg)
 	workertest.Eventually(t, 60*time.Second, "the first worker to be busy", func() bool { return first.w.Stats().Handled.Load() >= 50 })
 	t0 := time.Now()
 	first.stop(t) // SIGTERM mid-burst
@@ -458,7 +460,7 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	if handledByFirst >= n {
 		t.Fatalf("the burst was over before the shutdown (%d handled)", handledByFirst)
 	}
-	second := startWorker(t, srv, worker.Config{ID: "second", Concurrency: 8}, reg)
+	second := startWorker(t, srv, worker.Config{ID: "second", Concurrency: 8, InstanceShare: 8}, reg)
 	workertest.Eventually(t, 120*time.Second, "every job's result", func() bool { return len(results(t, js, "acme")) == n })
 	workertest.Eventually(t, 30*time.Second, "the consumer to be idle", consumerIdle(t, js))
 	if second.w.Stats().Handled.Load() == 0 {

@@ -156,7 +156,7 @@ func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, std
 		return printJSON(stdout, r)
 	}
 	fmt.Fprintf(stdout, "%d instances (%s), every %s, %d workers, latency %s, window %s\n", r.Instances, r.Sizes, r.Interval, r.Workers, r.Latency, r.Duration)
-	fmt.Fprintf(stdout, "ticks:              %d in the window, %d reported (%d of them skipped), %d never reported\n", r.Ticks, r.Reported, r.Skipped, r.Lost)
+	fmt.Fprintf(stdout, "ticks:              %d in the window, %d reported (%d of them skipped), %d never reported (%d of those counted in ticks_missed reports)\n", r.Ticks, r.Reported, r.Skipped, r.Lost, r.CountedMissed)
 	fmt.Fprintf(stdout, "tick to report:     p50 %s, p99 %s, max %s\n", r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
 	fmt.Fprintf(stdout, "backlog (every 5s): %v\n", r.Backlog)
 	fmt.Fprintf(stdout, "syncs per second:   %.1f\n", r.SyncsPerSecond)

@@ -54,8 +54,10 @@ type TenantsResult struct {
 	Interval, Duration time.Duration
 	Latency            string
 	// Ticks produced in the window, Reported those with a sync report
-	// (Skipped of them closed as skipped), Lost the rest.
-	Ticks, Reported, Skipped, Lost int
+	// (Skipped of them closed as skipped), Lost the rest; CountedMissed of
+	// the lost are counted in their instance's ticks_missed reports (a
+	// tick replaced by the next one before a worker took it).
+	Ticks, Reported, Skipped, Lost, CountedMissed int
 	// P50, P99, Max: tick (stored in the jobs stream) to its sync report.
 	P50, P99, Max time.Duration
 	// Backlog samples of the pool consumer's pending jobs, every 5 s.
@@ -159,6 +161,7 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 	}
 	var lat []time.Duration
 	tr.mu.Lock()
+	lostOf := map[string]int{}
 	for id, t0 := range tr.ticks {
 		if t0.Before(from) || t0.After(to) {
 			continue
@@ -167,6 +170,7 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 		r, ok := tr.reports[id]
 		if !ok {
 			res.Lost++
+			lostOf[tickInstance(id)]++
 			continue
 		}
 		res.Reported++
@@ -174,6 +178,9 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 			res.Skipped++
 		}
 		lat = append(lat, r.at.Sub(t0))
+	}
+	for inst, n := range lostOf {
+		res.CountedMissed += min(n, tr.missed[inst])
 	}
 	tr.mu.Unlock()
 	slices.Sort(lat)
@@ -268,6 +275,14 @@ type tickTracker struct {
 	mu      sync.Mutex
 	ticks   map[string]time.Time // tick job id → stored at
 	reports map[string]tickReport
+	missed  map[string]int // instance → ticks counted in ticks_missed reports
+}
+
+// tickInstance is the instance of a tick's job id
+// (scheduled-sync-<instance>@<seq>).
+func tickInstance(id string) string {
+	id, _, _ = strings.Cut(strings.TrimPrefix(id, "scheduled-sync-"), "@")
+	return id
 }
 
 type tickReport struct {
@@ -276,7 +291,7 @@ type tickReport struct {
 }
 
 func trackTicks(ctx context.Context, js jetstream.JetStream) (*tickTracker, func(), error) {
-	tr := &tickTracker{ticks: map[string]time.Time{}, reports: map[string]tickReport{}}
+	tr := &tickTracker{ticks: map[string]time.Time{}, reports: map[string]tickReport{}, missed: map[string]int{}}
 	jc, err := js.OrderedConsumer(ctx, "M365_JOBS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"m365.jobs.*.*.sync"}, DeliverPolicy: jetstream.DeliverNewPolicy})
 	if err != nil {
 		return nil, nil, err
@@ -308,6 +323,11 @@ func trackTicks(ctx context.Context, js jetstream.JetStream) (*tickTracker, func
 			return
 		}
 		tr.mu.Lock()
+		if r.Error != nil && r.Error.Code == jobs.CodeTicksMissed {
+			if _, seen := tr.reports[r.JobID]; !seen {
+				tr.missed[r.Instance] += r.MissedTicks
+			}
+		}
 		if _, seen := tr.reports[r.JobID]; !seen {
 			tr.reports[r.JobID] = tickReport{at: time.Now(), skipped: r.Outcome == jobs.OutcomeSkipped}
 		}
