@@ -100,7 +100,14 @@ func Start(o Options) (*Env, error) {
 		return nil, err
 	}
 	e.Cred = e.Sim.Credentials()[0]
-	fmt.Fprintf(o.Log, "graph simulator: %d users, %d groups seeded in %s\n", o.Sim.Users, o.Sim.Groups, time.Since(t0).Round(time.Millisecond))
+	users, groups := o.Sim.Users, o.Sim.Groups
+	if len(o.Sim.Sizes) > 0 {
+		users, groups = 0, 0
+		for _, s := range o.Sim.Sizes {
+			users, groups = users+s.Users, groups+s.Groups
+		}
+	}
+	fmt.Fprintf(o.Log, "graph simulator: %d users, %d groups seeded in %s\n", users, groups, time.Since(t0).Round(time.Millisecond))
 	if e.poolKey, err = nkeys.CreateCurveKeys(); err != nil {
 		return nil, err
 	}

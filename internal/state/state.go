@@ -162,6 +162,19 @@ func (s *Store) subject(key string) string {
 	return subj
 }
 
+// putIf writes key with a compare-and-set: an update of revision rev when
+// the key was found, a create otherwise; it fails if another write came
+// first.
+func (s *Store) putIf(ctx context.Context, key string, val []byte, rev uint64, found bool) error {
+	var err error
+	if found {
+		_, err = s.kv.Update(ctx, key, val, rev)
+	} else {
+		_, err = s.kv.Create(ctx, key, val)
+	}
+	return err
+}
+
 // putTTL writes key with an expiry. If rev is not zero the write only
 // succeeds while rev is still the key's last revision.
 func (s *Store) putTTL(ctx context.Context, key string, val []byte, ttl time.Duration, rev uint64) (uint64, error) {

@@ -225,3 +225,30 @@ func TestUpdateAssetStateDoesNotOverwriteANewerWrite(t *testing.T) {
 		t.Fatalf("stored %q after %d calls; want the refresh applied to the round's state", e.Value(), calls)
 	}
 }
+
+// The last closed tick only moves forward: a redelivered (or older) tick
+// leaves it where it is.
+func TestLastTickOnlyMovesForward(t *testing.T) {
+	st, _ := open(t)
+	ctx := context.Background()
+	sc := st.For("default", "acme")
+	if _, ok, err := sc.LastTick(ctx); ok || err != nil {
+		t.Fatalf("a tick before any was closed: %v %v", ok, err)
+	}
+	at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	for _, tk := range []state.LastTick{{Seq: 10, Next: at}, {Seq: 7, Next: at.Add(-time.Hour)}, {Seq: 10, Next: at.Add(time.Hour)}} {
+		if err := sc.AdvanceTick(ctx, tk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, ok, err := sc.LastTick(ctx)
+	if err != nil || !ok || got.Seq != 10 || !got.Next.Equal(at) {
+		t.Fatalf("last tick %+v %v %v, want seq 10 at %s", got, ok, err, at)
+	}
+	if err := sc.AdvanceTick(ctx, state.LastTick{Seq: 11, Next: at.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := sc.LastTick(ctx); got.Seq != 11 {
+		t.Fatalf("last tick %+v, want seq 11", got)
+	}
+}

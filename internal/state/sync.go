@@ -84,12 +84,7 @@ func (sc *Scope) UpdateAssetState(ctx context.Context, kind, id string, f func(o
 		if val == nil {
 			return nil
 		}
-		if ok {
-			_, err = sc.s.kv.Update(ctx, key, val, rev)
-		} else {
-			_, err = sc.s.kv.Create(ctx, key, val)
-		}
-		return err // a concurrent write: read again
+		return sc.s.putIf(ctx, key, val, rev, ok) // a concurrent write: read again
 	})
 }
 

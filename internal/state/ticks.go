@@ -40,11 +40,6 @@ func (sc *Scope) AdvanceTick(ctx context.Context, t LastTick) error {
 		if found && json.Unmarshal(b, &prev) == nil && prev.Seq >= t.Seq {
 			return nil
 		}
-		if found {
-			_, err = sc.s.kv.Update(ctx, key, val, rev)
-		} else {
-			_, err = sc.s.kv.Create(ctx, key, val)
-		}
-		return err // a concurrent write: read again
+		return sc.s.putIf(ctx, key, val, rev, found) // a concurrent write: read again
 	})
 }
