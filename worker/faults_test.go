@@ -405,3 +405,35 @@ func TestQueuedTurnsLeaveRoomForOtherTenants(t *testing.T) {
 	close(release)
 	workertest.Eventually(t, 180*time.Second, "all of the busy tenant's jobs", func() bool { return len(results(t, js, "busy")) == 200 })
 }
+
+// A lone busy tenant loses nothing to the share: its jobs past what it may
+// take wait in the worker (parked, no slot held) rather than being given
+// back, and each goes on as soon as a slot frees.
+func TestLoneTenantsJobsWaitInTheWorker(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	release := make(chan struct{})
+	var running atomic.Int64
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		running.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return map[string]string{"user_id": p.User}, nil
+	})
+	w := startWorker(t, srv, worker.Config{Concurrency: 8}, reg) // share 2, borrows up to 4: 6 at once
+	const n = 12                                                 // within the half of the 32 jobs it holds
+	for i := range n {
+		j := disableJob(fmt.Sprintf("lone-%d", i))
+		j.Params = json.RawMessage(fmt.Sprintf(`{"user":"user%d@contoso.com"}`, i))
+		workertest.PublishJob(t, js, "default", j)
+	}
+	workertest.Eventually(t, 30*time.Second, "six jobs running", func() bool { return running.Load() == 6 })
+	close(release)
+	workertest.Eventually(t, 60*time.Second, "every job's result", func() bool { return len(results(t, js, "acme")) == n })
+	if s := w.w.Stats().Snoozed.Load(); s != 0 {
+		t.Errorf("%d give-backs: a lone tenant's jobs within the worker's hold should wait in it", s)
+	}
+}

@@ -32,8 +32,8 @@ import (
 //	          losing a lock cancels the job
 //	ledger    again, now that the job holds its turn
 //	share     one instance's jobs take Config.InstanceShare slots, and borrow
-//	          free ones within bounds (after admit: a job waiting for its
-//	          target's lock holds no share)
+//	          free ones within bounds, or wait parked for one (share.go;
+//	          after admit: a job waiting for its target's lock holds none)
 //	instance  the instance's configuration (a passing error retries)
 //	handle    the handler, with heartbeats, a panic turned into an error
 //	settle    one result, then ack / nak with a delay / terminate
@@ -241,45 +241,6 @@ func (w *Worker) admit(d *delivery) error {
 	return nil
 }
 
-// takeShare counts the job against its instance's share of this worker's
-// slots. Past its share an instance may borrow a free slot, as long as a
-// share's worth stays free and borrowed slots stay within half the
-// worker: a lone busy tenant uses most of the worker, and a tenant that
-// arrives behind a burst (or beside a tenant whose Graph throttles it)
-// finds a slot at once. A job that can neither take its share nor borrow
-// is given back (no attempt used), so that the consumer delivers the other
-// instances' jobs queued behind it.
-func (w *Worker) takeShare(d *delivery) error {
-	inst, share := d.addr.Instance, w.cfg.InstanceShare
-	w.shareMu.Lock()
-	if w.share == nil {
-		w.share = map[string]int{}
-	}
-	borrow := w.share[inst] >= share
-	if borrow && (w.cfg.Concurrency-w.shared-1 < share || w.borrowed >= w.cfg.Concurrency/2) {
-		w.shareMu.Unlock()
-		return RetryAfter(giveBackDelay(d.snoozes, shareGiveBackCeiling), fmt.Errorf("instance %s has its share of this worker's slots (%d) and none is free to borrow", inst, share))
-	}
-	w.share[inst]++
-	w.shared++
-	if borrow {
-		w.borrowed++
-	}
-	w.shareMu.Unlock()
-	d.onDone(func() {
-		w.shareMu.Lock()
-		w.shared--
-		if borrow {
-			w.borrowed--
-		}
-		if w.share[inst]--; w.share[inst] == 0 {
-			delete(w.share, inst)
-		}
-		w.shareMu.Unlock()
-	})
-	return nil
-}
-
 func (w *Worker) checkHold(d *delivery) error {
 	if !d.parsed.overHold {
 		return nil
@@ -289,9 +250,8 @@ func (w *Worker) checkHold(d *delivery) error {
 	return RetryAfter(holdGiveBackDelay, fmt.Errorf("instance %s holds half the jobs this worker can hold", d.addr.Instance))
 }
 
-// giveBackDelay is how long a job that must wait (for its target's turn,
-// for its instance's share) is given back for: longer the more often it
-// came back, up to ceiling, so that a long wait neither uses up the
+// giveBackDelay is how long a job that must wait for its target's turn is
+// given back for: longer the more often it came back, up to ceiling, so that a long wait neither uses up the
 // consumer's deliveries nor keeps the worker busy fetching it again.
 func giveBackDelay(snoozes int, ceiling time.Duration) time.Duration {
 	d := 200 * time.Millisecond
@@ -301,14 +261,13 @@ func giveBackDelay(snoozes int, ceiling time.Duration) time.Duration {
 	return min(d, ceiling)
 }
 
-// Give-back ceilings: a turn may be long (the target's earlier job waits
-// on Graph); a share frees as soon as any of the instance's jobs ends, but
-// an instance past its share has a backlog the worker need not fetch
-// again and again.
+// A turn may be long (the target's earlier job waits on Graph): its
+// give-backs grow to 10 s. A job given back because its instance holds
+// half the worker comes back after 1 s, one delay for all, so that such
+// jobs come back in stream order.
 const (
-	holdGiveBackDelay    = time.Second
-	turnGiveBackCeiling  = 10 * time.Second
-	shareGiveBackCeiling = 5 * time.Second
+	holdGiveBackDelay   = time.Second
+	turnGiveBackCeiling = 10 * time.Second
 )
 
 func (w *Worker) lookupInstance(d *delivery) error {

@@ -62,6 +62,9 @@ type Worker struct {
 	share    map[string]int
 	shared   int
 	borrowed int
+	// shareQueue holds the jobs parked for a slot, in arrival order
+	// (share.go).
+	shareQueue []shareWaiter
 	// holding counts each instance's jobs held by this worker: running,
 	// or waiting for their target's turn.
 	holding map[string]int
