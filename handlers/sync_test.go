@@ -412,15 +412,16 @@ func TestSyncBadCredentials(t *testing.T) {
 	}
 	e.addInstance("fine", 1, time.Hour)
 	id, _ := worker.RequestSync(context.Background(), e.js, jobs.Subjects{}, "default", "broken", false)
+	var rep jobs.SyncReport
 	workertest.Eventually(t, 60*time.Second, "the failed report", func() bool {
 		for _, r := range e.reports("broken") {
 			if r.JobID == id {
+				rep = r // not the first: adding the instance asked for a round (with the good secret)
 				return true
 			}
 		}
 		return false
 	})
-	rep := e.reports("broken")[0]
 	if rep.Outcome != jobs.OutcomeFailed || rep.Error == nil || rep.Error.Code != "auth_failed" || !strings.Contains(rep.Error.Message, "AADSTS7000215") {
 		t.Fatalf("report %+v %+v", rep, rep.Error)
 	}

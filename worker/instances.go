@@ -429,10 +429,20 @@ func (s *Instances) watch(ctx context.Context, filter string, onChange func(id s
 // bucket on a miss (an instance added a moment ago). An instance configured
 // in another pool is not found.
 func (s *Instances) Lookup(ctx context.Context, pool, id string) (*Instance, error) {
+	return s.lookup(ctx, pool, id, true)
+}
+
+// Fresh is Lookup reading the bucket rather than the watched copy: for a
+// job asked for right after the instance changed.
+func (s *Instances) Fresh(ctx context.Context, pool, id string) (*Instance, error) {
+	return s.lookup(ctx, pool, id, false)
+}
+
+func (s *Instances) lookup(ctx context.Context, pool, id string, cached bool) (*Instance, error) {
 	s.mu.RLock()
 	in, ok := s.cache[id]
 	s.mu.RUnlock()
-	if ok && in.Pool == pool {
+	if cached && ok && in.Pool == pool {
 		return in, nil
 	}
 	if !jobs.ValidToken(id) || !jobs.ValidToken(pool) {
@@ -442,6 +452,8 @@ func (s *Instances) Lookup(ctx context.Context, pool, id string) (*Instance, err
 	if err != nil {
 		return nil, err
 	}
-	s.set(in)
+	if cached { // the watcher keeps the copy; a fresh read must not overwrite a newer one it set
+		s.set(in)
+	}
 	return in, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -280,5 +281,55 @@ func TestApplyAsksForASyncAtOnce(t *testing.T) {
 	saved.TenantID = "00000000-0000-0000-0000-000000000009"
 	if _, id, _ := store.Apply(ctx, saved); id == "" || !full(id) {
 		t.Errorf("a new tenant: sync %q (want a full one)", id)
+	}
+}
+
+// A sync asked for right after an instance changed (Instances.Apply: new
+// credentials, tenant or cloud) runs on the change, not on the worker's
+// watched copy from before it.
+func TestSyncAskedAfterAChangeSeesIt(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	seen := make(chan string, 1)
+	reg := worker.Registry{}
+	reg[jobs.ActionSync] = worker.Handler{Exclusive: true, Func: func(ctx context.Context, j *worker.Job) (any, error) {
+		if j.InstanceConfig != nil {
+			seen <- j.InstanceConfig.TenantID
+		}
+		return &jobs.SyncReport{Outcome: jobs.OutcomeSucceeded}, nil
+	}}
+	store, err := worker.OpenInstances(ctx, js, srv.Topology)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := worker.Instance{ID: "acme", TenantID: "tenant-0.example.com", ClientID: "1c4a6a0b-5f6d-4bb8-9f1e-2f7f0f6e4d11", ClientSecret: sealedForTest(t)}
+	if _, err := store.Put(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	stateKV, err := js.KeyValue(ctx, "m365_state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, srv, worker.Config{}, reg)
+	for i := 1; i <= 30; i++ {
+		in.TenantID = fmt.Sprintf("tenant-%d.example.com", i)
+		if _, _, err := store.Apply(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-seen:
+			if got != in.TenantID {
+				t.Fatalf("change %d: the sync asked for after it ran on tenant %s, not %s", i, got, in.TenantID)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("change %d: no sync ran", i)
+		}
+		// The round's lock released, so that the next sync does not wait
+		// for it.
+		workertest.Eventually(t, 60*time.Second, "the round's lock released", func() bool {
+			_, err := stateKV.Get(ctx, "lock.default.acme.sync")
+			return errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
+		})
 	}
 }

@@ -271,7 +271,13 @@ const (
 )
 
 func (w *Worker) lookupInstance(d *delivery) error {
-	in, err := w.instances.Lookup(d.ctx, w.cfg.Pool, d.job.Instance)
+	lookup := w.instances.Lookup
+	if d.addr.Action == jobs.ActionSync && triggerOf(d.msg) == jobs.TriggerOnDemand {
+		// Asked for right after a change (Instances.Apply: new credentials,
+		// tenant or cloud): the watched copy may not have the change yet.
+		lookup = w.instances.Fresh
+	}
+	in, err := lookup(d.ctx, w.cfg.Pool, d.job.Instance)
 	switch {
 	case err == nil:
 		d.inst = in

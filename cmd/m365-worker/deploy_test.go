@@ -522,6 +522,12 @@ func TestKubernetesManifests(t *testing.T) {
 		if e.Name == "M365_NATS" && (!strings.HasPrefix(e.Value, "tls://worker-default:$(NATS_PASSWORD)@") || strings.Contains(e.Value, "nats://")) {
 			t.Errorf("the workers connect as %q: want TLS as worker-default with the password from its Secret", e.Value)
 		}
+		if e.Name == "GOMEMLIMIT" { // the Go runtime's, from the container's memory limit
+			if v, _ := e.ValueFrom.(map[string]any); fmt.Sprint(v["resourceFieldRef"]) != "map[resource:limits.memory]" {
+				t.Errorf("GOMEMLIMIT must come from the container's memory limit: %+v", e.ValueFrom)
+			}
+			continue
+		}
 		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Name, "M365_")), "_", "-")
 		if !strings.Contains(src, `"`+flagName+`"`) {
 			t.Errorf("worker.yaml sets %s but there is no --%s flag", e.Name, flagName)
