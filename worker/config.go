@@ -34,10 +34,10 @@ type Config struct {
 	// InstanceShare is the slots of a worker each instance is sure of, so
 	// that one tenant's burst cannot hold the slots every other tenant
 	// needs. An instance past its share borrows free slots as long as a
-	// share's worth stays free (work-conserving: a lone busy tenant uses
-	// all but that); a job that can do neither is given back (no attempt
-	// used) for a delay that grows each time it comes back. Default
-	// DefaultInstanceShare, at most a quarter of the Concurrency.
+	// share's worth stays free and borrowed slots stay within half the
+	// worker; a job that can do neither waits in the worker, parked, for
+	// the first slot it may take (share.go). Default DefaultInstanceShare,
+	// at most a quarter of the Concurrency.
 	InstanceShare int
 	// AckWait is the consumer's ack wait: a job not settled or heartbeated
 	// for this long is redelivered to another worker. Default 60s.
@@ -101,7 +101,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// WithDefaults returns c with every zero field set to its default.
 // DefaultConcurrency is a worker's default Concurrency.
 const DefaultConcurrency = 256
 
@@ -110,6 +109,7 @@ const DefaultConcurrency = 256
 // 16), so a tenant given its share at once has what Graph lets it use.
 const DefaultInstanceShare = 32
 
+// WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	if c.Pool == "" {
 		c.Pool = jobs.DefaultPool

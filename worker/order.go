@@ -336,9 +336,9 @@ func (t *turns) yield(g *gate, key string, seq uint64) {
 }
 
 // gate bounds the jobs a worker handles at once (run slots) and the jobs it
-// holds (4 × Concurrency, at most 1,000). A job waiting for its target's turn parks: it
-// gives its run slot up, so jobs of other targets run meanwhile, and takes
-// one again before it goes on. Parked jobs never hold a slot, so the job
+// holds (4 × Concurrency, at most 1,000). A job waiting for its target's
+// turn parks: it gives its run slot up, so jobs of other targets run
+// meanwhile, and takes one again before it goes on. Parked jobs never hold a slot, so the job
 // whose turn it is always gets one.
 type gate struct {
 	run  chan struct{}
@@ -400,14 +400,14 @@ func (g *gate) wait(ch <-chan struct{}) {
 	g.unpark()
 }
 
-// hold counts a fetched job against its instance's hold: the jobs of an
-// instance waiting in this worker for their target's turn may fill at most
-// half of what the worker holds, so that one tenant's burst of jobs on a
-// few targets cannot fill the worker and stop it fetching every other
-// tenant's jobs. A job that would not wait (free says so: no turn to wait
-// for, or earlier than every job of its target held here, which the others
-// wait for) is always held. false: over the hold (the job is given back).
-// Every hold, true or false, is ended by unhold.
+// hold counts a fetched job against its instance's hold: one instance's
+// jobs fill at most half of what the worker holds when they would queue
+// for their target's turn, so that one tenant's burst of jobs on a few
+// targets cannot fill the worker and stop it fetching every other tenant's
+// jobs. A job that would not queue (free says so: no turn to wait for, or
+// earlier than every job of its target held here, which the others wait
+// for) is always held. false: over the hold (the job is given back). Every
+// hold, true or false, is ended by unhold.
 func (w *Worker) hold(inst string, free bool) bool {
 	w.shareMu.Lock()
 	defer w.shareMu.Unlock()
@@ -424,13 +424,4 @@ func (w *Worker) unhold(inst string) {
 	if w.holding[inst]--; w.holding[inst] <= 0 {
 		delete(w.holding, inst)
 	}
-}
-
-// instanceOf is the instance a job's subject names ("" if none).
-func (w *Worker) instanceOf(msg jetstream.Msg) string {
-	a, err := w.cfg.Subjects.ParseJobSubject(msg.Subject())
-	if err != nil {
-		return ""
-	}
-	return a.Instance
 }

@@ -115,7 +115,7 @@ func (w *Worker) locate(d *delivery) error {
 		return errNoMetadata
 	}
 	d.meta = meta
-	d.addr, d.addrErr = w.cfg.Subjects.ParseJobSubject(d.msg.Subject())
+	d.addr, d.addrErr = d.parsed.addr, d.parsed.addrErr
 	if d.addrErr != nil {
 		d.addr.Pool, d.addr.Instance = w.cfg.Pool, "_unknown"
 	}
@@ -218,7 +218,7 @@ func (w *Worker) admit(d *delivery) error {
 			return err
 		}
 		if l == nil {
-			return RetryAfter(giveBackDelay(d.snoozes, turnGiveBackCeiling), errors.New(wait))
+			return RetryAfter(turnGiveBackDelay(d.snoozes), errors.New(wait))
 		}
 		lock = l
 	default:
@@ -250,25 +250,22 @@ func (w *Worker) checkHold(d *delivery) error {
 	return RetryAfter(holdGiveBackDelay, fmt.Errorf("instance %s holds half the jobs this worker can hold", d.addr.Instance))
 }
 
-// giveBackDelay is how long a job that must wait for its target's turn is
-// given back for: longer the more often it came back, up to ceiling, so that a long wait neither uses up the
-// consumer's deliveries nor keeps the worker busy fetching it again.
-func giveBackDelay(snoozes int, ceiling time.Duration) time.Duration {
+// turnGiveBackDelay is how long a job waiting for its target's turn is
+// given back for: longer the more often it came back (a turn may be long:
+// the target's earlier job waits on Graph), up to 10 s, so that a long wait
+// does not use up the consumer's deliveries.
+func turnGiveBackDelay(snoozes int) time.Duration {
 	d := 200 * time.Millisecond
-	for i := 0; i < snoozes && d < ceiling; i++ {
+	for i := 0; i < snoozes && d < 10*time.Second; i++ {
 		d *= 2
 	}
-	return min(d, ceiling)
+	return min(d, 10*time.Second)
 }
 
-// A turn may be long (the target's earlier job waits on Graph): its
-// give-backs grow to 10 s. A job given back because its instance holds
-// half the worker comes back after 1 s, one delay for all, so that such
-// jobs come back in stream order.
-const (
-	holdGiveBackDelay   = time.Second
-	turnGiveBackCeiling = 10 * time.Second
-)
+// holdGiveBackDelay is how long a job is given back for when its instance
+// holds half the worker: one delay for all, so that such jobs come back in
+// stream order.
+const holdGiveBackDelay = time.Second
 
 func (w *Worker) lookupInstance(d *delivery) error {
 	lookup := w.instances.Lookup

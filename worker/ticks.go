@@ -28,7 +28,7 @@ const headerScheduleNext = "Nats-Schedule-Next"
 // accountTicks reports the ticks missed before d, a scheduled tick being
 // closed, and records d as the instance's last closed tick.
 func (w *Worker) accountTicks(ctx context.Context, d *delivery) {
-	if d.msg.Headers().Get(headerScheduler) == "" || d.meta == nil {
+	if triggerOf(d.msg) != jobs.TriggerSchedule || d.meta == nil {
 		return
 	}
 	next, err := time.Parse(time.RFC3339Nano, d.msg.Headers().Get(headerScheduleNext))

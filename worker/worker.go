@@ -65,8 +65,8 @@ type Worker struct {
 	// shareQueue holds the jobs parked for a slot, in arrival order
 	// (share.go).
 	shareQueue []shareWaiter
-	// holding counts each instance's jobs held by this worker: running,
-	// or waiting for their target's turn.
+	// holding counts each instance's jobs held by this worker, from fetch
+	// to settle (running, or waiting for a turn or a slot).
 	holding map[string]int
 }
 
@@ -180,7 +180,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				}
 				wg.Add(1)
 				w.inFlight.Add(1)
-				inst, key, seq := w.instanceOf(msg), pj.target, streamSeq(msg)
+				inst, key, seq := pj.addr.Instance, pj.target, streamSeq(msg)
 				pj.overHold = !w.hold(inst, key == "" || w.turns.first(key, seq))
 				if pj.overHold {
 					key = "" // given back at once: it takes no turn
@@ -293,7 +293,11 @@ type parsedMsg struct {
 	// target is "<instance>/<target>" for jobs of ordered handlers, ""
 	// otherwise: jobs of one target take turns.
 	target string
-	// overHold: the job's instance holds its most of this worker's jobs
+	// addr is the job's subject, parsed (addrErr if it is not a job
+	// subject).
+	addr    jobs.JobAddress
+	addrErr error
+	// overHold: the job's instance holds half of what this worker can hold
 	// (Worker.hold); the job is given back without waiting for its turn.
 	overHold bool
 }
@@ -301,6 +305,7 @@ type parsedMsg struct {
 func (w *Worker) parseMsg(msg jetstream.Msg) parsedMsg {
 	j, p, err := jobs.ParseJob(msg.Data())
 	pm := parsedMsg{job: j, params: p, err: err, id: fallbackJobID(msg)}
+	pm.addr, pm.addrErr = w.cfg.Subjects.ParseJobSubject(msg.Subject())
 	if j != nil && j.ID != "" && len(j.ID) <= 128 {
 		pm.id = jobIDFor(msg, j)
 	}

@@ -91,15 +91,36 @@ func startActionClock(ctx context.Context, js jetstream.JetStream) (*actionClock
 
 // publish sends an update_user job for instance's user upn, timed from now.
 func (c *actionClock) publish(ctx context.Context, e *Env, id, instance, upn string) error {
-	title := "t-" + id
-	p, _ := json.Marshal(jobs.UpdateUserParams{UserRef: jobs.UserRef{User: upn}, JobTitle: &title})
-	j := &jobs.Job{SchemaVersion: jobs.SchemaVersion, ID: id, Instance: instance, Action: jobs.ActionUpdateUser, Params: p}
-	b, _ := json.Marshal(j)
+	j, b := updateUserJob(id, instance, upn)
 	c.mu.Lock()
 	c.sent[id] = time.Now()
 	c.mu.Unlock()
 	_, err := e.JS.PublishAsync(e.Topo.Subjects.JobSubject(jobs.DefaultPool, j), b)
 	return err
+}
+
+// updateUserJob is an update_user job (a new job title) for instance's
+// user upn, and its envelope.
+func updateUserJob(id, instance, upn string) (*jobs.Job, []byte) {
+	title := "t-" + id
+	p, _ := json.Marshal(jobs.UpdateUserParams{UserRef: jobs.UserRef{User: upn}, JobTitle: &title})
+	j := &jobs.Job{SchemaVersion: jobs.SchemaVersion, ID: id, Instance: instance, Action: jobs.ActionUpdateUser, Params: p}
+	b, _ := json.Marshal(j)
+	return j, b
+}
+
+// userNames returns the user principal names of a simulated tenant's first
+// n users.
+func userNames(sim *graphsim.Server, tenant string, n int) ([]string, error) {
+	snap, err := sim.Export(tenant)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, u := range snap.Users[:min(n, len(snap.Users))] {
+		out = append(out, u.UserPrincipalName)
+	}
+	return out, nil
 }
 
 // latencies returns the sorted latencies of the jobs whose id starts with
@@ -144,15 +165,11 @@ func probeTenants(e *Env, indexes []int, users int) ([]probeTenant, error) {
 	creds := e.Sim.Credentials()
 	var out []probeTenant
 	for _, i := range indexes {
-		snap, err := e.Sim.Export(creds[i].TenantID)
+		upns, err := userNames(e.Sim, creds[i].TenantID, users)
 		if err != nil {
 			return nil, err
 		}
-		pt := probeTenant{instance: instanceName(i)}
-		for _, u := range snap.Users[:min(users, len(snap.Users))] {
-			pt.upns = append(pt.upns, u.UserPrincipalName)
-		}
-		out = append(out, pt)
+		out = append(out, probeTenant{instance: instanceName(i), upns: upns})
 	}
 	return out, nil
 }

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sync"
@@ -53,23 +52,15 @@ func RunOverhead(ctx context.Context, o OverheadOptions) (*OverheadResult, error
 		return nil, err
 	}
 	defer e.Close()
-	snap, err := e.Sim.Export(e.Cred.TenantID)
+	upns, err := userNames(e.Sim, e.Cred.TenantID, o.Users)
 	if err != nil {
 		return nil, err
-	}
-	upns := make([]string, 0, len(snap.Users))
-	for _, u := range snap.Users {
-		upns = append(upns, u.UserPrincipalName)
 	}
 	res := &OverheadResult{Jobs: o.Jobs}
 	dc := e.Sim.Credentials()[1]
-	dsnap, err := e.Sim.Export(dc.TenantID)
+	dupns, err := userNames(e.Sim, dc.TenantID, o.Users)
 	if err != nil {
 		return nil, err
-	}
-	dupns := make([]string, 0, len(dsnap.Users))
-	for _, u := range dsnap.Users {
-		dupns = append(dupns, u.UserPrincipalName)
 	}
 
 	// Direct: the calls update_user makes, from Concurrency goroutines.
@@ -124,10 +115,7 @@ func RunOverhead(ctx context.Context, o OverheadOptions) (*OverheadResult, error
 	req0 := e.Sim.Requests.Load()
 	t0 = time.Now()
 	for i := range o.Jobs {
-		title := fmt.Sprintf("t%d", i)
-		p, _ := json.Marshal(jobs.UpdateUserParams{UserRef: jobs.UserRef{User: upns[i%len(upns)]}, JobTitle: &title})
-		j := &jobs.Job{SchemaVersion: jobs.SchemaVersion, ID: fmt.Sprintf("ovh-%d", i), Instance: "bench", Action: jobs.ActionUpdateUser, Params: p}
-		b, _ := json.Marshal(j)
+		j, b := updateUserJob(fmt.Sprintf("ovh-%d", i), "bench", upns[i%len(upns)])
 		if _, err := e.JS.PublishAsync(e.Topo.Subjects.JobSubject(jobs.DefaultPool, j), b); err != nil {
 			return nil, err
 		}
