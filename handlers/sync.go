@@ -163,6 +163,8 @@ type round struct {
 	// (usersErr). Users publish after licences, groups after users.
 	licencesDone, usersDone chan struct{}
 	licencesErr, usersErr   error
+	// ids interns the ids the round meets (sync_ids.go).
+	ids idTable
 	// pre holds stored states read ahead by prefetch (nil: not stored).
 	preMu sync.Mutex
 	pre   map[assetRef][]byte

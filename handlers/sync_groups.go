@@ -21,9 +21,12 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	touched := map[string]*groupState{}
 	// members is each touched group's member set, merged fragment by
 	// fragment in time linear in the changes (a large group arrives in many
-	// fragments).
-	members := map[string]map[string]struct{}{}
+	// fragments), of interned ids (sync_ids.go).
+	members := map[string]idSet{}
 	removed := map[string]string{}
+	// stored is what an incremental round read of each touched group's
+	// stored state (its raw value, read ahead, is let go once read).
+	stored := map[string]storedGroup{}
 	var order []string
 	full := b.mode == jobs.ModeFull
 	pages, objects, t0 := 0, 0, time.Now()
@@ -35,7 +38,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		if !full {
 			keys := make([]assetRef, 0, len(page))
 			for _, ch := range page {
-				if touched[ch.ID] == nil {
+				if touched[ch.ID] == nil && ch.Removed == "" {
 					keys = append(keys, assetRef{state.AssetGroup, ch.ID})
 				}
 			}
@@ -58,9 +61,13 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			if st == nil {
 				st = &groupState{}
 				if !full {
-					if _, err := r.getState(assetRef{state.AssetGroup, ch.ID}, st); err != nil {
+					key := assetRef{state.AssetGroup, ch.ID}
+					ok, err := r.getState(key, st)
+					if err != nil {
 						return err
 					}
+					r.forget(key)
+					stored[ch.ID] = storedGroup{ok: ok, hash: st.Hash, uncounted: st.Uncounted, chunks: st.MemberChunks}
 					if err := r.loadMembers(ch.ID, st); err != nil {
 						return err
 					}
@@ -74,17 +81,18 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			}
 			set := members[ch.ID]
 			if set == nil {
-				set = make(map[string]struct{}, len(st.Members))
+				set = make(idSet, len(st.Members))
 				for _, m := range st.Members {
-					set[m] = struct{}{}
+					set[r.ids.intern(m)] = struct{}{}
 				}
+				st.Members = nil // in the set now
 				members[ch.ID] = set
 			}
 			for _, m := range ch.MembersAdded {
-				set[m] = struct{}{}
+				set[r.ids.intern(m)] = struct{}{}
 			}
 			for _, m := range ch.MembersRemoved {
-				delete(set, m)
+				delete(set, r.ids.intern(m))
 			}
 		}
 		r.job.Progress()
@@ -94,7 +102,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
 		r.log.Info("sync: group delta token expired or reset; running a full round")
 		b.mode, full = jobs.ModeFull, true
-		touched, members, removed, order = map[string]*groupState{}, map[string]map[string]struct{}{}, map[string]string{}, nil
+		touched, members, removed, stored, order = map[string]*groupState{}, map[string]idSet{}, map[string]string{}, map[string]storedGroup{}, nil
 		next, err = c.GroupDelta(r.ctx, "", apply)
 	}
 	if err != nil {
@@ -107,56 +115,29 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	r.log.Debug("sync: groups wait for the users", "took", time.Since(t0).Round(time.Millisecond))
 	for _, id := range order {
 		st := touched[id]
-		if st == nil {
-			continue
+		if st == nil || st == publishedGroup {
+			continue // removed, or listed again after a removal and published
 		}
-		st.Members = make([]string, 0, len(members[id]))
-		for m := range members[id] {
-			st.Members = append(st.Members, m)
-		}
-		sort.Strings(st.Members)
-		var g graphclient.Group
-		_ = json.Unmarshal(st.Record, &g)
-		g.ID = id
-		raw, _ := json.Marshal(groupAssetOf(&g, st.Members)) // the whole record, for its hash
-		key := assetRef{state.AssetGroup, id}
-		oldChunks := 0
-		if !full || r.job.Rerun() {
-			// The stored state (an incremental round read it ahead with
-			// its page: prefetch).
-			var old groupState
-			ok, err := r.getState(key, &old)
+		var old *storedGroup
+		switch {
+		case !full:
+			o := stored[id]
+			old = &o
+		case r.job.Rerun():
+			// What an earlier attempt may have stored.
+			var o groupState
+			ok, err := r.getState(assetRef{state.AssetGroup, id}, &o)
 			if err != nil {
 				return "", err
 			}
-			oldChunks = old.MemberChunks
-			if ok && !old.Uncounted && old.Hash == hashOf(raw) {
-				continue
-			}
-			if !ok || old.Uncounted {
-				r.countGroup(1)
-			}
-			if ok && old.Hash == hashOf(raw) {
-				// Consumers have this record (a post-action refresh): it
-				// is only counted now.
-				st.Hash, st.Uncounted = old.Hash, false
-				b.keep(groupStateOps(id, *st, oldChunks)...)
-				continue
-			}
+			old = &storedGroup{ok: ok, hash: o.Hash, uncounted: o.Uncounted, chunks: o.MemberChunks}
 		}
-		st.Hash, st.Uncounted = hashOf(raw), false
-		// The state goes with the group's last change: stored once all of
-		// the group is.
-		changes := groupChanges(&g, st.Members)
-		for i, ch := range changes {
-			var ops []stateOp
-			if i == len(changes)-1 {
-				ops = groupStateOps(id, *st, oldChunks)
-			}
-			if err := b.add(ch, ops...); err != nil {
-				return "", err
-			}
+		if err := r.publishGroup(b, id, st, members[id], old); err != nil {
+			return "", err
 		}
+		// touched now only says that the round saw the group.
+		touched[id] = publishedGroup
+		delete(members, id)
 	}
 	ids := make([]string, 0, len(removed))
 	for id := range removed {
@@ -183,10 +164,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		}
 	}
 	if full {
-		seen := map[string]bool{}
-		for id := range touched {
-			seen[id] = true
-		}
+		seen := func(id string) bool { return touched[id] != nil }
 		if err := r.deleteMissing(b, state.AssetGroup, seen); err != nil {
 			return "", err
 		}
@@ -196,6 +174,61 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		return "", err
 	}
 	return next, b.flush(true)
+}
+
+// publishedGroup is a touched group's entry once it is published.
+var publishedGroup = &groupState{}
+
+// storedGroup is what a round keeps of a group's stored state once it has
+// its members: whether it was stored, and its hash, count flag and number
+// of member chunks.
+type storedGroup struct {
+	ok, uncounted bool
+	hash          string
+	chunks        int
+}
+
+// publishGroup publishes a touched group with its merged member set, unless
+// consumers have it as stored (old; nil in a full round, which publishes
+// everything), and stores its state with its last change.
+func (r *round) publishGroup(b *batcher, id string, st *groupState, set idSet, old *storedGroup) error {
+	st.Members = set.strings(&r.ids)
+	sort.Strings(st.Members)
+	var g graphclient.Group
+	_ = json.Unmarshal(st.Record, &g)
+	g.ID = id
+	raw, _ := json.Marshal(groupAssetOf(&g, st.Members)) // the whole record, for its hash
+	oldChunks := 0
+	if old != nil {
+		oldChunks = old.chunks
+		if old.ok && !old.uncounted && old.hash == hashOf(raw) {
+			return nil
+		}
+		if !old.ok || old.uncounted {
+			r.countGroup(1)
+		}
+		if old.ok && old.hash == hashOf(raw) {
+			// Consumers have this record (a post-action refresh): it is
+			// only counted now.
+			st.Hash, st.Uncounted = old.hash, false
+			b.keep(groupStateOps(id, *st, oldChunks)...)
+			return nil
+		}
+	}
+	st.Hash, st.Uncounted = hashOf(raw), false
+	// The state goes with the group's last change: stored once all of the
+	// group is.
+	changes := groupChanges(&g, st.Members)
+	for i, ch := range changes {
+		var ops []stateOp
+		if i == len(changes)-1 {
+			ops = groupStateOps(id, *st, oldChunks)
+		}
+		if err := b.add(ch, ops...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // groupAssetOf is the m365_group record of a group with its member ids.

@@ -38,7 +38,7 @@ func (r *round) syncLicenses(skus []graphclient.SKU) error {
 		}
 	}
 	// The SKU list is always complete: what is gone was removed.
-	if err := r.deleteMissing(b, state.AssetLicense, seen); err != nil {
+	if err := r.deleteMissing(b, state.AssetLicense, func(id string) bool { return seen[id] }); err != nil {
 		return err
 	}
 	return b.flush(true)

@@ -124,6 +124,13 @@ func (r *round) getState(ref assetRef, v any) (bool, error) {
 	return true, json.Unmarshal(raw, v)
 }
 
+// forget lets go of a state read ahead, once read.
+func (r *round) forget(ref assetRef) {
+	r.preMu.Lock()
+	delete(r.pre, ref)
+	r.preMu.Unlock()
+}
+
 // prefetch reads the stored state of refs, 16 at a time, for the page about
 // to be applied: an incremental round's pages then cost one round trip to
 // the bucket instead of one per object. What it read is what was stored
@@ -170,16 +177,15 @@ func (r *round) prefetch(refs []assetRef) error {
 }
 
 // deleteMissing deletes what a full round did not see.
-func (r *round) deleteMissing(b *batcher, kind string, seen map[string]bool) error {
-	known, err := r.state.AssetIDs(r.ctx, kind)
-	if err != nil {
-		return err
-	}
-	ids := make([]string, 0)
-	for id := range known {
-		if !seen[id] {
+func (r *round) deleteMissing(b *batcher, kind string, seen func(id string) bool) error {
+	var ids []string
+	err := r.state.EachAssetID(r.ctx, kind, func(id string) {
+		if !seen(id) {
 			ids = append(ids, id)
 		}
+	})
+	if err != nil {
+		return err
 	}
 	sort.Strings(ids)
 	for _, id := range ids {

@@ -41,9 +41,9 @@ func userAssetOf(u *graphclient.User, skuPart map[string]string) jobs.UserAsset 
 
 func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetUser)
-	seen := map[string]bool{}
-	emitted := map[string]string{}    // id → hash published this round
-	counted := map[string]userState{} // id → state counted this round ({} once gone)
+	seen := idSet{}
+	emitted := map[uint32]uint64{}    // id → hash published this round (its first 64 bits)
+	counted := map[string]userState{} // id → state counted this round ({} once gone); not in a full round
 	if b.mode == jobs.ModeFull {
 		link = ""
 	}
@@ -75,9 +75,10 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		}
 		for _, ch := range page {
 			key := assetRef{state.AssetUser, ch.ID}
+			i := r.ids.intern(ch.ID)
 			if ch.Removed != "" {
-				delete(seen, ch.ID)
-				delete(emitted, ch.ID)
+				delete(seen, i)
+				delete(emitted, i)
 				old, ok, err := r.lastUserState(counted, key, ch.ID)
 				if err != nil {
 					return err
@@ -96,11 +97,11 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 				}
 				continue
 			}
-			seen[ch.ID] = true
+			seen[i] = struct{}{}
 			asset := r.userAsset(ch.User)
 			raw, _ := json.Marshal(asset)
 			st := userState{Hash: hashOf(raw), Enabled: asset.AccountEnabled, Licensed: len(asset.AssignedLicenses) > 0}
-			if emitted[ch.ID] == st.Hash {
+			if h, ok := emitted[i]; ok && h == hash64(st.Hash) {
 				continue // repeated in this round
 			}
 			if b.mode != jobs.ModeFull || r.job.Rerun() {
@@ -123,7 +124,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 					continue
 				}
 			}
-			emitted[ch.ID] = st.Hash
+			emitted[i] = hash64(st.Hash)
 			if err := b.add(jobs.AssetChange{Op: jobs.OpUpsert, ID: ch.ID, Asset: raw}, putState(key, st)); err != nil {
 				return err
 			}
@@ -148,7 +149,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" && b.mode != jobs.ModeFull {
 		r.log.Info("sync: user delta token expired or reset; running a full round")
 		b.mode = jobs.ModeFull
-		seen = map[string]bool{}
+		seen = idSet{}
 		if tracking, ok, perr := r.parallelUsers(c, apply); perr != nil {
 			return "", perr
 		} else if ok {
@@ -161,7 +162,7 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		return "", err
 	}
 	if b.mode == jobs.ModeFull {
-		if err := r.deleteMissing(b, state.AssetUser, seen); err != nil {
+		if err := r.deleteMissing(b, state.AssetUser, r.ids.in(seen)); err != nil {
 			return "", err
 		}
 	}

@@ -675,6 +675,7 @@ func TestRolesFromConfig(t *testing.T) {
 	} else if _, err := kv.Get(c5, "site-a.other"); err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("the pool's worker may read another pool's keys (%v)", err)
 	}
+	scanStateAsOthers(t, wjs, map[string]*nats.Conn{"Tevyra": tnc})
 
 	// The notification receiver: triggers only.
 	nnc, err := nats.Connect(url("notify", "notify-pw"), append(tlsOpts, nats.CustomInboxPrefix("_INBOX_notify"))...)
@@ -727,6 +728,7 @@ func TestRolesFromConfig(t *testing.T) {
 	case <-ctx.Done():
 		t.Error("monitoring may pull from a pool consumer: no permission violation")
 	}
+	scanStateAsOthers(t, wjs, map[string]*nats.Conn{"monitoring": mnc})
 	c6, f6 := short()
 	defer f6()
 	if st, err := mjs.Stream(c6, "M365_JOBS"); err != nil {
@@ -764,4 +766,39 @@ func newTestPKI(t *testing.T, dir string) testPKI {
 // tlsArgs are the CLI flags of a client with the test PKI's certificate.
 func (p testPKI) tlsArgs() []string {
 	return []string{"--tls-ca", p.ca, "--tls-cert", p.clientCert, "--tls-key", p.clientKey}
+}
+
+// scanStateAsOthers checks the state scans' permissions (internal/state
+// scan.go): the pool's worker pulls its own instance's states from an
+// ordered consumer, may not create one over another pool's keys, and no one
+// in others may pull from the worker's consumer.
+func scanStateAsOthers(t *testing.T, wjs jetstream.JetStream, others map[string]*nats.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	scan := func(filter string) (jetstream.Consumer, error) {
+		return wjs.OrderedConsumer(ctx, "KV_m365_state", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
+			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, HeadersOnly: true})
+	}
+	cons, err := scan("$KV.m365_state.a.default.acme.u.*")
+	if err != nil {
+		t.Fatalf("the pool's worker scans its instance's states: %v", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := it.Next(jetstream.NextContext(ctx)); err != nil {
+		t.Fatalf("the pool's worker pulls its instance's states: %v", err)
+	}
+	it.Stop()
+	if _, err := scan("$KV.m365_state.a.site-a.acme.u.*"); err == nil {
+		t.Error("the pool's worker scans another pool's states")
+	}
+	next := "$JS.API.CONSUMER.MSG.NEXT.KV_m365_state." + cons.CachedInfo().Name
+	for who, nc := range others {
+		if m, err := nc.Request(next, []byte(`{"batch":1,"no_wait":true}`), time.Second); err == nil {
+			t.Errorf("%s pulled from the worker's state scan: %q %q", who, m.Subject, m.Data)
+		}
+	}
 }

@@ -283,6 +283,11 @@ func TestCustomerSitesFromConfig(t *testing.T) {
 		_, err = kv.Put(c, "sync.site-b.globex", []byte("{}"))
 		return err
 	})
+	refused("scan site B's state", func(c context.Context) error {
+		_, err := ajs.OrderedConsumer(c, "KV_m365_state", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"$KV.m365_state.a.site-b.globex.u.*"},
+			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+		return err
+	})
 	refused("publish site B's results", func(c context.Context) error {
 		_, err := ajs.Publish(c, "m365.results.globex.actions", []byte("{}"))
 		return err

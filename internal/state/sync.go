@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"strings"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tevyra/m365-worker/internal/retry"
 	"github.com/tevyra/m365-worker/publisher"
 )
@@ -88,35 +86,22 @@ func (sc *Scope) UpdateAssetState(ctx context.Context, kind, id string, f func(o
 	})
 }
 
-// AssetIDs lists the ids of one kind of synced object.
-func (sc *Scope) AssetIDs(ctx context.Context, kind string) (map[string]bool, error) {
+// EachAssetID calls f with the id of every synced object of a kind, a
+// batch at a time: a tenant's ids are never all held at once.
+func (sc *Scope) EachAssetID(ctx context.Context, kind string, f func(id string)) error {
 	prefix := sc.assetPrefix(kind)
-	keys, err := sc.s.listKeys(ctx, prefix+"*")
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		out[strings.TrimPrefix(k, prefix)] = true
-	}
-	return out, nil
+	return sc.s.scan(ctx, prefix+"*", true, scanIDs, func(key string, _ []byte) { f(strings.TrimPrefix(key, prefix)) })
 }
 
-// EachAssetState calls f with the stored state of every object of a kind.
+// EachAssetState calls f with the stored state of every object of a kind,
+// a batch at a time.
 func (sc *Scope) EachAssetState(ctx context.Context, kind string, f func(id string, raw []byte)) error {
 	prefix := sc.assetPrefix(kind)
-	w, err := sc.s.kv.WatchFiltered(ctx, []string{prefix + "*"}, jetstream.IgnoreDeletes())
-	if err != nil {
-		return err
+	batch := scanStates
+	if kind == AssetGroup {
+		batch = scanGroupStates
 	}
-	defer func() { _ = w.Stop() }()
-	for e := range w.Updates() {
-		if e == nil {
-			break
-		}
-		f(strings.TrimPrefix(e.Key(), prefix), e.Value())
-	}
-	return ctx.Err()
+	return sc.s.scan(ctx, prefix+"*", false, batch, func(key string, val []byte) { f(strings.TrimPrefix(key, prefix), val) })
 }
 
 // AssetOp is a write of one object's state: a put, or a delete when Value

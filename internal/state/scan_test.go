@@ -1,0 +1,92 @@
+package state_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/tevyra/m365-worker/internal/state"
+)
+
+// A scan of an instance's states reads each stored key once, with its last
+// value, across more keys than one batch; skips deleted and purged keys and
+// other instances' keys; and leaves out what is written while it runs (a
+// key seen twice would be counted twice in the indicators).
+func TestScanReadsEachStoredKeyOnce(t *testing.T) {
+	st, kv := open(t)
+	ctx := context.Background()
+	acme := st.For("default", "acme")
+	const n = 1234
+	var ops []state.AssetOp
+	for i := range n {
+		ops = append(ops, state.AssetOp{Kind: state.AssetUser, ID: fmt.Sprintf("u%04d", i), Value: []byte("v1")})
+	}
+	if err := acme.WriteAssetStates(ctx, ops, "first"); err != nil {
+		t.Fatal(err)
+	}
+	// A second value for every tenth, a delete and a purge, another
+	// instance's user and another kind.
+	for i := 0; i < n; i += 10 {
+		ops[i/10] = state.AssetOp{Kind: state.AssetUser, ID: fmt.Sprintf("u%04d", i), Value: []byte("v2")}
+	}
+	if err := acme.WriteAssetStates(ctx, ops[:(n+9)/10], "second"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "a.default.acme.u.u0001"); err != nil {
+		t.Fatal(err)
+	}
+	if err := acme.WriteAssetStates(ctx, []state.AssetOp{{Kind: state.AssetUser, ID: "u0002"}}, "purge"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "a.default.globex.u.other", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "a.default.acme.g.group", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+
+	seen := map[string]string{}
+	err := acme.EachAssetState(ctx, state.AssetUser, func(id string, raw []byte) {
+		if _, twice := seen[id]; twice {
+			t.Errorf("%s seen twice", id)
+		}
+		seen[id] = string(raw)
+		if len(seen) == 1 {
+			// Written while the scan runs: an update of a key not read
+			// yet, and a new key.
+			_, _ = kv.Put(ctx, "a.default.acme.u.u1200", []byte("v3"))
+			_, _ = kv.Put(ctx, "a.default.acme.u.new", []byte("v3"))
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := seen["new"]; ok {
+		t.Error("a key written during the scan was read")
+	}
+	for i := range n {
+		id := fmt.Sprintf("u%04d", i)
+		want := "v1"
+		switch {
+		case i == 1 || i == 2:
+			want = "" // deleted, purged
+		case i == 1200:
+			want = seen[id] // written during the scan: either
+		case i%10 == 0:
+			want = "v2"
+		}
+		if seen[id] != want {
+			t.Fatalf("%s: %q, want %q", id, seen[id], want)
+		}
+	}
+	if len(seen) != n-2 && len(seen) != n-3 {
+		t.Errorf("%d keys scanned, want %d", len(seen), n-2)
+	}
+	var ids int
+	if err := acme.EachAssetID(ctx, state.AssetUser, func(string) { ids++ }); err != nil {
+		t.Fatal(err)
+	}
+	if ids != n-1 { // and "new" now
+		t.Errorf("EachAssetID: %d ids, want %d", ids, n-1)
+	}
+}
