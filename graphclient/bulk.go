@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -138,6 +139,60 @@ func getPage[T any](ctx context.Context, c *Client, op, u string) (*page[T], err
 	return &p, nil
 }
 
+// eachPage walks a paged read from u, handing each page to fn in order, and
+// returns the last page's deltaLink (delta: a page must carry a nextLink or
+// a deltaLink; otherwise the walk ends on the first page without a
+// nextLink). The next page is requested while fn handles this one (a
+// round's fn may wait on JetStream), so that a walk costs Graph's latency
+// rather than Graph's plus ours; two pages are held at most, and the
+// transport's per-tenant cap bounds the requests in flight. A failed fn
+// cancels the request ahead.
+func eachPage[T any](ctx context.Context, c *Client, op, u string, delta bool, fn func(*page[T]) error) (string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type fetched struct {
+		p   *page[T]
+		err error
+	}
+	get := func(u string) <-chan fetched {
+		ch := make(chan fetched, 1)
+		go func() {
+			defer func() {
+				if v := recover(); v != nil {
+					ch <- fetched{err: &Error{Op: op, Message: fmt.Sprintf("reading a page panicked: %v", v)}}
+				}
+			}()
+			p, err := getPage[T](ctx, c, op, u)
+			ch <- fetched{p, err}
+		}()
+		return ch
+	}
+	w := c.walk(op, u)
+	next := get(u)
+	for {
+		f := <-next
+		if f.err != nil {
+			return "", f.err
+		}
+		next = nil
+		switch p := f.p; {
+		case p.NextLink != "":
+			if err := w.next(p.NextLink); err != nil {
+				return "", err
+			}
+			next = get(p.NextLink)
+		case delta && p.DeltaLink == "":
+			return "", &Error{Op: op, Message: "the last page carries neither a nextLink nor a deltaLink"}
+		}
+		if err := fn(f.p); err != nil {
+			return "", err
+		}
+		if next == nil {
+			return f.p.DeltaLink, nil
+		}
+	}
+}
+
 // responseError reads an error answer (its body capped) into an *Error.
 func (c *Client) responseError(op string, resp *http.Response) *Error {
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, c.limits.errorBytes))
@@ -165,28 +220,14 @@ func (c *Client) ListUsers(ctx context.Context, filter string, fn func([]User) e
 	if filter != "" {
 		q.Set("$filter", filter)
 	}
-	u := c.graphURL + "/users?" + q.Encode()
-	w := c.walk("list users", u)
-	for {
-		p, err := getPage[userJSON](ctx, c, "list users", u)
-		if err != nil {
-			return err
-		}
+	_, err := eachPage(ctx, c, "list users", c.graphURL+"/users?"+q.Encode(), false, func(p *page[userJSON]) error {
 		recs := make([]User, 0, len(p.Value))
 		for i := range p.Value {
 			recs = append(recs, p.Value[i].record())
 		}
-		if err := fn(recs); err != nil {
-			return err
-		}
-		if p.NextLink == "" {
-			return nil
-		}
-		if err := w.next(p.NextLink); err != nil {
-			return err
-		}
-		u = p.NextLink
-	}
+		return fn(recs)
+	})
+	return err
 }
 
 // UserDelta runs one user delta round. link is the deltaLink of the last
@@ -201,12 +242,7 @@ func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserCh
 	if err != nil {
 		return "", err
 	}
-	w := c.walk("user delta", u)
-	for {
-		p, err := getPage[userJSON](ctx, c, "user delta", u)
-		if err != nil {
-			return "", err
-		}
+	return eachPage(ctx, c, "user delta", u, true, func(p *page[userJSON]) error {
 		changes := make([]UserChange, 0, len(p.Value))
 		for i := range p.Value {
 			uj := &p.Value[i]
@@ -219,21 +255,8 @@ func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserCh
 			}
 			changes = append(changes, ch)
 		}
-		if err := fn(changes); err != nil {
-			return "", err
-		}
-		switch {
-		case p.NextLink != "":
-			if err := w.next(p.NextLink); err != nil {
-				return "", err
-			}
-			u = p.NextLink
-		case p.DeltaLink != "":
-			return p.DeltaLink, nil
-		default:
-			return "", &Error{Op: "user delta", Message: "the last page carries neither a nextLink nor a deltaLink"}
-		}
-	}
+		return fn(changes)
+	})
 }
 
 // GroupDelta runs one group delta round with members, like UserDelta. A
@@ -245,12 +268,7 @@ func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[Group
 	if err != nil {
 		return "", err
 	}
-	w := c.walk("group delta", u)
-	for {
-		p, err := getPage[groupJSON](ctx, c, "group delta", u)
-		if err != nil {
-			return "", err
-		}
+	return eachPage(ctx, c, "group delta", u, true, func(p *page[groupJSON]) error {
 		byID := map[string]*GroupChange{}
 		var order []string
 		for i := range p.Value {
@@ -281,19 +299,6 @@ func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[Group
 		for _, id := range order {
 			changes = append(changes, *byID[id])
 		}
-		if err := fn(changes); err != nil {
-			return "", err
-		}
-		switch {
-		case p.NextLink != "":
-			if err := w.next(p.NextLink); err != nil {
-				return "", err
-			}
-			u = p.NextLink
-		case p.DeltaLink != "":
-			return p.DeltaLink, nil
-		default:
-			return "", &Error{Op: "group delta", Message: "the last page carries neither a nextLink nor a deltaLink"}
-		}
-	}
+		return fn(changes)
+	})
 }
