@@ -84,12 +84,17 @@ func (w *Worker) parked(wait func() bool) bool {
 	return wait()
 }
 
-// earlierCache remembers the target key and job id of stream sequences.
+// earlierCache remembers the target key and job id of stream sequences:
+// those this worker fetched (saw), and those it read back. A burst of one
+// tenant's jobs then checks its earlier jobs in memory, not with a read of
+// the stream per earlier job per job, and a sequence missing from it is read
+// back once however many jobs wait on it (inflight).
 type earlierCache struct {
-	mu      sync.Mutex
-	bySeq   map[seqKey]seqJob
-	floor   uint64
-	floorAt time.Time
+	mu       sync.Mutex
+	bySeq    map[seqKey]seqJob
+	inflight map[seqKey]chan struct{}
+	floor    uint64
+	floorAt  time.Time
 }
 
 // seqKey is a stream sequence as seen through one instance's action
@@ -120,6 +125,42 @@ func (c *earlierCache) put(k seqKey, sj seqJob) {
 		c.bySeq = map[seqKey]seqJob{}
 	}
 	c.bySeq[k] = sj
+}
+
+// saw records a job this worker fetched (of its pool), as a read back would
+// find it.
+func (c *earlierCache) saw(msg jetstream.Msg, pj parsedMsg, seq uint64) {
+	if pj.addrErr != nil || seq == 0 {
+		return
+	}
+	sj := seqJob{}
+	if pj.addr.Action != jobs.ActionSync {
+		sj = seqJobOf(&jetstream.RawStreamMsg{Data: msg.Data(), Header: msg.Headers()})
+	}
+	c.put(seqKey{pj.addr.Instance, seq}, sj)
+}
+
+// claim makes the caller the one to read k back (mine), or returns what to
+// wait on while another caller does.
+func (c *earlierCache) claim(k seqKey) (wait <-chan struct{}, mine bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ch, ok := c.inflight[k]; ok {
+		return ch, false
+	}
+	if c.inflight == nil {
+		c.inflight = map[seqKey]chan struct{}{}
+	}
+	c.inflight[k] = make(chan struct{})
+	return nil, true
+}
+
+// unclaim ends the caller's read back of k.
+func (c *earlierCache) unclaim(k seqKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	close(c.inflight[k])
+	delete(c.inflight, k)
 }
 
 // ackFloor returns the consumer's ack floor (stream sequence), refreshed at
@@ -156,9 +197,27 @@ func (w *Worker) earlierUnfinished(ctx context.Context, sc *state.Scope, pool, t
 	}
 	subject := w.cfg.Subjects.ActionJob(pool, instance, "*")
 	for next := floor + 1; next < seq; {
-		sj, ok := w.earlier.get(seqKey{instance, next})
+		k := seqKey{instance, next}
+		sj, ok := w.earlier.get(k)
 		if !ok {
+			if wait, mine := w.earlier.claim(k); !mine {
+				select {
+				case <-wait:
+					continue // read back by another job (or not: then by this one)
+				case <-ctx.Done():
+					return "", ctx.Err()
+				}
+			}
 			m, err := w.jobsStream.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+			if err == nil && m.Sequence < seq {
+				// Remember every sequence skipped over as holding no
+				// action job of this instance, and the one found.
+				for s := next; s < m.Sequence && m.Sequence-next < 1024; s++ {
+					w.earlier.put(seqKey{instance, s}, seqJob{})
+				}
+				w.earlier.put(seqKey{instance, m.Sequence}, seqJobOf(m))
+			}
+			w.earlier.unclaim(k)
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				return "", nil
 			}
@@ -168,14 +227,7 @@ func (w *Worker) earlierUnfinished(ctx context.Context, sc *state.Scope, pool, t
 			if m.Sequence >= seq {
 				return "", nil
 			}
-			// Remember every sequence skipped over as holding no action
-			// job of this instance, and the one found.
-			for s := next; s < m.Sequence && m.Sequence-next < 1024; s++ {
-				w.earlier.put(seqKey{instance, s}, seqJob{})
-			}
-			sj = seqJobOf(m)
-			w.earlier.put(seqKey{instance, m.Sequence}, sj)
-			next = m.Sequence
+			sj, next = seqJobOf(m), m.Sequence
 		}
 		if sj.target == target && sj.id != "" {
 			done, err := sc.Done(ctx, sj.id)
