@@ -776,22 +776,27 @@ func scanStateAsOthers(t *testing.T, wjs jetstream.JetStream, others map[string]
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	scan := func(filter string) (jetstream.Consumer, error) {
-		return wjs.OrderedConsumer(ctx, "KV_m365_state", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
-			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, HeadersOnly: true})
+	n := 0
+	scan := func(filter string) (jetstream.Consumer, error) { // as internal/state's scan does
+		n++
+		return wjs.CreateConsumer(ctx, "KV_m365_state", jetstream.ConsumerConfig{Name: fmt.Sprintf("scan_test%d", n), FilterSubject: filter,
+			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, AckPolicy: jetstream.AckNonePolicy, HeadersOnly: true, InactiveThreshold: time.Minute})
 	}
 	cons, err := scan("$KV.m365_state.a.default.acme.u.*")
 	if err != nil {
 		t.Fatalf("the pool's worker scans its instance's states: %v", err)
 	}
-	it, err := cons.Messages()
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := it.Next(jetstream.NextContext(ctx)); err != nil {
-		t.Fatalf("the pool's worker pulls its instance's states: %v", err)
+	got := 0
+	for range b.Messages() {
+		got++
 	}
-	it.Stop()
+	if got != 1 {
+		t.Fatalf("the pool's worker pulls its instance's states: %d messages (%v)", got, b.Error())
+	}
 	if _, err := scan("$KV.m365_state.a.site-a.acme.u.*"); err == nil {
 		t.Error("the pool's worker scans another pool's states")
 	}

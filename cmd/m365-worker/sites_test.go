@@ -284,8 +284,8 @@ func TestCustomerSitesFromConfig(t *testing.T) {
 		return err
 	})
 	refused("scan site B's state", func(c context.Context) error {
-		_, err := ajs.OrderedConsumer(c, "KV_m365_state", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"$KV.m365_state.a.site-b.globex.u.*"},
-			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+		_, err := ajs.CreateConsumer(c, "KV_m365_state", jetstream.ConsumerConfig{Name: "scan_rogue", FilterSubject: "$KV.m365_state.a.site-b.globex.u.*",
+			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, AckPolicy: jetstream.AckNonePolicy})
 		return err
 	})
 	refused("publish site B's results", func(c context.Context) error {
