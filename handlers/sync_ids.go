@@ -46,13 +46,6 @@ func (t *idTable) lookup(id string) (uint32, bool) {
 	return i, ok
 }
 
-// id is the id of index i.
-func (t *idTable) id(i uint32) string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.ids[i]
-}
-
 // idSet is a set of interned ids.
 type idSet map[uint32]struct{}
 
