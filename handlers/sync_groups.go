@@ -67,7 +67,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 						return err
 					}
 					r.forget(key)
-					stored[ch.ID] = storedGroup{ok: ok, hash: st.Hash, uncounted: st.Uncounted, chunks: st.MemberChunks}
+					stored[ch.ID] = storedOf(ok, st)
 					if err := r.loadMembers(ch.ID, st); err != nil {
 						return err
 					}
@@ -130,7 +130,8 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			if err != nil {
 				return "", err
 			}
-			old = &storedGroup{ok: ok, hash: o.Hash, uncounted: o.Uncounted, chunks: o.MemberChunks}
+			so := storedOf(ok, &o)
+			old = &so
 		}
 		if err := r.publishGroup(b, id, st, members[id], old); err != nil {
 			return "", err
@@ -186,6 +187,11 @@ type storedGroup struct {
 	ok, uncounted bool
 	hash          string
 	chunks        int
+}
+
+// storedOf is what a round keeps of st, read from the state (ok: found).
+func storedOf(ok bool, st *groupState) storedGroup {
+	return storedGroup{ok: ok, hash: st.Hash, uncounted: st.Uncounted, chunks: st.MemberChunks}
 }
 
 // publishGroup publishes a touched group with its merged member set, unless

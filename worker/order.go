@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tevyra/m365-worker/internal/state"
@@ -127,15 +128,15 @@ func (c *earlierCache) put(k seqKey, sj seqJob) {
 	c.bySeq[k] = sj
 }
 
-// saw records a job this worker fetched (of its pool), as a read back would
-// find it.
-func (c *earlierCache) saw(msg jetstream.Msg, pj parsedMsg, seq uint64) {
-	if pj.addrErr != nil || seq == 0 {
+// saw records a job this worker (of pool) fetched, as a read back would find
+// it, from the envelope the fetch loop parsed.
+func (c *earlierCache) saw(pool string, msg jetstream.Msg, pj parsedMsg, seq uint64) {
+	if pj.addrErr != nil || pj.addr.Pool != pool || seq == 0 {
 		return
 	}
 	sj := seqJob{}
-	if pj.addr.Action != jobs.ActionSync {
-		sj = seqJobOf(&jetstream.RawStreamMsg{Data: msg.Data(), Header: msg.Headers()})
+	if pj.err == nil && pj.addr.Action != jobs.ActionSync {
+		sj = seqJobFor(pj.job, pj.params, msg.Headers())
 	}
 	c.put(seqKey{pj.addr.Instance, seq}, sj)
 }
@@ -209,13 +210,17 @@ func (w *Worker) earlierUnfinished(ctx context.Context, sc *state.Scope, pool, t
 				}
 			}
 			m, err := w.jobsStream.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
-			if err == nil && m.Sequence < seq {
+			var found seqJob
+			if err == nil {
+				found = seqJobOf(m)
 				// Remember every sequence skipped over as holding no
-				// action job of this instance, and the one found.
+				// action job of this instance, and the one found (also
+				// when it is this job or a later one: the jobs waiting
+				// on k read it from here).
 				for s := next; s < m.Sequence && m.Sequence-next < 1024; s++ {
 					w.earlier.put(seqKey{instance, s}, seqJob{})
 				}
-				w.earlier.put(seqKey{instance, m.Sequence}, seqJobOf(m))
+				w.earlier.put(seqKey{instance, m.Sequence}, found)
 			}
 			w.earlier.unclaim(k)
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -227,7 +232,7 @@ func (w *Worker) earlierUnfinished(ctx context.Context, sc *state.Scope, pool, t
 			if m.Sequence >= seq {
 				return "", nil
 			}
-			sj, next = seqJobOf(m), m.Sequence
+			sj, next = found, m.Sequence
 		}
 		if sj.target == target && sj.id != "" {
 			done, err := sc.Done(ctx, sj.id)
@@ -245,10 +250,18 @@ func (w *Worker) earlierUnfinished(ctx context.Context, sc *state.Scope, pool, t
 
 func seqJobOf(m *jetstream.RawStreamMsg) seqJob {
 	j, p, err := jobs.ParseJob(m.Data)
-	if err != nil || j == nil || j.Action == jobs.ActionSync || p.Target() == "" {
+	if err != nil {
 		return seqJob{}
 	}
-	if m.Header.Get(headerScheduler) != "" {
+	return seqJobFor(j, p, m.Header)
+}
+
+// seqJobFor is seqJobOf of a job already parsed.
+func seqJobFor(j *jobs.Job, p jobs.Params, h nats.Header) seqJob {
+	if j == nil || j.Action == jobs.ActionSync || p.Target() == "" {
+		return seqJob{}
+	}
+	if h.Get(headerScheduler) != "" {
 		return seqJob{} // schedules only produce sync jobs
 	}
 	id := j.ID

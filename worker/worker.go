@@ -181,9 +181,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				wg.Add(1)
 				w.inFlight.Add(1)
 				inst, key, seq := pj.addr.Instance, pj.target, streamSeq(msg)
-				if pj.addr.Pool == w.cfg.Pool {
-					w.earlier.saw(msg, pj, seq)
-				}
+				w.earlier.saw(w.cfg.Pool, msg, pj, seq)
 				pj.overHold = !w.hold(inst, key == "" || w.turns.first(key, seq))
 				if pj.overHold {
 					key = "" // given back at once: it takes no turn

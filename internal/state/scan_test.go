@@ -71,7 +71,13 @@ func TestScanReadsEachStoredKeyOnce(t *testing.T) {
 		case i == 1 || i == 2:
 			want = "" // deleted, purged
 		case i == 1200:
-			want = seen[id] // written during the scan: either
+			// Written during the scan: read as it was stored when the
+			// scan began, or not at all (its value then replaced), never
+			// with the new value.
+			if seen[id] == "v3" {
+				t.Errorf("%s read with the value written during the scan", id)
+			}
+			want = seen[id]
 		case i%10 == 0:
 			want = "v2"
 		}
