@@ -197,6 +197,7 @@ func TestRunEmbeddedDefault(t *testing.T) {
 	}
 
 	// A second start on the same data directory finds the job and its result.
+	restarted := time.Now()
 	s2 := start(t, "run", "--data-dir", dataDir, "--nats-listen", addr, "--graphsim-listen", simAddr)
 	s2.waitLine(t, "listening on")
 	s2.waitLine(t, "demo indicators:")
@@ -216,12 +217,22 @@ func TestRunEmbeddedDefault(t *testing.T) {
 	if err != nil || !strings.Contains(string(prev.Data), `"e2e-1"`) {
 		t.Fatalf("action result after restart: %v", err)
 	}
-	last, err := st.GetLastMsgForSubject(context.Background(), "m365.results.demo.syncs")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The indicators go out just before the round's report: wait for the
+	// report of a round started by the second start.
 	var rep jobs.SyncReport
-	_ = json.Unmarshal(last.Data, &rep)
+	var last *jetstream.RawStreamMsg
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if last, err = st.GetLastMsgForSubject(context.Background(), "m365.results.demo.syncs"); err == nil {
+			rep = jobs.SyncReport{}
+			if json.Unmarshal(last.Data, &rep) == nil && rep.StartedAt.After(restarted) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no sync report of the second start within 60s (last %v): %v", rep.StartedAt, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if rep.Mode != jobs.ModeIncremental || rep.Outcome != jobs.OutcomeSucceeded {
 		t.Errorf("sync after restart: %s", last.Data)
 	}
