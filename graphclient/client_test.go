@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 func startSim(t testing.TB, o graphsim.Options) *graphsim.Server {

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/tevyra/m365-worker/graphclient"
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 // A guarded context sends nothing once its guard refuses: the worker's

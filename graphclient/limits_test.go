@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 // faultyTenant starts a small simulator tenant answering with faults, and a

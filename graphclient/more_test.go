@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 func TestCertificateConfigAndTokenCache(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 // startTinyproxy runs a real forward proxy (Debian's tinyproxy, installed by

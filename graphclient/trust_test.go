@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/tevyra/m365-worker/graphclient"
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 func TestEndpointOverridesNeedTheOptIn(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 	"github.com/tevyra/m365-worker/internal/bench"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/internal/notify"
 	"github.com/tevyra/m365-worker/jobs"

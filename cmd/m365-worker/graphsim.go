@@ -8,7 +8,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) error {

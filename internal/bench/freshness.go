@@ -20,7 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 	"github.com/tevyra/m365-worker/internal/notify"
 	"github.com/tevyra/m365-worker/jobs"
 )

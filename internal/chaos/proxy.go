@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 // Faults are the failures the proxy injects into Graph requests (/v1.0/…;

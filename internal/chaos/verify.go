@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 	"github.com/tevyra/m365-worker/jobs"
 )
 

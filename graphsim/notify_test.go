@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 func TestNotifyGraphWrites(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 // raw is a plain HTTP client for one tenant's app, for the tests that look at

@@ -6,13 +6,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 // BenchmarkSeedLargeTenant generates a 100,000-user / 10,000-group tenant
 // and reports the time and the live heap it takes.
 //
-//	go test ./graphclient/graphsim -run '^$' -bench SeedLargeTenant -benchtime 1x
+//	go test ./graphsim -run '^$' -bench SeedLargeTenant -benchtime 1x
 func BenchmarkSeedLargeTenant(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		runtime.GC()
@@ -44,7 +44,7 @@ func BenchmarkSeedLargeTenant(b *testing.B) {
 // BenchmarkServe measures requests per second with throttling and latency
 // off, the client on the same machine:
 //
-//	go test ./graphclient/graphsim -run '^$' -bench Serve -benchtime 5s
+//	go test ./graphsim -run '^$' -bench Serve -benchtime 5s
 func BenchmarkServe(b *testing.B) {
 	sim, err := graphsim.Start(graphsim.Options{Users: 1000, Groups: 100, NoThrottling: true})
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tevyra/m365-worker/graphclient/graphsim"
+	"github.com/tevyra/m365-worker/graphsim"
 )
 
 // receiver is a webhook endpoint over TLS, like a product's: it answers the
