@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -36,6 +37,19 @@ func (m *actionMetrics) observe(action, outcome string, d time.Duration) {
 	}
 }
 
+// otherAction is the label of every action no handler is registered for:
+// an action name comes from a job's subject, which any publisher makes up,
+// and each name would otherwise stay a series for ever.
+const otherAction = "other"
+
+// actionLabel bounds an action label to the registered actions.
+func (w *Worker) actionLabel(action string) string {
+	if _, ok := w.handlers[action]; ok {
+		return action
+	}
+	return otherAction
+}
+
 // Metric is one sample for the exposition.
 type Metric struct {
 	Name   string
@@ -55,6 +69,32 @@ type Observer struct {
 	w       *Worker
 	nc      *nats.Conn
 	sources []MetricsSource
+
+	// The consumer's backlog, read at most once per consumerInfoTTL: a
+	// scrape (or anyone who can reach the listener) must not make a
+	// JetStream API request each.
+	mu     sync.Mutex
+	info   *jetstream.ConsumerInfo
+	infoAt time.Time
+}
+
+// consumerInfoTTL is how long a read of the consumer's backlog serves
+// scrapes.
+const consumerInfoTTL = 10 * time.Second
+
+// consumerInfo is the pool consumer's info, cached for consumerInfoTTL.
+func (o *Observer) consumerInfo(ctx context.Context) *jetstream.ConsumerInfo {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.info != nil && time.Since(o.infoAt) < consumerInfoTTL {
+		return o.info
+	}
+	info, err := o.w.consumerInfo(ctx)
+	if err != nil {
+		return o.info // the last one read, if any
+	}
+	o.info, o.infoAt = info, time.Now()
+	return info
 }
 
 // NewObserver observes w over nc; sources add samples to every scrape.
@@ -99,7 +139,7 @@ func (o *Observer) samples(ctx context.Context) []Metric {
 	w.metrics.mu.Unlock()
 	ms = append(ms, Metric{Name: "m365_ticks_missed_total", Help: "Scheduled sync ticks not served before the next replaced them (each reported in a ticks_missed sync report).", Type: "counter", Value: float64(w.stats.TicksMissed.Load())})
 	ms = append(ms, Metric{Name: "m365_jobs_in_flight", Help: "Jobs being handled now.", Type: "gauge", Value: float64(w.InFlight())})
-	if info, err := w.consumerInfo(ctx); err == nil && info != nil {
+	if info := o.consumerInfo(ctx); info != nil {
 		ms = append(ms,
 			Metric{Name: "m365_consumer_pending", Help: "Jobs waiting in the pool's consumer (backlog).", Type: "gauge", Labels: map[string]string{"pool": w.cfg.Pool}, Value: float64(info.NumPending)},
 			Metric{Name: "m365_consumer_ack_pending", Help: "Jobs delivered and not yet settled, across the pool.", Type: "gauge", Labels: map[string]string{"pool": w.cfg.Pool}, Value: float64(info.NumAckPending)})

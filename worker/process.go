@@ -22,6 +22,8 @@ import (
 // run: settle maps every outcome to the broker in one place.
 //
 //	locate    metadata, subject, job id, the instance's state scope, logger
+//	hint      a notification trigger for an unknown instance is dropped
+//	          (hint.go)
 //	ledger    a job whose result is stored is never run again (duplicate)
 //	count     attempts used; a job near the consumer's MaxDeliver fails
 //	validate  the envelope, its subject and a handler for its action
@@ -42,6 +44,7 @@ var pipeline = []struct {
 	run  func(*Worker, *delivery) error
 }{
 	{"locate", (*Worker).locate},
+	{"hint", (*Worker).checkHint},
 	{"ledger", (*Worker).checkLedger},
 	{"count", (*Worker).countAttempts},
 	{"validate", (*Worker).validate},

@@ -16,6 +16,7 @@ import (
 //
 //	nil               the result stored, the job recorded as done, acked
 //	errDuplicate      acked: its result is already stored
+//	errDropped        acked: a notification trigger for an unknown instance
 //	*skipError        a skipped sync report, acked
 //	RetryAfter        given back after the delay, no attempt used
 //	context ended     given back at once, no attempt used (shutdown, lost lock)
@@ -34,8 +35,10 @@ func (w *Worker) settle(d *delivery, err error) {
 	case errors.Is(err, errDuplicate):
 		d.log.Info("worker: job already done; acknowledging the duplicate delivery", "deliveries", d.meta.NumDelivered)
 		w.stats.Skipped.Add(1)
-		w.metrics.observe(d.addr.Action, "duplicate", 0)
+		w.metrics.observe(w.actionLabel(d.addr.Action), "duplicate", 0)
 		_ = d.msg.DoubleAck(context.WithoutCancel(d.ctx))
+	case errors.Is(err, errDropped):
+		w.drop(d)
 	case errors.As(err, &skip):
 		w.finishSkipped(d, skip.cause)
 	case errors.As(err, &ra):
@@ -70,7 +73,7 @@ func (w *Worker) retry(d *delivery, cause error) {
 	delay := w.jobBackoff().Delay(d.attempt)
 	d.log.Warn("worker: job failed; retrying", "error", cause, "retry_in", delay)
 	w.stats.Retried.Add(1)
-	w.metrics.observe(d.addr.Action, "retried", 0)
+	w.metrics.observe(w.actionLabel(d.addr.Action), "retried", 0)
 	if err := d.msg.NakWithDelay(delay); err != nil {
 		d.log.Warn("worker: nak failed; the job returns after the ack wait", "error", err)
 	}
@@ -80,7 +83,7 @@ func (w *Worker) retry(d *delivery, cause error) {
 func (w *Worker) snooze(d *delivery, delay time.Duration, why string) {
 	w.recordGiveBack(d.scope, d.jobID)
 	w.stats.Snoozed.Add(1)
-	w.metrics.observe(d.addr.Action, "snoozed", 0)
+	w.metrics.observe(w.actionLabel(d.addr.Action), "snoozed", 0)
 	if err := d.msg.NakWithDelay(delay); err != nil {
 		d.log.Warn("worker: nak failed; the job returns after the ack wait", "error", err, "reason", why)
 	}
@@ -116,7 +119,7 @@ func (w *Worker) succeed(d *delivery) {
 		return
 	}
 	w.stats.Succeeded.Add(1)
-	w.metrics.observe(d.addr.Action, "succeeded", time.Since(d.started))
+	w.metrics.observe(w.actionLabel(d.addr.Action), "succeeded", time.Since(d.started))
 	w.finish(d, jobs.StatusSucceeded, func() error { return d.msg.DoubleAck(ctx) })
 	d.log.Info("worker: job succeeded", "duration", time.Since(d.started))
 }
@@ -155,7 +158,7 @@ func (w *Worker) fail(d *delivery, je *jobs.Error) {
 		return
 	}
 	w.stats.Failed.Add(1)
-	w.metrics.observe(d.addr.Action, "failed", time.Since(d.started))
+	w.metrics.observe(w.actionLabel(d.addr.Action), "failed", time.Since(d.started))
 	w.finish(d, jobs.StatusFailed, func() error { return d.msg.TermWithReason(je.Code) })
 	d.log.Warn("worker: job failed", "code", je.Code, "error", je.Message)
 }

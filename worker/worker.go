@@ -78,6 +78,7 @@ type Stats struct {
 	Retried   atomic.Int64 // given back after a retryable error
 	Snoozed   atomic.Int64 // given back after RetryAfter
 	Skipped   atomic.Int64 // deliveries of jobs already done
+	Dropped   atomic.Int64 // notification triggers for unknown instances
 	// TicksMissed counts scheduled ticks no worker served before the next
 	// replaced them (reported as ticks_missed).
 	TicksMissed atomic.Int64
