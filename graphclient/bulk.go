@@ -197,7 +197,10 @@ func eachPage[T any](ctx context.Context, c *Client, op, u string, delta bool, f
 func (c *Client) responseError(op string, resp *http.Response) *Error {
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, c.limits.errorBytes))
 	e := graphError(op, resp.StatusCode, raw, resp.Header.Get("Retry-After"))
-	e.RequestID = resp.Header.Get("request-id")
+	e.RequestID, e.ClientRequestID = resp.Header.Get("request-id"), resp.Header.Get("client-request-id")
+	if e.ClientRequestID == "" && resp.Request != nil {
+		e.ClientRequestID = resp.Request.Header.Get("client-request-id")
+	}
 	return e
 }
 

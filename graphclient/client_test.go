@@ -12,16 +12,12 @@ import (
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/graphsim"
+	"github.com/tevyra/m365-worker/graphsim/graphsimtest"
 )
 
 func startSim(t testing.TB, o graphsim.Options) *graphsim.Server {
 	t.Helper()
-	sim, err := graphsim.Start(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sim.Close)
-	return sim
+	return graphsimtest.Start(t, o)
 }
 
 // simConfig is the client configuration of a simulator tenant.

@@ -97,7 +97,10 @@ type Error struct {
 	Code      string
 	Message   string
 	RequestID string
-	Details   []Detail
+	// ClientRequestID is the client-request-id the request carried (a
+	// GUID): with RequestID, what Microsoft support traces a call by.
+	ClientRequestID string
+	Details         []Detail
 	// RetryAfter is the server's (or our pacer's) wait for throttled
 	// requests.
 	RetryAfter time.Duration
@@ -130,6 +133,9 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, " [HTTP %d", e.Status)
 		if e.RequestID != "" {
 			b.WriteString(", request-id " + e.RequestID)
+		}
+		if e.ClientRequestID != "" {
+			b.WriteString(", client-request-id " + e.ClientRequestID)
 		}
 		b.WriteString("]")
 	}
@@ -249,8 +255,8 @@ func fromSDK(op string, err error) error {
 			if m := main.GetMessage(); m != nil {
 				e.Message = truncate(*m)
 			}
-			if in := main.GetInnerError(); in != nil && in.GetRequestId() != nil {
-				e.RequestID = *in.GetRequestId()
+			if in := main.GetInnerError(); in != nil {
+				e.RequestID, e.ClientRequestID = deref(in.GetRequestId()), deref(in.GetClientRequestId())
 			}
 			for _, d := range main.GetDetails() {
 				if d == nil {
@@ -259,10 +265,9 @@ func fromSDK(op string, err error) error {
 				e.Details = append(e.Details, Detail{Code: deref(d.GetCode()), Message: deref(d.GetMessage()), Target: deref(d.GetTarget())})
 			}
 		}
-		if e.RequestID == "" && oe.ResponseHeaders != nil {
-			if v := oe.ResponseHeaders.Get("request-id"); len(v) > 0 {
-				e.RequestID = v[0]
-			}
+		if oe.ResponseHeaders != nil {
+			e.RequestID = first(e.RequestID, oe.ResponseHeaders.Get("request-id"))
+			e.ClientRequestID = first(e.ClientRequestID, oe.ResponseHeaders.Get("client-request-id"))
 		}
 		return classify(e)
 	}
@@ -270,12 +275,19 @@ func fromSDK(op string, err error) error {
 	if errors.As(err, &ae) {
 		e.Status = ae.ResponseStatusCode
 		if ae.ResponseHeaders != nil {
-			if v := ae.ResponseHeaders.Get("request-id"); len(v) > 0 {
-				e.RequestID = v[0]
-			}
+			e.RequestID = first("", ae.ResponseHeaders.Get("request-id"))
+			e.ClientRequestID = first("", ae.ResponseHeaders.Get("client-request-id"))
 		}
 	}
 	return classify(e)
+}
+
+// first is have, or else the first of a header's values.
+func first(have string, values []string) string {
+	if have != "" || len(values) == 0 {
+		return have
+	}
+	return values[0]
 }
 
 // graphError is the *Error of a Graph error answer: its status, its body

@@ -199,13 +199,18 @@ func (c *Client) CreateUser(ctx context.Context, n NewUser) (*User, error) {
 	u.SetUserPrincipalName(&n.UserPrincipalName)
 	u.SetMailNickname(&n.MailNickname)
 	u.SetAccountEnabled(&n.AccountEnabled)
-	u.SetGivenName(optional(n.GivenName))
-	u.SetSurname(optional(n.Surname))
-	u.SetJobTitle(optional(n.JobTitle))
-	u.SetDepartment(optional(n.Department))
-	u.SetOfficeLocation(optional(n.OfficeLocation))
-	u.SetMobilePhone(optional(n.MobilePhone))
-	u.SetUsageLocation(optional(n.UsageLocation))
+	// Unset fields are left out, not sent as null: usageLocation is "Not
+	// nullable" (its description), and Graph gives the others their
+	// defaults.
+	for _, f := range []struct {
+		v   string
+		set func(*string)
+	}{{n.GivenName, u.SetGivenName}, {n.Surname, u.SetSurname}, {n.JobTitle, u.SetJobTitle}, {n.Department, u.SetDepartment},
+		{n.OfficeLocation, u.SetOfficeLocation}, {n.MobilePhone, u.SetMobilePhone}, {n.UsageLocation, u.SetUsageLocation}} {
+		if f.v != "" {
+			f.set(&f.v)
+		}
+	}
 	pp := models.NewPasswordProfile()
 	pp.SetPassword(&n.Password)
 	pp.SetForceChangePasswordNextSignIn(&n.ForceChangePassword)
@@ -369,13 +374,17 @@ func (c *Client) CreateGroup(ctx context.Context, n NewGroup) (*Group, error) {
 	g := models.NewGroup()
 	g.SetDisplayName(&n.DisplayName)
 	g.SetMailNickname(&n.MailNickname)
-	g.SetDescription(optional(n.Description))
+	if n.Description != "" {
+		g.SetDescription(&n.Description)
+	}
 	mail, sec := n.Unified, !n.Unified
 	g.SetMailEnabled(&mail)
 	g.SetSecurityEnabled(&sec)
 	if n.Unified {
 		g.SetGroupTypes([]string{"Unified"})
-		g.SetVisibility(optional(n.Visibility))
+		if n.Visibility != "" {
+			g.SetVisibility(&n.Visibility)
+		}
 	} else {
 		g.SetGroupTypes([]string{})
 	}
@@ -452,11 +461,17 @@ func (c *Client) RemoveMember(ctx context.Context, groupID, memberID string) err
 	return nil
 }
 
-// IsMember reports whether memberID is a direct member of the group.
+// IsMember reports whether memberID is a direct member of the group. The
+// $filter on a group's members is an advanced query: group-list-members
+// (learn.microsoft.com/graph/api/group-list-members) requires
+// ConsistencyLevel: eventual and $count=true with it, so a member added
+// seconds ago may not show yet.
 func (c *Client) IsMember(ctx context.Context, groupID, memberID string) (bool, error) {
 	filter := "id eq '" + memberID + "'"
+	count := true
 	resp, err := c.Graph.Groups().ByGroupId(groupID).Members().Get(ctx, &groups.ItemMembersRequestBuilderGetRequestConfiguration{
-		QueryParameters: &groups.ItemMembersRequestBuilderGetQueryParameters{Filter: &filter, Select: []string{"id"}}})
+		Headers:         eventual(),
+		QueryParameters: &groups.ItemMembersRequestBuilderGetQueryParameters{Filter: &filter, Select: []string{"id"}, Count: &count}})
 	if err != nil {
 		return false, fromSDK("check membership of "+memberID+" in "+groupID, err)
 	}

@@ -3,6 +3,7 @@ package graphclient
 import (
 	"bytes"
 	"context"
+	"github.com/google/uuid"
 	"io"
 	"log/slog"
 	"net/http"
@@ -89,6 +90,14 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		n := t.workers()
 		t.tenant.setWorkers(n)
 		t.app.setWorkers(n)
+	}
+	// Every request carries a client-request-id (a GUID), the id Microsoft
+	// support traces a call by; the SDK's telemetry middleware sets one on
+	// its requests, this sets it on the client's own. Retries keep it: they
+	// are the same request.
+	if req.Header.Get("client-request-id") == "" {
+		req = req.Clone(ctx)
+		req.Header.Set("client-request-id", uuid.NewString())
 	}
 	cost := ruCost(req.Method, req.URL)
 	write := req.Method != http.MethodGet && req.Method != http.MethodHead

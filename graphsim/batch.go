@@ -19,7 +19,7 @@ type batchItem struct {
 
 // serveBatch runs a JSON batch: each item through the same pipeline
 // (permissions, throttling per item), dependents of a failed item get 424.
-func (s *Server) serveBatch(claims *tokenClaims, body []byte) (*response, *apiError, time.Duration) {
+func (s *Server) serveBatch(claims *tokenClaims, body []byte, reqID, clientReqID string) (*response, *apiError, time.Duration) {
 	var req struct {
 		Requests []batchItem `json:"requests"`
 	}
@@ -57,13 +57,13 @@ func (s *Server) serveBatch(claims *tokenClaims, body []byte) (*response, *apiEr
 		if failedDep {
 			status[it.ID] = 424
 			responses = append(responses, map[string]any{"id": it.ID, "status": 424, "headers": map[string]string{"Content-Type": "application/json"},
-				"body": map[string]any{"error": map[string]any{"code": "FailedDependency", "message": "Failed dependency."}}})
+				"body": newErr(424, "FailedDependency", "Failed dependency.").body(reqID, clientReqID)})
 			continue
 		}
 		u, err := url.Parse(it.URL)
 		if err != nil {
 			status[it.ID] = 400
-			responses = append(responses, map[string]any{"id": it.ID, "status": 400, "body": map[string]any{"error": map[string]any{"code": "BadRequest", "message": "Invalid request URL."}}})
+			responses = append(responses, map[string]any{"id": it.ID, "status": 400, "body": newErr(400, "BadRequest", "Invalid request URL.").body(reqID, clientReqID)})
 			continue
 		}
 		path := "/" + strings.TrimPrefix(strings.TrimPrefix(u.Path, "/v1.0"), "/")
@@ -81,7 +81,7 @@ func (s *Server) serveBatch(claims *tokenClaims, body []byte) (*response, *apiEr
 				h[k] = e.header.Get(k)
 			}
 			h["Content-Type"] = "application/json"
-			item["body"] = map[string]any{"error": map[string]any{"code": e.code, "message": e.message}}
+			item["body"] = e.body(reqID, clientReqID)
 			status[it.ID] = e.status
 		} else {
 			item["status"] = resp.status

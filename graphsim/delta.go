@@ -149,6 +149,7 @@ func (c *gctx) deltaPage(kind string, st deltaState, ids []string, latest bool) 
 	size := c.s.opts.DeltaPageSize
 	values := make([]map[string]any, 0, min(size, len(ids)))
 	wantMembers := kind == "groups" && (len(st.Select) == 0 || contains(st.Select, "members"))
+	c.sel = st.Select
 	sel := st.Select
 	if kind == "groups" && len(sel) > 0 {
 		sel = without(sel, "members")
@@ -167,11 +168,9 @@ func (c *gctx) deltaPage(kind string, st deltaState, ids []string, latest bool) 
 		} else {
 			props, _ = project(groupProps(t.groups[id]), sel, groupDefaults, "group")
 		}
-		if st.Full {
-			for k, v := range props {
-				if isNil(v) {
-					delete(props, k) // never set: omitted
-				}
+		for k, v := range props {
+			if isNil(v) {
+				delete(props, k) // never set: omitted, in every round
 			}
 		}
 		if !wantMembers {
@@ -212,7 +211,7 @@ func (c *gctx) deltaPage(kind string, st deltaState, ids []string, latest bool) 
 		}
 	}
 	c.objects = len(values)
-	body := map[string]any{"@odata.context": c.context(kind), "value": values}
+	body := map[string]any{"@odata.context": c.context(kind), "value": values} // …#users(sel), as Graph's delta examples
 	if !latest && (i < len(ids) || st.MemOff > 0 && memOff > 0) {
 		if memOff == 0 {
 			st.Cursor, st.MemOff = ids[i-1], 0

@@ -109,7 +109,11 @@ func (c *gctx) faultPage(values any, token string) *response {
 		values = []any{}
 	}
 	link := c.s.URL() + "/v1.0" + c.path + "?$skiptoken=" + token
-	return &response{status: http.StatusOK, body: map[string]any{"@odata.context": c.context(strings.Trim(c.path, "/")), "value": values, "@odata.nextLink": link}}
+	set := c.segs[0] // users, groups: delta answers name the entity set
+	if len(c.segs) == 3 && c.segs[2] == "members" {
+		set = "directoryObjects"
+	}
+	return &response{status: http.StatusOK, body: map[string]any{"@odata.context": c.context(set), "value": values, "@odata.nextLink": link}}
 }
 
 // redirect is the 307 of RedirectTo or RedirectLoop for c, or nil.

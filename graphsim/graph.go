@@ -27,6 +27,17 @@ type gctx struct {
 	header  http.Header
 	body    []byte
 	objects int // objects in the response, for latency
+	// sel is what the answer's objects were selected by when it is not the
+	// request's $select (a delta page: the select in its token).
+	sel []string
+}
+
+// answerSelect is the $select the answer was shaped by.
+func (c *gctx) answerSelect() []string {
+	if c.sel != nil {
+		return c.sel
+	}
+	return c.q.selects
 }
 
 // response is what a handler produces.
@@ -119,6 +130,9 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGraph(w http.ResponseWriter, r *http.Request, reqID, clientReqID string) {
+	if s.opts.Conformance {
+		s.conf.checkHeaders(r)
+	}
 	claims, aerr := s.authenticate(r)
 	if aerr != nil {
 		s.writeError(w, reqID, clientReqID, aerr)
@@ -134,7 +148,10 @@ func (s *Server) handleGraph(w http.ResponseWriter, r *http.Request, reqID, clie
 	var e *apiError
 	var latency time.Duration
 	if path == "/$batch" && r.Method == http.MethodPost {
-		resp, e, latency = s.serveBatch(claims, body)
+		resp, e, latency = s.serveBatch(claims, body, reqID, clientReqID)
+		if s.opts.Conformance && resp != nil {
+			s.conf.checkBatch(s.URL()+"/v1.0", resp)
+		}
 	} else {
 		resp, e, latency = s.exec(claims, r.Method, path, r.URL.Query(), r.Header, body)
 	}
@@ -236,6 +253,15 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 		qerr.header = hdr
 		return nil, qerr, 0
 	}
+	op := operation(method, c.segs)
+	refused := c.refuse(op)
+	if s.opts.Conformance {
+		s.conf.checkRequest(op, refused)
+	}
+	if refused != nil {
+		refused.header = hdr
+		return nil, refused, 0
+	}
 	var resp *response
 	var e *apiError
 	if isSubscriptions(c.segs) {
@@ -264,6 +290,9 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 	}
 	for k, vs := range hdr {
 		resp.header[k] = vs
+	}
+	if s.opts.Conformance {
+		s.conf.checkAnswer(c, op, resp)
 	}
 	return resp, nil, latency
 }
@@ -349,8 +378,11 @@ func project(all map[string]any, selects []string, defaults []string, typeName s
 	if len(selects) > 0 {
 		keep = selects
 	}
-	out := make(map[string]any, len(keep)+1)
+	out := make(map[string]any, len(keep)+2)
 	out["id"] = all["id"]
+	if t, ok := all["@odata.type"]; ok {
+		out["@odata.type"] = t // items of directoryObject collections name their type
+	}
 	for _, k := range keep {
 		if k == "" {
 			continue
@@ -369,7 +401,19 @@ func project(all map[string]any, selects []string, defaults []string, typeName s
 
 func (c *gctx) visible(at time.Time) bool { return !time.Now().Before(at) }
 
-func (c *gctx) context(set string) string { return c.s.URL() + "/v1.0/$metadata#" + set }
+// context is an answer's @odata.context in Graph's form: the entity set,
+// the selected properties in parentheses, /$entity for a single object
+// (…/$metadata#users(id,displayName)/$entity).
+func (c *gctx) context(set string) string {
+	set, entity := strings.CutSuffix(set, "/$entity")
+	if sel := c.answerSelect(); len(sel) > 0 {
+		set += "(" + strings.Join(sel, ",") + ")"
+	}
+	if entity {
+		set += "/$entity"
+	}
+	return c.s.URL() + "/v1.0/$metadata#" + set
+}
 
 // linkWith is this request's URL with one query option set.
 func (c *gctx) linkWith(key, val string) string {

@@ -116,7 +116,7 @@ func (c *gctx) createGroup() (*response, *apiError) {
 	for _, id := range members {
 		c.t.setMember(g, id, true)
 	}
-	p := groupProps(g)
+	p, _ := project(groupProps(g), nil, groupDefaults, "group")
 	p["@odata.context"] = c.context("groups/$entity")
 	c.objects = 1
 	return &response{status: 201, body: p}, nil
@@ -236,7 +236,7 @@ func (c *gctx) listMembers(key string) (*response, *apiError) {
 		}
 		return map[string]any{"id": id, "@odata.type": "#microsoft.graph.directoryObject"}
 	}
-	return c.list("groups/"+g.ID+"/members", "directoryObject", ids, props, func(id, p string) any { return props(id)[p] },
+	return c.list("directoryObjects", "directoryObject", ids, props, func(id, p string) any { return props(id)[p] },
 		append([]string{"@odata.type"}, userDefaults...))
 }
 
@@ -347,7 +347,11 @@ func (c *gctx) listDeleted(users bool) (*response, *apiError) {
 	}
 	sort.Strings(ids)
 	props := func(id string) map[string]any { return c.deletedProps(c.t.deleted[id]) }
-	return c.list("directory/deletedItems", "directoryObject", ids, props, func(id, p string) any { return props(id)[p] },
+	set := "directory/deletedItems/microsoft.graph.group"
+	if users {
+		set = "directory/deletedItems/microsoft.graph.user"
+	}
+	return c.list(set, "directoryObject", ids, props, func(id, p string) any { return props(id)[p] },
 		[]string{"@odata.type", "displayName", "deletedDateTime", "userPrincipalName", "mailNickname"})
 }
 
@@ -360,7 +364,12 @@ func (c *gctx) getDeleted(id string) (*response, *apiError) {
 		return nil, notFound("directoryObject", id)
 	}
 	c.objects = 1
-	return &response{status: 200, body: c.deletedProps(d)}, nil
+	p, e := project(c.deletedProps(d), c.q.selects, deletedDefaults(d), "directoryObject")
+	if e != nil {
+		return nil, e
+	}
+	p["@odata.context"] = c.context("directory/deletedItems/$entity")
+	return &response{status: 200, body: p}, nil
 }
 
 func (c *gctx) requireWriteFor(d deletedItem) *apiError {
@@ -390,24 +399,32 @@ func (c *gctx) restoreDeleted(id string) (*response, *apiError) {
 	if e := c.requireWriteFor(d); e != nil {
 		return nil, e
 	}
-	var p map[string]any
 	if d.user != nil {
 		if _, taken := c.t.upn[strings.ToLower(d.user.UserPrincipalName)]; taken {
 			return nil, newErr(400, "Request_BadRequest", "Another object with the same value for property userPrincipalName already exists.")
 		}
 		delete(c.t.deleted, id)
 		c.t.addUser(d.user)
-		p = c.userProps(d.user)
-		p["@odata.type"] = "#microsoft.graph.user"
 	} else {
 		if _, taken := c.t.nickname[strings.ToLower(d.group.MailNickname)]; taken {
 			return nil, newErr(400, "Request_BadRequest", "Another object with the same value for property mailNickname already exists.")
 		}
 		delete(c.t.deleted, id)
 		c.t.addGroup(d.group)
-		p = groupProps(d.group)
-		p["@odata.type"] = "#microsoft.graph.group"
 	}
+	all := c.deletedProps(d)
+	delete(all, "deletedDateTime")
+	p, _ := project(all, nil, deletedDefaults(d), "directoryObject")
+	p["@odata.context"] = c.context("directoryObjects/$entity")
 	c.objects = 1
 	return &response{status: 200, body: p}, nil
+}
+
+// deletedDefaults is the default set of a recycled user or group, with its
+// deletion date.
+func deletedDefaults(d deletedItem) []string {
+	if d.user != nil {
+		return append([]string{"deletedDateTime"}, userDefaults...)
+	}
+	return append([]string{"deletedDateTime"}, groupDefaults...)
 }

@@ -146,6 +146,13 @@ type Options struct {
 	// SubscriptionQuota is the most subscriptions one app may hold in one
 	// tenant; past it creation answers 403. Default 100, as Graph.
 	SubscriptionQuota int
+
+	// Conformance checks every Graph request and answer against Graph's
+	// description (conformance.go) and records what falls outside it
+	// (Server.Conformance; graphsimtest fails the test). Requests the
+	// description refuses are refused either way. Default off (it costs a
+	// JSON round trip per answer); tests turn it on.
+	Conformance bool
 }
 
 // TenantSize is the size of one seeded tenant.
@@ -192,6 +199,7 @@ type Server struct {
 	th     *throttler
 	tokKey []byte
 	notify *notifier // subscriptions and their deliveries
+	conf   conformance
 
 	mu      sync.Mutex // guards tenants' data
 	tenants []*Tenant
@@ -367,12 +375,17 @@ func (s *Server) writeError(w http.ResponseWriter, reqID, clientReqID string, e 
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.status)
+	_ = json.NewEncoder(w).Encode(e.body(reqID, clientReqID))
+}
+
+// body is the error in Graph's shape (learn.microsoft.com/graph/errors).
+func (e *apiError) body(reqID, clientReqID string) map[string]any {
 	inner := map[string]any{"date": time.Now().UTC().Format("2006-01-02T15:04:05"), "request-id": reqID, "client-request-id": clientReqID}
 	body := map[string]any{"code": e.code, "message": e.message, "innerError": inner}
 	if len(e.details) > 0 {
 		body["details"] = e.details
 	}
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": body})
+	return map[string]any{"error": body}
 }
 
 func (s *Server) newRequestID() string {

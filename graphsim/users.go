@@ -172,7 +172,9 @@ func (c *gctx) createUser() (*response, *apiError) {
 	u.visibleAt = time.Now().Add(c.s.opts.ConsistencyDelay)
 	c.t.lastVisibleAt = maxTime(c.t.lastVisibleAt, u.visibleAt)
 	c.t.addUser(u)
-	p := c.userProps(u)
+	// 201 with the user's default set: the other properties are
+	// "Returned only on $select".
+	p, _ := project(c.userProps(u), nil, userDefaults, "user")
 	p["@odata.context"] = c.context("users/$entity")
 	c.objects = 1
 	return &response{status: 201, body: p}, nil

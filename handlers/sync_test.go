@@ -15,6 +15,7 @@ import (
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/graphsim"
+	"github.com/tevyra/m365-worker/graphsim/graphsimtest"
 	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
@@ -44,11 +45,7 @@ type env struct {
 func newEnv(t testing.TB, o graphsim.Options) *env {
 	srv := workertest.Start(t)
 	_, js := srv.Connect(t)
-	sim, err := graphsim.Start(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sim.Close)
+	sim := graphsimtest.Start(t, o)
 	kp, _ := nkeys.CreateCurveKeys()
 	store, err := worker.OpenState(context.Background(), js, srv.Topology)
 	if err != nil {
