@@ -159,7 +159,11 @@ func (p *UpdateUserParams) Validate(ve *ValidationError) {
 	}
 	if p.UsageLocation != nil {
 		changes++
-		if *p.UsageLocation != "" {
+		// Graph's usageLocation is "Not nullable": it can be changed, not
+		// cleared.
+		if *p.UsageLocation == "" {
+			ve.Add("usage_location", "cannot be cleared: Graph's usageLocation is not nullable; give another country code")
+		} else {
 			usageLocation(ve, "usage_location", *p.UsageLocation)
 		}
 	}
@@ -258,7 +262,7 @@ func (p *CreateGroupParams) Validate(ve *ValidationError) {
 		maxLen(ve, "display_name", p.DisplayName, 256)
 	}
 	if required(ve, "mail_nickname", p.MailNickname) {
-		nickname(ve, "mail_nickname", p.MailNickname)
+		groupNickname(ve, "mail_nickname", p.MailNickname)
 	}
 	maxLen(ve, "description", p.Description, 1024)
 	if required(ve, "group_type", p.GroupType) {
@@ -304,7 +308,7 @@ func (p *UpdateGroupParams) Validate(ve *ValidationError) {
 	}
 	if p.MailNickname != nil {
 		changes++
-		nickname(ve, "mail_nickname", *p.MailNickname)
+		groupNickname(ve, "mail_nickname", *p.MailNickname)
 	}
 	if p.Description != nil {
 		changes++
@@ -312,7 +316,14 @@ func (p *UpdateGroupParams) Validate(ve *ValidationError) {
 	}
 	if p.Visibility != nil {
 		changes++
-		oneOf(ve, "visibility", *p.Visibility, VisibilityPublic, VisibilityPrivate, VisibilityHiddenMembership)
+		// Graph's visibility description: "HiddenMembership can be set only
+		// for Microsoft 365 groups when the groups are created. It can't be
+		// updated later."
+		if *p.Visibility == VisibilityHiddenMembership {
+			ve.Add("visibility", "HiddenMembership can be set only when a Microsoft 365 group is created; it can't be updated later (Graph's rule)")
+		} else {
+			oneOf(ve, "visibility", *p.Visibility, VisibilityPublic, VisibilityPrivate)
+		}
 	}
 	if changes == 0 && !ve.Has("group") {
 		ve.Add("params", "must name at least one property to change besides group")

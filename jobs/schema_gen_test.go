@@ -19,10 +19,12 @@ type obj = map[string]any
 var (
 	nonBlank  = obj{"type": "string", "minLength": 1, "pattern": `\S`}
 	userRefS  = obj{"type": "string", "anyOf": []any{obj{"pattern": PatternGUID}, obj{"pattern": PatternUPN, "maxLength": 113}}}
-	groupRefS = obj{"type": "string", "anyOf": []any{obj{"pattern": PatternGUID}, obj{"pattern": PatternNickname}}}
+	groupRefS = obj{"type": "string", "anyOf": []any{obj{"pattern": PatternGUID}, obj{"pattern": PatternGroupNickname}}}
 	skuRefS   = obj{"type": "string", "anyOf": []any{obj{"pattern": PatternGUID}, obj{"pattern": PatternSKUPart}}}
 	upnS      = obj{"type": "string", "pattern": PatternUPN, "maxLength": 113}
 	nickS     = obj{"type": "string", "pattern": PatternNickname}
+	gnickS    = obj{"type": "string", "pattern": PatternGroupNickname}
+	visUpdS   = obj{"type": "string", "enum": []any{VisibilityPublic, VisibilityPrivate}}
 	countryS  = obj{"type": "string", "enum": anySlice(CountryCodes())}
 	xkeyS     = obj{"type": "string", "pattern": PatternXKey}
 	visS      = obj{"type": "string", "enum": []any{VisibilityPublic, VisibilityPrivate, VisibilityHiddenMembership}}
@@ -72,20 +74,20 @@ var fieldRules = map[string]obj{
 	"UpdateUserParams.department":          maxLenS(64),
 	"UpdateUserParams.office_location":     maxLenS(128),
 	"UpdateUserParams.mobile_phone":        maxLenS(64),
-	"UpdateUserParams.usage_location":      {"anyOf": []any{obj{"const": ""}, countryS}},
+	"UpdateUserParams.usage_location":      countryS,
 	"AssignLicenseParams.sku":              skuRefS,
 	"AssignLicenseParams.disabled_plans":   {"uniqueItems": true, "items": obj{"anyOf": []any{obj{"pattern": PatternGUID}, obj{"pattern": PatternSKUPart}}}},
 	"RemoveLicenseParams.sku":              skuRefS,
 	"CreateGroupParams.display_name":       merge(nonBlank, maxLenS(256)),
-	"CreateGroupParams.mail_nickname":      nickS,
+	"CreateGroupParams.mail_nickname":      gnickS,
 	"CreateGroupParams.description":        maxLenS(1024),
 	"CreateGroupParams.group_type":         {"enum": []any{GroupTypeSecurity, GroupTypeMicrosoft365}},
 	"CreateGroupParams.visibility":         visS,
 	"CreateGroupParams.members":            {"maxItems": MaxCreateMembers, "items": userRefS},
 	"UpdateGroupParams.display_name":       merge(nonBlank, maxLenS(256)),
-	"UpdateGroupParams.mail_nickname":      nickS,
+	"UpdateGroupParams.mail_nickname":      gnickS,
 	"UpdateGroupParams.description":        maxLenS(1024),
-	"UpdateGroupParams.visibility":         visS,
+	"UpdateGroupParams.visibility":         visUpdS,
 
 	"ActionResult.status":          {"enum": []any{StatusSucceeded, StatusFailed}},
 	"ActionResult.schema_version":  {"const": SchemaVersion},

@@ -135,7 +135,24 @@ func jobCases(t testing.TB) []struct {
 		{"create_user bad nickname", env(ActionCreateUser, `{"display_name":"Adele","user_principal_name":"a@contoso.com","mail_nickname":"a b","reply_key":"`+pub+`"}`), false},
 		{"create_user blank name", env(ActionCreateUser, `{"display_name":"  ","user_principal_name":"a@contoso.com","reply_key":"`+pub+`"}`), false},
 		{"create_user guest upn", env(ActionCreateUser, `{"display_name":"G","user_principal_name":"g_fabrikam.com#EXT#@contoso.onmicrosoft.com","reply_key":"`+pub+`"}`), true},
-		{"update_user", env(ActionUpdateUser, `{"user":"adele@contoso.com","job_title":"CFO","usage_location":""}`), true},
+		{"update_user", env(ActionUpdateUser, `{"user":"adele@contoso.com","job_title":"CFO","department":""}`), true},
+		// Graph v1.0's description (graphsim/metadata): usageLocation "Not
+		// nullable"; the UPN alias only A-Z a-z 0-9 ' . - _ ! # ^ ~; a group's
+		// mailNickname without @ () / [] ' ; : <> , SPACE; visibility
+		// HiddenMembership only at creation.
+		{"update_user clear usage location", env(ActionUpdateUser, `{"user":"adele@contoso.com","usage_location":""}`), false},
+		{"create_user upn plus", env(ActionCreateUser, `{"display_name":"A","user_principal_name":"a+b@contoso.com","reply_key":"`+pub+`"}`), false},
+		{"create_user upn ampersand", env(ActionCreateUser, `{"display_name":"A","user_principal_name":"a&b@contoso.com","reply_key":"`+pub+`"}`), false},
+		{"update_user upn dollar", env(ActionUpdateUser, `{"user":"adele@contoso.com","user_principal_name":"a$b@contoso.com"}`), false},
+		{"update_user upn percent", env(ActionUpdateUser, `{"user":"adele@contoso.com","user_principal_name":"a%b@contoso.com"}`), false},
+		{"create_user upn allowed", env(ActionCreateUser, `{"display_name":"A","user_principal_name":"o'neil_x!y#z^w~v-u@contoso.com","reply_key":"`+pub+`"}`), true},
+		{"create_group nickname quote", env(ActionCreateGroup, `{"display_name":"F","mail_nickname":"o'hare","group_type":"security"}`), false},
+		{"create_group nickname slash", env(ActionCreateGroup, `{"display_name":"F","mail_nickname":"a/b","group_type":"security"}`), false},
+		{"update_group nickname slash", env(ActionUpdateGroup, `{"group":"finance","mail_nickname":"a/b"}`), false},
+		{"create_group nickname allowed", env(ActionCreateGroup, `{"display_name":"F","mail_nickname":"a.b-c_d!e#f$g%h&i*j+k=l?m^n{o}p|q~r\\s\"t","group_type":"security"}`), true},
+		{"create_group hidden membership", env(ActionCreateGroup, `{"display_name":"F","mail_nickname":"f","group_type":"microsoft_365","visibility":"HiddenMembership"}`), true},
+		{"update_group hidden membership", env(ActionUpdateGroup, `{"group":"finance","visibility":"HiddenMembership"}`), false},
+		{"update_group private", env(ActionUpdateGroup, `{"group":"finance","visibility":"Private"}`), true},
 		{"update_user nothing", env(ActionUpdateUser, `{"user":"adele@contoso.com"}`), false},
 		{"update_user by id", env(ActionUpdateUser, `{"user":"6e7b768e-07e2-4810-8459-485f84f8f204","department":"Sales"}`), true},
 		{"update_user bad user", env(ActionUpdateUser, `{"user":"not a user","department":"Sales"}`), false},

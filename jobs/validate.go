@@ -260,23 +260,32 @@ func describeType(t reflect.Type) string {
 
 var (
 	guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-	// upnRE: alias@domain, the alias without leading, trailing or doubled
-	// dots, the domain a dotted DNS name. '#' is allowed for guests
+	// upnRE: alias@domain, the alias of the characters userPrincipalName's
+	// description allows ("Only the following characters are allowed A - Z,
+	// a - z, 0 - 9, ' . - _ ! # ^ ~"), without leading, trailing or doubled
+	// dots, the domain a dotted DNS name. '#' also makes guests' UPNs
 	// (alias_contoso.com#EXT#@tenant.onmicrosoft.com).
-	upnRE       = regexp.MustCompile(`^[A-Za-z0-9'_!#^~&$%+\-]+(\.[A-Za-z0-9'_!#^~&$%+\-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$`)
+	upnRE       = regexp.MustCompile(PatternUPN)
 	skuPartRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$`)
 	planNameRE  = skuPartRE
 	nicknameBad = `@()\[]";:<>, `
+	// groupNicknameBad: a group's mailNickname "can contain only characters
+	// in the ASCII character set 0 - 127 except the following characters:
+	// @ () / [] ' ; : <> , SPACE" (its description).
+	groupNicknameBad = `@()/[]';:<>, `
 )
 
 // PatternGUID, PatternUPN and the other Pattern constants are the regular
 // expressions the JSON Schemas use; they accept what the Go checks accept.
 const (
 	PatternGUID     = `^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`
-	PatternUPN      = `^[A-Za-z0-9'_!#^~&$%+\-]+(\.[A-Za-z0-9'_!#^~&$%+\-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$`
+	PatternUPN      = `^[A-Za-z0-9'_!#^~\-]+(\.[A-Za-z0-9'_!#^~\-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$`
 	PatternSKUPart  = `^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$`
 	PatternNickname = `^[!#-'*-+\--9=?A-Z^-~]{1,64}$`
-	PatternXKey     = `^X[A-Z2-7]{55}$`
+	// PatternGroupNickname: printable ASCII without @ ( ) / [ ] ' ; : < > ,
+	// or space.
+	PatternGroupNickname = `^[!-&*-+\--.0-9=?A-Z\\^-~]{1,64}$`
+	PatternXKey          = `^X[A-Z2-7]{55}$`
 )
 
 var xkeyRE = regexp.MustCompile(PatternXKey)
@@ -317,6 +326,21 @@ func maxLen(ve *ValidationError, field, v string, n int) {
 	}
 }
 
+// IsGroupMailNickname reports whether s is a valid mailNickname for a group:
+// 1 to 64 printable ASCII characters without @ ( ) / [ ] ' ; : < > , or
+// space (the group mailNickname description).
+func IsGroupMailNickname(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x21 || r > 0x7e || strings.ContainsRune(groupNicknameBad, r) {
+			return false
+		}
+	}
+	return true
+}
+
 // userRef checks a reference to a user: an object id or a UPN.
 func userRef(ve *ValidationError, field, v string) {
 	if required(ve, field, v) && !IsGUID(v) && !IsUPN(v) {
@@ -326,7 +350,7 @@ func userRef(ve *ValidationError, field, v string) {
 
 // groupRef checks a reference to a group: an object id or a mail nickname.
 func groupRef(ve *ValidationError, field, v string) {
-	if required(ve, field, v) && !IsGUID(v) && !IsMailNickname(v) {
+	if required(ve, field, v) && !IsGUID(v) && !IsGroupMailNickname(v) {
 		ve.Add(field, "must be a group object id (GUID) or a mail nickname")
 	}
 }
@@ -340,13 +364,19 @@ func skuRef(ve *ValidationError, field, v string) {
 
 func upn(ve *ValidationError, field, v string) {
 	if required(ve, field, v) && !IsUPN(v) {
-		ve.Add(field, "must be a user principal name: alias@verified-domain, e.g. adele@contoso.com")
+		ve.Add(field, "must be a user principal name: alias@verified-domain, e.g. adele@contoso.com; Graph allows only A - Z, a - z, 0 - 9, ' . - _ ! # ^ ~ in the alias")
 	}
 }
 
 func nickname(ve *ValidationError, field, v string) {
 	if !IsMailNickname(v) {
 		ve.Add(field, `must be 1 to 64 ASCII characters without spaces or any of @ ( ) \ [ ] " ; : < > ,`)
+	}
+}
+
+func groupNickname(ve *ValidationError, field, v string) {
+	if !IsGroupMailNickname(v) {
+		ve.Add(field, `must be 1 to 64 characters in the ASCII character set 0 - 127 except @ () / [] ' ; : <> , SPACE (Graph's rule for a group's mailNickname)`)
 	}
 }
 
