@@ -43,7 +43,7 @@ func newNotifyEnv(t *testing.T, o graphsim.Options, cfg handlers.NotifyConfig) *
 	o.NotifyClient = hooks.Client()
 	e := newEnv(t, o)
 	master := []byte("0123456789abcdef0123456789abcdef-test-master")
-	recv, err := notify.New(notify.Config{Master: master, JetStream: e.js, Window: 300 * time.Millisecond})
+	recv, err := notify.New(notify.Config{Master: master, JetStream: e.js, Spacing: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

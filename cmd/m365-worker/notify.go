@@ -34,7 +34,7 @@ func cmdNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	keyFile := fs.String("tls-key-file", "", "the HTTPS certificate's key (PEM)")
 	insecure := fs.Bool("insecure-http", false, "serve plain HTTP, for a receiver behind an ingress that terminates TLS (Graph calls https only)")
 	secretFile := fs.String("master-key-file", "", "file with the master key every clientState derives from, at least 32 bytes, surrounding whitespace ignored (required; e.g. openssl rand -base64 48)")
-	window := fs.Duration("window", notify.DefaultWindow, "an instance's notifications within this time of the first make one trigger")
+	window := fs.Duration("window", notify.DefaultSpacing, "an instance's notifications within this time of the first make one trigger")
 	metricsListen := fs.String("metrics-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9466 (off when empty)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -89,7 +89,7 @@ func cmdNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	rcv, err := notify.New(notify.Config{Master: key, JetStream: js, Subjects: jobs.Subjects{Prefix: *cf.prefix}, BasePath: *basePath,
-		Window: *window, Logger: log})
+		Spacing: *window, Logger: log})
 	clear(master) // the receiver keeps its own copy
 	if err != nil {
 		return err

@@ -153,7 +153,7 @@ func freshnessRun(ctx context.Context, o FreshnessOptions, withNotify bool, late
 	}
 	defer e.Close()
 	if withNotify {
-		recv, err := notify.New(notify.Config{Master: master, JetStream: e.JS, Window: 200 * time.Millisecond})
+		recv, err := notify.New(notify.Config{Master: master, JetStream: e.JS, Spacing: 200 * time.Millisecond})
 		if err != nil {
 			return nil, err
 		}

@@ -255,7 +255,7 @@ func ExampleClientState() {
 func TestHandshake(t *testing.T) {
 	e := newEnv(t, notify.Config{})
 	token := "Validation: Testing client application reachability for subscription Request-Id: 1f2e (graphsim+ab/cd:ef)"
-	for _, c := range []struct{ method, path string }{{"POST", "/default/acme"}, {"GET", "/default/acme"}, {"POST", "/site-a/acme_2/lifecycle"}} {
+	for _, c := range []struct{ method, path string }{{"POST", "/default/acme"}, {"POST", "/site-a/acme_2/lifecycle"}} {
 		req, _ := http.NewRequest(c.method, e.url(c.path)+"?validationToken="+url.QueryEscape(token), nil)
 		req.Header.Set("Content-Type", "text/plain; charset=utf-8")
 		resp, err := e.srv.Client().Do(req)
@@ -283,8 +283,10 @@ func TestHandshake(t *testing.T) {
 	if code := status("POST", "/default/acme?validationToken="+strings.Repeat("x", notify.MaxValidationToken+1)); code != 400 {
 		t.Errorf("a token of %d bytes: %d, want 400", notify.MaxValidationToken+1, code)
 	}
-	if code := status("PUT", "/default/acme?validationToken=x"); code != 405 {
-		t.Errorf("PUT handshake: %d, want 405", code)
+	for _, m := range []string{"GET", "PUT", "HEAD"} { // Graph validates with a POST only
+		if code := status(m, "/default/acme?validationToken=x"); code != 405 {
+			t.Errorf("%s handshake: %d, want 405", m, code)
+		}
 	}
 	for _, p := range []string{"/", "/default", "/default/", "/default/acme/", "/default/acme/other", "/default/acme/lifecycle/x",
 		"/a/b/c/d", "/default/-acme", "/default/ac%20me", "/default/ac.me", "/default/" + strings.Repeat("a", 65), "//acme", "/default/acme%2Flifecycle%2Fx"} {
@@ -341,13 +343,13 @@ func TestBodyLimitsAndMalformed(t *testing.T) {
 		t.Errorf("GET without a validationToken: %d, want 405", resp.StatusCode)
 	}
 	e.rcv.Close()
-	if s := e.rcv.Stats(); s.Published != 1 || s.Received != 1 {
-		t.Errorf("stats %+v: want the body of MaxBody bytes only", s)
+	if s := e.rcv.Stats(); s.Published != 1 || s.Requests["too_large"] != 1 || s.Requests["accepted"] != 1 {
+		t.Errorf("stats %+v: want the body of MaxBody bytes only accepted", s)
 	}
 }
 
 func TestWrongClientStateIsRefused(t *testing.T) {
-	e := newEnv(t, notify.Config{Window: 10 * time.Millisecond})
+	e := newEnv(t, notify.Config{Spacing: 10 * time.Millisecond})
 	all := e.watch("m365.jobs.>")
 	right := clientState("default", "acme")
 	for name, cs := range map[string]*string{
@@ -358,8 +360,8 @@ func TestWrongClientStateIsRefused(t *testing.T) {
 			t.Errorf("%s clientState: %d, want 403", name, code)
 		}
 	}
-	if s := e.rcv.Stats(); s.Received != 18 || s.Refused != 18 {
-		t.Errorf("stats %+v, want 18 received and refused", s)
+	if s := e.rcv.Stats(); s.Received != 18 || s.Refused != 6 || s.Requests["forbidden"] != 6 {
+		t.Errorf("stats %+v, want 18 notifications received, 6 requests refused", s)
 	}
 
 	// Graph with a wrong clientState: its POST is refused (403) and, not
@@ -383,8 +385,8 @@ func TestWrongClientStateIsRefused(t *testing.T) {
 	}
 	e.rcv.Close() // publishes what is pending: nothing more can come
 	s := e.rcv.Stats()
-	if s.Received != 23 || s.Refused != 22 || s.Published != 1 || s.Coalesced != 0 {
-		t.Errorf("stats %+v, want 23 received, 22 refused, 1 published", s)
+	if s.Received != 23 || s.Refused != 8 || s.Published != 1 || s.Coalesced != 0 {
+		t.Errorf("stats %+v, want 23 received, 8 requests refused, 1 published", s)
 	}
 	if n := all.count(); n != 1 {
 		t.Errorf("%d triggers published, want 1 (the mixed POST's)", n)
@@ -397,9 +399,10 @@ func TestWrongClientStateIsRefused(t *testing.T) {
 }
 
 func TestBurstMakesOneTrigger(t *testing.T) {
-	// A window far longer than the burst: however slow the machine, the
-	// 500 notifications fall in one window, published when Close flushes.
-	e := newEnv(t, notify.Config{Window: time.Hour})
+	// A spacing far longer than the burst: however slow the machine, the
+	// first notification is stored at once and the other 499 make one more
+	// trigger, published when Close flushes.
+	e := newEnv(t, notify.Config{Spacing: time.Hour})
 	subject := "m365.jobs.default.acme.notified"
 	published := e.watch(subject)
 	cs := clientState("default", "acme")
@@ -422,7 +425,7 @@ func TestBurstMakesOneTrigger(t *testing.T) {
 	}
 	e.rcv.Close()
 	s := e.rcv.Stats()
-	if s.Received != total || s.Refused != 0 || s.Published < 1 || s.Published > 2 || s.Published+s.Coalesced != total {
+	if s.Received != total || s.Refused != 0 || s.Published < 1 || s.Published > 2 || s.Published+s.Coalesced != total || s.Deferred != s.Published-1 {
 		t.Errorf("stats %+v: want %d received, 1 or 2 triggers, the rest coalesced", s, total)
 	}
 	eventually(t, "the trigger seen on its subject", func() bool { return published.count() == s.Published })
@@ -437,7 +440,7 @@ func TestBurstMakesOneTrigger(t *testing.T) {
 }
 
 func TestTriggersRollUp(t *testing.T) {
-	e := newEnv(t, notify.Config{Window: 5 * time.Millisecond})
+	e := newEnv(t, notify.Config{Spacing: 5 * time.Millisecond})
 	subject := "m365.jobs.default.acme.notified"
 	published := e.watch(subject)
 	cs := clientState("default", "acme")
@@ -455,13 +458,13 @@ func TestTriggersRollUp(t *testing.T) {
 	if meta, err := msgs[0].Metadata(); err != nil || meta.Sequence.Stream < 3 {
 		t.Errorf("the stored trigger is not the last: %+v %v", meta, err)
 	}
-	if s := e.rcv.Stats(); s.Coalesced != 3 {
-		t.Errorf("stats %+v, want 3 coalesced (one of each POST's 2)", s)
+	if s := e.rcv.Stats(); s.Received != 6 || s.Requests["accepted"] != 3 {
+		t.Errorf("stats %+v, want 6 notifications in 3 accepted requests", s)
 	}
 }
 
 func TestTwoInstancesOneTriggerEach(t *testing.T) {
-	e := newEnv(t, notify.Config{}) // the default window, 1 s
+	e := newEnv(t, notify.Config{Spacing: time.Hour})
 	all := e.watch("m365.jobs.*.*.notified")
 	for i := range 10 {
 		pool, inst := "default", "acme"
@@ -473,8 +476,11 @@ func TestTwoInstancesOneTriggerEach(t *testing.T) {
 			t.Fatalf("POST %d: %d", i, code)
 		}
 	}
-	// The windows end on their own.
-	eventually(t, "both triggers", func() bool { return e.rcv.Stats().Published == 2 })
+	// Each instance's first notification is stored before it is answered;
+	// the four after it make one deferred trigger each.
+	if s := e.rcv.Stats(); s.Published != 2 || s.Deferred != 2 || s.Coalesced != 6 {
+		t.Errorf("stats %+v, want 2 triggers stored, 2 deferred", s)
+	}
 	for _, pi := range [][2]string{{"default", "acme"}, {"site-a", "beta"}} {
 		msgs := e.stored(notify.TriggerSubject(jobs.Subjects{}, pi[0], pi[1]))
 		if len(msgs) != 1 {
@@ -483,8 +489,13 @@ func TestTwoInstancesOneTriggerEach(t *testing.T) {
 		checkTrigger(t, msgs[0], pi[0], pi[1])
 	}
 	e.rcv.Close()
-	if s := e.rcv.Stats(); s.Published != 2 || s.Coalesced != 8 || all.count() != 2 {
-		t.Errorf("stats %+v, %d published: want 2 triggers, 8 coalesced", s, all.count())
+	if s := e.rcv.Stats(); s.Published != 4 || all.count() != 4 {
+		t.Errorf("stats %+v, %d published: want 4 triggers (the deferred ones at Close)", s, all.count())
+	}
+	for _, pi := range [][2]string{{"default", "acme"}, {"site-a", "beta"}} {
+		if msgs := e.stored(notify.TriggerSubject(jobs.Subjects{}, pi[0], pi[1])); len(msgs) != 1 {
+			t.Errorf("%v: %d triggers stored after Close, want 1 (rolled up)", pi, len(msgs))
+		}
 	}
 }
 
@@ -561,7 +572,7 @@ func admin(t *testing.T, sim *graphsim.Server, f func(a *graphsim.Admin)) {
 // notification for an admin change, then a reauthorizationRequired
 // lifecycle notification: each makes a trigger.
 func TestGraphsimNotificationsAndLifecycle(t *testing.T) {
-	e := newEnv(t, notify.Config{Window: 20 * time.Millisecond})
+	e := newEnv(t, notify.Config{Spacing: 20 * time.Millisecond})
 	subject := "m365.jobs.default.acme.notified"
 	published := e.watch(subject)
 	sim, g := startGraph(t, e)
@@ -589,7 +600,7 @@ func TestGraphsimNotificationsAndLifecycle(t *testing.T) {
 		t.Errorf("stats %+v, want 2 received, 1 lifecycle", s)
 	}
 	eventually(t, "2 publishes seen", func() bool { return published.count() == 2 })
-	if recs := e.logs.records("notify: lifecycle notification"); len(recs) != 1 || recs[0]["lifecycle_event"] != "reauthorizationRequired" ||
+	if recs := e.logs.records("notify: lifecycle notifications"); len(recs) != 1 || fmt.Sprint(recs[0]["events"]) != "map[reauthorizationRequired:1]" ||
 		recs[0]["subscription_id"] != sub || recs[0]["instance"] != "acme" {
 		t.Errorf("lifecycle log records %v", recs)
 	}
@@ -603,82 +614,145 @@ func TestGraphsimNotificationsAndLifecycle(t *testing.T) {
 		t.Fatalf("lifecycle POST: %d", code)
 	}
 	eventually(t, "the third trigger", func() bool { return e.rcv.Stats().Published == 3 })
-	if s := e.rcv.Stats(); s.Lifecycle != 3 || s.Coalesced != 1 {
-		t.Errorf("stats %+v, want 3 lifecycle, 1 coalesced", s)
+	if s := e.rcv.Stats(); s.Lifecycle != 3 {
+		t.Errorf("stats %+v, want 3 lifecycle", s)
 	}
 }
 
-// Triggers that cannot be stored (the jobs stream is missing) are retried,
-// then counted failed and logged; one whose stream comes back during the
-// retries is stored.
-func TestPublishFailureIsRetriedThenCounted(t *testing.T) {
-	e := newEnv(t, notify.Config{Window: 5 * time.Millisecond, PublishTimeout: 2 * time.Second,
-		Retry: retry.Policy{Initial: 5 * time.Millisecond, Max: 10 * time.Millisecond, Tries: 3}})
+// A spacing's first trigger is stored while Graph waits: when it cannot
+// be (the jobs stream is missing), the request is answered 503 with
+// Retry-After and nothing is kept; once it can, the next delivery is
+// stored.
+func TestUnstoredTriggerIsAnswered503(t *testing.T) {
+	e := newEnv(t, notify.Config{Spacing: time.Hour, PublishTimeout: 2 * time.Second})
 	jobsStream := worker.Topology{}.JobsStream()
 	if err := e.js.DeleteStream(context.Background(), jobsStream); err != nil {
 		t.Fatal(err)
 	}
 	cs := clientState("default", "acme")
+	if code := e.post("/default/acme", notifications(1, &cs)); code != 503 {
+		t.Fatalf("POST without a jobs stream: %d, want 503", code)
+	}
+	if s := e.rcv.Stats(); s.PublishFailures != 1 || s.Published != 0 || s.Pending != 0 || s.Requests["unavailable"] != 1 {
+		t.Errorf("stats %+v, want 1 failure, nothing published or pending", s)
+	}
+	if recs := e.logs.records("notify: trigger not stored"); len(recs) != 1 || recs[0]["instance"] != "acme" || recs[0]["error"] == "" {
+		t.Errorf("failure log records %v", recs)
+	}
+	if err := worker.Setup(context.Background(), e.js, worker.Topology{}); err != nil {
+		t.Fatal(err)
+	}
 	if code := e.post("/default/acme", notifications(1, &cs)); code != 202 {
-		t.Fatalf("POST: %d", code)
+		t.Fatalf("Graph's next delivery: %d, want 202", code)
 	}
-	eventually(t, "the trigger counted failed", func() bool { return e.rcv.Stats().PublishFailures == 1 })
-	if s := e.rcv.Stats(); s.PublishRetries != 2 || s.Published != 0 {
-		t.Errorf("stats %+v, want 2 retries (3 attempts) and nothing published", s)
+	msgs := e.stored("m365.jobs.default.acme.notified")
+	if len(msgs) != 1 {
+		t.Fatalf("%d triggers stored, want 1", len(msgs))
 	}
-	recs := e.logs.records("notify: trigger not published")
+	checkTrigger(t, msgs[0], "default", "acme")
+}
+
+// A deferred trigger (its notifications answered 202 while the last
+// publish succeeded) that cannot be stored is retried, then counted
+// dropped and logged; one whose stream comes back during the retries is
+// stored.
+func TestDeferredTriggerIsRetriedThenDropped(t *testing.T) {
+	cs := clientState("default", "acme")
+	jobsStream := worker.Topology{}.JobsStream()
+	deferOne := func(e *env) {
+		t.Helper()
+		if code := e.post("/default/acme", notifications(1, &cs)); code != 202 {
+			t.Fatalf("first POST: %d", code)
+		}
+		if err := e.js.DeleteStream(context.Background(), jobsStream); err != nil {
+			t.Fatal(err)
+		}
+		if code := e.post("/default/acme", notifications(1, &cs)); code != 202 {
+			t.Fatalf("second POST: %d", code)
+		}
+	}
+	e := newEnv(t, notify.Config{Spacing: 5 * time.Millisecond, PublishTimeout: 2 * time.Second,
+		Retry: retry.Policy{Initial: 5 * time.Millisecond, Max: 10 * time.Millisecond, Tries: 3}})
+	deferOne(e)
+	eventually(t, "the deferred trigger dropped", func() bool { return e.rcv.Stats().Dropped == 1 })
+	if s := e.rcv.Stats(); s.PublishRetries != 2 || s.Published != 1 || s.Deferred != 1 {
+		t.Errorf("stats %+v, want 2 retries (3 attempts), the first trigger only published", s)
+	}
+	recs := e.logs.records("notify: deferred trigger not published")
 	if len(recs) != 1 || recs[0]["level"] != "ERROR" || recs[0]["attempts"] != 3.0 || recs[0]["instance"] != "acme" || recs[0]["error"] == "" {
 		t.Fatalf("failure log records %v", recs)
+	}
+	eventually(t, "nothing pending", func() bool { return e.rcv.Stats().Pending == 0 })
+	if code := e.post("/default/acme", notifications(1, &cs)); code != 503 {
+		t.Errorf("a POST after the failures: %d, want 503", code)
 	}
 	e.rcv.Close()
 
 	// The stream comes back while the trigger is retried.
-	e2 := newEnv(t, notify.Config{Window: 5 * time.Millisecond, PublishTimeout: 2 * time.Second,
+	e2 := newEnv(t, notify.Config{Spacing: 5 * time.Millisecond, PublishTimeout: 2 * time.Second,
 		Retry: retry.Policy{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond, MaxElapsed: 5 * time.Minute}})
-	if err := e2.js.DeleteStream(context.Background(), jobsStream); err != nil {
-		t.Fatal(err)
-	}
-	if code := e2.post("/default/acme", notifications(1, &cs)); code != 202 {
-		t.Fatalf("POST: %d", code)
-	}
+	deferOne(e2)
 	eventually(t, "a retry", func() bool { return e2.rcv.Stats().PublishRetries >= 2 })
 	if err := worker.Setup(context.Background(), e2.js, worker.Topology{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the trigger stored", func() bool { return e2.rcv.Stats().Published == 1 })
+	eventually(t, "the trigger stored", func() bool { return e2.rcv.Stats().Published == 2 })
 	msgs := e2.stored("m365.jobs.default.acme.notified")
 	if len(msgs) != 1 {
 		t.Fatalf("%d triggers stored, want 1", len(msgs))
 	}
 	checkTrigger(t, msgs[0], "default", "acme")
-	if s := e2.rcv.Stats(); s.PublishFailures != 0 {
-		t.Errorf("stats %+v: nothing should have failed", s)
+	if s := e2.rcv.Stats(); s.Dropped != 0 {
+		t.Errorf("stats %+v: nothing should have been dropped", s)
 	}
 }
 
-// Shutdown publishes open windows at once, refuses later notifications
-// with 503 (Graph delivers them again), and past its deadline abandons the
-// publishes still retrying, counted failed.
+// Shutdown publishes deferred triggers at once, refuses later
+// notifications with 503 and Retry-After (Graph delivers them again), and
+// past its deadline abandons the publishes still retrying, counted
+// dropped.
 func TestShutdown(t *testing.T) {
-	e := newEnv(t, notify.Config{Window: time.Hour})
+	e := newEnv(t, notify.Config{Spacing: time.Hour})
+	ms := httptest.NewServer(e.rcv.MetricsHandler())
+	t.Cleanup(ms.Close)
 	cs := clientState("default", "acme")
-	if code := e.post("/default/acme", notifications(2, &cs)); code != 202 {
-		t.Fatalf("POST: %d", code)
+	for range 2 {
+		if code := e.post("/default/acme", notifications(2, &cs)); code != 202 {
+			t.Fatalf("POST: %d", code)
+		}
+	}
+	e.rcv.BeginShutdown()
+	resp, err := ms.Client().Get(ms.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Errorf("/readyz once shutting down: %d, want 503", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("POST", e.url("/default/acme"), bytes.NewReader(notifications(1, &cs)))
+	resp, err = e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a notification while shutting down: %d (Retry-After %q), want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 	if err := e.rcv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if s := e.rcv.Stats(); s.Published != 1 || s.Coalesced != 1 {
-		t.Errorf("stats %+v, want the open window published", s)
+	if s := e.rcv.Stats(); s.Published != 2 || s.Deferred != 1 || s.Requests["shutting_down"] != 1 {
+		t.Errorf("stats %+v, want the deferred trigger published", s)
 	}
 	if msgs := e.stored("m365.jobs.default.acme.notified"); len(msgs) != 1 {
 		t.Errorf("%d triggers stored, want 1", len(msgs))
 	}
-	if code := e.post("/default/acme", notifications(1, &cs)); code != 503 {
-		t.Errorf("a notification after Shutdown: %d, want 503", code)
-	}
 
-	e2 := newEnv(t, notify.Config{Window: 5 * time.Millisecond, Retry: retry.Policy{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond}})
+	e2 := newEnv(t, notify.Config{Spacing: 5 * time.Millisecond, Retry: retry.Policy{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond}})
+	if code := e2.post("/default/acme", notifications(1, &cs)); code != 202 {
+		t.Fatalf("POST: %d", code)
+	}
 	if err := e2.js.DeleteStream(context.Background(), worker.Topology{}.JobsStream()); err != nil {
 		t.Fatal(err)
 	}
@@ -691,17 +765,18 @@ func TestShutdown(t *testing.T) {
 	if err := e2.rcv.Shutdown(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("Shutdown past its deadline: %v", err)
 	}
-	if s := e2.rcv.Stats(); s.PublishFailures != 1 || s.Published != 0 {
-		t.Errorf("stats %+v, want the abandoned trigger counted failed", s)
+	if s := e2.rcv.Stats(); s.Dropped != 1 || s.Published != 1 {
+		t.Errorf("stats %+v, want the abandoned trigger counted dropped", s)
 	}
 }
 
 func TestMetricsAndHealth(t *testing.T) {
-	e := newEnv(t, notify.Config{Window: time.Hour})
+	e := newEnv(t, notify.Config{Spacing: time.Hour})
 	ms := httptest.NewServer(e.rcv.MetricsHandler())
 	t.Cleanup(ms.Close)
 	cs := clientState("default", "acme")
 	e.post("/default/acme", notifications(3, &cs))
+	e.post("/default/acme", notifications(1, &cs))
 	e.post("/default/acme", notifications(2, ptr("forged")))
 	get := func(path string) (int, string, string) {
 		resp, err := ms.Client().Get(ms.URL + path)
@@ -721,9 +796,11 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Errorf("/metrics: %d %s", code, ct)
 	}
 	for _, want := range []string{
-		"# TYPE m365_notify_received_total counter\nm365_notify_received_total 5\n",
-		"m365_notify_refused_total 2\n", "m365_notify_lifecycle_total 0\n", "m365_notify_triggers_published_total 1\n",
-		"m365_notify_coalesced_total 2\n", "m365_notify_publish_failures_total 0\n", "m365_notify_publish_retries_total 0\n",
+		"# TYPE m365_notify_received_total counter\nm365_notify_received_total 6\n",
+		`m365_notify_requests_total{answer="accepted"} 2` + "\n", `m365_notify_requests_total{answer="forbidden"} 1` + "\n",
+		"m365_notify_refused_total 1\n", "m365_notify_lifecycle_total 0\n", "m365_notify_triggers_published_total 2\n",
+		"m365_notify_triggers_deferred_total 1\n", "m365_notify_triggers_dropped_total 0\n",
+		"m365_notify_coalesced_total 0\n", "m365_notify_publish_failures_total 0\n", "m365_notify_publish_retries_total 0\n",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, body)

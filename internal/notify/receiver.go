@@ -3,7 +3,6 @@ package notify
 import (
 	"context"
 	"crypto/hmac"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,15 +24,25 @@ const (
 	// MaxValidationToken is the longest validationToken echoed; a longer
 	// one is answered 400.
 	MaxValidationToken = 1 << 10
-	// MaxBody is the largest notification POST read; a larger one is
-	// answered 413 (Graph sends at most 100 notifications a POST, far
-	// less).
-	MaxBody = 1 << 20
+	// MaxBody is the most of a notification POST read: a body that reaches
+	// past it before its first MaxItems items are read is answered 413.
+	// A basic notification for a user or group is about 500 bytes.
+	MaxBody = 256 << 10
+	// DefaultMaxItems is how many notifications of a POST are read; the
+	// rest are never decoded (every item of a POST is for the instance of
+	// its URL, so the first ones decide).
+	DefaultMaxItems = 100
+	// DefaultMaxBodyReads is how many bodies are read at once; a POST past
+	// it is answered 503 with Retry-After before its body is read.
+	DefaultMaxBodyReads = 16
+	// DefaultMaxPending is how many instances may have a trigger being
+	// published or waiting for its spacing at once; a notification for
+	// another instance past it is answered 503 with Retry-After.
+	DefaultMaxPending = 10_000
 )
 
-// DefaultWindow is how long accepted notifications of one instance are
-// gathered into one trigger.
-const DefaultWindow = time.Second
+// DefaultSpacing is the least time between two triggers of one instance.
+const DefaultSpacing = 30 * time.Second
 
 // Config configures a Receiver.
 type Config struct {
@@ -41,7 +50,15 @@ type Config struct {
 	// (PoolKey, ClientState); at least MinMasterKey bytes. Required. The
 	// receiver keeps a copy.
 	Master []byte
-	// JetStream publishes the triggers. Required.
+	// PreviousMasters are master keys being rotated out: a notification
+	// carrying a clientState derived from one of them is accepted too, so
+	// that subscriptions made with it keep working until the workers have
+	// moved them to Master's (docs/security.md).
+	PreviousMasters [][]byte
+	// JetStream publishes the triggers. Required. Its connection should
+	// not buffer publishes while disconnected (nats.ReconnectBufSize(-1)):
+	// the receiver answers 503 then, and a buffered trigger would be
+	// published later once per attempt.
 	JetStream jetstream.JetStream
 	// Subjects gives the deployment's prefix. Default: jobs.DefaultPrefix.
 	Subjects jobs.Subjects
@@ -49,28 +66,51 @@ type Config struct {
 	// https://hooks.example.com/graph/<pool>/<instance>. Default none: the
 	// receiver serves /<pool>/<instance>.
 	BasePath string
-	// Window is how long accepted notifications of one instance are
-	// gathered into one trigger, from the first. Default DefaultWindow.
-	Window time.Duration
-	// Retry bounds the retries of a trigger's publish; past it the trigger
-	// is counted failed and logged. Default retry.Publish.
+	// Spacing is the least time between two triggers of one instance: the
+	// first notification is published at once, notifications within
+	// Spacing of it make exactly one more trigger when it ends. Default
+	// DefaultSpacing.
+	Spacing time.Duration
+	// MaxItems is how many notifications of a POST are read. Default
+	// DefaultMaxItems.
+	MaxItems int
+	// MaxBodyReads bounds the bodies read at once. Default
+	// DefaultMaxBodyReads.
+	MaxBodyReads int
+	// MaxPending bounds the instances with a trigger in progress. Default
+	// DefaultMaxPending.
+	MaxPending int
+	// Retry bounds the retries of a deferred trigger's publish (one made
+	// when a spacing ends, after its notifications were answered); past it
+	// the trigger is counted dropped and logged. Default retry.Publish.
 	Retry retry.Policy
-	// PublishTimeout bounds one publish attempt. Default 5 s.
+	// PublishTimeout bounds one publish attempt; the first trigger of a
+	// spacing is published while Graph waits for the answer (3 s at most).
+	// Default 2 s.
 	PublishTimeout time.Duration
-	// Logger receives the receiver's logs (never a clientState or the
-	// master key). Default: discarded.
+	// Logger receives the receiver's logs (never a clientState or a master
+	// key). Default: discarded.
 	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
-	if c.Window <= 0 {
-		c.Window = DefaultWindow
+	if c.Spacing <= 0 {
+		c.Spacing = DefaultSpacing
+	}
+	if c.MaxItems <= 0 {
+		c.MaxItems = DefaultMaxItems
+	}
+	if c.MaxBodyReads <= 0 {
+		c.MaxBodyReads = DefaultMaxBodyReads
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = DefaultMaxPending
 	}
 	if c.Retry == (retry.Policy{}) {
 		c.Retry = retry.Publish
 	}
 	if c.PublishTimeout <= 0 {
-		c.PublishTimeout = 5 * time.Second
+		c.PublishTimeout = 2 * time.Second
 	}
 	c.BasePath = strings.TrimRight(c.BasePath, "/")
 	if c.Logger == nil {
@@ -80,8 +120,10 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if len(c.Master) < MinMasterKey {
-		return fmt.Errorf("notify: the master key is %d bytes; it must be at least %d", len(c.Master), MinMasterKey)
+	for i, m := range append([][]byte{c.Master}, c.PreviousMasters...) {
+		if len(m) < MinMasterKey {
+			return fmt.Errorf("notify: master key %d is %d bytes; it must be at least %d", i+1, len(m), MinMasterKey)
+		}
 	}
 	if c.JetStream == nil {
 		return errors.New("notify: Config.JetStream is required")
@@ -97,45 +139,18 @@ func (c Config) validate() error {
 	return nil
 }
 
-// Stats are the receiver's counters since it started.
-type Stats struct {
-	// Received counts notifications (items of a POST's value array),
-	// accepted or refused.
-	Received int64
-	// Refused counts notifications whose clientState was missing or wrong.
-	Refused int64
-	// Lifecycle counts accepted lifecycle notifications (lifecycleEvent
-	// set).
-	Lifecycle int64
-	// Published counts triggers stored in the jobs stream.
-	Published int64
-	// Coalesced counts accepted notifications that made no trigger of
-	// their own: they joined an instance's open window, or their window's
-	// trigger joined one still being published.
-	Coalesced int64
-	// PublishFailures counts triggers given up on after the retries.
-	PublishFailures int64
-	// PublishRetries counts publish attempts after a trigger's first.
-	PublishRetries int64
-	// Pending counts instances with a window open or a trigger being
-	// published.
-	Pending int
-}
-
-type counters struct {
-	received, refused, lifecycle, published, coalesced, failures, retries atomic.Int64
-}
-
 // Receiver is the http.Handler of Graph's change and lifecycle
-// notifications, served on the host of the notification URLs. Close it to
-// publish what is pending.
+// notifications, served on the host of the notification URLs. Shut it down
+// to publish what is pending.
 type Receiver struct {
-	cfg    Config
-	master []byte
-	ctx    context.Context // ends in-flight publishes on a Shutdown past its deadline
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // publishing goroutines
-	stats  counters
+	cfg     Config
+	masters [][]byte // the current first
+	reads   chan struct{}
+	ctx     context.Context // ends deferred publishes on a Shutdown past its deadline
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // deferred publishes
+	stats   counters
+	failing atomic.Bool // the last publish failed: deferring answers 503 too
 
 	mu      sync.Mutex
 	closed  bool
@@ -151,117 +166,189 @@ func New(cfg Config) (*Receiver, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	r := &Receiver{cfg: cfg, master: append([]byte(nil), cfg.Master...), pending: map[target]*pending{}}
-	r.cfg.Master = nil
+	r := &Receiver{cfg: cfg, reads: make(chan struct{}, cfg.MaxBodyReads), pending: map[target]*pending{}}
+	for _, m := range append([][]byte{cfg.Master}, cfg.PreviousMasters...) {
+		r.masters = append(r.masters, append([]byte(nil), m...))
+	}
+	r.cfg.Master, r.cfg.PreviousMasters = nil, nil
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r, nil
 }
 
-// Stats returns the counters.
-func (r *Receiver) Stats() Stats {
-	s := &r.stats
-	r.mu.Lock()
-	pending := len(r.pending)
-	r.mu.Unlock()
-	return Stats{Received: s.received.Load(), Refused: s.refused.Load(), Lifecycle: s.lifecycle.Load(), Published: s.published.Load(),
-		Coalesced: s.coalesced.Load(), PublishFailures: s.failures.Load(), PublishRetries: s.retries.Load(), Pending: pending}
-}
-
-// item is one element of a POST's value array: a change notification or,
-// with LifecycleEvent, a lifecycle notification. Other fields are ignored.
-type item struct {
-	SubscriptionID string  `json:"subscriptionId"`
-	ChangeType     string  `json:"changeType"`
-	Resource       string  `json:"resource"`
-	ClientState    *string `json:"clientState"`
-	TenantID       string  `json:"tenantId"`
-	LifecycleEvent string  `json:"lifecycleEvent"`
-}
-
-// ServeHTTP answers the validation handshake (a validationToken query,
-// POST or GET: 200 with the token as text/plain) and notification POSTs:
-// 202 when at least one notification carries the instance's clientState,
-// 403 when none does, 400 for a body that is not a notification, 413 past
-// MaxBody, 503 once the receiver is closing. A path other than
-// [BasePath]/<pool>/<instance>[/lifecycle] is 404. Nothing here waits for
-// NATS.
+// ServeHTTP answers Graph's validation handshake (a POST with a
+// validationToken query: 200 with the token as text/plain) and
+// notification POSTs: 202 once the instance's trigger is stored or
+// deferred, 403 when no notification carries the instance's clientState,
+// 400 for a body that is not a notification, 413 past MaxBody, 503 with
+// Retry-After when the receiver is full, cannot store the trigger or is
+// shutting down. A path other than [BasePath]/<pool>/<instance>[/lifecycle]
+// is 404, another method 405.
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	rest, ok := strings.CutPrefix(req.URL.Path, r.cfg.BasePath)
 	pool, instance, _, valid := parsePath(rest)
-	if !ok || !valid {
-		http.NotFound(w, req)
-		return
-	}
-	if q := req.URL.Query(); q.Has("validationToken") {
-		if req.Method != http.MethodPost && req.Method != http.MethodGet {
-			w.Header().Set("Allow", "POST, GET")
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		token := q.Get("validationToken")
-		if token == "" || len(token) > MaxValidationToken {
-			http.Error(w, fmt.Sprintf("validationToken must be 1 to %d bytes", MaxValidationToken), http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.WriteHeader(http.StatusOK)
-		_, _ = io.WriteString(w, token)
-		return
-	}
-	if req.Method != http.MethodPost {
+	switch {
+	case !ok || !valid:
+		r.answer(w, answerNotFound, "not found")
+	case req.Method != http.MethodPost:
 		w.Header().Set("Allow", "POST")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
+		r.answer(w, answerMethod, "method not allowed")
+	case req.URL.Query().Has("validationToken"):
+		r.handshake(w, req.URL.Query().Get("validationToken"))
+	default:
+		r.notifications(w, req, target{pool, instance})
 	}
-	r.notifications(w, req, target{pool, instance})
 }
 
+// handshake echoes Graph's validation token.
+func (r *Receiver) handshake(w http.ResponseWriter, token string) {
+	if token == "" || len(token) > MaxValidationToken {
+		r.answer(w, answerBadRequest, fmt.Sprintf("validationToken must be 1 to %d bytes", MaxValidationToken))
+		return
+	}
+	r.stats.answers[answerHandshake].Add(1)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.WriteString(w, token)
+}
+
+// notifications judges a POST's notifications and, when one is the
+// instance's, stores or defers its trigger before answering.
 func (r *Receiver) notifications(w http.ResponseWriter, req *http.Request, t target) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, MaxBody))
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			http.Error(w, fmt.Sprintf("the body exceeds %d bytes", MaxBody), http.StatusRequestEntityTooLarge)
-			return
+	if r.closing() {
+		r.answer(w, answerShuttingDown, "the receiver is shutting down")
+		return
+	}
+	v, status := r.read(w, req, t)
+	if status != 0 {
+		r.answer(w, status, "")
+		return
+	}
+	if v.accepted == 0 {
+		r.cfg.Logger.Debug("notify: request refused: no notification carries the instance's clientState", "pool", t.pool, "instance", t.instance,
+			"notifications", v.items, "remote_addr", req.RemoteAddr)
+		r.answer(w, answerForbidden, "no notification carries this instance's clientState")
+		return
+	}
+	v.log(r.cfg.Logger, t)
+	switch err := r.trigger(req.Context(), t, v.accepted); {
+	case err == nil:
+		r.stats.answers[answerAccepted].Add(1)
+		w.WriteHeader(http.StatusAccepted)
+	case errors.Is(err, errClosing):
+		r.answer(w, answerShuttingDown, "the receiver is shutting down")
+	case errors.Is(err, errFull):
+		r.answer(w, answerBusy, "too many instances pending")
+	default:
+		r.answer(w, answerUnavailable, "the trigger cannot be stored now")
+	}
+}
+
+// read reads and judges the body under the cap on concurrent reads; a
+// non-zero answer ends the request.
+func (r *Receiver) read(w http.ResponseWriter, req *http.Request, t target) (verdict, answer) {
+	select {
+	case r.reads <- struct{}{}:
+		defer func() { <-r.reads }()
+	default:
+		return verdict{}, answerBusy
+	}
+	want := r.clientStates(t)
+	v := verdict{}
+	body := http.MaxBytesReader(w, req.Body, MaxBody)
+	err := parseBody(body, r.cfg.MaxItems, func(it item) { v.judge(it, want) })
+	if err == nil { // the rest is read, not decoded: a body past MaxBody is 413 wherever it ends
+		_, err = io.Copy(io.Discard, body)
+	}
+	r.stats.received.Add(int64(v.items))
+	r.stats.lifecycle.Add(int64(v.lifecycle))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return v, 0
+	case errors.As(err, &tooLarge):
+		return v, answerTooLarge
+	default:
+		return v, answerBadRequest
+	}
+}
+
+// clientStates are t's clientState under each master key, the current
+// first.
+func (r *Receiver) clientStates(t target) [][]byte {
+	out := make([][]byte, len(r.masters))
+	for i, m := range r.masters {
+		out[i] = []byte(ClientState(PoolKey(m, t.pool), t.instance))
+	}
+	return out
+}
+
+// verdict is what a POST's notifications were found to be.
+type verdict struct {
+	items, accepted, lifecycle int
+	events                     map[string]int // accepted lifecycle events by name (known names only)
+	subscription               string         // one accepted lifecycle notification's subscription id
+}
+
+func (v *verdict) judge(it item, want [][]byte) {
+	v.items++
+	if it.ClientState == nil || !matchAny([]byte(*it.ClientState), want) {
+		return
+	}
+	v.accepted++
+	if it.LifecycleEvent == "" {
+		return
+	}
+	v.lifecycle++
+	if v.events == nil {
+		v.events = map[string]int{}
+	}
+	v.events[lifecycleName(it.LifecycleEvent)]++
+	if v.subscription == "" {
+		v.subscription = bounded(it.SubscriptionID, 64)
+	}
+}
+
+// matchAny compares cs with every wanted value in constant time.
+func matchAny(cs []byte, want [][]byte) bool {
+	ok := false
+	for _, w := range want {
+		if hmac.Equal(cs, w) {
+			ok = true
 		}
-		http.Error(w, "cannot read the body", http.StatusBadRequest)
+	}
+	return ok
+}
+
+// log writes one line for a POST's lifecycle notifications, however many
+// it carries.
+func (v *verdict) log(log *slog.Logger, t target) {
+	if v.lifecycle == 0 {
 		return
 	}
-	var payload struct {
-		Value []item `json:"value"`
+	log.Info("notify: lifecycle notifications", "pool", t.pool, "instance", t.instance, "count", v.lifecycle,
+		"events", v.events, "subscription_id", v.subscription)
+}
+
+// lifecycleName bounds a lifecycle event's name to the ones Graph sends.
+func lifecycleName(ev string) string {
+	switch ev {
+	case "reauthorizationRequired", "subscriptionRemoved", "missed":
+		return ev
 	}
-	if err := json.Unmarshal(body, &payload); err != nil || len(payload.Value) == 0 {
-		http.Error(w, `not a notification: want {"value":[…]} with at least one notification`, http.StatusBadRequest)
-		return
+	return "other"
+}
+
+// bounded cuts a string from outside to n bytes for a log line.
+func bounded(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
 	}
-	want := []byte(ClientState(PoolKey(r.master, t.pool), t.instance))
-	accepted := 0
-	for _, it := range payload.Value {
-		r.stats.received.Add(1)
-		if it.ClientState == nil || !hmac.Equal([]byte(*it.ClientState), want) {
-			r.stats.refused.Add(1)
-			continue
-		}
-		accepted++
-		if it.LifecycleEvent != "" {
-			r.stats.lifecycle.Add(1)
-			r.cfg.Logger.Info("notify: lifecycle notification", "pool", t.pool, "instance", t.instance,
-				"subscription_id", it.SubscriptionID, "lifecycle_event", it.LifecycleEvent, "tenant_id", it.TenantID)
-		}
-	}
-	if refused := len(payload.Value) - accepted; refused > 0 {
-		r.cfg.Logger.Debug("notify: notifications refused: clientState missing or wrong", "pool", t.pool, "instance", t.instance,
-			"refused", refused, "remote_addr", req.RemoteAddr)
-	}
-	if accepted == 0 {
-		http.Error(w, "no notification carries this instance's clientState", http.StatusForbidden)
-		return
-	}
-	if !r.accept(t, accepted) {
-		w.Header().Set("Retry-After", "10")
-		http.Error(w, "the receiver is shutting down", http.StatusServiceUnavailable)
-		return
-	}
-	w.WriteHeader(http.StatusAccepted)
+	return s
+}
+
+func (r *Receiver) closing() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
 }

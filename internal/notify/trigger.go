@@ -3,6 +3,7 @@ package notify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -11,144 +12,230 @@ import (
 	"github.com/tevyra/m365-worker/internal/retry"
 )
 
-// Coalescing. Accepted notifications of one target open a window (the
-// first) or join it; when the window ends, its trigger is published by a
-// goroutine of the target's own, so a target whose publishes fail does not
-// hold up the others. A window that ends while its target's previous
-// trigger is still being published waits for it, and all such windows make
-// one more trigger: at most one publish per target is in flight, and at most
-// one waits behind it.
+// Triggers are hints, spaced per instance. The first accepted notification
+// of an instance publishes its trigger while Graph waits for the answer:
+// 202 once it is stored, 503 with Retry-After when it cannot be (Graph
+// delivers the notification again), so nothing is answered 202 that was
+// not stored. Requests for the instance meanwhile wait for that publish
+// and get its answer. The trigger opens a spacing (Config.Spacing):
+// notifications within it make exactly one more trigger, published when it
+// ends (a deferred trigger: its notifications were answered 202, while the
+// receiver's last publish succeeded, and it is retried under Config.Retry;
+// given up on, it is counted dropped and the instance's scheduled round
+// picks the change up). So one instance makes at most one trigger per
+// spacing however many notifications come, replayed or not.
 
-// pending is a target's coalescing state; r.mu guards it.
+var (
+	errClosing = errors.New("the receiver is shutting down")
+	errFull    = errors.New("too many instances pending")
+	errNoNATS  = errors.New("not connected to NATS")
+)
+
+// pending is a target's trigger state; r.mu guards it.
 type pending struct {
-	window     *time.Timer // set while a window is open
-	gen        uint64      // the open window's number, so a late timer is ignored
-	publishing bool        // a goroutine publishes the target's triggers
-	again      bool        // a window ended while publishing: publish once more
+	inflight   *call       // the spacing's first trigger, being published
+	timer      *time.Timer // ends the spacing of the last stored trigger
+	want       bool        // a notification came during the spacing: one more trigger at its end
+	publishing bool        // a deferred trigger is being published
 }
 
-// accept counts n accepted notifications of t into its window, opening one
-// if none is open. False once the receiver is closing.
-func (r *Receiver) accept(t target, n int) bool {
+// call is a publish requests wait for.
+type call struct {
+	done chan struct{}
+	err  error
+}
+
+// trigger stores or defers t's trigger for n accepted notifications. nil
+// means stored or deferred (answer 202).
+func (r *Receiver) trigger(ctx context.Context, t target, n int) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
-		return false
+		r.mu.Unlock()
+		return errClosing
 	}
 	p := r.pending[t]
-	if p == nil {
-		p = &pending{}
+	switch {
+	case p == nil && len(r.pending) >= r.cfg.MaxPending:
+		r.mu.Unlock()
+		return errFull
+	case p == nil:
+		p = &pending{inflight: &call{done: make(chan struct{})}}
 		r.pending[t] = p
-	}
-	if p.window != nil {
-		r.stats.coalesced.Add(int64(n))
-		return true
-	}
-	r.stats.coalesced.Add(int64(n - 1))
-	p.gen++
-	gen := p.gen
-	p.window = time.AfterFunc(r.cfg.Window, func() { r.windowEnd(t, gen) })
-	return true
-}
-
-// windowEnd publishes the trigger of t's window gen, unless a flush did.
-func (r *Receiver) windowEnd(t target, gen uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p := r.pending[t]
-	if p == nil || p.window == nil || p.gen != gen {
-		return
-	}
-	p.window = nil
-	r.startPublish(t, p)
-}
-
-// startPublish hands t's trigger to its publishing goroutine, starting one
-// when none runs. r.mu is held.
-func (r *Receiver) startPublish(t target, p *pending) {
-	if p.publishing {
-		if p.again {
-			r.stats.coalesced.Add(1) // joins the trigger already waiting
+		r.mu.Unlock()
+		return r.publishFirst(t, p)
+	case p.inflight != nil:
+		c := p.inflight
+		r.mu.Unlock()
+		r.stats.coalesced.Add(1)
+		select {
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		p.again = true
-		return
-	}
-	p.publishing = true
-	r.wg.Add(1)
-	go r.publishLoop(t, p)
-}
-
-// publishLoop publishes t's triggers until none waits.
-func (r *Receiver) publishLoop(t target, p *pending) {
-	defer r.wg.Done()
-	for {
-		r.publish(t)
-		r.mu.Lock()
-		if p.again {
-			p.again = false
-			r.mu.Unlock()
-			continue
-		}
-		p.publishing = false
-		if p.window == nil {
-			delete(r.pending, t)
+	default: // the spacing runs, or a deferred trigger is being published
+		if p.want {
+			r.stats.coalesced.Add(1)
+		} else {
+			p.want = true
+			r.stats.deferred.Add(1)
 		}
 		r.mu.Unlock()
-		return
+		if !r.connected() || r.failing.Load() {
+			return errNoNATS // deferred all the same; Graph tries again
+		}
+		return nil
 	}
 }
 
-// publish stores one trigger of t, retrying under the policy; a trigger
-// given up on is counted and logged.
-func (r *Receiver) publish(t target) {
-	subject := TriggerSubject(r.cfg.Subjects, t.pool, t.instance)
-	body, err := json.Marshal(TriggerJob(t.instance))
-	if err != nil { // a Job always marshals
-		panic(err)
+// publishFirst publishes the first trigger of a spacing, once, while the
+// request waits.
+func (r *Receiver) publishFirst(t target, p *pending) error {
+	err := r.publishOnce(r.ctx, t)
+	r.mu.Lock()
+	c := p.inflight
+	p.inflight, c.err = nil, err
+	if err == nil {
+		r.startSpacing(t, p)
+	} else {
+		delete(r.pending, t) // the next notification tries again
 	}
+	r.mu.Unlock()
+	close(c.done)
+	return err
+}
+
+// startSpacing starts t's spacing after a stored trigger. r.mu is held.
+func (r *Receiver) startSpacing(t target, p *pending) {
+	switch {
+	case r.closed && p.want:
+		r.startDeferred(t, p) // published at once during a shutdown
+		return
+	case r.closed:
+		delete(r.pending, t)
+		return
+	}
+	p.timer = time.AfterFunc(r.cfg.Spacing, func() { r.spacingEnd(t, p) })
+}
+
+// spacingEnd publishes t's deferred trigger, if a notification came during
+// the spacing, or forgets t.
+func (r *Receiver) spacingEnd(t target, p *pending) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending[t] != p || p.timer == nil {
+		return // Shutdown took it over
+	}
+	p.timer = nil
+	if !p.want {
+		delete(r.pending, t)
+		return
+	}
+	r.startDeferred(t, p)
+}
+
+// startDeferred starts publishing t's deferred trigger. r.mu is held.
+func (r *Receiver) startDeferred(t target, p *pending) {
+	p.want, p.publishing = false, true
+	r.wg.Add(1)
+	go r.publishDeferred(t, p)
+}
+
+// publishDeferred stores a deferred trigger under the retry policy; one
+// given up on is counted dropped and logged.
+func (r *Receiver) publishDeferred(t target, p *pending) {
+	defer r.wg.Done()
 	attempts := 0
-	err = retry.Do(r.ctx, r.cfg.Retry, func() error {
+	err := retry.Do(r.ctx, r.cfg.Retry, func() error {
 		attempts++
 		if attempts > 1 {
 			r.stats.retries.Add(1)
 		}
-		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.PublishTimeout)
-		defer cancel()
-		// Rollup on the subject: an instance's triggers replace each other
-		// in the stream, so a burst leaves at most one waiting.
-		msg := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-		_, err := r.cfg.JetStream.PublishMsg(ctx, msg)
-		return err
+		return r.publishOnce(r.ctx, t)
 	})
-	log := r.cfg.Logger.With("pool", t.pool, "instance", t.instance, "subject", subject, "attempts", attempts)
 	if err != nil {
-		r.stats.failures.Add(1)
-		log.Error("notify: trigger not published; the instance syncs at its next scheduled round", "error", err)
-		return
+		r.stats.dropped.Add(1)
+		r.cfg.Logger.Error("notify: deferred trigger not published; the instance syncs at its next scheduled round",
+			"pool", t.pool, "instance", t.instance, "attempts", attempts, "error", err)
 	}
-	r.stats.published.Add(1)
-	log.Debug("notify: trigger published")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p.publishing = false
+	switch {
+	case err == nil || p.want:
+		r.startSpacing(t, p)
+	default:
+		delete(r.pending, t)
+	}
 }
 
-// Shutdown stops accepting notifications (answered 503 from now on, so
-// Graph delivers them again later), publishes the triggers of open windows
-// at once and waits for every publish. When ctx ends first, publishes still
-// retrying are abandoned (counted failed and logged) and ctx's error is
-// returned.
-func (r *Receiver) Shutdown(ctx context.Context) error {
+// publishOnce stores one trigger of t: a JetStream publish with the rollup
+// header, bounded by PublishTimeout.
+func (r *Receiver) publishOnce(ctx context.Context, t target) error {
+	err := r.store(ctx, t)
+	r.failing.Store(err != nil)
+	if err != nil {
+		r.stats.failures.Add(1)
+		r.cfg.Logger.Warn("notify: trigger not stored", "pool", t.pool, "instance", t.instance, "error", err)
+		return err
+	}
+	r.stats.published.Add(1)
+	return nil
+}
+
+func (r *Receiver) store(ctx context.Context, t target) error {
+	if !r.connected() {
+		return errNoNATS
+	}
+	body, err := json.Marshal(TriggerJob(t.instance))
+	if err != nil { // a Job always marshals
+		panic(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+	defer cancel()
+	// Rollup on the subject: an instance's triggers replace each other in
+	// the stream, so at most one waits.
+	msg := &nats.Msg{Subject: TriggerSubject(r.cfg.Subjects, t.pool, t.instance), Data: body, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	_, err = r.cfg.JetStream.PublishMsg(ctx, msg)
+	return err
+}
+
+// connected reports whether the receiver's NATS connection is up.
+func (r *Receiver) connected() bool {
+	nc := r.cfg.JetStream.Conn()
+	return nc == nil || nc.IsConnected()
+}
+
+// BeginShutdown stops accepting notifications (answered 503 with
+// Retry-After from now on, so Graph delivers them again later; /readyz
+// fails) and publishes the deferred triggers at once.
+func (r *Receiver) BeginShutdown() {
 	r.mu.Lock()
-	if !r.closed {
-		r.closed = true
-		for t, p := range r.pending {
-			if p.window != nil {
-				p.window.Stop()
-				p.window = nil
-				r.startPublish(t, p)
-			}
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.closed = true
+	for t, p := range r.pending {
+		if p.timer == nil {
+			continue
+		}
+		p.timer.Stop()
+		p.timer = nil
+		if p.want {
+			r.startDeferred(t, p)
+		} else {
+			delete(r.pending, t)
 		}
 	}
-	r.mu.Unlock()
+}
+
+// Shutdown is BeginShutdown, then waits for the deferred publishes. When
+// ctx ends first, publishes still retrying are abandoned (counted dropped
+// and logged) and ctx's error is returned.
+func (r *Receiver) Shutdown(ctx context.Context) error {
+	r.BeginShutdown()
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
 	defer r.cancel()

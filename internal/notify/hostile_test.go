@@ -1,0 +1,130 @@
+package notify_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tevyra/m365-worker/internal/notify"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// emptyItems is a POST body of n {} notifications: the cheapest item to
+// send, the costliest to decode whole.
+func emptyItems(n int) []byte {
+	b := bytes.NewBufferString(`{"value":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("{}")
+	}
+	b.WriteString("]}")
+	return b.Bytes()
+}
+
+// serve runs one request through the receiver in process and returns the
+// answer and the bytes allocated meanwhile.
+func serve(rcv http.Handler, path string, body []byte) (*httptest.ResponseRecorder, uint64) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	rec := httptest.NewRecorder()
+	rcv.ServeHTTP(rec, httptest.NewRequest("POST", path, bytes.NewReader(body)))
+	runtime.ReadMemStats(&after)
+	return rec, after.TotalAlloc - before.TotalAlloc
+}
+
+// Finding 1: one anonymous request of {} items cost 163 MiB.
+func TestHostileBodyBoundedWork(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	for _, n := range []int{60_000, 349_000} {
+		body := emptyItems(n)
+		rec, alloc := serve(e.rcv, "/default/acme", body)
+		if alloc > 4<<20 {
+			t.Errorf("%d {} items (%d bytes): answered %d after allocating %d MiB, want at most 4", n, len(body), rec.Code, alloc>>20)
+		}
+		if rec.Code == http.StatusAccepted {
+			t.Errorf("%d {} items: answered 202", n)
+		}
+	}
+}
+
+// Finding 2: bodies read at once are capped; past the cap, 503 with
+// Retry-After before reading anything.
+func TestConcurrentBodyReadsAreCapped(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	const held = notify.DefaultMaxBodyReads
+	var wg sync.WaitGroup
+	writers := make([]*io.PipeWriter, held)
+	started := make(chan struct{}, held)
+	for i := range held {
+		pr, pw := io.Pipe()
+		writers[i] = pw
+		wg.Go(func() {
+			rec := httptest.NewRecorder()
+			go func() { _, _ = pw.Write([]byte(`{"value":[`)); started <- struct{}{} }()
+			e.rcv.ServeHTTP(rec, httptest.NewRequest("POST", "/default/acme", pr))
+			_ = pr.Close()
+		})
+	}
+	for range held {
+		<-started
+	}
+	cs := clientState("default", "acme")
+	rec, _ := serve(e.rcv, "/default/acme", notifications(1, &cs))
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("a POST while %d bodies are being read: %d (Retry-After %q), want 503 with Retry-After", held, rec.Code, rec.Header().Get("Retry-After"))
+	}
+	for _, pw := range writers {
+		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
+	}
+	wg.Wait()
+	if rec, _ := serve(e.rcv, "/default/acme", notifications(1, &cs)); rec.Code != http.StatusAccepted {
+		t.Errorf("a POST once the bodies were read: %d, want 202", rec.Code)
+	}
+	if s := e.rcv.Stats(); s.Requests["busy"] != 1 {
+		t.Errorf("stats %+v, want 1 request answered busy", s)
+	}
+}
+
+// Finding 5: a trigger that cannot be stored is answered 503 with
+// Retry-After, so that Graph delivers the notification again.
+func TestUnstorableTriggerIsAnswered503(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	if err := e.js.DeleteStream(context.Background(), worker.Topology{}.JobsStream()); err != nil {
+		t.Fatal(err)
+	}
+	cs := clientState("default", "acme")
+	rec, _ := serve(e.rcv, "/default/acme", notifications(1, &cs))
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("a notification whose trigger cannot be stored: %d (Retry-After %q), want 503 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+	}
+}
+
+// Finding 4: basic notifications carry no nonce, so a valid one can be
+// replayed. Copies replayed after each trigger was stored make one trigger
+// at once and exactly one more when the spacing ends.
+func TestReplayedNotificationIsSpaced(t *testing.T) {
+	e := newEnv(t, notify.Config{Spacing: time.Hour})
+	cs := clientState("default", "acme")
+	body := notifications(1, &cs)
+	for i := range 10 {
+		if code := e.post("/default/acme", body); code != 202 {
+			t.Fatalf("copy %d: %d", i, code)
+		}
+	}
+	if s := e.rcv.Stats(); s.Published != 1 || s.Deferred != 1 || s.Coalesced != 8 {
+		t.Errorf("stats %+v after 10 copies, want 1 trigger stored and 1 deferred", s)
+	}
+	e.rcv.Close()
+	if s := e.rcv.Stats(); s.Published != 2 {
+		t.Errorf("10 replayed copies made %d triggers, want 2", s.Published)
+	}
+}
