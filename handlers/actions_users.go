@@ -100,8 +100,36 @@ func (a *Actions) createUser(ctx context.Context, j *worker.Job, p *jobs.CreateU
 	}
 	ef.ObjectID = u.ID
 	_ = a.recordEffect(ctx, j, *ef)
-	a.refreshUserRecord(ctx, j, c, u) // the created record: a read could still miss it
+	a.refreshUserRecord(ctx, j, c, createdUser(ctx, c, u, nu))
 	return UserOutput{UserID: u.ID, UserPrincipalName: u.UserPrincipalName, Changed: true, Password: ef.Password}, nil
+}
+
+// createdUser is the record published for a user just created. POST /users
+// answers with Graph's default set only: accountEnabled, usageLocation,
+// userType, createdDateTime, assignedLicenses and the rest are "Returned
+// only on $select". So the user is read back with the sync's $select, and
+// the asset is what the next round publishes; while the read still misses
+// it (replication), the answer is completed from what the job set and what
+// Graph gives a new cloud user (userType Member, no licences), with no
+// creation date until the next round.
+func createdUser(ctx context.Context, c *graphclient.Client, answer *graphclient.User, nu graphclient.NewUser) *graphclient.User {
+	if u, err := c.GetUser(ctx, answer.ID); err == nil {
+		return u
+	}
+	u := *answer
+	opt := func(have *string, set string) *string {
+		if have != nil || set == "" {
+			return have
+		}
+		return &set
+	}
+	u.AccountEnabled = &nu.AccountEnabled
+	u.MailNickname = opt(u.MailNickname, nu.MailNickname)
+	u.Department = opt(u.Department, nu.Department)
+	u.UsageLocation = opt(u.UsageLocation, nu.UsageLocation)
+	u.UserType = opt(u.UserType, "Member")
+	u.AssignedLicenses = []graphclient.AssignedLicense{}
+	return &u
 }
 
 func (a *Actions) updateUser(ctx context.Context, j *worker.Job, p *jobs.UpdateUserParams) (any, error) {

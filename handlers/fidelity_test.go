@@ -1,0 +1,99 @@
+package handlers_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/tevyra/m365-worker/graphsim"
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
+)
+
+// userAssets are the user assets published for id, by sync id.
+func (e *env) userAssets(instance, id string) map[string]json.RawMessage {
+	out := map[string]json.RawMessage{}
+	for _, d := range workertest.Decode[jobs.AssetDelta](e.t, workertest.Messages(e.t, e.js, "M365_RESULTS", "m365.results."+instance+".assets."+jobs.AssetUser)) {
+		for _, ch := range d.Changes {
+			if ch.ID == id && ch.Op == jobs.OpUpsert {
+				out[d.SyncID] = ch.Asset
+			}
+		}
+	}
+	return out
+}
+
+// POST /users answers with Graph's default set only; the asset published
+// after create_user must still be the user as the next round sees it
+// (enabled, usage location, user type, creation date, licences), not the
+// POST's answer read as if it held every property.
+func TestCreatedUsersAssetIsTheNextRoundsRecord(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 12, Groups: 2, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	e.syncNow("acme", true)
+	requester, _ := nkeys.CreateCurveKeys()
+	replyKey, _ := requester.PublicKey()
+	r := e.run("acme", jobs.ActionCreateUser, jobs.CreateUserParams{DisplayName: "Fidelity User", UserPrincipalName: "fidelity.user@" + e.sim.Credentials()[0].Domain,
+		UsageLocation: "SE", Department: "Finance", PasswordOptions: jobs.PasswordOptions{ReplyKey: replyKey}}, false)
+	id := ok(t, r)["user_id"].(string)
+	byAction := e.userAssets("acme", id)["action:"+r.JobID]
+	if byAction == nil {
+		t.Fatalf("no user asset published by create_user %s", r.JobID)
+	}
+	e.syncNow("acme", true)
+	var byRound json.RawMessage
+	for sid, a := range e.userAssets("acme", id) {
+		if !strings.HasPrefix(sid, "action:") {
+			byRound = a
+		}
+	}
+	if byRound == nil {
+		t.Fatal("the full round after create_user published no asset for the user")
+	}
+	if !bytes.Equal(byAction, byRound) {
+		t.Fatalf("create_user published\n  %s\nthe next round published\n  %s", byAction, byRound)
+	}
+	var a jobs.UserAsset
+	_ = json.Unmarshal(byAction, &a)
+	if !a.AccountEnabled || a.UsageLocation == nil || *a.UsageLocation != "SE" || a.UserType != "Member" || a.CreatedDateTime == nil {
+		t.Fatalf("created user's asset lacks what Graph returns only on $select: %s", byAction)
+	}
+}
+
+// The dry-run membership check filters a group's members: an advanced query
+// (ConsistencyLevel: eventual and $count=true, group-list-members), which the
+// simulator refuses without them as Graph's description does.
+func TestDryRunMembershipCheckIsADocumentedQuery(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 12, Groups: 3, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	snap, _ := e.sim.Export(e.sim.Credentials()[0].TenantID)
+	var group, member, other string
+	for _, g := range snap.Groups {
+		if len(g.Members) > 0 && g.MembershipRule == nil {
+			group, member = g.MailNickname, g.Members[0]
+			break
+		}
+	}
+	for _, u := range snap.Users {
+		if u.ID != member {
+			other = u.ID
+		}
+	}
+	if group == "" {
+		t.Fatal("the seeded tenant has no static group with members")
+	}
+	add := ok(t, e.run("acme", jobs.ActionAddGroupMember, jobs.AddGroupMemberParams{MemberParams: jobs.MemberParams{GroupRef: jobs.GroupRef{Group: group}, Member: other}}, true))
+	rm := ok(t, e.run("acme", jobs.ActionRemoveGroupMember, jobs.RemoveGroupMemberParams{MemberParams: jobs.MemberParams{GroupRef: jobs.GroupRef{Group: group}, Member: member}}, true))
+	if add["would_change"] == nil || rm["would_change"] == nil {
+		t.Fatalf("dry runs: add %v, remove %v; both would change", add, rm)
+	}
+	// update_group to HiddenMembership: Graph allows it only at creation.
+	failed(t, e.run("acme", jobs.ActionUpdateGroup, jobs.UpdateGroupParams{GroupRef: jobs.GroupRef{Group: group}, Visibility: ptr("HiddenMembership")}, false), jobs.CodeInvalidParams)
+}
