@@ -16,7 +16,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -34,6 +33,7 @@ import (
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/handlers"
+	"github.com/tevyra/m365-worker/internal/httpserve"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 )
@@ -424,8 +424,8 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 		if err != nil {
 			return fmt.Errorf("--http-listen %s: %w", *p.httpListen, err)
 		}
-		srv := &http.Server{Handler: obs.Handler(), ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(l) }()
+		srv := httpserve.Server(obs.Handler(), httpserve.Limits{}, log)
+		go func() { _ = srv.Serve(httpserve.LimitListener(l, 32)) }()
 		defer srv.Close()
 		log.Info("metrics and health on http://" + l.Addr().String() + " (/metrics, /healthz, /readyz)")
 	}

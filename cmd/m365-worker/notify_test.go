@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,7 +46,7 @@ func TestNotifyCommand(t *testing.T) {
 	}
 
 	s := start(t, "notify", "--nats", ns.URL, "--listen", "127.0.0.1:0", "--tls-cert-file", pki.cert, "--tls-key-file", pki.key,
-		"--master-key-file", secretFile, "--window", "100ms", "--metrics-listen", "127.0.0.1:0", "--base-path", "/graph")
+		"--master-key-file", secretFile, "--spacing", "100ms", "--drain", "0s", "--metrics-listen", "127.0.0.1:0", "--base-path", "/graph")
 	metricsURL := strings.TrimPrefix(s.waitLine(t, "notify metrics on "), "notify metrics on ")
 	base := strings.TrimPrefix(s.waitLine(t, "notify listening on https://"), "notify listening on ")
 	caPEM, err := os.ReadFile(pki.ca)
@@ -125,5 +126,129 @@ func TestNotifyCommand(t *testing.T) {
 	}
 	if out := s.stderr.String(); strings.Contains(out, master) || strings.Contains(out, cs) {
 		t.Errorf("the master key or a clientState was logged:\n%s", out)
+	}
+}
+
+// notifyProc is a running receiver binary with its URLs and an HTTPS
+// client that trusts it.
+type notifyProc struct {
+	*started
+	base, metrics string
+	hc            *http.Client
+	cs            string // acme's clientState in pool default
+}
+
+func startNotify(t *testing.T, ns *workertest.Server, env []string, args ...string) *notifyProc {
+	t.Helper()
+	dir := t.TempDir()
+	pki := newTestPKI(t, dir)
+	raw := make([]byte, 48)
+	_, _ = rand.Read(raw)
+	master := base64.StdEncoding.EncodeToString(raw)
+	keyFile := filepath.Join(dir, "notify.key")
+	if err := os.WriteFile(keyFile, []byte(master+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range env {
+		k, v, _ := strings.Cut(e, "=")
+		t.Setenv(k, v)
+	}
+	s := start(t, append([]string{"notify", "--nats", ns.URL, "--listen", "127.0.0.1:0", "--tls-cert-file", pki.cert, "--tls-key-file", pki.key,
+		"--master-key-file", keyFile, "--metrics-listen", "127.0.0.1:0"}, args...)...)
+	p := &notifyProc{started: s, cs: notify.ClientState(notify.PoolKey([]byte(master), "default"), "acme")}
+	p.metrics = strings.TrimSuffix(strings.TrimPrefix(s.waitLine(t, "notify metrics on "), "notify metrics on "), "/metrics")
+	p.base = strings.TrimPrefix(s.waitLine(t, "notify listening on https://"), "notify listening on ")
+	caPEM, err := os.ReadFile(pki.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	p.hc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 30 * time.Second}
+	return p
+}
+
+// post sends a notification for default/acme with its clientState.
+func (p *notifyProc) post() (*http.Response, error) {
+	b, _ := json.Marshal(map[string]any{"value": []map[string]any{{"subscriptionId": "s1", "changeType": "updated", "clientState": p.cs}}})
+	resp, err := p.hc.Post(p.base+"/default/acme", "application/json", strings.NewReader(string(b)))
+	if err == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	return resp, err
+}
+
+// Finding 6: on SIGTERM readiness fails first and requests during the
+// drain get 503 with Retry-After; a second signal ends the drain.
+func TestNotifyShutdownDrains(t *testing.T) {
+	ns := workertest.Start(t)
+	p := startNotify(t, ns, []string{"M365_DRAIN=10m"})
+	if resp, err := p.post(); err != nil || resp.StatusCode != 202 {
+		t.Fatalf("a notification: %v %v", resp, err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	workertest.Eventually(t, 60*time.Second, "/readyz answers 503", func() bool {
+		resp, err := http.Get(p.metrics + "/readyz")
+		if err != nil {
+			t.Fatalf("the metrics listener closed before /readyz answered 503: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 503
+	})
+	resp, err := p.post()
+	if err != nil {
+		t.Fatalf("a notification during the drain: %v", err)
+	}
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a notification during the drain: %d (Retry-After %q), want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	p.interrupt(t) // the second signal ends the drain
+}
+
+// Finding 5: with NATS away every notification is answered 503 with
+// Retry-After (Graph retries for up to 4 hours), and nothing is buffered
+// to be published later.
+func TestNotifyWithoutNATSAnswers503(t *testing.T) {
+	ns := workertest.Start(t)
+	p := startNotify(t, ns, nil)
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	for i := range 3 {
+		resp, err := p.post()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("notification %d with NATS away: %d (Retry-After %q), want 503 with Retry-After", i, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+}
+
+// Finding 7: the metrics listener takes small headers only.
+func TestNotifyListenersHardened(t *testing.T) {
+	ns := workertest.Start(t)
+	p := startNotify(t, ns, nil)
+	req, _ := http.NewRequest("GET", p.metrics+"/metrics", nil)
+	req.Header.Set("X-Big", strings.Repeat("x", 64<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("/metrics with a 64 KiB header: %d, want 431", resp.StatusCode)
+	}
+	req, _ = http.NewRequest("POST", p.base+"/default/acme", strings.NewReader("{}"))
+	req.Header.Set("X-Big", strings.Repeat("x", 64<<10))
+	resp, err = p.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a notification with a 64 KiB header: %d, want 431", resp.StatusCode)
 	}
 }

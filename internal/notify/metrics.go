@@ -94,8 +94,17 @@ func (r *Receiver) WriteMetrics(w io.Writer) {
 	for _, m := range r.metrics(s) {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", m.name, m.help, m.name, m.name, m.value)
 	}
+	if f := r.connStats.Load(); f != nil {
+		open, refused := (*f)()
+		fmt.Fprintf(w, "# HELP m365_notify_connections_open Connections open on the notification listener.\n# TYPE m365_notify_connections_open gauge\nm365_notify_connections_open %d\n", open)
+		fmt.Fprintf(w, "# HELP m365_notify_connections_refused_total Connections closed at once: the listener was at its cap.\n# TYPE m365_notify_connections_refused_total counter\nm365_notify_connections_refused_total %d\n", refused)
+	}
 	fmt.Fprintf(w, "# HELP m365_notify_pending Instances whose trigger is being stored or whose spacing runs.\n# TYPE m365_notify_pending gauge\nm365_notify_pending %d\n", s.Pending)
 }
+
+// ConnectionStats makes /metrics show the notification listener's open
+// and refused connections, as f reports them.
+func (r *Receiver) ConnectionStats(f func() (open, refused int64)) { r.connStats.Store(&f) }
 
 // MetricsHandler serves /metrics (Prometheus text format), /healthz and
 // /readyz (ready while connected to NATS and not shutting down), for a

@@ -151,6 +151,8 @@ type Receiver struct {
 	wg      sync.WaitGroup // deferred publishes
 	stats   counters
 	failing atomic.Bool // the last publish failed: deferring answers 503 too
+	// connStats reports the listener's connections for /metrics.
+	connStats atomic.Pointer[func() (open, refused int64)]
 
 	mu      sync.Mutex
 	closed  bool
