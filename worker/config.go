@@ -62,6 +62,13 @@ type Config struct {
 	// SyncLockTTL bounds how long a dead worker's sync lock outlives it.
 	// Default 30s; a live worker refreshes its lock every SyncLockTTL/3.
 	SyncLockTTL time.Duration
+	// NotifySpacing is the least time between two rounds of one instance
+	// that notification triggers start: a trigger within it of the last
+	// such round is given back until it ends (no attempt used), and the
+	// one waiting then (the receiver's rollup keeps at most one) makes
+	// exactly one more round. Default 0: not spaced (the binary's
+	// --notify-spacing is 30 s).
+	NotifySpacing time.Duration
 	// TargetLockTTL bounds how long a dead worker's lock on an action
 	// target (one job per user or group at a time) outlives it. Default
 	// 10s; refreshed every TargetLockTTL/3.

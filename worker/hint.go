@@ -2,6 +2,7 @@ package worker
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -31,6 +32,29 @@ func (w *Worker) checkHint(d *delivery) error {
 	default:
 		return RetryAfter(2*time.Second, err)
 	}
+}
+
+// checkSpacing gives a notification trigger back while the instance's
+// last notification round started less than Config.NotifySpacing ago; it
+// runs once the job holds the instance's exclusive lock, so the pool's
+// workers agree. A trigger let through records its round's start.
+func (w *Worker) checkSpacing(d *delivery) error {
+	if w.cfg.NotifySpacing <= 0 || d.addrErr != nil || !d.addr.Notified || !d.admitted {
+		return nil
+	}
+	last, err := d.scope.NotifiedRound(d.ctx)
+	if err != nil {
+		return RetryAfter(2*time.Second, fmt.Errorf("cannot read the last notification round: %w", err))
+	}
+	now := time.Now().UTC()
+	if wait := w.cfg.NotifySpacing - now.Sub(last); wait > 0 {
+		return RetryAfter(wait, fmt.Errorf("the last round a notification started ran %s ago; notification rounds are %s apart",
+			now.Sub(last).Round(time.Second), w.cfg.NotifySpacing))
+	}
+	if err := d.scope.PutNotifiedRound(d.ctx, now); err != nil {
+		return RetryAfter(2*time.Second, fmt.Errorf("cannot record the notification round: %w", err))
+	}
+	return nil
 }
 
 // drop acks a dropped trigger: nothing is stored for it.

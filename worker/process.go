@@ -33,6 +33,8 @@ import (
 //	          target's turn and lock (publication order across workers);
 //	          losing a lock cancels the job
 //	ledger    again, now that the job holds its turn
+//	spacing   a notification trigger waits for its instance's spacing
+//	          (hint.go)
 //	share     one instance's jobs take Config.InstanceShare slots, and borrow
 //	          free ones within bounds, or wait parked for one (share.go;
 //	          after admit: a job waiting for its target's lock holds none)
@@ -51,6 +53,7 @@ var pipeline = []struct {
 	{"hold", (*Worker).checkHold},
 	{"admit", (*Worker).admit},
 	{"ledger again", (*Worker).recheckLedger},
+	{"spacing", (*Worker).checkSpacing},
 	{"share", (*Worker).takeShare},
 	{"instance", (*Worker).lookupInstance},
 	{"handle", (*Worker).handle},

@@ -226,7 +226,7 @@ type poolFlags struct {
 	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
 	jsDomain, jsAPIPrefix                                      *string
 	notifyURL, notifyKeyFile                                   *string
-	notifyBackstop                                             *time.Duration
+	notifyBackstop, notifySpacing                              *time.Duration
 	allowOverrides                                             *bool
 	concurrency, replicas, share                               *int
 	ackWait, shutdown                                          *time.Duration
@@ -250,6 +250,7 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 		notifyURL:      fs.String("notify-url", "", "where Graph reaches the notification receiver (m365-worker notify), e.g. https://hooks.example.com/graph: the pool's instances then get change-notification subscriptions (docs/notify.md)"),
 		notifyKeyFile:  fs.String("notify-key-file", "", "the pool's notification key (m365-worker pool notify-key), which derives each instance's clientState"),
 		notifyBackstop: fs.Duration("notify-backstop", 30*time.Minute, "while an instance's subscriptions are healthy, its scheduled ticks run a round only this often"),
+		notifySpacing:  fs.Duration("notify-spacing", 30*time.Second, "the least time between two rounds of an instance that notification triggers start; a trigger within it waits for its end"),
 		allowOverrides: fs.Bool("allow-endpoint-overrides", false, "use the authority, graph_root and ca_pem of instance records (a Graph simulator or test tenant); "+
 			"without it such an instance's jobs fail with endpoint_override_refused (national clouds need only cloud; the demo of run turns it on)"),
 	}
@@ -393,7 +394,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	actions.Register(reg)
 	w, err := worker.New(ctx, js, topo, worker.Config{
 		Subjects: topo.Subjects, Pool: *p.pool, Concurrency: *p.concurrency, InstanceShare: *p.share, AckWait: *p.ackWait,
-		ShutdownTimeout: *p.shutdown, PoolKey: key, PreviousPoolKeys: keys[min(1, len(keys)):], Logger: log, ManageConsumer: manage,
+		ShutdownTimeout: *p.shutdown, NotifySpacing: *p.notifySpacing, PoolKey: key, PreviousPoolKeys: keys[min(1, len(keys)):], Logger: log, ManageConsumer: manage,
 		OnInstanceChange: func(id string, in *worker.Instance) {
 			if in == nil {
 				graph.Forget(id) // its client and opened secret
