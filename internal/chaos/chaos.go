@@ -198,6 +198,9 @@ type Report struct {
 	Mismatches       []Mismatch    `json:"mismatches"`
 	// Notes are observations that are not contract violations.
 	Notes []string `json:"notes,omitempty"`
+	// Conformance is what the simulator's checks against Graph's
+	// description saw; each violation is also a mismatch.
+	Conformance graphsim.ConformanceReport `json:"conformance"`
 	// Dir is where the logs are (kept when there are mismatches).
 	Dir string `json:"dir,omitempty"`
 }
@@ -369,7 +372,7 @@ func (h *harness) run(parent context.Context) error {
 
 	// The tenant, and the proxy in front of it.
 	opts := graphsim.Options{Users: cfg.Users, Groups: cfg.Groups, Seed: cfg.Seed, ConsistencyDelay: cfg.ConsistencyDelay, DeltaPageSize: 50, DeltaDuplicateRate: 0.01,
-		Latency: graphsim.Latency{Read: 5 * time.Millisecond, Write: 40 * time.Millisecond, Token: 5 * time.Millisecond}}
+		Latency: graphsim.Latency{Read: 5 * time.Millisecond, Write: 40 * time.Millisecond, Token: 5 * time.Millisecond}, Conformance: true}
 	if h.sim, err = graphsim.Start(opts); err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"errors"
+	"github.com/google/uuid"
 	"net/http"
 	"net/url"
 	"sync"
@@ -118,5 +119,6 @@ func newGet(ctx context.Context, u, token string) (*http.Request, error) {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("client-request-id", uuid.NewString())
 	return req, nil
 }

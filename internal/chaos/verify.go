@@ -93,6 +93,10 @@ func (h *harness) verify(p *plan, initial, truth *graphsim.Snapshot, final strin
 		}
 	}
 	h.mu.Unlock()
+	h.rep.Conformance = h.sim.Conformance()
+	for _, v := range h.rep.Conformance.Violations {
+		h.mismatch("graph_conformance", "", "", "%s", v)
+	}
 	h.checkResults(p, c, final)
 	h.checkFailures(p, c)
 	h.checkRounds(c)
