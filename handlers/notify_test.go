@@ -23,6 +23,7 @@ import (
 type notifyEnv struct {
 	*env
 	recv *notify.Receiver
+	late *lateHandler
 }
 
 type lateHandler struct{ h atomic.Pointer[http.Handler] }
@@ -52,7 +53,7 @@ func newNotifyEnv(t *testing.T, o graphsim.Options, cfg handlers.NotifyConfig) *
 	late.h.Store(&h)
 	cfg.BaseURL, cfg.PoolKey = hooks.URL, notify.PoolKey(master, "default")
 	e.notify = cfg
-	return &notifyEnv{env: e, recv: recv}
+	return &notifyEnv{env: e, recv: recv, late: late}
 }
 
 func (e *notifyEnv) subscriptions(tenant int) []graphsim.SubscriptionInfo {
@@ -259,4 +260,81 @@ func TestReauthorizationRequiredIsAnswered(t *testing.T) {
 	var id string
 	e.admin(0, func(a *graphsim.Admin) { id = a.CreateUser("after.reauth", "After").ID })
 	workertest.Eventually(t, 60*time.Second, "a user created after the reauthorization, by notification", func() bool { _, ok := e.rebuild("acme").users[id]; return ok })
+}
+
+// serve puts a new receiver in front of Graph's notifications.
+func (e *notifyEnv) serve(cfg notify.Config) *notify.Receiver {
+	e.t.Helper()
+	cfg.JetStream, cfg.Spacing = e.js, 300*time.Millisecond
+	recv, err := notify.New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(recv.Close)
+	var h http.Handler = recv
+	e.late.h.Store(&h)
+	e.recv = recv
+	return recv
+}
+
+// Master-key rotation end to end: the receiver accepts the old and the new
+// master key, the workers given the new pool key move the instance's
+// subscriptions to the new clientState (new ones made first, the old ones
+// deleted), the old key is dropped, and no notification is refused along
+// the way.
+func TestMasterKeyRotation(t *testing.T) {
+	e := newNotifyEnv(t, graphsim.Options{Tenants: 1, Users: 10, Groups: 2, Seed: 11}, handlers.NotifyConfig{})
+	oldMaster := []byte("0123456789abcdef0123456789abcdef-test-master")
+	newMaster := []byte("fedcba9876543210fedcba9876543210-the-new-one")
+	e.addInstance("acme", 0, time.Hour)
+	e.startWorker(worker.Config{})
+	stopOld := e.stops[len(e.stops)-1]
+	e.syncNow("acme", true)
+	receivers := []*notify.Receiver{e.recv}
+	var id string
+	change := func(name string) {
+		t.Helper()
+		e.admin(0, func(a *graphsim.Admin) { id = a.CreateUser(name, name).ID })
+		workertest.Eventually(t, 60*time.Second, name+" in the consumer's view", func() bool { _, ok := e.rebuild("acme").users[id]; return ok })
+	}
+	clientStates := func() map[string]int {
+		out := map[string]int{}
+		for _, s := range e.subscriptions(0) {
+			out[s.ClientState]++
+		}
+		return out
+	}
+	oldCS, newCS := notify.ClientState(notify.PoolKey(oldMaster, "default"), "acme"), notify.ClientState(notify.PoolKey(newMaster, "default"), "acme")
+
+	// 1. The receiver takes both keys; the subscriptions still carry the old.
+	receivers = append(receivers, e.serve(notify.Config{Master: newMaster, PreviousMasters: [][]byte{oldMaster}}))
+	change("during.rotation")
+	if e.recv.Stats().PreviousKey == 0 {
+		t.Error("no notification counted under the previous key")
+	}
+	// 2. The workers get the new pool key; their next round moves the
+	// subscriptions.
+	stopOld()
+	e.notify.PoolKey = notify.PoolKey(newMaster, "default")
+	e.startWorker(worker.Config{})
+	e.syncNow("acme", false)
+	if cs := clientStates(); cs[newCS] != 2 || cs[oldCS] != 0 {
+		t.Fatalf("after the round with the new key: %d subscriptions under the old clientState, %d under the new, want 0 and 2", cs[oldCS], cs[newCS])
+	}
+	if m := e.meta("acme").Notify; !m.Healthy(time.Now()) || m.Users.KeyID != notify.KeyID(e.notify.PoolKey) || m.Groups.KeyID != m.Users.KeyID {
+		t.Errorf("notify state after the move: %+v %+v %+v", m, m.Users, m.Groups)
+	}
+	// 3. The old key is dropped.
+	receivers = append(receivers, e.serve(notify.Config{Master: newMaster}))
+	change("after.rotation")
+	for i, r := range receivers {
+		if s := r.Stats(); s.Refused != 0 || s.Requests["forbidden"] != 0 {
+			t.Errorf("receiver %d refused notifications: %+v", i, s)
+		}
+	}
+	var dropped int64
+	e.admin(0, func(a *graphsim.Admin) { dropped = a.NotificationsDropped() })
+	if dropped != 0 {
+		t.Errorf("Graph dropped %d notifications", dropped)
+	}
 }

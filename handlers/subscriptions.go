@@ -66,6 +66,8 @@ func (c NotifyConfig) withDefaults() NotifyConfig {
 // SubscriptionStats count what the pool's rounds did with subscriptions.
 type SubscriptionStats struct {
 	Created, Renewed, Failed, BackstopSkips atomic.Int64
+	// Moved counts subscriptions made again under a new pool key.
+	Moved atomic.Int64
 }
 
 // SubscriptionStats are the syncer's subscription counters (for /metrics).
@@ -96,6 +98,9 @@ type SubscriptionState struct {
 	ID        string    `json:"id"`
 	Expires   time.Time `json:"expires"`
 	RenewedAt time.Time `json:"renewed_at"`
+	// KeyID names the pool key whose clientState the subscription carries
+	// (notify.KeyID); one made with another key is made again.
+	KeyID string `json:"key_id,omitempty"`
 }
 
 // Healthy reports whether both subscriptions exist and run, and nothing
@@ -176,6 +181,10 @@ func (r *round) ensureSubscriptions(c *graphclient.Client, n *NotifyState) {
 
 func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource string, st **SubscriptionState, doubt bool, now time.Time) error {
 	s := *st
+	keyID := notify.KeyID(cfg.PoolKey)
+	if s.live(now) && s.KeyID != keyID {
+		return r.moveToKey(c, cfg, resource, st, now)
+	}
 	due := doubt || // a missed change: the subscription may need reauthorizing
 		(r.job.Trigger == jobs.TriggerNotification && s != nil && now.Sub(s.RenewedAt) > cfg.Reauthorize)
 	if s.live(now) && s.Expires.Sub(now) > cfg.RenewBefore && !due {
@@ -185,7 +194,7 @@ func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource stri
 		got, err := c.RenewSubscription(r.ctx, s.ID, now.Add(subscriptionLifetime))
 		if err == nil {
 			r.s.subStats.Renewed.Add(1)
-			*st = &SubscriptionState{ID: got.ID, Expires: got.ExpirationDateTime, RenewedAt: now}
+			*st = &SubscriptionState{ID: got.ID, Expires: got.ExpirationDateTime, RenewedAt: now, KeyID: keyID}
 			if got.ID == "" {
 				(*st).ID = s.ID
 			}
@@ -196,6 +205,12 @@ func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource stri
 		}
 		// Graph lost it: make it again.
 	}
+	return r.create(c, cfg, resource, st, now)
+}
+
+// create makes the instance's subscription to resource under the current
+// pool key's clientState.
+func (r *round) create(c *graphclient.Client, cfg NotifyConfig, resource string, st **SubscriptionState, now time.Time) error {
 	pool, inst := r.job.Pool, r.instance
 	got, err := c.CreateSubscription(r.ctx, graphclient.Subscription{Resource: resource, ChangeType: "updated,deleted",
 		NotificationURL: notify.NotificationURL(cfg.BaseURL, pool, inst), LifecycleNotificationURL: notify.LifecycleURL(cfg.BaseURL, pool, inst),
@@ -207,7 +222,25 @@ func (r *round) ensureOne(c *graphclient.Client, cfg NotifyConfig, resource stri
 		return fmt.Errorf("create the %s subscription: %w", resource, err)
 	}
 	r.s.subStats.Created.Add(1)
-	*st = &SubscriptionState{ID: got.ID, Expires: got.ExpirationDateTime, RenewedAt: now}
+	*st = &SubscriptionState{ID: got.ID, Expires: got.ExpirationDateTime, RenewedAt: now, KeyID: notify.KeyID(cfg.PoolKey)}
+	return nil
+}
+
+// moveToKey moves a subscription made under another pool key (a master-key
+// rotation, docs/security.md) to the current key's clientState: Graph keeps
+// a subscription's clientState for its life, so the new one is made first
+// and the old one deleted after, and no change goes unannounced between
+// them (the receiver accepts both keys during the rotation).
+func (r *round) moveToKey(c *graphclient.Client, cfg NotifyConfig, resource string, st **SubscriptionState, now time.Time) error {
+	old := *st
+	if err := r.create(c, cfg, resource, st, now); err != nil {
+		return err
+	}
+	if err := c.DeleteSubscription(r.ctx, old.ID); err != nil && !errors.Is(err, graphclient.ErrNotFound) {
+		r.log.Warn("sync: the subscription made under the previous notification key was not deleted; it expires on its own",
+			"resource", resource, "subscription_id", old.ID, "error", err)
+	}
+	r.s.subStats.Moved.Add(1)
 	return nil
 }
 

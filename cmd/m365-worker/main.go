@@ -497,6 +497,7 @@ func subscriptionMetrics(s *handlers.SubscriptionStats) worker.MetricsSource {
 		return []worker.Metric{
 			{Name: "m365_subscriptions_created_total", Help: "Change-notification subscriptions created.", Type: "counter", Value: float64(s.Created.Load())},
 			{Name: "m365_subscriptions_renewed_total", Help: "Change-notification subscriptions renewed (or reauthorized).", Type: "counter", Value: float64(s.Renewed.Load())},
+			{Name: "m365_subscriptions_moved_total", Help: "Change-notification subscriptions made again under a new notification key (a master-key rotation).", Type: "counter", Value: float64(s.Moved.Load())},
 			{Name: "m365_subscriptions_failures_total", Help: "Subscription creations or renewals that failed (the instance is polled meanwhile).", Type: "counter", Value: float64(s.Failed.Load())},
 			{Name: "m365_backstop_skips_total", Help: "Scheduled ticks closed because notifications keep the instance fresh.", Type: "counter", Value: float64(s.BackstopSkips.Load())},
 		}

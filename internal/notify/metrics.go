@@ -8,8 +8,8 @@ import (
 )
 
 type counters struct {
-	answers                                                                         [answerCount]atomic.Int64
-	received, lifecycle, published, coalesced, deferred, dropped, failures, retries atomic.Int64
+	answers                                                                                   [answerCount]atomic.Int64
+	received, lifecycle, previous, published, coalesced, deferred, dropped, failures, retries atomic.Int64
 }
 
 // Stats are the receiver's counters since it started.
@@ -26,6 +26,9 @@ type Stats struct {
 	Refused int64
 	// Lifecycle counts accepted lifecycle notifications.
 	Lifecycle int64
+	// PreviousKey counts notifications accepted under a previous master
+	// key: once it stays still, no subscription uses one any more.
+	PreviousKey int64
 	// Published counts triggers stored in the jobs stream.
 	Published int64
 	// Coalesced counts accepted requests that made no trigger of their
@@ -55,7 +58,7 @@ func (r *Receiver) Stats() Stats {
 	pending := len(r.pending)
 	r.mu.Unlock()
 	s := Stats{Requests: map[string]int64{}, Received: c.received.Load(), Refused: c.answers[answerForbidden].Load(), Lifecycle: c.lifecycle.Load(),
-		Published: c.published.Load(), Coalesced: c.coalesced.Load(), Deferred: c.deferred.Load(), Dropped: c.dropped.Load(),
+		PreviousKey: c.previous.Load(), Published: c.published.Load(), Coalesced: c.coalesced.Load(), Deferred: c.deferred.Load(), Dropped: c.dropped.Load(),
 		PublishFailures: c.failures.Load(), PublishRetries: c.retries.Load(), Pending: pending}
 	for a := answerAccepted; a < answerCount; a++ {
 		s.Requests[answerInfo[a].label] = c.answers[a].Load()
@@ -74,6 +77,7 @@ func (r *Receiver) metrics(s Stats) []metric {
 		{"m365_notify_received_total", "Change and lifecycle notifications read, accepted or not.", s.Received},
 		{"m365_notify_refused_total", "Requests refused (403): no notification carried the instance's clientState.", s.Refused},
 		{"m365_notify_lifecycle_total", "Accepted lifecycle notifications (reauthorizationRequired, subscriptionRemoved, missed).", s.Lifecycle},
+		{"m365_notify_previous_key_total", "Notifications accepted under a previous master key (a rotation is done once it stays still).", s.PreviousKey},
 		{"m365_notify_triggers_published_total", "Sync triggers stored in the jobs stream.", s.Published},
 		{"m365_notify_coalesced_total", "Accepted requests that made no trigger of their own.", s.Coalesced},
 		{"m365_notify_triggers_deferred_total", "Triggers deferred to the end of an instance's spacing.", s.Deferred},

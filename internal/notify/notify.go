@@ -48,6 +48,17 @@ func ClientState(poolKey []byte, instance string) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
+// KeyID names the pool key an instance's subscriptions were made with,
+// without revealing it: base64url of the first 9 bytes of
+// HMAC-SHA256(poolKey, "m365-notify-key-id"). The workers keep it with the
+// subscriptions and make them again under the current key's clientState
+// after a master-key rotation.
+func KeyID(poolKey []byte) string {
+	m := hmac.New(sha256.New, poolKey)
+	m.Write([]byte("m365-notify-key-id"))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:9])
+}
+
 // NotificationURL is the notificationUrl of an instance's subscriptions,
 // base being where the receiver is reached (https://hooks.example.com).
 func NotificationURL(base, pool, instance string) string {

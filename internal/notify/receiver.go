@@ -264,6 +264,7 @@ func (r *Receiver) read(w http.ResponseWriter, req *http.Request, t target) (ver
 	}
 	r.stats.received.Add(int64(v.items))
 	r.stats.lifecycle.Add(int64(v.lifecycle))
+	r.stats.previous.Add(int64(v.previous))
 	var tooLarge *http.MaxBytesError
 	switch {
 	case err == nil:
@@ -288,16 +289,24 @@ func (r *Receiver) clientStates(t target) [][]byte {
 // verdict is what a POST's notifications were found to be.
 type verdict struct {
 	items, accepted, lifecycle int
+	previous                   int            // accepted under a previous master key
 	events                     map[string]int // accepted lifecycle events by name (known names only)
 	subscription               string         // one accepted lifecycle notification's subscription id
 }
 
 func (v *verdict) judge(it item, want [][]byte) {
 	v.items++
-	if it.ClientState == nil || !matchAny([]byte(*it.ClientState), want) {
+	if it.ClientState == nil {
+		return
+	}
+	k := matchIndex([]byte(*it.ClientState), want)
+	if k < 0 {
 		return
 	}
 	v.accepted++
+	if k > 0 {
+		v.previous++
+	}
 	if it.LifecycleEvent == "" {
 		return
 	}
@@ -311,15 +320,16 @@ func (v *verdict) judge(it item, want [][]byte) {
 	}
 }
 
-// matchAny compares cs with every wanted value in constant time.
-func matchAny(cs []byte, want [][]byte) bool {
-	ok := false
-	for _, w := range want {
+// matchIndex compares cs with every wanted value in constant time and
+// returns the index of the one it equals, -1 if none.
+func matchIndex(cs []byte, want [][]byte) int {
+	k := -1
+	for i, w := range want {
 		if hmac.Equal(cs, w) {
-			ok = true
+			k = i
 		}
 	}
-	return ok
+	return k
 }
 
 // log writes one line for a POST's lifecycle notifications, however many
