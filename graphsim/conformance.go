@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/tevyra/m365-worker/graphsim/metadata"
 )
@@ -117,6 +116,24 @@ func (k *conformance) checkRequest(op string, refused *apiError) {
 	k.mu.Unlock()
 	if refused != nil {
 		k.add(Violation{op, "request", "refused by Graph's description", refused.message})
+	}
+}
+
+// checkQuery checks a request's query options: $select names properties
+// of the answer's type; $count=true and $search go with ConsistencyLevel:
+// eventual, without which Graph ignores $count (aad-advanced-queries).
+func (k *conformance) checkQuery(c *gctx, op string) {
+	if at, ok := answerTypes[op]; ok {
+		for _, p := range c.q.selects {
+			_, prop := metadata.V1.Property(at.typ, p)
+			_, nav := metadata.V1.Navigation(at.typ, p)
+			if !prop && !nav {
+				k.add(Violation{op, "request", "$select", fmt.Sprintf("%q is not a property of microsoft.graph.%s", p, at.typ)})
+			}
+		}
+	}
+	if c.q.count && !c.eventual() {
+		k.add(Violation{op, "request", "ConsistencyLevel", "$count=true without ConsistencyLevel: eventual is ignored"})
 	}
 }
 
@@ -359,65 +376,7 @@ func (a *answerCheck) memberDelta(v any) {
 	}
 }
 
-// value checks a JSON value against an Edm or graph type.
+// value checks a JSON value of an answer against an Edm or graph type.
 func (a *answerCheck) value(where, typ string, v any) {
-	if inner, ok := strings.CutPrefix(typ, "Collection("); ok {
-		arr, isArr := v.([]any)
-		if !isArr {
-			a.fail("type", "%s is %T, want %s", where, v, typ)
-			return
-		}
-		for _, x := range arr {
-			a.value(where+"[]", strings.TrimSuffix(inner, ")"), x)
-		}
-		return
-	}
-	bad := false
-	switch typ {
-	case "Edm.String":
-		_, ok := v.(string)
-		bad = !ok
-	case "Edm.Guid":
-		s, ok := v.(string)
-		bad = !ok || !guidRE.MatchString(s)
-	case "Edm.DateTimeOffset":
-		s, ok := v.(string)
-		if ok {
-			_, err := time.Parse(time.RFC3339, s)
-			ok = err == nil
-		}
-		bad = !ok
-	case "Edm.Boolean":
-		_, ok := v.(bool)
-		bad = !ok
-	case "Edm.Int32", "Edm.Int64":
-		f, ok := v.(float64)
-		bad = !ok || f != float64(int64(f))
-	default:
-		name := strings.TrimPrefix(typ, "graph.")
-		if _, known := metadata.V1.Types[name]; known {
-			obj, ok := v.(map[string]any)
-			if !ok {
-				bad = true
-				break
-			}
-			for k, x := range obj {
-				p, ok := metadata.V1.Property(name, k)
-				if !ok {
-					a.fail("property", "%s: %q is not a property of microsoft.graph.%s", where, k, name)
-					continue
-				}
-				if x == nil {
-					if !p.Nullable {
-						a.fail("nullability", "%s.%s is null; it is not nullable", where, k)
-					}
-					continue
-				}
-				a.value(where+"."+k, p.Type, x)
-			}
-		}
-	}
-	if bad {
-		a.fail("type", "%s is %v, want %s", where, v, typ)
-	}
+	checkValue(where, typ, v, func(p metadata.Property) bool { return p.Nullable }, a.fail)
 }

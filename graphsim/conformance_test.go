@@ -86,6 +86,12 @@ func TestRefusesWhatGraphsDescriptionRefuses(t *testing.T) {
 	if v := sim.Conformance().Violations; len(v) != before+1 || v[before].Rule != "client-request-id" {
 		t.Errorf("a request without client-request-id: violations %v", v[before:])
 	}
+	// So is $count=true without ConsistencyLevel: Graph ignores it.
+	before = len(sim.Conformance().Violations)
+	r.json("GET", "/users?$top=1&$count=true", nil, 200, crid()...)
+	if v := sim.Conformance().Violations; len(v) != before+1 || v[before].Rule != "ConsistencyLevel" {
+		t.Errorf("$count=true without ConsistencyLevel: violations %v", v[before:])
+	}
 }
 
 // The simulator's answers are in Graph's shapes, and the conformance checks

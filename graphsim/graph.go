@@ -257,6 +257,7 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 	refused := c.refuse(op)
 	if s.opts.Conformance {
 		s.conf.checkRequest(op, refused)
+		s.conf.checkQuery(c, op)
 	}
 	if refused != nil {
 		refused.header = hdr

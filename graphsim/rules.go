@@ -78,8 +78,19 @@ func (c *gctx) refuseBody(typeName string, rules func(map[string]json.RawMessage
 		if !ok {
 			return newErr(400, "Request_BadRequest", fmt.Sprintf("Property '%s' does not exist as a declared property or extension property.", k))
 		}
-		if string(raw) == "null" && p.NotNullable() {
-			return newErr(400, "Request_BadRequest", fmt.Sprintf("Invalid value specified for property '%s' of resource '%s'.", k, resource))
+		invalid := newErr(400, "Request_BadRequest", fmt.Sprintf("Invalid value specified for property '%s' of resource '%s'.", k, resource))
+		if string(raw) == "null" {
+			if p.NotNullable() {
+				return invalid
+			}
+			continue
+		}
+		var v any
+		_ = json.Unmarshal(raw, &v)
+		bad := false
+		checkValue(k, p.Type, v, metadata.Property.AcceptsNull, func(string, string, ...any) { bad = true })
+		if bad {
+			return invalid
 		}
 	}
 	return rules(m)
@@ -96,6 +107,15 @@ func (c *gctx) refuseParameters(a metadata.Action) *apiError {
 		raw, ok := m[name]
 		if !p.Nullable && (!ok || string(raw) == "null") {
 			return newErr(400, "Request_BadRequest", fmt.Sprintf("The parameter '%s' in the request payload is not a valid parameter for the operation.", name))
+		}
+		var v any
+		_ = json.Unmarshal(raw, &v)
+		bad := false
+		if v != nil {
+			checkValue(name, p.Type, v, metadata.Property.AcceptsNull, func(string, string, ...any) { bad = true })
+		}
+		if bad {
+			return newErr(400, "Request_BadRequest", fmt.Sprintf("Invalid value specified for parameter '%s'.", name))
 		}
 	}
 	for k := range m {

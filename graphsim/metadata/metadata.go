@@ -97,6 +97,9 @@ func (p Property) OnlyOnSelect() bool {
 	return strings.Contains(p.Description, "Returned only on $select")
 }
 
+// AcceptsNull is !NotNullable: whether a request may send null.
+func (p Property) AcceptsNull() bool { return !p.NotNullable() }
+
 // NotNullable reports whether the CSDL or the description says the property
 // cannot be null.
 func (p Property) NotNullable() bool {
