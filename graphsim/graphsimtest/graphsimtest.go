@@ -39,16 +39,7 @@ func Start(t testing.TB, o graphsim.Options) *graphsim.Server {
 func Check(t testing.TB, sim *graphsim.Server) {
 	t.Helper()
 	r := sim.Conformance()
-	if path := os.Getenv(ReportEnv); path != "" {
-		if f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-			line, _ := json.Marshal(struct {
-				Test string `json:"test"`
-				graphsim.ConformanceReport
-			}{t.Name(), r})
-			_, _ = f.Write(append(line, '\n'))
-			f.Close()
-		}
-	}
+	Record(t.Name(), r)
 	if len(r.Violations) == 0 {
 		return
 	}
@@ -61,4 +52,22 @@ func Check(t testing.TB, sim *graphsim.Server) {
 		b.WriteString("\n  " + v.String())
 	}
 	t.Errorf("Graph conformance: %d requests or answers outside Graph v1.0's description:%s", len(r.Violations), b.String())
+}
+
+// Record appends a report to $GRAPHSIM_CONFORMANCE_REPORT when it is set.
+func Record(test string, r graphsim.ConformanceReport) {
+	path := os.Getenv(ReportEnv)
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	line, _ := json.Marshal(struct {
+		Test string `json:"test"`
+		graphsim.ConformanceReport
+	}{test, r})
+	_, _ = f.Write(append(line, '\n'))
 }

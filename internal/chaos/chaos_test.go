@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tevyra/m365-worker/graphsim/graphsimtest"
 )
 
 func TestMain(m *testing.M) {
@@ -37,6 +39,9 @@ func TestChaos(t *testing.T) {
 	t.Logf("chaos report: seed %d, %d action jobs, %d sync jobs, %d publications (%d republished), %d results, %d sync reports (%d rounds succeeded), failures %v (%d expected), %d worker kills, %d server kills, %d worker pauses, %d worker exits, %d passwords checked, faults %v, took %s",
 		rep.Seed, rep.ActionJobs, rep.SyncJobs, rep.Published, rep.Republished, rep.Results, rep.SyncReports, rep.SyncRounds,
 		rep.FailuresByCode, rep.ExpectedFailures, rep.WorkerKills, rep.ServerKills, rep.WorkerPauses, rep.WorkerExits, rep.PasswordsChecked, rep.FaultsInjected, rep.Duration.Round(time.Second))
+	graphsimtest.Record(t.Name(), rep.Conformance)
+	t.Logf("Graph conformance: %d requests and %d answers checked, %d operations, %d property values, %d violations",
+		rep.Conformance.Requests, rep.Conformance.Answers, len(rep.Conformance.Operations), rep.Conformance.Values, len(rep.Conformance.Violations))
 	for _, n := range rep.Notes {
 		t.Logf("note: %s", n)
 	}
