@@ -14,7 +14,7 @@ import (
 // the simulator in this process, the workers as child processes of this
 // binary.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness|tenants|overhead [flags]\n", stderr)
+	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness|tenants|overhead|receiver [flags]\n", stderr)
 	if err != nil {
 		return err
 	}
@@ -31,6 +31,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdBenchTenants(ctx, bin, rest, stdout, stderr)
 	case "overhead":
 		return cmdBenchOverhead(ctx, bin, rest, stdout, stderr)
+	case "receiver":
+		return cmdBenchReceiver(ctx, bin, rest, stdout, stderr)
 	case "sync":
 		fs := newFlagSet("bench sync", "Measure, in one run against the built-in Graph simulator (realistic latency, GRAPH.md §12;\nthrottling on): a full first round of a tenant, a plain sequential delta walk through\nthe SDK's page iterator, an incremental round after some objects changed, and the\nworker process's peak RSS (JetStream and the simulator run in this process).", stderr)
 		users := fs.Int("users", 100000, "users in the tenant")
@@ -85,7 +87,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "throttled:        %d of %d Graph requests (%.2f %%)\n", r.Throttled, r.Requests, r.ThrottledPercent)
 		return nil
 	}
-	return usageError{fmt.Errorf("unknown bench command %q (want sync, actions, chaos, freshness, tenants or overhead)", sub)}
+	return usageError{fmt.Errorf("unknown bench command %q (want sync, actions, chaos, freshness, tenants, overhead or receiver)", sub)}
 }
 
 func cmdBenchFreshness(ctx context.Context, bin string, rest []string, stdout, stderr io.Writer) error {
