@@ -14,7 +14,7 @@ func fail(code, msg string, err error) error {
 	je := &jobs.Error{Code: code, Message: msg}
 	var ge *graphclient.Error
 	if errors.As(err, &ge) {
-		je.GraphCode, je.GraphRequestID = ge.Code, ge.RequestID
+		je.GraphCode, je.GraphRequestID, je.GraphClientRequestID = ge.Code, ge.RequestID, ge.ClientRequestID
 	}
 	return je
 }

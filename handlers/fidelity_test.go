@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"bytes"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/tevyra/m365-worker/graphsim"
+	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 	"github.com/tevyra/m365-worker/worker/workertest"
@@ -63,6 +65,14 @@ func TestCreatedUsersAssetIsTheNextRoundsRecord(t *testing.T) {
 	_ = json.Unmarshal(byAction, &a)
 	if !a.AccountEnabled || a.UsageLocation == nil || *a.UsageLocation != "SE" || a.UserType != "Member" || a.CreatedDateTime == nil {
 		t.Fatalf("created user's asset lacks what Graph returns only on $select: %s", byAction)
+	}
+
+	// A request Graph refuses leaves both ids in the failure, for
+	// Microsoft support.
+	r = e.run("acme", jobs.ActionUpdateUser, jobs.UpdateUserParams{UserRef: jobs.UserRef{User: id}, UserPrincipalName: ptr("fidelity.user@unverified.example.com")}, false)
+	failed(t, r, handlers.CodeGraphRejected)
+	if r.Error.GraphRequestID == "" || !regexp.MustCompile(`^[0-9a-f-]{36}$`).MatchString(r.Error.GraphClientRequestID) {
+		t.Fatalf("a refused update: request-id %q, client-request-id %q", r.Error.GraphRequestID, r.Error.GraphClientRequestID)
 	}
 }
 

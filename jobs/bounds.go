@@ -25,7 +25,8 @@ const (
 	MaxProblemLen = 256
 	// MaxCodeLen bounds Error.Code and Error.GraphCode.
 	MaxCodeLen = 128
-	// MaxRequestIDLen bounds Error.GraphRequestID.
+	// MaxRequestIDLen bounds Error.GraphRequestID and
+	// Error.GraphClientRequestID.
 	MaxRequestIDLen = 128
 )
 
@@ -36,7 +37,7 @@ const maxEcho = 256
 const ellipsis = "…"
 
 // Bounded returns a copy of e within the bounds above: Code and GraphCode cut
-// to MaxCodeLen, GraphRequestID to MaxRequestIDLen, Message to MaxMessageLen,
+// to MaxCodeLen, GraphRequestID and GraphClientRequestID to MaxRequestIDLen, Message to MaxMessageLen,
 // at most MaxFieldErrors Fields (the message then counts the others), each
 // field name and problem cut, all valid UTF-8. The runtime applies it before
 // publishing an error in a result or a failure record. Bounded of nil is nil,
@@ -49,6 +50,7 @@ func (e *Error) Bounded() *Error {
 	b.Code = clip(e.Code, MaxCodeLen)
 	b.GraphCode = clip(e.GraphCode, MaxCodeLen)
 	b.GraphRequestID = clip(e.GraphRequestID, MaxRequestIDLen)
+	b.GraphClientRequestID = clip(e.GraphClientRequestID, MaxRequestIDLen)
 	b.Message = clip(e.Message, MaxMessageLen)
 	if e.Fields != nil {
 		n := min(len(e.Fields), MaxFieldErrors)

@@ -268,8 +268,8 @@ func TestErrorBounded(t *testing.T) {
 		Code:           "graph_" + long,
 		Message:        "ab\xffcd" + strings.Repeat("ü", 1<<19),
 		GraphCode:      long,
-		GraphRequestID: long,
-		Retryable:      true,
+		GraphRequestID: long, GraphClientRequestID: long,
+		Retryable: true,
 	}
 	for i := range 50 {
 		e.Fields = append(e.Fields, FieldError{Field: fmt.Sprintf("f%02d\n", i) + long, Problem: "\xff" + long})
@@ -277,7 +277,7 @@ func TestErrorBounded(t *testing.T) {
 	orig := *e
 	b := e.Bounded()
 	checkBounded(t, b)
-	if len(b.Code) > MaxCodeLen || len(b.GraphCode) > MaxCodeLen || len(b.GraphRequestID) > MaxRequestIDLen {
+	if len(b.Code) > MaxCodeLen || len(b.GraphCode) > MaxCodeLen || len(b.GraphRequestID) > MaxRequestIDLen || len(b.GraphClientRequestID) > MaxRequestIDLen {
 		t.Errorf("codes not bounded: %d %d %d", len(b.Code), len(b.GraphCode), len(b.GraphRequestID))
 	}
 	if len(b.Fields) != MaxFieldErrors || !strings.HasPrefix(b.Fields[3].Field, "f03\uFFFDxxx") || !strings.HasSuffix(b.Fields[3].Field, "…") {

@@ -48,6 +48,9 @@ type Error struct {
 	GraphCode string `json:"graph_code,omitempty"`
 	// GraphRequestID is Graph's request-id, for Microsoft support.
 	GraphRequestID string `json:"graph_request_id,omitempty"`
+	// GraphClientRequestID is the client-request-id the request carried:
+	// with GraphRequestID, what Microsoft support traces a call by.
+	GraphClientRequestID string `json:"graph_client_request_id,omitempty"`
 	// Retryable says whether the same job could succeed later unchanged.
 	Retryable bool `json:"retryable"`
 	// Fields lists the bad fields, for validation errors: at most

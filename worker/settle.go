@@ -65,7 +65,7 @@ func (w *Worker) retry(d *delivery, cause error) {
 		je := &jobs.Error{Code: jobs.CodeAttemptsExhausted, Message: fmt.Sprintf("failed %d times; last error: %v", d.attempt, cause)}
 		var inner *jobs.Error
 		if errors.As(cause, &inner) {
-			je.GraphCode, je.GraphRequestID = inner.GraphCode, inner.GraphRequestID
+			je.GraphCode, je.GraphRequestID, je.GraphClientRequestID = inner.GraphCode, inner.GraphRequestID, inner.GraphClientRequestID
 		}
 		w.fail(d, je)
 		return
