@@ -48,6 +48,7 @@ type conformance struct {
 	requests, answers, values int64
 	ops                       map[string]bool
 	violations                []Violation
+	onViolation               func(Violation)
 }
 
 // Conformance reports what the checks saw so far.
@@ -65,9 +66,12 @@ func (s *Server) Conformance() ConformanceReport {
 
 func (k *conformance) add(v Violation) {
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	if len(k.violations) < 1000 {
 		k.violations = append(k.violations, v)
+	}
+	k.mu.Unlock()
+	if k.onViolation != nil {
+		k.onViolation(v)
 	}
 }
 

@@ -153,6 +153,9 @@ type Options struct {
 	// description refuses are refused either way. Default off (it costs a
 	// JSON round trip per answer); tests turn it on.
 	Conformance bool
+	// OnViolation, when set, is called with each violation as it is
+	// recorded (m365-worker graphsim --conformance prints them).
+	OnViolation func(Violation)
 }
 
 // TenantSize is the size of one seeded tenant.
@@ -231,6 +234,7 @@ type Credential struct {
 func Start(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
 	s := &Server{opts: opts, byKey: map[string]*Tenant{}}
+	s.conf.onViolation = opts.OnViolation
 	s.clock = clock{start: time.Now(), scale: opts.TimeScale}
 	s.th = newThrottler(s.clock, !opts.NoThrottling)
 	s.notify = newNotifier(s.clock, opts)

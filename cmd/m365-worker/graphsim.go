@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/tevyra/m365-worker/graphsim"
@@ -35,6 +36,7 @@ func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	deltaTTL := fs.Duration("delta-token-ttl", 7*24*time.Hour, "lifetime of delta tokens")
 	readOnly := fs.Bool("read-only", false, "grant seeded apps only the read permissions")
 	noUserAdmin := fs.Bool("no-user-admin-role", false, "seeded apps lack the User Administrator role (password resets fail)")
+	conformance := fs.Bool("conformance", false, "check every request and answer against Graph v1.0's description and print each one outside it on stderr (docs/graphsim.md)")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -44,6 +46,15 @@ func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		Faults: graphsim.Faults{Rate500: *f500, Rate502: *f502, Rate503: *f503, Rate504: *f504,
 			RetryAfter: *fRetry, DropRate: *fDrop, SlowRate: *fSlow, SlowDelay: *fSlowDelay},
 		ConsistencyDelay: *consistency, DeltaTokenTTL: *deltaTTL, ReadOnly: *readOnly, NoUserAdminRole: *noUserAdmin,
+		Conformance: *conformance,
+	}
+	if *conformance {
+		var mu sync.Mutex
+		opts.OnViolation = func(v graphsim.Violation) {
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintf(stderr, "graphsim: outside Graph's description: %s\n", v)
+		}
 	}
 	switch *latency {
 	case "none":
@@ -68,5 +79,10 @@ func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fmt.Fprintf(stdout, "graphsim listening on %s (%d tenants × %d users, %d groups, seeded in %s)\n", sim.URL(), *tenants, *users, *groups, time.Since(t0).Round(time.Millisecond))
 	fmt.Fprintf(stdout, "CA certificate: %s\ncredentials: %s\nGraph: %s/v1.0   token: %s/{tenant}/oauth2/v2.0/token   admin: %s/_admin/tenants\n", *caOut, *credsOut, sim.URL(), sim.URL(), sim.URL())
 	<-ctx.Done()
+	if *conformance {
+		r := sim.Conformance()
+		fmt.Fprintf(stdout, "conformance: %d requests and %d answers checked (%d operations, %d property values), %d outside Graph's description\n",
+			r.Requests, r.Answers, len(r.Operations), r.Values, len(r.Violations))
+	}
 	return nil
 }
