@@ -10,6 +10,9 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // The bulk reads (the /users segments of a full round and the delta rounds)
@@ -151,44 +154,63 @@ func eachPage[T any](ctx context.Context, c *Client, op, u string, delta bool, f
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type fetched struct {
-		p   *page[T]
-		err error
+		p    *page[T]
+		err  error
+		span trace.Span // the page's: its request and its handling
 	}
+	pages := 0
 	get := func(u string) <-chan fetched {
 		ch := make(chan fetched, 1)
+		pages++
+		pctx, span := pageSpan(ctx, op, pages)
 		go func() {
 			defer func() {
 				if v := recover(); v != nil {
-					ch <- fetched{err: &Error{Op: op, Message: fmt.Sprintf("reading a page panicked: %v", v)}}
+					ch <- fetched{err: &Error{Op: op, Message: fmt.Sprintf("reading a page panicked: %v", v)}, span: span}
 				}
 			}()
-			p, err := getPage[T](ctx, c, op, u)
-			ch <- fetched{p, err}
+			p, err := getPage[T](pctx, c, op, u)
+			ch <- fetched{p, err, span}
 		}()
 		return ch
 	}
+	var next <-chan fetched
+	defer func() {
+		if next != nil { // a page read ahead that will not be handled
+			cancel()
+			f := <-next
+			f.span.End()
+		}
+	}()
 	w := c.walk(op, u)
-	next := get(u)
+	next = get(u)
 	for {
 		f := <-next
-		if f.err != nil {
-			return "", f.err
-		}
 		next = nil
-		switch p := f.p; {
-		case p.NextLink != "":
-			if err := w.next(p.NextLink); err != nil {
-				return "", err
+		link, done, err := func() (string, bool, error) {
+			defer f.span.End()
+			if f.err != nil {
+				f.span.SetStatus(codes.Error, "page not read")
+				return "", true, f.err
 			}
-			next = get(p.NextLink)
-		case delta && p.DeltaLink == "":
-			return "", &Error{Op: op, Message: "the last page carries neither a nextLink nor a deltaLink"}
-		}
-		if err := fn(f.p); err != nil {
-			return "", err
-		}
-		if next == nil {
-			return f.p.DeltaLink, nil
+			f.span.SetAttributes(attrPageItems.Int(len(f.p.Value)))
+			switch p := f.p; {
+			case p.NextLink != "":
+				if err := w.next(p.NextLink); err != nil {
+					return "", true, err
+				}
+				next = get(p.NextLink)
+			case delta && p.DeltaLink == "":
+				return "", true, &Error{Op: op, Message: "the last page carries neither a nextLink nor a deltaLink"}
+			}
+			if err := fn(f.p); err != nil {
+				f.span.SetStatus(codes.Error, "page not handled")
+				return "", true, err
+			}
+			return f.p.DeltaLink, next == nil, nil
+		}()
+		if done || err != nil {
+			return link, err
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -40,10 +41,15 @@ type Config struct {
 	Instance string
 	TenantID string
 	ClientID string
-	// ClientSecret, or CertificatePEM with PrivateKeyPEM. Never logged.
+	// ClientSecret, or CertificatePEM with PrivateKeyPEM, or Federated.
+	// Never logged.
 	ClientSecret   string
 	CertificatePEM []byte
 	PrivateKeyPEM  []byte
+	// Federated: the app trusts the pool's own identity (workload identity
+	// federation): the pool's federated token (PoolConfig.FederatedTokenFile)
+	// is the client assertion, and no secret exists.
+	Federated bool
 	// Cloud is global (default), usgov, usgov-dod or china.
 	Cloud string
 	// Authority and GraphRoot override the cloud's (the simulator).
@@ -71,7 +77,7 @@ func (c Config) LogValue() slog.Value {
 
 func (c Config) fingerprint() string {
 	h := sha256.New()
-	for _, s := range []string{c.TenantID, c.ClientID, c.ClientSecret, string(c.CertificatePEM), string(c.PrivateKeyPEM), c.Cloud, c.Authority, c.GraphRoot, string(c.CAPEM), c.HTTPProxy} {
+	for _, s := range []string{c.TenantID, c.ClientID, c.ClientSecret, string(c.CertificatePEM), string(c.PrivateKeyPEM), fmt.Sprint(c.Federated), c.Cloud, c.Authority, c.GraphRoot, string(c.CAPEM), c.HTTPProxy} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
@@ -116,7 +122,14 @@ type PoolConfig struct {
 	// secret and tokens to a server of the record's choosing. Cloud (the
 	// national clouds' built-in endpoints) and HTTPProxy always work.
 	AllowEndpointOverrides bool
-	Logger                 *slog.Logger
+	// FederatedTokenFile is the pool's federated token: a projected
+	// service-account token (audience api://AzureADTokenExchange, rotated by
+	// the kubelet) or a file a managed identity's token is written to. It
+	// is read at each token request and presented as the client assertion
+	// of instances with a federated credential. Default: none (such
+	// instances fail with ErrAuth).
+	FederatedTokenFile string
+	Logger             *slog.Logger
 }
 
 // Pool hands out clients per instance and holds the app-wide budgets.
@@ -296,7 +309,7 @@ func newClient(cfg Config, fp string, app *pacer, network *http.Transport, pc Po
 	lim := limits{pages: pc.MaxPages, pageBytes: pc.MaxPageBytes, errorBytes: pc.MaxErrorBytes}
 	base := &bodyCap{next: network, lim: lim}
 	log := pc.Logger.With("instance", cfg.Instance, "tenant_id", cfg.TenantID)
-	cred, err := newCredential(cfg, authority, base, pc.AuthBackoff)
+	cred, err := newCredential(cfg, authority, base, pc)
 	if err != nil {
 		return nil, err
 	}
@@ -453,6 +466,7 @@ var aadstsRE = regexp.MustCompile(`AADSTS(\d+)`)
 // worker hammer the token endpoint.
 type guardedCredential struct {
 	inner   azcore.TokenCredential
+	check   func() *Error // before each token request (a federated token's file)
 	first   time.Duration
 	mu      sync.Mutex
 	failErr *Error
@@ -460,7 +474,7 @@ type guardedCredential struct {
 	next    time.Duration
 }
 
-func newCredential(cfg Config, authority string, base http.RoundTripper, backoff time.Duration) (*guardedCredential, error) {
+func newCredential(cfg Config, authority string, base http.RoundTripper, pc PoolConfig) (*guardedCredential, error) {
 	co := azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: authority + "/"}, Transport: &http.Client{Transport: base}}
 	// azcore retries throttled and failed token requests by itself; keep
 	// that small.
@@ -476,13 +490,47 @@ func newCredential(cfg Config, authority string, base http.RoundTripper, backoff
 			return nil, fmt.Errorf("certificate: %w", perr)
 		}
 		inner, err = azidentity.NewClientCertificateCredential(cfg.TenantID, cfg.ClientID, certs, key, &azidentity.ClientCertificateCredentialOptions{ClientOptions: co, DisableInstanceDiscovery: true})
+	case cfg.Federated:
+		inner, err = azidentity.NewClientAssertionCredential(cfg.TenantID, cfg.ClientID, func(context.Context) (string, error) {
+			tok, ferr := federatedToken(pc.FederatedTokenFile)
+			if ferr != nil {
+				return "", ferr
+			}
+			return tok, nil
+		}, &azidentity.ClientAssertionCredentialOptions{ClientOptions: co, DisableInstanceDiscovery: true})
 	default:
-		return nil, errors.New("no client secret or certificate configured")
+		return nil, errors.New("no client secret, certificate or federated credential configured")
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &guardedCredential{inner: inner, first: backoff, next: backoff}, nil
+	g := &guardedCredential{inner: inner, first: pc.AuthBackoff, next: pc.AuthBackoff}
+	if cfg.Federated {
+		// azidentity does not wrap the assertion callback's error: the
+		// token file is checked first, so its failure keeps its meaning.
+		g.check = func() *Error {
+			_, err := federatedToken(pc.FederatedTokenFile)
+			return err
+		}
+	}
+	return g, nil
+}
+
+// federatedToken reads the pool's federated token at each token request
+// (the kubelet rotates a projected token in place).
+func federatedToken(path string) (string, *Error) {
+	if path == "" {
+		return "", &Error{Op: "get token", Code: "no_federated_token", Message: "the instance has a federated credential and the pool has no federated token: run the workers with --federated-token-file (M365_FEDERATED_TOKEN_FILE, or AZURE_FEDERATED_TOKEN_FILE as the workload identity webhook sets it)", reason: ErrAuth}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+		msg := "the pool's federated token file is empty"
+		if err != nil {
+			msg = "read the pool's federated token: " + err.Error()
+		}
+		return "", &Error{Op: "get token", Code: "no_federated_token", Message: msg, reason: ErrAuth}
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 func (g *guardedCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
@@ -494,7 +542,18 @@ func (g *guardedCredential) GetToken(ctx context.Context, opts policy.TokenReque
 		return azcore.AccessToken{}, &e
 	}
 	g.mu.Unlock()
-	tok, err := g.inner.GetToken(ctx, opts)
+	var tok azcore.AccessToken
+	var err error
+	if g.check != nil {
+		if own := g.check(); own != nil {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			g.failErr, g.until = own, time.Now().Add(g.next)
+			g.next = min(g.next*2, 30*time.Minute)
+			return tok, own
+		}
+	}
+	tok, err = g.inner.GetToken(ctx, opts)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if err == nil {
@@ -529,7 +588,13 @@ func authError(err error, status int) *Error {
 	case "AADSTS7000112":
 		e.Hint = "the app registration is disabled in the tenant"
 	case "AADSTS700027":
-		e.Hint = "the certificate does not match the one uploaded to the app registration"
+		e.Hint = "the assertion's signature does not verify: the certificate does not match the one uploaded to the app registration, or the federated token's issuer does not publish its key"
+	case "AADSTS700211", "AADSTS700212", "AADSTS700213":
+		e.Hint = "the app registration has no federated credential for the pool's token: add one (Certificates & secrets → Federated credentials) with the issuer, subject and audience api://AzureADTokenExchange that Tevyra publishes"
+	case "AADSTS700024":
+		e.Hint = "the pool's federated token has expired: the token file is not being refreshed (check the projected service-account token volume)"
+	case "AADSTS50166":
+		e.Hint = "Entra cannot read the federated token issuer's keys: the issuer's /.well-known/openid-configuration must be publicly reachable"
 	}
 	if i := strings.Index(e.Message, e.Code+":"); e.Code != "" && i >= 0 {
 		// Keep azidentity's AADSTS sentence, without the request dump.

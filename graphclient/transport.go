@@ -120,7 +120,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		}
 		start := time.Now()
+		span := requestSpan(ctx, out, attempt)
 		resp, err := t.base.RoundTrip(out)
+		endRequestSpan(span, resp, err)
 		<-t.tenant.sem
 		t.counters.requests.Add(1)
 		t.counters.latency.Add(int64(time.Since(start)))
@@ -135,7 +137,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			d := bo.NextBackOff()
 			t.log.Debug("graph: network error; retrying", "error", err, "retry_in", d, "attempt", attempt)
 			t.counters.retries.Add(1)
-			if err := sleepCtx(ctx, d); err != nil {
+			if err := waitFor(ctx, "wait before resending (network error)", d); err != nil {
 				return nil, err
 			}
 			continue
@@ -187,7 +189,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		drain(resp)
 		t.counters.retries.Add(1)
 		t.log.Debug("graph: retrying", "status", resp.StatusCode, "retry_after", ra, "attempt", attempt)
-		if err := sleepCtx(ctx, ra); err != nil {
+		if err := waitFor(ctx, "wait before resending (Graph's Retry-After or back-off)", ra); err != nil {
 			return nil, err
 		}
 	}
@@ -201,7 +203,7 @@ func (t *transport) admit(ctx context.Context, cost int, write bool) error {
 		if d > t.maxWait {
 			return throttledErr(d, "the tenant is paused by Graph's Retry-After")
 		}
-		if err := sleepCtx(ctx, d); err != nil {
+		if err := waitFor(ctx, "wait for the tenant's Retry-After pause", d); err != nil {
 			return err
 		}
 	}
@@ -233,7 +235,7 @@ func (t *transport) admit(ctx context.Context, cost int, write bool) error {
 		taken = append(taken, r)
 		wait = max(wait, d)
 	}
-	if err := sleepCtx(ctx, wait); err != nil {
+	if err := waitFor(ctx, "wait for the tenant's Graph budget", wait); err != nil {
 		<-t.tenant.sem
 		return err
 	}

@@ -88,6 +88,8 @@ func operation(method string, segs []string) string {
 	for _, s := range segs {
 		b.WriteString("/")
 		switch {
+		case strings.HasPrefix(s, "applications(appId="):
+			b.WriteString("applications(appId={id})")
 		case keywords[s]:
 			b.WriteString(strings.TrimPrefix(strings.TrimSuffix(s, "()"), "microsoft.graph."))
 		default:
@@ -207,6 +209,7 @@ var answerTypes = map[string]struct {
 	"POST /groups":                              {"groups", "group", false},
 	"GET /groups/{id}/members":                  {"directoryObjects", "directoryObject", true},
 	"GET /subscribedSkus":                       {"subscribedSkus", "subscribedSku", true},
+	"GET /applications(appId={id})":             {"applications", "application", false},
 	"GET /directory/deletedItems/user":          {"directory/deletedItems/microsoft.graph.user", "user", true},
 	"GET /directory/deletedItems/group":         {"directory/deletedItems/microsoft.graph.group", "group", true},
 	"GET /directory/deletedItems/{id}":          {"directory/deletedItems", "directoryObject", false},

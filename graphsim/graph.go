@@ -357,6 +357,10 @@ func (s *Server) route(c *gctx) (*response, *apiError) {
 		return c.addMember(seg[1])
 	case n == 5 && is(0, "groups") && is(2, "members") && is(4, "$ref") && m == "DELETE":
 		return c.removeMember(seg[1], seg[3])
+	case n == 1 && strings.HasPrefix(seg[0], "applications(appId=") && m == "GET":
+		if id, ok := appIDOf(seg[0]); ok {
+			return c.getApplication(id)
+		}
 	case n == 1 && is(0, "subscribedSkus") && m == "GET":
 		return c.subscribedSkus()
 	case n == 3 && is(0, "directory") && is(1, "deletedItems") && is(2, "microsoft.graph.user", "graph.user", "microsoft.graph.group", "graph.group") && m == "GET":

@@ -111,14 +111,33 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, t *Tenant, tenant
 	}
 	switch {
 	case r.PostForm.Get("client_secret") != "":
-		if r.PostForm.Get("client_secret") != app.Secret {
+		known, expired := app.checkSecret(r.PostForm.Get("client_secret"), time.Now())
+		if !known {
 			aadError(w, 401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '"+clientID+"'.")
+			return
+		}
+		if expired {
+			aadError(w, 401, "invalid_client", 7000222, "The provided client secret keys for app '"+clientID+"' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.")
 			return
 		}
 	case r.PostForm.Get("client_assertion") != "":
 		if r.PostForm.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
 			aadError(w, 400, "invalid_request", 50027, "Invalid JWT token. The client_assertion_type is not supported.")
 			return
+		}
+		a, ok := parseAssertion(r.PostForm.Get("client_assertion"))
+		if !ok {
+			aadError(w, 400, "invalid_request", 50027, "Invalid JWT token. The token is not in a valid format.")
+			return
+		}
+		// An assertion the app signs itself names it as issuer (a
+		// certificate); any other issuer is a federated credential's.
+		if a.claims.Iss != clientID {
+			if ref := s.verifyFederated(a, app); ref != nil {
+				aadError(w, ref.status, ref.code, ref.aadsts, ref.desc)
+				return
+			}
+			break
 		}
 		if err := verifyAssertion(r.PostForm.Get("client_assertion"), app, clientID); err != nil {
 			aadError(w, 401, "invalid_client", 700027, "Client assertion failed signature validation. "+err.Error())

@@ -129,6 +129,15 @@ type tombstone struct {
 type App struct {
 	ClientID string
 	Secret   string
+	// SecretEnds is when Secret expires (its passwordCredential's
+	// endDateTime); past it the token endpoint answers AADSTS7000222. Zero:
+	// it never does. Seeded apps' secrets end two years after the seed day.
+	SecretEnds time.Time
+	// MoreSecrets are the app's other client secrets (a rotation's overlap:
+	// Entra takes any unexpired one).
+	MoreSecrets []AppSecret
+	// Federated are the app's federated identity credentials.
+	Federated []FederatedCredential
 	// CertPEM is the registered certificate (for client assertions).
 	CertPEM []byte
 	// Roles are the granted application permissions.
@@ -141,6 +150,32 @@ type App struct {
 	PrivilegedAuthAdmin bool
 	// Disabled apps get AADSTS7000112.
 	Disabled bool
+}
+
+// AppSecret is one client secret of an app.
+type AppSecret struct {
+	Value string
+	Ends  time.Time // zero: never
+}
+
+// secrets are all the app's client secrets.
+func (a *App) secrets() []AppSecret {
+	out := []AppSecret{}
+	if a.Secret != "" {
+		out = append(out, AppSecret{Value: a.Secret, Ends: a.SecretEnds})
+	}
+	return append(out, a.MoreSecrets...)
+}
+
+// checkSecret reports whether v is one of the app's secrets and, if so,
+// whether it has expired.
+func (a *App) checkSecret(v string, now time.Time) (known, expired bool) {
+	for _, s := range a.secrets() {
+		if s.Value == v {
+			return true, !s.Ends.IsZero() && now.After(s.Ends)
+		}
+	}
+	return false, false
 }
 
 func (a *App) has(role string) bool {

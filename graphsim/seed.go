@@ -52,7 +52,7 @@ func seedTenant(i int, seed int64, users, groups int, now time.Time) (*Tenant, *
 		apps:    map[string]*App{}, users: make(map[string]*User, users), upn: make(map[string]string, users),
 		groups: make(map[string]*Group, groups), nickname: make(map[string]string, groups), deleted: map[string]deletedItem{},
 	}
-	app := &App{ClientID: ids.next(), Secret: randomSecret(r), Roles: append([]string(nil), FullPermissions...), UserAdmin: true}
+	app := &App{ClientID: ids.next(), Secret: randomSecret(r), SecretEnds: now.AddDate(2, 0, 0), Roles: append([]string(nil), FullPermissions...), UserAdmin: true}
 	t.apps[app.ClientID] = app
 
 	for k := range seedSKUs {

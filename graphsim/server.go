@@ -208,6 +208,10 @@ type Server struct {
 	tenants []*Tenant
 	byKey   map[string]*Tenant // id or domain (lower case) → tenant
 
+	issuersMu  sync.Mutex
+	issuers    map[string]*Issuer // test issuers of federated credentials, by name
+	keysClient *http.Client       // fetches issuers' keys
+
 	faultMu sync.Mutex
 	faultR  *mrand.Rand
 
@@ -403,6 +407,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveGraph(w, r)
 	case strings.HasPrefix(r.URL.Path, "/_admin/"):
 		s.serveAdmin(w, r)
+	case strings.HasPrefix(r.URL.Path, "/_issuers/"):
+		s.serveIssuer(w, r)
 	default:
 		s.serveIdentity(w, r)
 	}

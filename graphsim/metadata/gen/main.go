@@ -37,6 +37,7 @@ var types = map[string]string{
 	"entity": "entity.go", "directoryObject": "directory_object.go", "user": "user.go", "group": "group.go",
 	"assignedLicense": "assigned_license.go", "passwordProfile": "password_profile.go", "subscribedSku": "subscribed_sku.go",
 	"licenseUnitsDetail": "license_units_detail.go", "servicePlanInfo": "service_plan_info.go",
+	"application": "application.go", "passwordCredential": "password_credential.go", "keyCredential": "key_credential.go",
 }
 
 // actions are the bound actions the project calls, by binding type.

@@ -1,0 +1,84 @@
+package graphclient_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/graphsim"
+)
+
+const saSubject = "system:serviceaccount:m365:m365-worker"
+
+// A federated credential: the pool's token, signed by an issuer the app
+// trusts, is exchanged for the app's token; no secret exists. Each
+// mismatch Entra checks is refused with its AADSTS code.
+func TestFederatedCredential(t *testing.T) {
+	sim := startSim(t, graphsim.Options{Users: 10, Groups: 1, NoThrottling: true})
+	base := simConfig(sim, 0)
+	cluster, err := sim.NewIssuer("cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue, _ := sim.NewIssuer("rogue")
+	_ = sim.Mutate(base.TenantID, func(a *graphsim.Admin) error {
+		a.App(base.ClientID).Federated = []graphsim.FederatedCredential{{Issuer: cluster.URL(), Subject: saSubject, Audiences: []string{graphsim.FederationAudience}}}
+		return nil
+	})
+	cfg := base
+	cfg.ClientSecret, cfg.Federated = "", true
+	dir := t.TempDir()
+	call := func(token string) error {
+		path := filepath.Join(dir, "token")
+		if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, FederatedTokenFile: path}), cfg)
+		_, err := c.SubscribedSKUs(context.Background())
+		return err
+	}
+	if err := call(cluster.Mint(saSubject, []string{graphsim.FederationAudience}, 10*time.Minute)); err != nil {
+		t.Fatalf("a valid federated token: %v", err)
+	}
+	for name, c := range map[string]struct {
+		token, code string
+	}{
+		"wrong issuer":   {rogue.Mint(saSubject, []string{graphsim.FederationAudience}, 10*time.Minute), "AADSTS700211"},
+		"wrong subject":  {cluster.Mint("system:serviceaccount:other:other", []string{graphsim.FederationAudience}, 10*time.Minute), "AADSTS700213"},
+		"wrong audience": {cluster.Mint(saSubject, []string{"api://something-else"}, 10*time.Minute), "AADSTS700212"},
+		"expired":        {cluster.Mint(saSubject, []string{graphsim.FederationAudience}, -time.Minute), "AADSTS700024"},
+		"forged":         {cluster.Mint(saSubject, []string{graphsim.FederationAudience}, 10*time.Minute)[:40] + rogue.Mint(saSubject, []string{graphsim.FederationAudience}, time.Minute)[40:], ""},
+	} {
+		err := call(c.token)
+		var ge *graphclient.Error
+		if !errors.Is(err, graphclient.ErrAuth) || !errors.As(err, &ge) || (c.code != "" && ge.Code != c.code) || ge.Hint == "" && c.code != "" {
+			t.Errorf("%s: %v, want %s", name, err, c.code)
+		}
+	}
+	// No token file configured: a clear auth failure, not a retry loop.
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true}), cfg)
+	if _, err := c.SubscribedSKUs(context.Background()); !errors.Is(err, graphclient.ErrAuth) {
+		t.Errorf("no federated token file: %v", err)
+	}
+}
+
+// The app registration's secrets and certificates, with their ends, read
+// from Graph.
+func TestAppCredentials(t *testing.T) {
+	sim := startSim(t, graphsim.Options{Users: 10, Groups: 1, NoThrottling: true})
+	cfg := simConfig(sim, 0)
+	ends := time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC)
+	_ = sim.Mutate(cfg.TenantID, func(a *graphsim.Admin) error { a.App(cfg.ClientID).SecretEnds = ends; return nil })
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true}), cfg)
+	creds, err := c.AppCredentials(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(creds) != 1 || !creds[0].Secret || creds[0].Hint != cfg.ClientSecret[:3] || !creds[0].Ends.Equal(ends) {
+		t.Fatalf("app credentials %+v, want the secret %s… ending %s", creds, cfg.ClientSecret[:3], ends)
+	}
+}
