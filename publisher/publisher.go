@@ -3,6 +3,11 @@
 // message carries a Nats-Msg-Id so JetStream drops a second copy within the
 // stream's duplicate window; every publish waits for the stream's ack, so a
 // caller that acks a job after Publish returns never loses its result.
+//
+// Every message also carries the W3C trace context (traceparent,
+// tracestate) of a producer span that is the child of the span in the
+// publisher's context (the job's), so that Tevyra's consumer of a result,
+// an asset delta or a failure record continues the job's trace.
 package publisher
 
 import (
@@ -10,12 +15,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tevyra/m365-worker/internal/retry"
+	"github.com/tevyra/m365-worker/internal/tracing"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -31,6 +42,9 @@ type Config struct {
 	// MaxElapsed bounds the retries of one message on transient errors (no
 	// responders during a leader election, timeouts). Default 30s.
 	MaxElapsed time.Duration
+	// Untraced publishes without trace context or spans: for writes that
+	// are no one's messages (the state bucket's). Default false.
+	Untraced bool
 }
 
 func (c Config) withDefaults() Config {
@@ -71,7 +85,7 @@ type Message struct {
 // ErrPublish wraps every failure to store a message.
 var ErrPublish = errors.New("publish failed")
 
-func (p *Publisher) msg(m Message) (*nats.Msg, error) {
+func (p *Publisher) msg(ctx context.Context, m Message) (*nats.Msg, error) {
 	if m.MsgID == "" {
 		return nil, fmt.Errorf("%w: %s: no message id", ErrPublish, m.Subject)
 	}
@@ -92,6 +106,9 @@ func (p *Publisher) msg(m Message) (*nats.Msg, error) {
 		}
 	}
 	nm.Header.Set(jetstream.MsgIDHeader, m.MsgID)
+	if !p.cfg.Untraced {
+		tracing.Inject(ctx, nm.Header)
+	}
 	return nm, nil
 }
 
@@ -110,8 +127,15 @@ func transient(err error) bool {
 // backoff until MaxElapsed or ctx ends. A duplicate (same MsgID within the
 // stream's window) counts as stored. A message larger than the server's
 // max_payload fails at once with an error matching ErrTooLarge.
-func (p *Publisher) Publish(ctx context.Context, m Message) (*jetstream.PubAck, error) {
-	nm, err := p.msg(m)
+func (p *Publisher) Publish(ctx context.Context, m Message) (ack *jetstream.PubAck, err error) {
+	ctx, end := p.sendSpan(ctx, m.Subject, 1)
+	defer func() { end(err) }()
+	return p.publish(ctx, m)
+}
+
+// publish is Publish within a span already made.
+func (p *Publisher) publish(ctx context.Context, m Message) (*jetstream.PubAck, error) {
+	nm, err := p.msg(ctx, m)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +168,13 @@ var ErrTooLarge = nats.ErrMaxPayload
 // PublishAll stores msgs in order with at most MaxPending awaiting their ack,
 // and returns once every one is stored or one has failed (the first error).
 // Messages on one subject keep their order in the stream.
-func (p *Publisher) PublishAll(ctx context.Context, msgs []Message) error {
+func (p *Publisher) PublishAll(ctx context.Context, msgs []Message) (err error) {
+	if len(msgs) > 0 {
+		// One span for the batch, the parent of each message's context.
+		var end func(error)
+		ctx, end = p.sendSpan(ctx, msgs[0].Subject, len(msgs))
+		defer func() { end(err) }()
+	}
 	type pending struct {
 		f jetstream.PubAckFuture
 		m Message
@@ -166,7 +196,7 @@ func (p *Publisher) PublishAll(ctx context.Context, msgs []Message) error {
 			return fmt.Errorf("%w: %s: %v", ErrPublish, pd.m.Subject, ctx.Err())
 		}
 		// Resend synchronously: the async path does not retry.
-		if _, err2 := p.Publish(ctx, pd.m); err2 != nil {
+		if _, err2 := p.publish(ctx, pd.m); err2 != nil {
 			return fmt.Errorf("%w (async: %v)", err2, err)
 		}
 		return nil
@@ -178,13 +208,13 @@ func (p *Publisher) PublishAll(ctx context.Context, msgs []Message) error {
 			}
 			window = window[1:]
 		}
-		nm, err := p.msg(m)
+		nm, err := p.msg(ctx, m)
 		if err != nil {
 			return err
 		}
 		f, err := p.js.PublishMsgAsync(nm)
 		if err != nil {
-			if _, err := p.Publish(ctx, m); err != nil {
+			if _, err := p.publish(ctx, m); err != nil {
 				return err
 			}
 			continue
@@ -232,4 +262,53 @@ func (p *Publisher) Failure(ctx context.Context, f *jobs.FailureRecord) error {
 	f.SchemaVersion = jobs.SchemaVersion
 	_, err := p.Publish(ctx, Message{Subject: p.cfg.Subjects.Failures(f.Instance), MsgID: failureMsgID(f.Instance, f.JobID), Value: f})
 	return err
+}
+
+// sendSpan starts the producer span of a publish of n messages to subject
+// (OTel messaging conventions), the child of ctx's span; end records the
+// outcome. Untraced publishers make none.
+func (p *Publisher) sendSpan(ctx context.Context, subject string, n int) (context.Context, func(error)) {
+	if p.cfg.Untraced || !trace.SpanFromContext(ctx).SpanContext().IsValid() {
+		return ctx, func(error) {}
+	}
+	tmpl := subjectTemplate(subject)
+	attrs := []attribute.KeyValue{
+		semconv.MessagingSystemKey.String("nats"),
+		semconv.MessagingOperationTypeSend,
+		semconv.MessagingOperationName("send"),
+		semconv.MessagingDestinationName(subject),
+		semconv.MessagingDestinationTemplate(tmpl),
+	}
+	if n > 1 {
+		attrs = append(attrs, semconv.MessagingBatchMessageCount(n))
+	}
+	ctx, span := tracing.FromContext(ctx).Start(ctx, "send "+tmpl, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+	return ctx, func(err error) {
+		if err != nil {
+			span.SetStatus(codes.Error, "not stored")
+			span.SetAttributes(semconv.ErrorTypeKey.String(errorType(err)))
+		}
+		span.End()
+	}
+}
+
+// subjectTemplate is a results or failures subject with its instance token
+// as "{instance}" (<prefix>.results.<instance>.…, <prefix>.failures.<instance>).
+func subjectTemplate(subject string) string {
+	t := strings.Split(subject, ".")
+	if len(t) >= 3 && (t[1] == "results" || t[1] == "failures") {
+		t[2] = "{instance}"
+	}
+	return strings.Join(t, ".")
+}
+
+// errorType names a publish failure for a span without its message.
+func errorType(err error) string {
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		return "max_payload"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return "timeout"
+	}
+	return "publish_failed"
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nkeys"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tevyra/m365-worker/jobs"
 )
@@ -106,6 +108,11 @@ type Config struct {
 	OnInstanceRemoved func(prev *Instance)
 	// Logger receives the worker's logs. Default: discard.
 	Logger *slog.Logger
+	// TracerProvider makes each job's span (worker/trace.go) and, through
+	// the span, its Graph requests' and its results' (internal/tracing).
+	// Default: otel's global provider (internal/tracing.Setup installs the
+	// process's).
+	TracerProvider trace.TracerProvider
 }
 
 // DefaultConcurrency is a worker's default Concurrency.
@@ -170,6 +177,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
 	}
 	return c
 }

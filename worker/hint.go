@@ -61,6 +61,6 @@ func (w *Worker) checkSpacing(d *delivery) error {
 func (w *Worker) drop(d *delivery) {
 	d.log.Debug("worker: notification trigger for an unknown instance dropped")
 	w.stats.Dropped.Add(1)
-	w.metrics.observe(w.actionLabel(d.addr.Action), "dropped", 0)
+	w.observe(d, "dropped", 0)
 	_ = d.msg.Ack()
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tevyra/m365-worker/internal/state"
+	"github.com/tevyra/m365-worker/internal/tracing"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -129,7 +130,7 @@ func (w *Worker) locate(d *delivery) error {
 	// The consumer only delivers this pool's subjects: the scope is always
 	// the worker's own pool.
 	d.scope = w.store.For(w.cfg.Pool, d.addr.Instance)
-	d.log = w.log.With("job_id", d.jobID, "instance", d.addr.Instance, "action", d.addr.Action, "stream_seq", meta.Sequence.Stream)
+	d.log = w.log.With("job_id", d.jobID, "instance", d.addr.Instance, "action", d.addr.Action, "stream_seq", meta.Sequence.Stream).With(tracing.LogAttrs(d.ctx)...)
 	return nil
 }
 
@@ -207,6 +208,8 @@ func (w *Worker) admit(d *delivery) error {
 	var lock *state.Lock
 	switch {
 	case d.handler.Exclusive:
+		span := waitSpan(d.ctx, "wait for the instance's lock")
+		defer span.End()
 		l, err := d.scope.AcquireExclusive(d.ctx, holder, w.cfg.SyncLockTTL)
 		if errors.Is(err, state.ErrHeld) {
 			if d.msg.Headers().Get(headerScheduler) != "" {
@@ -219,6 +222,8 @@ func (w *Worker) admit(d *delivery) error {
 		}
 		lock = l
 	case d.handler.Ordered && d.parsed.params.Target() != "":
+		span := waitSpan(d.ctx, "wait for the target's turn and lock")
+		defer span.End()
 		l, wait, err := w.takeTurn(d, d.parsed.params.Target())
 		if err != nil {
 			return err

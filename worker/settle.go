@@ -35,7 +35,7 @@ func (w *Worker) settle(d *delivery, err error) {
 	case errors.Is(err, errDuplicate):
 		d.log.Info("worker: job already done; acknowledging the duplicate delivery", "deliveries", d.meta.NumDelivered)
 		w.stats.Skipped.Add(1)
-		w.metrics.observe(w.actionLabel(d.addr.Action), "duplicate", 0)
+		w.observe(d, "duplicate", 0)
 		_ = d.msg.DoubleAck(context.WithoutCancel(d.ctx))
 	case errors.Is(err, errDropped):
 		w.drop(d)
@@ -73,7 +73,8 @@ func (w *Worker) retry(d *delivery, cause error) {
 	delay := w.jobBackoff().Delay(d.attempt)
 	d.log.Warn("worker: job failed; retrying", "error", cause, "retry_in", delay)
 	w.stats.Retried.Add(1)
-	w.metrics.observe(w.actionLabel(d.addr.Action), "retried", 0)
+	w.observe(d, "retried", 0)
+	traceGiveBack(d, delay)
 	if err := d.msg.NakWithDelay(delay); err != nil {
 		d.log.Warn("worker: nak failed; the job returns after the ack wait", "error", err)
 	}
@@ -83,7 +84,8 @@ func (w *Worker) retry(d *delivery, cause error) {
 func (w *Worker) snooze(d *delivery, delay time.Duration, why string) {
 	w.recordGiveBack(d.scope, d.jobID)
 	w.stats.Snoozed.Add(1)
-	w.metrics.observe(w.actionLabel(d.addr.Action), "snoozed", 0)
+	w.observe(d, "snoozed", 0)
+	traceGiveBack(d, delay)
 	if err := d.msg.NakWithDelay(delay); err != nil {
 		d.log.Warn("worker: nak failed; the job returns after the ack wait", "error", err, "reason", why)
 	}
@@ -92,6 +94,7 @@ func (w *Worker) snooze(d *delivery, delay time.Duration, why string) {
 // giveBack returns the job for redelivery at once without using an attempt.
 func (w *Worker) giveBack(d *delivery, why string) {
 	w.recordGiveBack(d.scope, d.jobID)
+	traceOutcome(d, "given_back")
 	if err := d.msg.Nak(); err != nil {
 		d.log.Warn("worker: give back failed; the job returns after the ack wait", "reason", why, "error", err)
 	}
@@ -119,7 +122,7 @@ func (w *Worker) succeed(d *delivery) {
 		return
 	}
 	w.stats.Succeeded.Add(1)
-	w.metrics.observe(w.actionLabel(d.addr.Action), "succeeded", time.Since(d.started))
+	w.observe(d, "succeeded", time.Since(d.started))
 	w.finish(d, jobs.StatusSucceeded, func() error { return d.msg.DoubleAck(ctx) })
 	d.log.Info("worker: job succeeded", "duration", time.Since(d.started))
 }
@@ -158,7 +161,8 @@ func (w *Worker) fail(d *delivery, je *jobs.Error) {
 		return
 	}
 	w.stats.Failed.Add(1)
-	w.metrics.observe(w.actionLabel(d.addr.Action), "failed", time.Since(d.started))
+	w.observe(d, "failed", time.Since(d.started))
+	traceFailure(d, je)
 	w.finish(d, jobs.StatusFailed, func() error { return d.msg.TermWithReason(je.Code) })
 	d.log.Warn("worker: job failed", "code", je.Code, "error", je.Message)
 }
@@ -184,6 +188,7 @@ func (w *Worker) finishSkipped(d *delivery, cause error) {
 		w.snooze(d, 5*time.Second, "result not stored")
 		return
 	}
+	traceOutcome(d, "skipped")
 	w.finish(d, jobs.OutcomeSkipped, func() error { return d.msg.DoubleAck(ctx) })
 	d.log.Info("worker: scheduled sync skipped: a round is running", "reason", cause.Error())
 }

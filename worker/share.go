@@ -77,6 +77,8 @@ func (w *Worker) takeShare(d *delivery) error {
 // waitForSlot waits, parked and heartbeating, until releaseSlot gives sw a
 // slot, or the job's context ends (the job is then given back).
 func (w *Worker) waitForSlot(d *delivery, sw shareWaiter) (borrow bool, err error) {
+	span := waitSpan(d.ctx, "wait for a slot of the instance's share")
+	defer span.End()
 	w.gate.park()
 	defer w.gate.unpark()
 	t := time.NewTicker(w.cfg.Heartbeat)

@@ -193,13 +193,17 @@ func (w *Worker) Run(ctx context.Context) error {
 				}
 				go func() {
 					defer func() { w.unhold(inst); w.inFlight.Add(-1); g.release(); wg.Done() }()
+					jctx, span := w.startJobSpan(hctx, msg, pj)
+					defer span.End()
 					if key != "" {
 						if turn != nil {
+							ws := waitSpan(jctx, "wait for the target's turn in this worker")
 							g.wait(turn)
+							ws.End()
 						}
 						defer w.turns.done(key, seq)
 					}
-					w.process(hctx, msg, pj)
+					w.process(jctx, msg, pj)
 				}()
 			}
 			err = batch.Error()

@@ -78,7 +78,7 @@ func Open(ctx context.Context, js jetstream.JetStream, bucket string, ttl time.D
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
-	return &Store{js: js, kv: kv, bucket: bucket, pub: publisher.New(js, publisher.Config{}), ttl: ttl}, nil
+	return &Store{js: js, kv: kv, bucket: bucket, pub: publisher.New(js, publisher.Config{Untraced: true}), ttl: ttl}, nil
 }
 
 // For returns one instance's view of the bucket.
