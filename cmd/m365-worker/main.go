@@ -34,6 +34,7 @@ import (
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/internal/httpserve"
+	"github.com/tevyra/m365-worker/internal/tracing"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 )
@@ -375,6 +376,17 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	if len(keys) > 0 {
 		key = keys[0]
 	}
+	// Traces from the OTEL_* environment (docs/operations.md): nothing is
+	// exported unless configured; spans not yet sent are flushed on exit.
+	traces, err := tracing.Setup(ctx, "m365-worker", version, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = traces.Shutdown(sctx)
+	}()
 	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
 	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides})
 	reg := worker.Registry{}
