@@ -62,3 +62,32 @@ func CertificateExpiry(certPEM []byte) (time.Time, []byte, error) {
 	thumb := sha1.Sum(cert.Raw)
 	return cert.NotAfter, thumb[:], nil
 }
+
+// CredentialExpiry is when the credential this client uses ends, read from
+// the app registration (AppCredentials): the client secret whose hint is
+// its first three characters, or the certificate with its thumbprint.
+// found is false when none matches (several secrets sharing a hint are
+// not told apart: the earliest end is taken).
+func (c *Client) CredentialExpiry(ctx context.Context) (ends time.Time, found bool, err error) {
+	creds, err := c.AppCredentials(ctx)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	var thumb []byte
+	if len(c.cfg.CertificatePEM) > 0 {
+		_, thumb, _ = CertificateExpiry(c.cfg.CertificatePEM)
+	}
+	for _, cr := range creds {
+		var match bool
+		switch {
+		case cr.Secret && len(c.cfg.ClientSecret) >= 3:
+			match = cr.Hint == c.cfg.ClientSecret[:3]
+		case !cr.Secret && thumb != nil:
+			match = string(cr.Thumbprint) == string(thumb)
+		}
+		if match && (!found || cr.Ends.Before(ends)) {
+			ends, found = cr.Ends, true
+		}
+	}
+	return ends, found, nil
+}

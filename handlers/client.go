@@ -38,6 +38,8 @@ func ClientConfig(in *worker.Instance, open func(*jobs.SealedSecret, jobs.Bindin
 			return cfg, err
 		}
 		cfg.CertificatePEM, cfg.PrivateKeyPEM = []byte(in.Certificate), b
+	case in.FederatedCredential:
+		cfg.Federated = true
 	}
 	return cfg, nil
 }

@@ -49,6 +49,7 @@ type Syncer struct {
 	pub      *publisher.Publisher
 	subjs    jobs.Subjects
 	subStats SubscriptionStats
+	creds    credentialGauge
 }
 
 // NewSyncer returns the sync handler publishing through js.
@@ -101,6 +102,9 @@ type SyncMeta struct {
 	// Notify is the instance's change-notification subscriptions, when the
 	// pool has notifications on.
 	Notify *NotifyState `json:"notify,omitempty"`
+	// Credential is the instance's credential and its expiry, as the last
+	// round knew it.
+	Credential *CredentialMeta `json:"credential,omitempty"`
 }
 
 // ReadSyncMeta reads an instance's sync state (zero when it never synced).
@@ -328,6 +332,8 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	st := c.Stats().Sub(r.statsBefore)
 	meta.LastDuration, meta.LastCounts, meta.LastRequests, meta.LastThrottled = worker.Duration(meta.LastAt.Sub(r.started)), r.counts, st.Requests, st.Throttled
 	meta.Users, meta.AuthFailed, meta.AuthError, meta.Indicators = ind.UsersTotal, false, "", ind
+	meta.Credential = r.credentialState(c, meta.Credential)
+	r.s.creds.set(r.instance, meta.Credential)
 	if r.s.cfg.Notify.on() {
 		if meta.Notify == nil {
 			meta.Notify = &NotifyState{}
@@ -340,5 +346,9 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	}
 	r.log.Info("sync: round done", "mode", r.mode, "took", time.Since(r.started).Round(time.Millisecond), "licences", tLicences.Round(time.Millisecond),
 		"users", tUsers.Round(time.Millisecond), "groups", tGroups.Round(time.Millisecond), "graph_requests", st.Requests)
-	return &jobs.SyncReport{SyncID: r.syncID, Mode: r.mode, Outcome: jobs.OutcomeSucceeded, Counts: r.counts}, nil
+	rep := &jobs.SyncReport{SyncID: r.syncID, Mode: r.mode, Outcome: jobs.OutcomeSucceeded, Counts: r.counts, Warnings: credentialWarnings(r.instance, meta.Credential, time.Now())}
+	if meta.Credential != nil {
+		rep.Credential = &meta.Credential.CredentialState
+	}
+	return rep, nil
 }

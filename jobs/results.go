@@ -368,5 +368,39 @@ type SyncReport struct {
 	// MissedTicks counts the scheduled ticks a ticks_missed report stands
 	// for.
 	MissedTicks int    `json:"missed_ticks,omitempty"`
-	Error       *Error `json:"error,omitempty"`
+	// Credential is the instance's credential as the round knew it: its
+	// kind and, when known, its expiry.
+	Credential *CredentialState `json:"credential,omitempty"`
+	// Warnings are what an operator should act on before it breaks (a
+	// credential expiring within CredentialWarning).
+	Warnings []string `json:"warnings,omitempty"`
+	Error    *Error   `json:"error,omitempty"`
+}
+
+// Credential kinds.
+const (
+	CredentialClientSecret = "client_secret"
+	CredentialCertificate  = "certificate"
+	CredentialFederated    = "federated"
+)
+
+// Where a credential's expiry was learned.
+const (
+	ExpiryFromCertificate = "certificate"     // the certificate's notAfter
+	ExpiryFromRecord      = "instance_record" // given at instance add|update
+	ExpiryFromGraph       = "graph"           // the app registration's passwordCredentials
+)
+
+// CredentialWarning is how long before a credential's expiry sync reports
+// warn of it.
+const CredentialWarning = 30 * 24 * time.Hour
+
+// CredentialState is an instance's credential: its kind, and when it
+// expires as far as known (a federated credential has no secret and no
+// expiry of its own).
+type CredentialState struct {
+	Kind      string     `json:"kind"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// Source says where ExpiresAt comes from.
+	Source string `json:"source,omitempty"`
 }

@@ -102,6 +102,8 @@ var fieldRules = map[string]obj{
 	"AssetChange.reason":           {"enum": []any{ReasonSoftDeleted, ReasonHardDeleted, ReasonMissingAfterFullSync}},
 	"SyncReport.mode":              {"enum": []any{ModeFull, ModeIncremental}},
 	"SyncReport.outcome":           {"enum": []any{OutcomeSucceeded, OutcomeFailed, OutcomeSkipped}},
+	"CredentialState.kind":         {"enum": []any{CredentialClientSecret, CredentialCertificate, CredentialFederated}},
+	"CredentialState.source":       {"enum": []any{ExpiryFromCertificate, ExpiryFromRecord, ExpiryFromGraph}},
 }
 
 // typeRules are keywords merged into a struct type's schema.

@@ -65,6 +65,14 @@ type Instance struct {
 	Certificate string `json:"certificate,omitempty"`
 	// CertificateKey is the certificate's private key (PEM), sealed.
 	CertificateKey *jobs.SealedSecret `json:"certificate_key,omitempty"`
+	// FederatedCredential: no secret at all; the app registration trusts
+	// the pool's own identity (workload identity federation), and the
+	// pool's federated token is the client assertion.
+	FederatedCredential bool `json:"federated_credential,omitempty"`
+	// ClientSecretExpiresAt is the client secret's expiry as the Azure
+	// portal showed it when the secret was made (optional; with
+	// Application.Read.All granted the worker reads it from Graph).
+	ClientSecretExpiresAt *time.Time `json:"client_secret_expires_at,omitempty"`
 	// Cloud is global (default), usgov, usgov-dod or china.
 	Cloud string `json:"cloud,omitempty"`
 	// Authority and GraphRoot override the cloud's endpoints (a simulator).
@@ -116,13 +124,22 @@ func (in Instance) Validate() error {
 	if !jobs.IsGUID(in.ClientID) {
 		ve.Add("client_id", "must be the application (client) id, a GUID")
 	}
+	kinds := 0
+	for _, set := range []bool{in.ClientSecret != nil, in.CertificateKey != nil, in.FederatedCredential} {
+		if set {
+			kinds++
+		}
+	}
 	switch {
-	case in.ClientSecret == nil && in.CertificateKey == nil:
-		ve.Add("client_secret", "is required (or certificate and certificate_key)")
-	case in.ClientSecret != nil && in.CertificateKey != nil:
-		ve.Add("certificate_key", "must not be given with client_secret")
+	case kinds == 0:
+		ve.Add("client_secret", "is required (or certificate and certificate_key, or federated_credential)")
+	case kinds > 1:
+		ve.Add("credential", "must be one of client_secret, certificate_key or federated_credential")
 	case in.CertificateKey != nil && in.Certificate == "":
 		ve.Add("certificate", "is required with certificate_key")
+	}
+	if in.ClientSecretExpiresAt != nil && in.ClientSecret == nil {
+		ve.Add("client_secret_expires_at", "goes with client_secret")
 	}
 	switch in.Cloud {
 	case CloudGlobal, CloudUSGov, CloudUSGovDoD, CloudChina:
@@ -275,7 +292,7 @@ func syncNeeded(old, in *Instance) (full, now bool) {
 	}
 	changed := full || old.ClientID != in.ClientID || old.Pool != in.Pool || old.Authority != in.Authority ||
 		sealed(old.ClientSecret) != sealed(in.ClientSecret) || sealed(old.CertificateKey) != sealed(in.CertificateKey) ||
-		old.Certificate != in.Certificate || old.CAPEM != in.CAPEM || old.HTTPProxy != in.HTTPProxy ||
+		old.Certificate != in.Certificate || old.FederatedCredential != in.FederatedCredential || old.CAPEM != in.CAPEM || old.HTTPProxy != in.HTTPProxy ||
 		sealed(old.ProxyCredentials) != sealed(in.ProxyCredentials)
 	return full, changed
 }
