@@ -36,9 +36,9 @@ func cmdBenchReceiver(ctx context.Context, bin string, rest []string, stdout, st
 	}
 	fmt.Fprintf(stdout, "receiver with GOMEMLIMIT %d MiB, %s an attack, a valid notification every 20 ms meanwhile\n", r.MemoryLimit>>20, *phase)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ATTACK\tPEAK RSS\tVALID 202 / 503 / failed\tP50\tP99\tTRIGGERS STORED\tHOSTILE STORED\tHOSTILE ANSWERS")
+	fmt.Fprintln(tw, "ATTACK\tPEAK RSS\tCPU\tVALID 202 / 503 / failed\tP50\tP99\tTRIGGERS STORED\tHOSTILE STORED\tHOSTILE ANSWERS")
 	for _, p := range r.Phases {
-		fmt.Fprintf(tw, "%s\t%.0f MiB\t%d / %d / %d\t%s\t%s\t%d of %d instances\t%d\t%s\n", p.Name, float64(p.PeakRSS)/(1<<20), p.ValidOK, p.Valid503, p.ValidFailed,
+		fmt.Fprintf(tw, "%s\t%.0f MiB\t%s\t%d / %d / %d%s\t%s\t%s\t%d of %d instances\t%d\t%s\n", p.Name, float64(p.PeakRSS)/(1<<20), p.CPU, p.ValidOK, p.Valid503, p.ValidFailed, failedAs(p.ValidErrors),
 			p.P50.Round(100*time.Microsecond), p.P99.Round(100*time.Microsecond), p.Stored, p.Instances, p.HostileStored, answers(p.Hostile))
 	}
 	return tw.Flush()
@@ -59,4 +59,11 @@ func answers(m map[string]int) string {
 		return "-"
 	}
 	return strings.Join(parts, ", ")
+}
+
+func failedAs(m map[string]int) string {
+	if len(m) == 0 {
+		return ""
+	}
+	return " (" + answers(m) + ")"
 }

@@ -438,7 +438,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 			return fmt.Errorf("--http-listen %s: %w", *p.httpListen, err)
 		}
 		srv := httpserve.Server(obs.Handler(), httpserve.Limits{}, log)
-		go func() { _ = srv.Serve(httpserve.LimitListener(l, 32)) }()
+		go func() { _ = srv.Serve(httpserve.LimitListener(l, httpserve.Caps{Max: 32}, srv)) }()
 		defer srv.Close()
 		log.Info("metrics and health on http://" + l.Addr().String() + " (/metrics, /healthz, /readyz)")
 	}

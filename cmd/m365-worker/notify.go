@@ -28,7 +28,7 @@ type notifyFlags struct {
 	listen, basePath, certFile, keyFile, masterFile, previousFile, metricsListen *string
 	insecure                                                                     *bool
 	spacing, drain                                                               *time.Duration
-	maxConns, maxBodyReads                                                       *int
+	maxConns, maxPerIP, maxBodyReads                                             *int
 }
 
 // cmdNotify serves the HTTPS receiver of Graph change notifications: an
@@ -48,7 +48,8 @@ func cmdNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		masterFile:    fs.String("master-key-file", "", "file with the master key every clientState derives from, at least 32 bytes, surrounding whitespace ignored (required; e.g. openssl rand -base64 48)"),
 		previousFile:  fs.String("previous-master-key-file", "", "during a master-key rotation, the old master key: notifications with a clientState derived from it are accepted too"),
 		spacing:       fs.Duration("spacing", notify.DefaultSpacing, "the least time between two triggers of one instance; notifications within it make one more trigger when it ends"),
-		maxConns:      fs.Int("max-connections", 256, "connections open at once on --listen; one past it is closed at once"),
+		maxConns:      fs.Int("max-connections", 256, "connections open at once on --listen; past it, the one waiting longest without a request makes room, or the new one is closed"),
+		maxPerIP:      fs.Int("max-connections-per-ip", 64, "connections open at once from one address; past it, that address's connection waiting longest makes room (0: no such cap; behind an ingress every connection comes from it)"),
 		maxBodyReads:  fs.Int("max-body-reads", notify.DefaultMaxBodyReads, "notification bodies read at once; a POST past it is answered 503 with Retry-After"),
 		drain:         fs.Duration("drain", 10*time.Second, "on SIGINT/SIGTERM, how long /readyz fails and notifications are answered 503 before the listener closes (a second signal ends it)"),
 		metricsListen: fs.String("metrics-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9466 (off when empty)"),
@@ -106,8 +107,8 @@ func (f notifyFlags) check(prefix string) error {
 		return usageError{errors.New("--tls-cert-file and --tls-key-file are required (Graph calls https only); behind an ingress that terminates TLS, use --insecure-http")}
 	case *f.spacing <= 0:
 		return usageError{fmt.Errorf("--spacing %s: must be positive", *f.spacing)}
-	case *f.maxConns <= 0 || *f.maxBodyReads <= 0:
-		return usageError{errors.New("--max-connections and --max-body-reads must be positive")}
+	case *f.maxConns <= 0 || *f.maxBodyReads <= 0 || *f.maxPerIP < 0:
+		return usageError{errors.New("--max-connections and --max-body-reads must be positive, --max-connections-per-ip not negative")}
 	case *f.drain < 0:
 		return usageError{fmt.Errorf("--drain %s: must not be negative", *f.drain)}
 	}
@@ -160,10 +161,10 @@ func serveNotify(ctx context.Context, f notifyFlags, rcv *notify.Receiver, tlsCo
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", *f.listen, err)
 	}
-	limited := httpserve.LimitListener(l, *f.maxConns)
-	rcv.ConnectionStats(func() (int64, int64) { return limited.Open(), limited.Refused() })
 	srv := httpserve.Server(rcv, httpserve.Limits{}, log)
 	srv.TLSConfig = tlsConfig
+	limited := httpserve.LimitListener(l, httpserve.Caps{Max: *f.maxConns, PerIP: *f.maxPerIP}, srv)
+	rcv.ConnectionStats(func() (int64, int64) { return limited.Open(), limited.Refused() })
 	served := make(chan error, 2)
 	scheme := "https"
 	if tlsConfig != nil {
@@ -179,7 +180,7 @@ func serveNotify(ctx context.Context, f notifyFlags, rcv *notify.Receiver, tlsCo
 			return fmt.Errorf("--metrics-listen %s: %w", *f.metricsListen, err)
 		}
 		msrv := httpserve.Server(rcv.MetricsHandler(), httpserve.Limits{}, log)
-		go func() { served <- msrv.Serve(httpserve.LimitListener(ml, 32)) }()
+		go func() { served <- msrv.Serve(httpserve.LimitListener(ml, httpserve.Caps{Max: 32}, msrv)) }()
 		defer msrv.Close()
 		fmt.Fprintf(stdout, "notify metrics on http://%s/metrics\n", ml.Addr())
 	}

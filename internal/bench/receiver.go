@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -64,15 +65,19 @@ func (o ReceiverOptions) withDefaults() ReceiverOptions {
 type ReceiverPhase struct {
 	Name    string `json:"name"`
 	PeakRSS int64  `json:"peak_rss_bytes"`
+	// CPU is the receiver's CPU time over the phase.
+	CPU time.Duration `json:"receiver_cpu"`
 	// Valid notifications sent meanwhile (each to an instance of its own
 	// every tenth, so that triggers are stored), answered 202, answered
 	// 503 (Graph would deliver them again), and their latency.
-	Valid       int           `json:"valid"`
-	ValidOK     int           `json:"valid_accepted"`
-	Valid503    int           `json:"valid_503"`
-	ValidFailed int           `json:"valid_failed"`
-	P50         time.Duration `json:"valid_p50"`
-	P99         time.Duration `json:"valid_p99"`
+	Valid       int `json:"valid"`
+	ValidOK     int `json:"valid_accepted"`
+	Valid503    int `json:"valid_503"`
+	ValidFailed int `json:"valid_failed"`
+	// ValidErrors are the failed ones by answer ("error": no answer).
+	ValidErrors map[string]int `json:"valid_errors,omitempty"`
+	P50         time.Duration  `json:"valid_p50"`
+	P99         time.Duration  `json:"valid_p99"`
 	// Hostile requests by answer ("error" for a connection the receiver
 	// closed or timed out).
 	Hostile map[string]int `json:"hostile"`
@@ -238,8 +243,9 @@ func (re *receiverEnv) run(ctx context.Context, ph receiverPhaseSpec) (*Receiver
 	if err != nil {
 		return nil, err
 	}
+	cpu := processCPU(p.cmd.Process.Pid)
 	p.stop()
-	res.Name, res.PeakRSS, res.Hostile = ph.name, peak, hostile.snapshot()
+	res.Name, res.PeakRSS, res.CPU, res.Hostile = ph.name, peak, cpu, hostile.snapshot()
 	if err := re.count(ctx, stream, res); err != nil {
 		return nil, err
 	}
@@ -268,4 +274,20 @@ func (re *receiverEnv) validBody(inst string) []byte {
 		"resource": "Users/u1", "tenantId": "t1", "clientState": notify.ClientState(notify.PoolKey(re.master, "default"), inst),
 		"resourceData": map[string]any{"@odata.type": "#Microsoft.Graph.User", "id": "u1"}}}})
 	return b
+}
+
+// processCPU is a process's CPU time so far (Linux; 0 if unknown).
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces).
+	f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:])
+	if len(f) <= 12 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * time.Second / 100 // clock ticks (USER_HZ 100)
 }

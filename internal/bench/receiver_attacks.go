@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sort"
 	"strconv"
@@ -75,6 +76,12 @@ func (t *tally) snapshot() map[string]int {
 	return out
 }
 
+// The attackers' address and Graph's.
+const (
+	attackerAddr = "127.0.0.1"
+	graphAddr    = "127.0.0.2"
+)
+
 // hostileBody is 1 MiB of {} notifications: the cheapest item to send.
 var hostileBody = func() []byte {
 	b := bytes.NewBufferString(`{"value":[{}`)
@@ -85,8 +92,11 @@ var hostileBody = func() []byte {
 	return b.Bytes()
 }()
 
-func (re *receiverEnv) client(h2 bool) *http.Client {
-	tr := &http.Transport{TLSClientConfig: re.tls.Clone(), ForceAttemptHTTP2: h2, MaxIdleConnsPerHost: 64}
+// client is an HTTPS client of the receiver from src (127.0.0.1 for the
+// attackers, 127.0.0.2 for Graph: they are different addresses).
+func (re *receiverEnv) client(h2 bool, src string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	tr := &http.Transport{TLSClientConfig: re.tls.Clone(), ForceAttemptHTTP2: h2, MaxIdleConnsPerHost: 64, DialContext: d.DialContext}
 	if !h2 {
 		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	}
@@ -98,7 +108,7 @@ func (re *receiverEnv) client(h2 bool) *http.Client {
 func hostileBodies(ctx context.Context, re *receiverEnv, p *receiverProc, t *tally, n int) {
 	for i := range n {
 		go func() {
-			hc := re.client(false)
+			hc := re.client(false, attackerAddr)
 			defer hc.CloseIdleConnections()
 			for ctx.Err() == nil {
 				req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("%s/default/hostile-%d", p.base, i), bytes.NewReader(hostileBody))
@@ -131,7 +141,7 @@ func slowConns(ctx context.Context, re *receiverEnv, p *receiverProc, t *tally, 
 }
 
 func slowConn(ctx context.Context, re *receiverEnv, addr string) {
-	d := &tls.Dialer{Config: re.tls.Clone()}
+	d := &tls.Dialer{Config: re.tls.Clone(), NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(attackerAddr)}}}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return
@@ -158,7 +168,7 @@ func slowConn(ctx context.Context, re *receiverEnv, addr string) {
 // h2Streams: n HTTP/2 requests at once, each trickling a 1 MiB body of {}
 // (16 KiB every 100 ms), one after another.
 func h2Streams(ctx context.Context, re *receiverEnv, p *receiverProc, t *tally, n int) {
-	hc := re.client(true)
+	hc := re.client(true, attackerAddr)
 	for i := range n {
 		go func() {
 			for ctx.Err() == nil {
@@ -195,9 +205,9 @@ func (r *trickle) Read(p []byte) (int, error) {
 // valid sends a valid notification every 20 ms until ctx ends, ten to each
 // instance, and measures the answers.
 func (re *receiverEnv) valid(ctx context.Context, p *receiverProc) *ReceiverPhase {
-	hc := re.client(false)
+	hc := re.client(false, graphAddr)
 	defer hc.CloseIdleConnections()
-	res := &ReceiverPhase{}
+	res := &ReceiverPhase{ValidErrors: map[string]int{}}
 	var lat []time.Duration
 	accepted := map[string]bool{}
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -220,6 +230,7 @@ func (re *receiverEnv) valid(ctx context.Context, p *receiverProc) *ReceiverPhas
 		switch {
 		case err != nil:
 			res.ValidFailed++
+			res.ValidErrors["error"]++
 		case resp.StatusCode == http.StatusAccepted:
 			res.ValidOK++
 			lat = append(lat, d)
@@ -228,6 +239,7 @@ func (re *receiverEnv) valid(ctx context.Context, p *receiverProc) *ReceiverPhas
 			res.Valid503++
 		default:
 			res.ValidFailed++
+			res.ValidErrors[strconv.Itoa(resp.StatusCode)]++
 		}
 		if resp != nil {
 			_, _ = io.Copy(io.Discard, resp.Body)

@@ -5,6 +5,7 @@
 package httpserve
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -72,54 +73,179 @@ func Server(h http.Handler, l Limits, log *slog.Logger) *http.Server {
 			MaxDecoderHeaderTableSize: 4 << 10, MaxReadFrameSize: 16 << 10}}
 }
 
-// LimitListener accepts at most max connections at once; one past it is
-// closed as soon as it is accepted (before a TLS handshake or a byte is
-// read), so a flood of idle connections costs a file descriptor for an
-// instant each, not a goroutine and buffers for ReadHeader. Refused counts
-// them.
-func LimitListener(l net.Listener, max int) *Limited {
-	return &Limited{Listener: l, max: int64(max)}
+// Caps bound a listener's connections.
+type Caps struct {
+	// Max is the connections open at once. Required.
+	Max int
+	// PerIP is the connections open at once from one remote address; 0:
+	// no such cap (behind a proxy, every connection comes from it).
+	PerIP int
+	// Grace is how long a new or idle connection is safe from being closed
+	// to make room. Default 1 s: a client that sends its request at once
+	// is through its TLS handshake and headers by then, and a flood of
+	// connections costs at most Max handshakes a Grace.
+	Grace time.Duration
 }
 
-// Limited is a listener with a cap on its open connections.
+// LimitListener accepts connections within caps. When a new one comes at
+// a cap (its address's, or the listener's), the connection under that cap
+// that has waited longest, and at least Grace, without a request in
+// progress (still in its TLS handshake or headers, or idle between
+// requests) is closed to make room:
+// slow or idle connections cannot keep a client that sends its request at
+// once out, and one address competes only with itself. When every
+// connection under the cap has a request in progress, the new one is
+// closed as soon as it is accepted, before a TLS handshake or a byte is
+// read. srv's ConnState tells the listener which connections wait.
+func LimitListener(l net.Listener, caps Caps, srv *http.Server) *Limited {
+	if caps.Grace <= 0 {
+		caps.Grace = time.Second
+	}
+	ll := &Limited{Listener: l, caps: caps, conns: map[*countedConn]struct{}{}, perIP: map[string]int{}}
+	if srv != nil {
+		srv.ConnState = ll.connState
+	}
+	return ll
+}
+
+// Limited is a listener with caps on its open connections.
 type Limited struct {
 	net.Listener
-	max     int64
-	open    atomic.Int64
-	refused atomic.Int64
+	caps             Caps
+	mu               sync.Mutex
+	conns            map[*countedConn]struct{}
+	perIP            map[string]int
+	refused, evicted atomic.Int64
 }
 
-// Refused counts connections closed for the cap.
-func (l *Limited) Refused() int64 { return l.refused.Load() }
+// Refused counts connections closed for the caps: new ones when every
+// connection had a request in progress, and waiting ones closed to make
+// room.
+func (l *Limited) Refused() int64 { return l.refused.Load() + l.evicted.Load() }
+
+// Evicted counts the waiting connections closed to make room.
+func (l *Limited) Evicted() int64 { return l.evicted.Load() }
 
 // Open counts the connections open now.
-func (l *Limited) Open() int64 { return l.open.Load() }
+func (l *Limited) Open() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return int64(len(l.conns))
+}
 
-// Accept returns the next connection within the cap.
+// Accept returns the next connection within the caps.
 func (l *Limited) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		if l.open.Add(1) > l.max {
-			l.open.Add(-1)
-			l.refused.Add(1)
-			_ = c.Close()
+		cc := &countedConn{Conn: c, l: l, ip: remoteIP(c)}
+		cc.set(http.StateNew)
+		if victim, ok := l.admit(cc); ok {
+			if victim != nil {
+				_ = victim.Conn.Close()
+			}
+			return cc, nil
+		}
+		l.refused.Add(1)
+		_ = c.Close()
+	}
+}
+
+// admit takes cc in, with the connection it displaces (nil if none); false
+// when it must be closed.
+func (l *Limited) admit(cc *countedConn) (*countedConn, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var victim *countedConn
+	switch {
+	case l.caps.PerIP > 0 && l.perIP[cc.ip] >= l.caps.PerIP:
+		victim = l.longestWaiting(cc.ip)
+	case len(l.conns) >= l.caps.Max:
+		victim = l.longestWaiting("")
+	default:
+		l.add(cc)
+		return nil, true
+	}
+	if victim == nil {
+		return nil, false
+	}
+	l.remove(victim)
+	l.evicted.Add(1)
+	l.add(cc)
+	return victim, true
+}
+
+func (l *Limited) add(c *countedConn) {
+	l.conns[c] = struct{}{}
+	l.perIP[c.ip]++
+}
+
+func (l *Limited) remove(c *countedConn) {
+	if _, ok := l.conns[c]; !ok {
+		return
+	}
+	delete(l.conns, c)
+	if l.perIP[c.ip]--; l.perIP[c.ip] <= 0 {
+		delete(l.perIP, c.ip)
+	}
+}
+
+func remoteIP(c net.Conn) string {
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
+}
+
+// longestWaiting is the connection (of ip, if not empty) without a request
+// in progress that has waited longest, nil if none. l.mu is held.
+func (l *Limited) longestWaiting(ip string) *countedConn {
+	var best *countedConn
+	bestSince := time.Now().Add(-l.caps.Grace).UnixNano()
+	for c := range l.conns {
+		if ip != "" && c.ip != ip {
 			continue
 		}
-		return &countedConn{Conn: c, l: l}, nil
+		st, since := http.ConnState(c.state.Load()), c.since.Load()
+		if st != http.StateNew && st != http.StateIdle {
+			continue
+		}
+		if since <= bestSince {
+			best, bestSince = c, since
+		}
+	}
+	return best
+}
+
+// connState is the server's ConnState hook.
+func (l *Limited) connState(c net.Conn, st http.ConnState) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if cc, ok := c.(*countedConn); ok {
+		cc.set(st)
 	}
 }
 
 type countedConn struct {
 	net.Conn
-	l    *Limited
-	once sync.Once
+	l     *Limited
+	ip    string
+	state atomic.Int32 // an http.ConnState
+	since atomic.Int64 // when it entered that state, Unix nanoseconds
+}
+
+func (c *countedConn) set(st http.ConnState) {
+	c.state.Store(int32(st))
+	c.since.Store(time.Now().UnixNano())
 }
 
 func (c *countedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { c.l.open.Add(-1) })
-	return err
+	c.l.mu.Lock()
+	c.l.remove(c)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
 }

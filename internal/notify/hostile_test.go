@@ -56,11 +56,13 @@ func TestHostileBodyBoundedWork(t *testing.T) {
 	}
 }
 
-// Finding 2: bodies read at once are capped; past the cap, 503 with
-// Retry-After before reading anything.
+// Finding 2: large bodies read at once are capped; past the cap, 503 with
+// Retry-After before their rest is read. A small body (what Graph sends)
+// needs no slot, so held slots do not crowd it out.
 func TestConcurrentBodyReadsAreCapped(t *testing.T) {
 	e := newEnv(t, notify.Config{})
 	const held = notify.DefaultMaxBodyReads
+	head := append([]byte(`{"value":[`), bytes.Repeat([]byte(" "), 9<<10)...) // past the small body: takes a slot
 	var wg sync.WaitGroup
 	writers := make([]*io.PipeWriter, held)
 	started := make(chan struct{}, held)
@@ -69,25 +71,32 @@ func TestConcurrentBodyReadsAreCapped(t *testing.T) {
 		writers[i] = pw
 		wg.Go(func() {
 			rec := httptest.NewRecorder()
-			go func() { _, _ = pw.Write([]byte(`{"value":[`)); started <- struct{}{} }()
+			go func() { _, _ = pw.Write(head); _, _ = pw.Write([]byte(" ")); started <- struct{}{} }()
 			e.rcv.ServeHTTP(rec, httptest.NewRequest("POST", "/default/acme", pr))
 			_ = pr.Close()
 		})
 	}
 	for range held {
-		<-started
+		<-started // each body is read past its first 9 KiB: it holds a slot
 	}
 	cs := clientState("default", "acme")
-	rec, _ := serve(e.rcv, "/default/acme", notifications(1, &cs))
+	large := notifications(40, &cs)
+	if len(large) <= 8<<10 {
+		t.Fatalf("the large body is %d bytes", len(large))
+	}
+	rec, _ := serve(e.rcv, "/default/acme", large)
 	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
-		t.Errorf("a POST while %d bodies are being read: %d (Retry-After %q), want 503 with Retry-After", held, rec.Code, rec.Header().Get("Retry-After"))
+		t.Errorf("a large POST while %d bodies are being read: %d (Retry-After %q), want 503 with Retry-After", held, rec.Code, rec.Header().Get("Retry-After"))
+	}
+	if rec, _ := serve(e.rcv, "/default/acme", notifications(1, &cs)); rec.Code != http.StatusAccepted {
+		t.Errorf("a small POST while %d bodies are being read: %d, want 202", held, rec.Code)
 	}
 	for _, pw := range writers {
 		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
 	}
 	wg.Wait()
-	if rec, _ := serve(e.rcv, "/default/acme", notifications(1, &cs)); rec.Code != http.StatusAccepted {
-		t.Errorf("a POST once the bodies were read: %d, want 202", rec.Code)
+	if rec, _ := serve(e.rcv, "/default/acme", large); rec.Code != http.StatusAccepted {
+		t.Errorf("a large POST once the bodies were read: %d, want 202", rec.Code)
 	}
 	if s := e.rcv.Stats(); s.Requests["busy"] != 1 {
 		t.Errorf("stats %+v, want 1 request answered busy", s)

@@ -101,7 +101,7 @@ func (r *Receiver) WriteMetrics(w io.Writer) {
 	if f := r.connStats.Load(); f != nil {
 		open, refused := (*f)()
 		fmt.Fprintf(w, "# HELP m365_notify_connections_open Connections open on the notification listener.\n# TYPE m365_notify_connections_open gauge\nm365_notify_connections_open %d\n", open)
-		fmt.Fprintf(w, "# HELP m365_notify_connections_refused_total Connections closed at once: the listener was at its cap.\n# TYPE m365_notify_connections_refused_total counter\nm365_notify_connections_refused_total %d\n", refused)
+		fmt.Fprintf(w, "# HELP m365_notify_connections_refused_total Connections closed for the listener's cap (waiting ones making room, or new ones when every connection had a request in progress).\n# TYPE m365_notify_connections_refused_total counter\nm365_notify_connections_refused_total %d\n", refused)
 	}
 	fmt.Fprintf(w, "# HELP m365_notify_pending Instances whose trigger is being stored or whose spacing runs.\n# TYPE m365_notify_pending gauge\nm365_notify_pending %d\n", s.Pending)
 }

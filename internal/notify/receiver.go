@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"errors"
@@ -246,34 +247,61 @@ func (r *Receiver) notifications(w http.ResponseWriter, req *http.Request, t tar
 	}
 }
 
-// read reads and judges the body under the cap on concurrent reads; a
-// non-zero answer ends the request.
+// read reads and judges the body; a non-zero answer ends the request.
+// A body of at most smallBody bytes (what Graph sends) is read whole into a
+// pooled buffer; only a longer one takes one of the MaxBodyReads slots for
+// the rest, so slow or large bodies cannot crowd Graph's out. Either must
+// arrive within BodyTimeout.
 func (r *Receiver) read(w http.ResponseWriter, req *http.Request, t target) (verdict, answer) {
-	select {
-	case r.reads <- struct{}{}:
-		defer func() { <-r.reads }()
-	default:
-		return verdict{}, answerBusy
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(BodyTimeout))
+	body := http.MaxBytesReader(w, req.Body, MaxBody)
+	buf := smallBufs.Get().(*[smallBody]byte)
+	defer smallBufs.Put(buf)
+	n, err := io.ReadFull(body, buf[:])
+	var src io.Reader = bytes.NewReader(buf[:n])
+	switch {
+	case err == io.EOF || err == io.ErrUnexpectedEOF: // all of it
+	case err != nil:
+		return verdict{}, readAnswer(err)
+	default: // more to come
+		select {
+		case r.reads <- struct{}{}:
+			defer func() { <-r.reads }()
+		default:
+			return verdict{}, answerBusy
+		}
+		src = io.MultiReader(src, body)
 	}
 	want := r.clientStates(t)
 	v := verdict{}
-	body := http.MaxBytesReader(w, req.Body, MaxBody)
-	err := parseBody(body, r.cfg.MaxItems, func(it item) { v.judge(it, want) })
+	err = parseBody(src, r.cfg.MaxItems, func(it item) { v.judge(it, want) })
 	if err == nil { // the rest is read, not decoded: a body past MaxBody is 413 wherever it ends
 		_, err = io.Copy(io.Discard, body)
 	}
 	r.stats.received.Add(int64(v.items))
 	r.stats.lifecycle.Add(int64(v.lifecycle))
 	r.stats.previous.Add(int64(v.previous))
-	var tooLarge *http.MaxBytesError
-	switch {
-	case err == nil:
-		return v, 0
-	case errors.As(err, &tooLarge):
-		return v, answerTooLarge
-	default:
-		return v, answerBadRequest
+	if err != nil {
+		return v, readAnswer(err)
 	}
+	return v, 0
+}
+
+// BodyTimeout bounds reading a notification's body (Graph sends it at once).
+const BodyTimeout = 2 * time.Second
+
+// smallBody is the body read without a slot: a POST of a few notifications.
+const smallBody = 8 << 10
+
+var smallBufs = sync.Pool{New: func() any { return new([smallBody]byte) }}
+
+// readAnswer is the answer to a body that could not be read or judged.
+func readAnswer(err error) answer {
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return answerTooLarge
+	}
+	return answerBadRequest
 }
 
 // clientStates are t's clientState under each master key, the current
