@@ -40,6 +40,7 @@ type env struct {
 	graphConfig     graphclient.PoolConfig
 	roundTimeout    time.Duration
 	notify          handlers.NotifyConfig
+	syncer          *handlers.Syncer // the last startWorker's
 }
 
 func newEnv(t testing.TB, o graphsim.Options) *env {
@@ -75,6 +76,7 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	}
 	reg := worker.Registry{}
 	syncer.Register(reg)
+	e.syncer = syncer
 	actions, err := handlers.NewActions(context.Background(), js, handlers.ActionsConfig{Topology: e.srv.Topology, Graph: graph, ConsistencyWait: e.consistencyWait, Logger: e.logger})
 	if err != nil {
 		e.t.Fatal(err)
