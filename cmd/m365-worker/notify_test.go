@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -251,4 +252,35 @@ func TestNotifyListenersHardened(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("a notification with a 64 KiB header: %d, want 431", resp.StatusCode)
 	}
+}
+
+// The receiver's manifest: GOMEMLIMIT from the container's limit, and a
+// grace period past the drain, the requests in flight and the deferred
+// triggers.
+func TestNotifyManifest(t *testing.T) {
+	for _, d := range readK8s(t) {
+		if d.Kind != "Deployment" || d.Metadata.Name != "m365-notify" {
+			continue
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		var drain time.Duration
+		memlimit := false
+		for _, e := range c.Env {
+			switch e.Name {
+			case "GOMEMLIMIT":
+				v, _ := e.ValueFrom.(map[string]any)
+				memlimit = fmt.Sprint(v["resourceFieldRef"]) == "map[resource:limits.memory]"
+			case "M365_DRAIN":
+				drain, _ = time.ParseDuration(e.Value)
+			}
+		}
+		if !memlimit {
+			t.Error("GOMEMLIMIT must come from the container's memory limit")
+		}
+		if grace := time.Duration(d.Spec.Template.Spec.TerminationGracePeriodSeconds) * time.Second; drain == 0 || grace < drain+30*time.Second {
+			t.Errorf("terminationGracePeriodSeconds %s must cover --drain %s, 10 s of requests and 20 s of deferred triggers", grace, drain)
+		}
+		return
+	}
+	t.Fatal("no m365-notify Deployment")
 }
