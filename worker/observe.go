@@ -20,8 +20,20 @@ import (
 type actionMetrics struct {
 	mu       sync.Mutex
 	outcomes map[[2]string]int64 // (action, outcome) → count
+	failures map[[2]string]int64 // (action, contract code) → count
 	durSum   map[string]float64
 	durCount map[string]int64
+}
+
+// failed counts a failed job by its contract code (a bounded set: the
+// codes are the handlers', never a job's input).
+func (m *actionMetrics) failed(action, code string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failures == nil {
+		m.failures = map[[2]string]int64{}
+	}
+	m.failures[[2]string{action, code}]++
 }
 
 func (m *actionMetrics) observe(action, outcome string, d time.Duration) {
@@ -128,9 +140,24 @@ func (o *Observer) samples(ctx context.Context) []Metric {
 	w := o.w
 	var ms []Metric
 	w.metrics.mu.Lock()
+	// Every registered action's succeeded and failed series exist from the
+	// start, at 0: a rate or an increase (an alert's) sees the first failure
+	// as an increase, not as a new series with one sample.
+	for a := range w.handlers {
+		for _, o := range []string{"succeeded", "failed"} {
+			if _, ok := w.metrics.outcomes[[2]string{a, o}]; !ok {
+				ms = append(ms, Metric{Name: "m365_jobs_total", Help: "Jobs by action and outcome (succeeded, failed, retried, snoozed, duplicate).", Type: "counter",
+					Labels: map[string]string{"action": a, "outcome": o}})
+			}
+		}
+	}
 	for k, v := range w.metrics.outcomes {
 		ms = append(ms, Metric{Name: "m365_jobs_total", Help: "Jobs by action and outcome (succeeded, failed, retried, snoozed, duplicate).", Type: "counter",
 			Labels: map[string]string{"action": k[0], "outcome": k[1]}, Value: float64(v)})
+	}
+	for k, v := range w.metrics.failures {
+		ms = append(ms, Metric{Name: "m365_job_failures_total", Help: "Failed jobs by action and the contract's error code (auth_failed: the instance's credentials were refused).", Type: "counter",
+			Labels: map[string]string{"action": k[0], "code": k[1]}, Value: float64(v)})
 	}
 	for a, s := range w.metrics.durSum {
 		ms = append(ms, Metric{Name: "m365_job_duration_seconds_sum", Help: "Total time spent on finished jobs.", Type: "counter", Labels: map[string]string{"action": a}, Value: s})

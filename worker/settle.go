@@ -162,6 +162,7 @@ func (w *Worker) fail(d *delivery, je *jobs.Error) {
 	}
 	w.stats.Failed.Add(1)
 	w.observe(d, "failed", time.Since(d.started))
+	w.metrics.failed(w.actionLabel(d.addr.Action), je.Code)
 	traceFailure(d, je)
 	w.finish(d, jobs.StatusFailed, func() error { return d.msg.TermWithReason(je.Code) })
 	d.log.Warn("worker: job failed", "code", je.Code, "error", je.Message)

@@ -1,0 +1,403 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/promql/promqltest"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// alertRule is one rule of deploy/prometheus/m365-worker.rules.yml.
+type alertRule struct {
+	Alert       string            `yaml:"alert"`
+	Expr        string            `yaml:"expr"`
+	For         string            `yaml:"for"`
+	Labels      map[string]string `yaml:"labels"`
+	Annotations map[string]string `yaml:"annotations"`
+}
+
+type ruleGroup struct {
+	Name  string      `yaml:"name"`
+	Rules []alertRule `yaml:"rules"`
+}
+
+func readYAML(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// shippedRules reads the rules file and the PrometheusRule, which must hold
+// the same groups.
+func shippedRules(t *testing.T) []alertRule {
+	var plain struct {
+		Groups []ruleGroup `yaml:"groups"`
+	}
+	readYAML(t, "../../deploy/prometheus/m365-worker.rules.yml", &plain)
+	var pr struct {
+		Kind string `yaml:"kind"`
+		Spec struct {
+			Groups []ruleGroup `yaml:"groups"`
+		} `yaml:"spec"`
+	}
+	readYAML(t, "../../deploy/k8s/prometheusrule.yaml", &pr)
+	if pr.Kind != "PrometheusRule" || !reflect.DeepEqual(pr.Spec.Groups, plain.Groups) {
+		t.Fatalf("deploy/k8s/prometheusrule.yaml (%s) and deploy/prometheus/m365-worker.rules.yml differ", pr.Kind)
+	}
+	var out []alertRule
+	for _, g := range plain.Groups {
+		out = append(out, g.Rules...)
+	}
+	return out
+}
+
+// dashboardQueries are every panel query of the shipped Grafana dashboards,
+// by dashboard, and the metrics their variables read.
+func dashboardQueries(t *testing.T) (map[string][]string, []string) {
+	files, _ := filepath.Glob("../../deploy/grafana/*.json")
+	if len(files) != 5 {
+		t.Fatalf("dashboards: %v", files)
+	}
+	out := map[string][]string{}
+	var varMetrics []string
+	for _, f := range files {
+		var d struct {
+			UID    string `json:"uid"`
+			Panels []struct {
+				Title   string `json:"title"`
+				Targets []struct {
+					Expr string `json:"expr"`
+				} `json:"targets"`
+			} `json:"panels"`
+			Templating struct {
+				List []struct {
+					Type  string `json:"type"`
+					Query any    `json:"query"`
+				} `json:"list"`
+			} `json:"templating"`
+		}
+		b, _ := os.ReadFile(f)
+		if err := json.Unmarshal(b, &d); err != nil || d.UID == "" || len(d.Panels) == 0 {
+			t.Fatalf("%s: %v (uid %q, %d panels)", f, err, d.UID, len(d.Panels))
+		}
+		for _, p := range d.Panels {
+			if len(p.Targets) == 0 {
+				t.Errorf("%s: panel %q has no query", f, p.Title)
+			}
+			for _, tg := range p.Targets {
+				out[filepath.Base(f)] = append(out[filepath.Base(f)], tg.Expr)
+			}
+		}
+		for _, v := range d.Templating.List {
+			if q, ok := v.Query.(string); ok && v.Type == "query" {
+				// label_values(<metric>, <label>)
+				inner := strings.TrimSuffix(strings.TrimPrefix(q, "label_values("), ")")
+				varMetrics = append(varMetrics, inner)
+			}
+		}
+	}
+	return out, varMetrics
+}
+
+// Grafana's variables, as a panel query has them before Grafana fills
+// them in.
+var grafanaVars = strings.NewReplacer(`"$pool"`, `"default"`, `"$instance"`, `"acme"`)
+
+// selectors are the metric names an expression reads, with the labels it
+// names on each (matchers) and the labels it groups or matches by.
+func selectors(t *testing.T, expr string) (map[string][]string, []string) {
+	t.Helper()
+	e, err := parser.NewParser(parser.Options{}).ParseExpr(grafanaVars.Replace(expr))
+	if err != nil {
+		t.Errorf("%s: %v", expr, err)
+		return nil, nil
+	}
+	names := map[string][]string{}
+	var by []string
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		switch n := n.(type) {
+		case *parser.VectorSelector:
+			for _, m := range n.LabelMatchers {
+				if m.Name != "__name__" {
+					names[n.Name] = append(names[n.Name], m.Name)
+				}
+			}
+			if _, ok := names[n.Name]; !ok {
+				names[n.Name] = nil
+			}
+		case *parser.AggregateExpr:
+			by = append(by, n.Grouping...)
+		case *parser.BinaryExpr:
+			if n.VectorMatching != nil {
+				by = append(by, n.VectorMatching.MatchingLabels...)
+			}
+		}
+		return nil
+	})
+	return names, by
+}
+
+// exposition is what one scrape of /metrics said: each series (as the text
+// format writes it) and its value.
+type exposition map[string]string
+
+func scrape(t *testing.T, url string) exposition {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := exposition{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(l, ' ')
+		out[l[:i]] = l[i+1:]
+	}
+	return out
+}
+
+// labelsOf lists the metrics of scrapes with the label names each carries.
+func labelsOf(scrapes ...exposition) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	for _, s := range scrapes {
+		for series := range s {
+			name, rest, _ := strings.Cut(series, "{")
+			if out[name] == nil {
+				out[name] = map[string]bool{}
+			}
+			for _, kv := range strings.Split(strings.TrimSuffix(rest, "}"), ",") {
+				if k, _, ok := strings.Cut(kv, "="); ok {
+					out[name][k] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+// evaluate runs expr at the second of two scrapes a minute apart (a series
+// missing from one of them is missing there too) and returns the series it
+// gives: an alert's expression fires when there is one.
+func evaluate(t *testing.T, expr string, first, second exposition) promql.Vector {
+	t.Helper()
+	series := map[string]bool{}
+	for s := range first {
+		series[s] = true
+	}
+	for s := range second {
+		series[s] = true
+	}
+	var load strings.Builder
+	load.WriteString("load 1m\n")
+	for _, s := range sortedKeys(series) {
+		v1, ok1 := first[s]
+		v2, ok2 := second[s]
+		if !ok1 {
+			v1 = "_"
+		}
+		if !ok2 {
+			v2 = "_"
+		}
+		fmt.Fprintf(&load, "  %s %s %s\n", s, v1, v2)
+	}
+	st := promqltest.LoadedStorage(t, load.String())
+	ng := promqltest.NewTestEngine(t, false, 5*time.Minute, 1_000_000)
+	q, err := ng.NewInstantQuery(context.Background(), st, nil, expr, time.Unix(60, 0))
+	if err != nil {
+		t.Fatalf("%s: %v", expr, err)
+	}
+	res := q.Exec(context.Background())
+	if res.Err != nil {
+		t.Fatalf("%s: %v", expr, res.Err)
+	}
+	v, _ := res.Vector()
+	return v
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// The shipped dashboards and alert rules hold to what the binaries export:
+// every expression parses with Prometheus's own parser and names only
+// metrics and labels a running worker's and receiver's /metrics show; the
+// alerts fire on the faults driven here (an instance's refused credentials,
+// a failing sync, the receiver refusing forged notifications, no worker
+// scraped) and not before them.
+func TestDashboardsAndAlerts(t *testing.T) {
+	rules := shippedRules(t)
+	dashboards, varMetrics := dashboardQueries(t)
+
+	dir := t.TempDir()
+	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
+	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "20", "--groups", "2", "--ca-out", ca, "--credentials-out", creds)
+	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
+	if _, code := cli(t, "", "pool", "keygen", "--out", filepath.Join(dir, "pool.seed")); code != 0 {
+		t.Fatal("pool keygen")
+	}
+	addr, httpAddr := freePort(t), freePort(t)
+	natsURL := "nats://" + addr
+	w := start(t, "run", "--data-dir", filepath.Join(dir, "data"), "--nats-listen", addr, "--demo=false", "--pool-key-file", filepath.Join(dir, "pool.seed"),
+		"--http-listen", httpAddr, "--allow-endpoint-overrides")
+	w.waitLine(t, "Workers serving")
+	master := filepath.Join(dir, "master.key")
+	_ = os.WriteFile(master, []byte("an-alert-test-master-key-of-at-least-32-bytes\n"), 0o600)
+	rcv := start(t, "notify", "--nats", natsURL, "--listen", "127.0.0.1:0", "--insecure-http", "--master-key-file", master, "--drain", "0s", "--metrics-listen", "127.0.0.1:0")
+	rcvMetrics := strings.TrimPrefix(rcv.waitLine(t, "notify metrics on "), "notify metrics on ")
+	rcvBase := strings.TrimPrefix(rcv.waitLine(t, "notify listening on "), "notify listening on ")
+
+	workerBefore, rcvBefore := scrape(t, "http://"+httpAddr+"/metrics"), scrape(t, rcvMetrics)
+
+	// The faults: an instance whose secret Entra refuses, and a forged
+	// notification.
+	var tenants []map[string]string
+	b, _ := os.ReadFile(creds)
+	_ = json.Unmarshal(b, &tenants)
+	cfg, _ := json.Marshal(map[string]string{"tenant_id": tenants[0]["tenant_id"], "client_id": tenants[0]["client_id"], "client_secret": "not-the-secret"})
+	out, code := cli(t, string(cfg), "instance", "add", "acme", "--config", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca,
+		"--pool-key-file", filepath.Join(dir, "pool.seed"), "--nats", natsURL, "--sync-interval", "1h")
+	if code != 0 || !strings.Contains(out, "syncing now (job ") {
+		t.Fatalf("instance add: %s", out)
+	}
+	firstSync := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	res, err := worker.WaitResult(wctx, js, worker.Topology{}, "acme", jobs.ActionSync, firstSync)
+	cancel()
+	if err != nil || res.Status != jobs.StatusFailed || res.Error == nil || res.Error.Code != "auth_failed" {
+		t.Fatalf("the sync with a refused secret: %+v %v", res, err)
+	}
+	note := `{"value":[{"subscriptionId":"s1","changeType":"updated","resource":"Users/u1","clientState":"forged","tenantId":"t1","resourceData":{"id":"u1"}}]}`
+	resp, err := http.Post(rcvBase+"/default/acme", "application/json", strings.NewReader(note))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("a forged notification: %d", resp.StatusCode)
+	}
+	workerAfter, rcvAfter := scrape(t, "http://"+httpAddr+"/metrics"), scrape(t, rcvMetrics)
+
+	// Every expression parses and names only what the binaries export.
+	exported := labelsOf(workerBefore, workerAfter, rcvBefore, rcvAfter)
+	check := func(where, expr string) {
+		names, by := selectors(t, expr)
+		if len(names) == 0 {
+			t.Errorf("%s: %s reads no metric", where, expr)
+		}
+		for name, labels := range names {
+			have, ok := exported[name]
+			if !ok {
+				t.Errorf("%s: %s is not exported by the worker or the receiver", where, name)
+				continue
+			}
+			for _, l := range labels {
+				if !have[l] {
+					t.Errorf("%s: %s has no label %q", where, name, l)
+				}
+			}
+		}
+		for _, l := range by {
+			found := false
+			for name := range names {
+				found = found || exported[name][l]
+			}
+			if !found {
+				t.Errorf("%s: no metric of %s has the label %q it groups by", where, expr, l)
+			}
+		}
+	}
+	for _, r := range rules {
+		if r.Labels["severity"] == "" || r.Annotations["summary"] == "" || r.Annotations["description"] == "" {
+			t.Errorf("%s: severity, summary and description are required", r.Alert)
+		}
+		if _, err := time.ParseDuration(r.For); err != nil {
+			t.Errorf("%s: for %q: %v", r.Alert, r.For, err)
+		}
+		check(r.Alert, r.Expr)
+	}
+	for d, exprs := range dashboards {
+		for _, e := range exprs {
+			check(d, e)
+		}
+	}
+	for _, v := range varMetrics {
+		metric, label, _ := strings.Cut(v, ", ")
+		if !exported[metric][label] {
+			t.Errorf("a dashboard variable reads %s", v)
+		}
+	}
+
+	// The driven faults make their alerts fire, and nothing fires before.
+	merge := func(a, b exposition) exposition {
+		out := exposition{}
+		for k, v := range a {
+			out[k] = v
+		}
+		for k, v := range b {
+			out[k] = v
+		}
+		return out
+	}
+	before, after := merge(workerBefore, rcvBefore), merge(workerAfter, rcvAfter)
+	fires := map[string]bool{}
+	for _, r := range rules {
+		if v := evaluate(t, r.Expr, before, before); len(v) > 0 {
+			t.Errorf("%s fires on a healthy system: %v", r.Alert, v)
+		}
+		fires[r.Alert] = len(evaluate(t, r.Expr, before, after)) > 0
+	}
+	for _, a := range []string{"M365CredentialsRefused", "M365JobsFailing", "M365ReceiverRefusing"} {
+		if !fires[a] {
+			t.Errorf("%s does not fire on its fault", a)
+		}
+	}
+	for _, a := range []string{"M365NoLiveWorker", "M365BacklogGrowing", "M365GraphThrottledShareHigh", "M365SubscriptionsUnhealthy", "M365ReceiverPublishFailing"} {
+		if fires[a] {
+			t.Errorf("%s fires without its fault", a)
+		}
+	}
+	// No worker scraped: only the receiver's samples.
+	for _, r := range rules {
+		if r.Alert == "M365NoLiveWorker" && len(evaluate(t, r.Expr, rcvBefore, rcvAfter)) == 0 {
+			t.Error("M365NoLiveWorker does not fire without a worker")
+		}
+	}
+}
