@@ -77,7 +77,8 @@ func (a *Actions) Register(reg worker.Registry) {
 	for name, h := range own {
 		fn := h.Func
 		h.Func = func(ctx context.Context, j *worker.Job) (any, error) {
-			return fn(graphclient.WithGuard(ctx, j.StillHolds), j)
+			out, err := fn(graphclient.WithGuard(ctx, j.StillHolds), j)
+			return out, rotated(ctx, j, err)
 		}
 		reg[name] = h
 	}

@@ -1,10 +1,12 @@
 package handlers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/jobs"
@@ -78,6 +80,18 @@ func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient
 			oe.Instance, strings.Join(oe.Fields, ", ")))
 	}
 	return c, err
+}
+
+// rotated turns a refused credential into a retry when the instance's
+// record changed while the job ran: its credentials were rotated (instance
+// update, then the old secret removed from the app), and the retry runs
+// with the new ones. Otherwise err stands.
+func rotated(ctx context.Context, j *worker.Job, err error) error {
+	var je *jobs.Error
+	if !errors.As(err, &je) || je.Code != CodeAuthFailed || !j.InstanceChanged(ctx) {
+		return err
+	}
+	return worker.RetryAfter(time.Second, fmt.Errorf("the instance's credentials changed while the job ran; again with the new ones: %w", err))
 }
 
 // withUserinfo puts "user:password" back into a proxy URL.

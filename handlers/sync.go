@@ -246,6 +246,8 @@ var errRoundTimeout = errors.New("the sync round ran past its deadline")
 func (s *Syncer) roundError(ctx context.Context, r *round, meta SyncMeta, err error) error {
 	var ge *graphclient.Error
 	switch {
+	case errors.Is(err, graphclient.ErrAuth) && r.job.InstanceChanged(ctx):
+		return worker.RetryAfter(time.Second, fmt.Errorf("the instance's credentials changed during the round; again with the new ones: %w", err))
 	case errors.Is(err, graphclient.ErrAuth):
 		meta.AuthFailed, meta.AuthError = true, err.Error()
 		_ = r.state.PutSyncMeta(context.WithoutCancel(ctx), meta)

@@ -48,6 +48,20 @@ type Job struct {
 	progress func()
 	poolKey  nkeys.KeyPair
 	previous []nkeys.KeyPair // pool keys being rotated out
+	fresh    func(ctx context.Context) (*Instance, error)
+}
+
+// InstanceChanged reads the job's instance record again and reports whether
+// it changed since the job took it: credentials rotated while it ran (an
+// instance update, then the old secret removed from the app). The newer
+// record is then what the worker's copy holds, so a retry of the job uses
+// it.
+func (j *Job) InstanceChanged(ctx context.Context) bool {
+	if j.fresh == nil || j.InstanceConfig == nil {
+		return false
+	}
+	in, err := j.fresh(ctx)
+	return err == nil && in.UpdatedAt.After(j.InstanceConfig.UpdatedAt)
 }
 
 // State is the job's instance's part of the state bucket: its ledger,

@@ -49,7 +49,8 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // Instance is one configured tenant: what the m365_instances bucket holds
 // under <pool>.<id>, so that a pool's workers can be granted exactly their
-// pool's records. Secrets are sealed to the pool's public key.
+// pool's records. Secrets are sealed to the pool's public key; the bucket
+// keeps only the latest revision of a record, so a replaced secret is gone.
 type Instance struct {
 	// ID is Tevyra's module-instance id.
 	ID string `json:"id"`
@@ -453,6 +454,21 @@ func (s *Instances) Lookup(ctx context.Context, pool, id string) (*Instance, err
 // job asked for right after the instance changed.
 func (s *Instances) Fresh(ctx context.Context, pool, id string) (*Instance, error) {
 	return s.lookup(ctx, pool, id, false)
+}
+
+// Refresh is Fresh that also updates the local copy when the bucket holds a
+// newer record than it (the watcher has not delivered it yet).
+func (s *Instances) Refresh(ctx context.Context, pool, id string) (*Instance, error) {
+	in, err := s.lookup(ctx, pool, id, false)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if old, ok := s.cache[id]; !ok || in.UpdatedAt.After(old.UpdatedAt) {
+		s.cache[id] = in
+	}
+	s.mu.Unlock()
+	return in, nil
 }
 
 func (s *Instances) lookup(ctx context.Context, pool, id string, cached bool) (*Instance, error) {

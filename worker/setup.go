@@ -178,8 +178,10 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, t Topology, o SetupO
 			return fmt.Errorf("set up stream %s: %w", cfg.Name, err)
 		}
 	}
+	// The instances bucket keeps no history: a record holds sealed secrets,
+	// and a rotated one must leave no copy behind.
 	kvs := []jetstream.KeyValueConfig{
-		{Bucket: t.InstancesBucket(), Description: "m365-worker instance configuration (secrets sealed)", History: 5, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: t.InstancesBucket(), Description: "m365-worker instance configuration (secrets sealed)", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas},
 		{Bucket: t.StateBucket(), Description: "m365-worker state: delta links, asset state, locks, job ledger, live workers", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, LimitMarkerTTL: time.Second},
 	}
 	for _, cfg := range kvs {
