@@ -123,7 +123,7 @@ func hostileBodies(ctx context.Context, re *receiverEnv, p *receiverProc, t *tal
 
 // slowConns holds n connections that finish the TLS handshake and then
 // send a request's headers a byte a second; one the receiver closes is
-// opened again.
+// opened again a second later.
 func slowConns(ctx context.Context, re *receiverEnv, p *receiverProc, t *tally, n int) {
 	addr := p.base[len("https://"):]
 	for range n {
@@ -133,7 +133,7 @@ func slowConns(ctx context.Context, re *receiverEnv, p *receiverProc, t *tally, 
 				t.add("slow connection closed")
 				select {
 				case <-ctx.Done():
-				case <-time.After(100 * time.Millisecond):
+				case <-time.After(time.Second):
 				}
 			}
 		}()

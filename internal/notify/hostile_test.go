@@ -3,10 +3,13 @@ package notify_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -135,5 +138,43 @@ func TestReplayedNotificationIsSpaced(t *testing.T) {
 	e.rcv.Close()
 	if s := e.rcv.Stats(); s.Published != 2 {
 		t.Errorf("10 replayed copies made %d triggers, want 2", s.Published)
+	}
+}
+
+// Finding 7: one POST of lifecycle notifications with a valid clientState
+// writes one log line, however many it carries (it wrote one each).
+func TestLifecycleLoggingIsBounded(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	cs := clientState("default", "acme")
+	var items []map[string]any
+	for i := range 500 {
+		items = append(items, map[string]any{"subscriptionId": strings.Repeat("s", 200) + fmt.Sprint(i), "lifecycleEvent": "reauthorizationRequired", "clientState": cs})
+	}
+	body, _ := json.Marshal(map[string]any{"value": items})
+	if code := e.post("/default/acme/lifecycle", body); code != 202 {
+		t.Fatalf("lifecycle POST: %d", code)
+	}
+	if recs := e.logs.records("notify: lifecycle notification"); len(recs) != 1 {
+		t.Errorf("%d log lines for one POST, want 1", len(recs))
+	} else if id, _ := recs[0]["subscription_id"].(string); len(id) > 70 {
+		t.Errorf("a subscription id of %d bytes logged", len(id))
+	}
+}
+
+// A receiver tracks at most MaxPending instances at once; a notification
+// for another one past it is answered 503 with Retry-After.
+func TestPendingInstancesAreCapped(t *testing.T) {
+	e := newEnv(t, notify.Config{MaxPending: 1, Spacing: time.Hour})
+	for _, c := range []struct {
+		inst string
+		want int
+	}{{"acme", 202}, {"beta", 503}} {
+		cs := clientState("default", c.inst)
+		if code := e.post("/default/"+c.inst, notifications(1, &cs)); code != c.want {
+			t.Errorf("%s: %d, want %d", c.inst, code, c.want)
+		}
+	}
+	if s := e.rcv.Stats(); s.Requests["busy"] != 1 || s.Published != 1 {
+		t.Errorf("stats %+v", s)
 	}
 }
