@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"sync"
@@ -30,18 +31,35 @@ type CredentialMeta struct {
 // record changed), else the expiry the record was given; a federated
 // credential has no expiry of its own.
 func (r *round) credentialState(c *graphclient.Client, prev *CredentialMeta) *CredentialMeta {
-	in := r.job.InstanceConfig
+	st, err := credentialOf(r.ctx, c, r.job.InstanceConfig, prev)
+	if err != nil {
+		r.log.Debug("sync: the app registration's credentials are not readable (grant Application.Read.All to see the secret's expiry)", "error", err)
+	}
+	return st
+}
+
+// CredentialOf is the instance's credential and its expiry, read now (the
+// app registration's, when readable: err then says why not).
+func CredentialOf(ctx context.Context, c *graphclient.Client, in *worker.Instance) (jobs.CredentialState, error) {
+	st, err := credentialOf(ctx, c, in, nil)
+	if st == nil {
+		return jobs.CredentialState{}, err
+	}
+	return st.CredentialState, err
+}
+
+func credentialOf(ctx context.Context, c *graphclient.Client, in *worker.Instance, prev *CredentialMeta) (*CredentialMeta, error) {
 	switch {
 	case in == nil:
-		return nil
+		return nil, nil
 	case in.FederatedCredential:
-		return &CredentialMeta{CredentialState: jobs.CredentialState{Kind: jobs.CredentialFederated}}
+		return &CredentialMeta{CredentialState: jobs.CredentialState{Kind: jobs.CredentialFederated}}, nil
 	case in.CertificateKey != nil:
 		st := &CredentialMeta{CredentialState: jobs.CredentialState{Kind: jobs.CredentialCertificate}}
 		if ends, _, err := graphclient.CertificateExpiry([]byte(in.Certificate)); err == nil {
 			st.ExpiresAt, st.Source = &ends, jobs.ExpiryFromCertificate
 		}
-		return st
+		return st, nil
 	}
 	st := &CredentialMeta{CredentialState: jobs.CredentialState{Kind: jobs.CredentialClientSecret}}
 	if in.ClientSecretExpiresAt != nil {
@@ -49,20 +67,17 @@ func (r *round) credentialState(c *graphclient.Client, prev *CredentialMeta) *Cr
 	}
 	if prev != nil && prev.Kind == st.Kind && prev.CheckedAt.After(in.UpdatedAt) && time.Since(prev.CheckedAt) < credentialRecheck {
 		if prev.Source == jobs.ExpiryFromGraph {
-			return prev
+			return prev, nil
 		}
 		st.CheckedAt = prev.CheckedAt // not readable then: the record's
-		return st
+		return st, nil
 	}
-	ends, found, err := c.CredentialExpiry(r.ctx)
+	ends, found, err := c.CredentialExpiry(ctx)
 	st.CheckedAt = time.Now().UTC()
-	switch {
-	case err != nil:
-		r.log.Debug("sync: the app registration's credentials are not readable (grant Application.Read.All to see the secret's expiry)", "error", err)
-	case found:
+	if err == nil && found {
 		st.ExpiresAt, st.Source = &ends, jobs.ExpiryFromGraph
 	}
-	return st
+	return st, err
 }
 
 // credentialWarnings warn of a credential ending within

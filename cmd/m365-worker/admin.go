@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/internal/notify"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
@@ -255,8 +256,16 @@ func showInstance(w io.Writer, in *worker.Instance) error {
 	switch {
 	case in.ClientSecret != nil:
 		secret = "client secret " + in.ClientSecret.String()
+		if in.ClientSecretExpiresAt != nil {
+			secret += ", expires " + in.ClientSecretExpiresAt.Format("2006-01-02")
+		}
 	case in.CertificateKey != nil:
 		secret = "certificate, key " + in.CertificateKey.String()
+		if ends, _, err := graphclient.CertificateExpiry([]byte(in.Certificate)); err == nil {
+			secret += ", expires " + ends.Format("2006-01-02")
+		}
+	case in.FederatedCredential:
+		secret = "federated (no secret: the app trusts the pool's identity)"
 	}
 	proxy := in.HTTPProxy
 	if in.ProxyCredentials != nil {
@@ -292,6 +301,8 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 	secretFile := fs.String("secret-file", "", "file holding the client secret ('-' for standard input)")
 	certFile := fs.String("certificate", "", "certificate file (PEM), with --certificate-key")
 	keyFile := fs.String("certificate-key", "", "certificate private key file (PEM)")
+	federated := fs.Bool("federated-credential", false, "no secret: the app registration trusts the pool's identity (a federated credential with the issuer and subject Tevyra publishes); replaces a secret or certificate")
+	secretExpires := fs.String("secret-expires", "", "the client secret's expiry as the Azure portal shows it (2027-06-30), for status, metrics and warnings when the app may not read its registration")
 	config := fs.String("config", "", "the module configuration as Tevyra documents it: {\"tenant_id\",\"client_id\",\"client_secret\"} ('-' for standard input)")
 	cloud := fs.String("cloud", "", "global, usgov, usgov-dod or china")
 	pool := fs.String("pool", "", "worker pool serving the instance (default: default)")
@@ -384,7 +395,20 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 		if in.ClientSecret, err = jobs.SealFor([]byte(s), pub, in.SecretBinding(worker.FieldClientSecret)); err != nil {
 			return err
 		}
-		in.CertificateKey, in.Certificate = nil, ""
+		in.CertificateKey, in.Certificate, in.FederatedCredential, in.ClientSecretExpiresAt = nil, "", false, nil
+	}
+	if *federated {
+		if len(secret) > 0 || *keyFile != "" {
+			return usageError{errors.New("--federated-credential replaces a secret: give no --secret-file, --config secret or --certificate-key with it")}
+		}
+		in.FederatedCredential, in.ClientSecret, in.CertificateKey, in.Certificate, in.ClientSecretExpiresAt = true, nil, nil, "", nil
+	}
+	if *secretExpires != "" {
+		t, err := parseDay(*secretExpires)
+		if err != nil {
+			return usageError{fmt.Errorf("--secret-expires: %v", err)}
+		}
+		in.ClientSecretExpiresAt = &t
 	}
 	if *certFile != "" || *keyFile != "" {
 		cert, err := os.ReadFile(*certFile)
@@ -398,7 +422,7 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 		if in.CertificateKey, err = jobs.SealFor(key, pub, in.SecretBinding(worker.FieldCertificateKey)); err != nil {
 			return err
 		}
-		in.Certificate, in.ClientSecret = string(cert), nil
+		in.Certificate, in.ClientSecret, in.FederatedCredential, in.ClientSecretExpiresAt = string(cert), nil, false, nil
 	}
 	if err := sealProxyCredentials(&in, pub, *proxy != ""); err != nil {
 		return err
@@ -419,6 +443,19 @@ func instancePut(ctx context.Context, sub string, args []string, stdout, stderr 
 	}
 	fmt.Fprintln(stdout)
 	return nil
+}
+
+// parseDay reads a date (2027-06-30, the end of that day UTC) or an
+// RFC 3339 time.
+func parseDay(s string) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t.UTC(), nil
+	}
+	d, err := time.Parse("2006-01-02", s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not a date (2027-06-30) or an RFC 3339 time", s)
+	}
+	return d.Add(24*time.Hour - time.Second), nil
 }
 
 // sealProxyCredentials moves credentials given in --http-proxy

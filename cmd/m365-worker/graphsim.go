@@ -36,6 +36,8 @@ func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	deltaTTL := fs.Duration("delta-token-ttl", 7*24*time.Hour, "lifetime of delta tokens")
 	readOnly := fs.Bool("read-only", false, "grant seeded apps only the read permissions")
 	noUserAdmin := fs.Bool("no-user-admin-role", false, "seeded apps lack the User Administrator role (password resets fail)")
+	fedSubject := fs.String("federated-subject", "", "serve a test issuer, give every seeded app a federated credential for this subject (e.g. system:serviceaccount:m365:m365-worker) and write a token for it to --federated-token-out")
+	fedOut := fs.String("federated-token-out", "graphsim-federated-token", "with --federated-subject: the token file (valid 24 h; point the workers' --federated-token-file at it)")
 	conformance := fs.Bool("conformance", false, "check every request and answer against Graph v1.0's description and print each one outside it on stderr (docs/graphsim.md)")
 	if err := fs.parse(args); err != nil {
 		return err
@@ -72,6 +74,11 @@ func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := os.WriteFile(*caOut, sim.CAPEM(), 0o644); err != nil {
 		return fmt.Errorf("write CA: %w", err)
 	}
+	if *fedSubject != "" {
+		if err := federate(sim, *fedSubject, *fedOut); err != nil {
+			return err
+		}
+	}
 	creds, _ := json.MarshalIndent(sim.Credentials(), "", "  ")
 	if err := os.WriteFile(*credsOut, append(creds, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write credentials: %w", err)
@@ -85,4 +92,22 @@ func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			r.Requests, r.Answers, len(r.Operations), r.Values, len(r.Violations))
 	}
 	return nil
+}
+
+// federate serves a test issuer, trusts it for subject in every seeded app
+// and writes a token it signed for subject to out.
+func federate(sim *graphsim.Server, subject, out string) error {
+	iss, err := sim.NewIssuer("cluster")
+	if err != nil {
+		return err
+	}
+	for _, c := range sim.Credentials() {
+		if err := sim.Mutate(c.TenantID, func(a *graphsim.Admin) error {
+			a.App(c.ClientID).Federated = []graphsim.FederatedCredential{{Issuer: iss.URL(), Subject: subject, Audiences: []string{graphsim.FederationAudience}}}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(out, []byte(iss.Mint(subject, []string{graphsim.FederationAudience}, 24*time.Hour)), 0o600)
 }

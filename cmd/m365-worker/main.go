@@ -226,7 +226,7 @@ func (f *flagSet) parse(args []string) error {
 type poolFlags struct {
 	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
 	jsDomain, jsAPIPrefix                                      *string
-	notifyURL, notifyKeyFile                                   *string
+	notifyURL, notifyKeyFile, federatedTokenFile               *string
 	notifyBackstop, notifySpacing                              *time.Duration
 	allowOverrides                                             *bool
 	concurrency, replicas, share                               *int
@@ -235,23 +235,24 @@ type poolFlags struct {
 
 func addPoolFlags(fs *flagSet) *poolFlags {
 	return &poolFlags{
-		pool:           fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
-		concurrency:    fs.Int("concurrency", worker.DefaultConcurrency, "jobs handled at once by this worker (they mostly wait on Graph: the bound is for memory, not the CPU)"),
-		share:          fs.Int("instance-share", 0, "slots each instance is sure of: past it an instance borrows free ones while this many stay free, so one tenant's burst leaves slots for the others (default: 32, at most a quarter of the concurrency)"),
-		ackWait:        fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
-		shutdown:       fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
-		logLevel:       fs.String("log-level", "info", "debug, info, warn or error"),
-		logFormat:      fs.String("log-format", "text", "text or json"),
-		prefix:         fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
-		replicas:       fs.Int("replicas", 1, "stream and bucket replicas (3 in a cluster)"),
-		poolKeyFile:    fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
-		httpListen:     fs.String("http-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9465 (off when empty)"),
-		jsDomain:       fs.String("js-domain", "", "JetStream domain of the hub, for workers on a leaf node in the hub's account"),
-		jsAPIPrefix:    fs.String("js-api-prefix", "", "JetStream API prefix the site's account imports the hub's services under (JSHUB.API for deploy/nats/leaf.conf)"),
-		notifyURL:      fs.String("notify-url", "", "where Graph reaches the notification receiver (m365-worker notify), e.g. https://hooks.example.com/graph: the pool's instances then get change-notification subscriptions (docs/notify.md)"),
-		notifyKeyFile:  fs.String("notify-key-file", "", "the pool's notification key (m365-worker pool notify-key), which derives each instance's clientState"),
-		notifyBackstop: fs.Duration("notify-backstop", 30*time.Minute, "while an instance's subscriptions are healthy, its scheduled ticks run a round only this often"),
-		notifySpacing:  fs.Duration("notify-spacing", 30*time.Second, "the least time between two rounds of an instance that notification triggers start; a trigger within it waits for its end"),
+		pool:               fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
+		concurrency:        fs.Int("concurrency", worker.DefaultConcurrency, "jobs handled at once by this worker (they mostly wait on Graph: the bound is for memory, not the CPU)"),
+		share:              fs.Int("instance-share", 0, "slots each instance is sure of: past it an instance borrows free ones while this many stay free, so one tenant's burst leaves slots for the others (default: 32, at most a quarter of the concurrency)"),
+		ackWait:            fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
+		shutdown:           fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
+		logLevel:           fs.String("log-level", "info", "debug, info, warn or error"),
+		logFormat:          fs.String("log-format", "text", "text or json"),
+		prefix:             fs.String("prefix", jobs.DefaultPrefix, "subject prefix of the deployment"),
+		replicas:           fs.Int("replicas", 1, "stream and bucket replicas (3 in a cluster)"),
+		poolKeyFile:        fs.String("pool-key-file", "", "file with the pool's curve seed (SX...), which opens sealed secrets; or set M365_POOL_KEY"),
+		httpListen:         fs.String("http-listen", "", "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9465 (off when empty)"),
+		jsDomain:           fs.String("js-domain", "", "JetStream domain of the hub, for workers on a leaf node in the hub's account"),
+		jsAPIPrefix:        fs.String("js-api-prefix", "", "JetStream API prefix the site's account imports the hub's services under (JSHUB.API for deploy/nats/leaf.conf)"),
+		notifyURL:          fs.String("notify-url", "", "where Graph reaches the notification receiver (m365-worker notify), e.g. https://hooks.example.com/graph: the pool's instances then get change-notification subscriptions (docs/notify.md)"),
+		notifyKeyFile:      fs.String("notify-key-file", "", "the pool's notification key (m365-worker pool notify-key), which derives each instance's clientState"),
+		notifyBackstop:     fs.Duration("notify-backstop", 30*time.Minute, "while an instance's subscriptions are healthy, its scheduled ticks run a round only this often"),
+		notifySpacing:      fs.Duration("notify-spacing", 30*time.Second, "the least time between two rounds of an instance that notification triggers start; a trigger within it waits for its end"),
+		federatedTokenFile: fs.String("federated-token-file", os.Getenv("AZURE_FEDERATED_TOKEN_FILE"), "the pool's federated token (a projected service-account token, audience api://AzureADTokenExchange), the client assertion of instances with a federated credential; default: AZURE_FEDERATED_TOKEN_FILE as the workload identity webhook sets it"),
 		allowOverrides: fs.Bool("allow-endpoint-overrides", false, "use the authority, graph_root and ca_pem of instance records (a Graph simulator or test tenant); "+
 			"without it such an instance's jobs fail with endpoint_override_refused (national clouds need only cloud; the demo of run turns it on)"),
 	}
@@ -388,7 +389,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 		_ = traces.Shutdown(sctx)
 	}()
 	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
-	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides})
+	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides, FederatedTokenFile: *p.federatedTokenFile})
 	reg := worker.Registry{}
 	notifyCfg, err := p.notifyConfig()
 	if err != nil {
@@ -426,7 +427,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	if err != nil {
 		return err
 	}
-	obs := worker.NewObserver(w, js.Conn(), graphMetrics(graph), subscriptionMetrics(syncer.SubscriptionStats()))
+	obs := worker.NewObserver(w, js.Conn(), graphMetrics(graph), subscriptionMetrics(syncer.SubscriptionStats()), syncer.CredentialMetrics)
 	svc, err := obs.Micro(version)
 	if err != nil {
 		return fmt.Errorf("register the NATS micro service: %w", err)

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -25,6 +28,7 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	cf := addConnFlags(fs)
 	keyFile := fs.String("pool-key-file", "", "the pool's private seed (or M365_POOL_KEY), to open the instance's secret")
 	allowOverrides := fs.Bool("allow-endpoint-overrides", false, "use the instance record's authority, graph_root and ca_pem (a Graph simulator or test tenant), as the workers do with the same flag")
+	tokenFile := fs.String("federated-token-file", os.Getenv("AZURE_FEDERATED_TOKEN_FILE"), "the pool's federated token, to test an instance with a federated credential (as the workers' --federated-token-file)")
 	if err := fs.parse(rest); err != nil {
 		return err
 	}
@@ -48,7 +52,7 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	c, err := graphclient.NewPool(graphclient.PoolConfig{MaxAttempts: 2, MaxWait: 10 * time.Second, AllowEndpointOverrides: *allowOverrides}).Client(cfg)
+	c, err := graphclient.NewPool(graphclient.PoolConfig{MaxAttempts: 2, MaxWait: 10 * time.Second, AllowEndpointOverrides: *allowOverrides, FederatedTokenFile: *tokenFile}).Client(cfg)
 	if errors.Is(err, graphclient.ErrEndpointOverride) {
 		return fmt.Errorf("%w; --allow-endpoint-overrides uses them", err)
 	}
@@ -58,9 +62,17 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	g, err := c.Grants(ctx)
 	if err != nil {
 		fmt.Fprintf(stdout, "✗ token: %v\n", err)
+		if in.FederatedCredential {
+			fmt.Fprintln(stdout, federatedHint(*tokenFile))
+		}
 		return errSilent
 	}
 	fmt.Fprintf(stdout, "✓ token for app %s in tenant %s\n  granted: %s\n", in.ClientID, in.TenantID, strings.Join(g.Roles, ", "))
+	cred, credErr := handlers.CredentialOf(ctx, c, in)
+	fmt.Fprintf(stdout, "  credential: %s\n", credentialLine(cred, time.Now()))
+	if credErr != nil && cred.Kind != jobs.CredentialFederated && cred.Kind != jobs.CredentialCertificate {
+		fmt.Fprintln(stdout, "  (optional) grant Application.Read.All to let the workers read the client secret's expiry from the app registration")
+	}
 	type check struct {
 		what  string
 		ok    bool
@@ -111,6 +123,48 @@ func instanceTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return nil
 }
 
+// credentialLine is a credential's kind and expiry for people.
+func credentialLine(c jobs.CredentialState, now time.Time) string {
+	kind := map[string]string{jobs.CredentialClientSecret: "client secret", jobs.CredentialCertificate: "certificate",
+		jobs.CredentialFederated: "federated (no secret to expire)"}[c.Kind]
+	if kind == "" {
+		return "unknown"
+	}
+	if c.ExpiresAt == nil {
+		if c.Kind == jobs.CredentialFederated {
+			return kind
+		}
+		return kind + ", expiry unknown (give --secret-expires, or grant Application.Read.All)"
+	}
+	from := map[string]string{jobs.ExpiryFromCertificate: "the certificate", jobs.ExpiryFromRecord: "the instance record", jobs.ExpiryFromGraph: "the app registration"}[c.Source]
+	left := c.ExpiresAt.Sub(now)
+	when := fmt.Sprintf("in %d days", int(left.Hours()/24))
+	switch {
+	case left <= 0:
+		when = "EXPIRED"
+	case left <= jobs.CredentialWarning:
+		when = fmt.Sprintf("in %d days: renew it", int(left.Hours()/24))
+	}
+	return fmt.Sprintf("%s, expires %s (%s; from %s)", kind, c.ExpiresAt.UTC().Format("2006-01-02"), when, from)
+}
+
+// federatedHint says what a federated credential of the app must name: the
+// issuer and subject of the pool's token (read, not verified).
+func federatedHint(tokenFile string) string {
+	b, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return "  the pool's federated token is needed to test it: --federated-token-file (the workers' token file)"
+	}
+	parts := strings.Split(strings.TrimSpace(string(b)), ".")
+	var claims struct{ Iss, Sub string }
+	if len(parts) == 3 {
+		if raw, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil {
+			_ = json.Unmarshal(raw, &claims)
+		}
+	}
+	return fmt.Sprintf("  the app registration needs a federated credential (Certificates & secrets → Federated credentials → Other issuer) with\n    issuer:   %s\n    subject:  %s\n    audience: api://AzureADTokenExchange", claims.Iss, claims.Sub)
+}
+
 // cmdStatus shows instances and pools.
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("status", "Per instance: the last sync, the indicators, credential health and the next scheduled tick.\nPer pool: the live workers and the consumer's backlog.", stderr)
@@ -135,6 +189,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Running    *handlers.SyncProgress `json:"running,omitempty"`
 		NextSync   *time.Time             `json:"next_sync,omitempty"`
 		Credential string                 `json:"credentials"`
+		Expiry     *jobs.CredentialState  `json:"credential,omitempty"`
 	}
 	type poolStatus struct {
 		Pool        string `json:"pool"`
@@ -158,6 +213,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			st.Credential = "refused: " + m.AuthError
 		} else if m.LastAt.IsZero() {
 			st.Credential = "not yet used"
+		}
+		if m.Credential != nil {
+			st.Expiry = &m.Credential.CredentialState
 		}
 		if p, ok := running[in.ID]; ok {
 			st.Running = &p
@@ -200,6 +258,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				ind.UsersTotal, ind.UsersEnabled, ind.UsersLicensed, ind.GroupsTotal, ind.LicensesConsumed, ind.LicensesTotal)
 		}
 		fmt.Fprintf(stdout, "  credentials: %s\n", st.Credential)
+		if st.Expiry != nil {
+			fmt.Fprintf(stdout, "               %s\n", credentialLine(*st.Expiry, time.Now()))
+		}
 		if n := st.Sync.Notify; n != nil {
 			fmt.Fprintf(stdout, "  notifications: %s\n", notifyLine(n, time.Now()))
 		}
