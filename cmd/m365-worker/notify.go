@@ -66,6 +66,7 @@ func cmdNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := f.check(*cf.prefix); err != nil {
 		return err
 	}
+	memoryLimitFromContainer(log)
 	masters, err := f.masterKeys()
 	if err != nil {
 		return err

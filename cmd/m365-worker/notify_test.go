@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -283,4 +285,27 @@ func TestNotifyManifest(t *testing.T) {
 		return
 	}
 	t.Fatal("no m365-notify Deployment")
+}
+
+func TestMemoryLimitFromContainer(t *testing.T) {
+	dir := t.TempDir()
+	old := cgroupMemoryMax
+	t.Cleanup(func() { cgroupMemoryMax = old })
+	log := slog.New(slog.DiscardHandler)
+	for content, want := range map[string]int64{"134217728\n": 134217728 / 10 * 9, "max\n": 0} {
+		cgroupMemoryMax = filepath.Join(dir, "memory.max")
+		if err := os.WriteFile(cgroupMemoryMax, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("GOMEMLIMIT", "")
+		prev := debug.SetMemoryLimit(-1)
+		if got := memoryLimitFromContainer(log); got != want {
+			t.Errorf("memory.max %q: limit %d, want %d", content, got, want)
+		}
+		debug.SetMemoryLimit(prev)
+	}
+	t.Setenv("GOMEMLIMIT", "100MiB")
+	if got := memoryLimitFromContainer(log); got != 0 {
+		t.Errorf("with GOMEMLIMIT set: %d", got)
+	}
 }
