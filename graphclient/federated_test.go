@@ -82,3 +82,32 @@ func TestAppCredentials(t *testing.T) {
 		t.Fatalf("app credentials %+v, want the secret %s… ending %s", creds, cfg.ClientSecret[:3], ends)
 	}
 }
+
+// A rotated secret makes a new client with a credential of its own: its
+// first call takes a new token, none of the old credential's is reused.
+func TestRotatedSecretTakesANewToken(t *testing.T) {
+	sim := startSim(t, graphsim.Options{Users: 10, Groups: 1, NoThrottling: true})
+	cfg := simConfig(sim, 0)
+	const rotated = "r0tated~secret.value-0123456789abcdef"
+	_ = sim.Mutate(cfg.TenantID, func(a *graphsim.Admin) error {
+		a.App(cfg.ClientID).MoreSecrets = []graphsim.AppSecret{{Value: rotated}}
+		return nil
+	})
+	pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true})
+	old := newClient(t, pool, cfg)
+	if _, err := old.SubscribedSKUs(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cfg.ClientSecret = rotated
+	c := newClient(t, pool, cfg)
+	before := sim.Tokens.Load()
+	if _, err := c.SubscribedSKUs(context.Background()); err != nil || c == old {
+		t.Fatalf("after the rotation: %v (same client %v)", err, c == old)
+	}
+	if n := sim.Tokens.Load() - before; n != 1 {
+		t.Fatalf("%d token requests for the rotated secret's first call, want 1 (a fresh token)", n)
+	}
+	if len(pool.Stats()) != 1 {
+		t.Fatalf("the pool keeps %d clients for one instance", len(pool.Stats()))
+	}
+}

@@ -175,6 +175,9 @@ func TestCredentialExpiry(t *testing.T) {
 		in.ClientSecretExpiresAt = &given
 	})
 	check(e.reportOf("given"), jobs.CredentialClientSecret, jobs.ExpiryFromRecord, given, true)
+	if m := e.syncer.CredentialMetrics(); !hasMetric(m, "given", float64(given.Unix())) {
+		t.Fatalf("m365_credential_expires_timestamp_seconds of the record's expiry: %+v", m)
+	}
 }
 
 func hasMetric(ms []worker.Metric, instance string, v float64) bool {
