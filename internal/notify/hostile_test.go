@@ -1,8 +1,10 @@
 package notify_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -176,5 +178,26 @@ func TestPendingInstancesAreCapped(t *testing.T) {
 	}
 	if s := e.rcv.Stats(); s.Requests["busy"] != 1 || s.Published != 1 {
 		t.Errorf("stats %+v", s)
+	}
+}
+
+// A body that does not arrive within BodyTimeout of the headers is
+// answered 400: a slow sender holds nothing for long.
+func TestSlowBodyIsCutOff(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	c, err := tls.Dial("tcp", e.srv.Listener.Addr().String(), e.srv.Client().Transport.(*http.Transport).TLSClientConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "POST /default/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"value\":[")
+	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second)) // a hang guard
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a body that stopped: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a body that stopped: %d, want 400", resp.StatusCode)
 	}
 }
