@@ -6,10 +6,12 @@
 // lifecycle events, <base>/P/I/lifecycle. Its clientState is derived from a
 // master key (ClientState(PoolKey(master, P), I)), so the receiver needs no
 // database: a notification whose clientState matches is Graph speaking for
-// that instance. Accepted notifications of one instance within a window
-// make one trigger, a sync job published on <prefix>.jobs.P.I.notified with
-// Nats-Rollup: sub, so that a burst leaves at most one trigger waiting in
-// the jobs stream.
+// that instance. An instance's notifications make at most one trigger per
+// spacing (Config.Spacing), a sync job published on
+// <prefix>.jobs.P.I.notified with Nats-Rollup: sub, so that at most one
+// waits in the jobs stream. The first is stored before the notification is
+// answered (503 when it cannot be); what any request costs before its
+// clientState is checked is bounded (body.go, Config's caps).
 package notify
 
 import (
