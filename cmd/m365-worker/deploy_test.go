@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -24,6 +23,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/tevyra/m365-worker/internal/pki"
 	"github.com/tevyra/m365-worker/jobs"
@@ -389,17 +390,17 @@ type k8sDoc struct {
 	} `yaml:"spec"`
 }
 
-// readK8s renders the kustomize base with kubectl (installed on this
-// machine; the test fails, never skips, without it).
+// readK8s renders the kustomize base in-process with the kustomize API (what
+// kubectl kustomize runs), so the test needs no kubectl.
 func readK8s(t *testing.T) []k8sDoc {
 	t.Helper()
-	kubectl, err := exec.LookPath("kubectl")
+	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), "../../deploy/k8s")
 	if err != nil {
-		t.Fatal("kubectl is needed to render deploy/k8s (apt-get install kubectl): ", err)
+		t.Fatalf("kustomize deploy/k8s: %v", err)
 	}
-	out, err := exec.Command(kubectl, "kustomize", "../../deploy/k8s").Output()
+	out, err := m.AsYaml()
 	if err != nil {
-		t.Fatalf("kubectl kustomize deploy/k8s: %v %s", err, exitStderr(err))
+		t.Fatalf("kustomize deploy/k8s: %v", err)
 	}
 	var docs []k8sDoc
 	dec := yaml.NewDecoder(bytes.NewReader(out))
@@ -414,14 +415,6 @@ func readK8s(t *testing.T) []k8sDoc {
 		docs = append(docs, d)
 	}
 	return docs
-}
-
-func exitStderr(err error) string {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return string(ee.Stderr)
-	}
-	return ""
 }
 
 // The Kubernetes manifests cannot be applied here; they are parsed and held
