@@ -307,7 +307,9 @@ func (w *Worker) handle(d *delivery) error {
 	j := &Job{Job: &env, Params: d.parsed.params, Pool: d.addr.Pool, Worker: w.cfg.ID, Attempt: d.attempt, Delivery: int(d.meta.NumDelivered),
 		StreamSeq: d.meta.Sequence.Stream, Published: d.meta.Timestamp, Trigger: triggerOf(d.msg), InstanceConfig: d.inst, Logger: d.log,
 		state: d.scope, lock: d.lock, progress: func() { _ = d.msg.InProgress() }, poolKey: w.cfg.PoolKey, previous: w.cfg.PreviousPoolKeys,
-		fresh: func(ctx context.Context) (*Instance, error) { return w.instances.Refresh(ctx, d.addr.Pool, d.job.Instance) }}
+		fresh: func(ctx context.Context) (*Instance, error) {
+			return w.instances.Refresh(ctx, d.addr.Pool, d.job.Instance)
+		}}
 	out, err := w.runHandler(d, j)
 	d.out = out
 	return err
