@@ -367,7 +367,7 @@ type SyncReport struct {
 	Retries       int64 `json:"retries"`
 	// MissedTicks counts the scheduled ticks a ticks_missed report stands
 	// for.
-	MissedTicks int    `json:"missed_ticks,omitempty"`
+	MissedTicks int `json:"missed_ticks,omitempty"`
 	// Credential is the instance's credential as the round knew it: its
 	// kind and, when known, its expiry.
 	Credential *CredentialState `json:"credential,omitempty"`
