@@ -250,6 +250,33 @@ func TestTraceFromTevyraToGraphAndBack(t *testing.T) {
 		t.Error("no asset delta of the round carries its trace")
 	}
 
+	// A notification trigger stands for the notifications rolled up into
+	// it: the round it causes links to the context it carries.
+	tctx, receiver := tp.Tracer("receiver").Start(context.Background(), "receiver: trigger acme")
+	receiver.End()
+	trig := nats.NewMsg(jobs.Subjects{}.NotifiedJob("default", "acme"))
+	trig.Data = []byte(`{"schema_version":1,"id":"notified-acme","instance":"acme","action":"sync","requested_by":"graph-notification"}`)
+	rsc := trace.SpanContextFromContext(tctx)
+	trig.Header.Set("traceparent", fmt.Sprintf("00-%s-%s-%s", rsc.TraceID(), rsc.SpanID(), rsc.TraceFlags()))
+	if _, err := e.js.PublishMsg(context.Background(), trig); err != nil {
+		t.Fatal(err)
+	}
+	var notified tracetest.SpanStub
+	workertest.Eventually(t, 60*time.Second, "the notified round's span", func() bool {
+		for _, s := range collected(exp) {
+			if attr(s, "messaging.destination.name") == "m365.jobs.default.acme.notified" && attr(s, "m365.outcome") == "succeeded" {
+				notified = s
+				return true
+			}
+		}
+		return false
+	})
+	if notified.Parent.IsValid() || len(notified.Links) != 1 || notified.Links[0].SpanContext.SpanID() != rsc.SpanID() ||
+		notified.Name != "process m365.jobs.default.{instance}.notified" || attr(notified, "m365.trigger") != jobs.TriggerNotification {
+		t.Errorf("the notified round: %s, parent %s, links %v", notified.Name, notified.Parent.SpanID(), notified.Links)
+	}
+	ss = collected(exp)
+
 	// No secret in any span: the app's client secret, a bearer token.
 	secret := e.sim.Credentials()[0].ClientSecret
 	for _, s := range ss {

@@ -59,9 +59,18 @@ func (w *Worker) startJobSpan(ctx context.Context, msg jetstream.Msg, pj parsedM
 	if meta, err := msg.Metadata(); err == nil {
 		attrs = append(attrs, attrStreamSeq.Int64(int64(meta.Sequence.Stream)), attrDeliveries.Int64(int64(meta.NumDelivered)))
 	}
-	parent := tracing.WithProvider(tracing.Extract(ctx, msg.Headers()), w.cfg.TracerProvider)
-	return tracing.Tracer(w.cfg.TracerProvider).Start(parent, "process "+tmpl,
-		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+	ctx = tracing.WithProvider(ctx, w.cfg.TracerProvider)
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...)}
+	parent := tracing.Extract(ctx, msg.Headers())
+	if triggerOf(msg) == jobs.TriggerNotification {
+		// A trigger stands for every notification rolled up into it: the
+		// round links to the context it carries and is a trace of its own.
+		if sc := trace.SpanContextFromContext(parent); sc.IsValid() {
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+		}
+		parent = ctx
+	}
+	return tracing.Tracer(w.cfg.TracerProvider).Start(parent, "process "+tmpl, opts...)
 }
 
 // subjectTemplate is a job subject with its instance token as
