@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/tevyra/m365-worker/internal/tracing"
 )
 
 // Counters count one client's Graph traffic.
@@ -135,7 +137,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, &Error{Message: "Graph unreachable: " + err.Error(), err: err}
 			}
 			d := bo.NextBackOff()
-			t.log.Debug("graph: network error; retrying", "error", err, "retry_in", d, "attempt", attempt)
+			t.log.Debug("graph: network error; retrying", append([]any{"error", err, "retry_in", d, "attempt", attempt}, tracing.LogAttrs(ctx)...)...)
 			t.counters.retries.Add(1)
 			if err := waitFor(ctx, "wait before resending (network error)", d); err != nil {
 				return nil, err
@@ -188,7 +190,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		drain(resp)
 		t.counters.retries.Add(1)
-		t.log.Debug("graph: retrying", "status", resp.StatusCode, "retry_after", ra, "attempt", attempt)
+		t.log.Debug("graph: retrying", append([]any{"status", resp.StatusCode, "retry_after", ra, "attempt", attempt}, tracing.LogAttrs(ctx)...)...)
 		if err := waitFor(ctx, "wait before resending (Graph's Retry-After or back-off)", ra); err != nil {
 			return nil, err
 		}
