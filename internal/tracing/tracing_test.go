@@ -2,12 +2,19 @@ package tracing
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestTraceContextInNATSHeaders(t *testing.T) {
@@ -80,5 +87,63 @@ func TestGlobalProviderServesTheModuleOnly(t *testing.T) {
 	got := exp.GetSpans()
 	if len(got) != 2 || got[0].Name != "GET" || got[0].Parent.SpanID() != job.SpanContext().SpanID() {
 		t.Fatalf("spans: %v", got.Snapshots())
+	}
+}
+
+// Setup exports over OTLP/HTTP to the endpoint the environment names: a
+// span made under the module's scope arrives at a collector (here a real
+// HTTP server standing in for one), one made under another scope does not.
+func TestSetupExportsToTheConfiguredEndpoint(t *testing.T) {
+	got := make(chan []string, 16)
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		var req collectortrace.ExportTraceServiceRequest
+		if r.URL.Path == "/v1/traces" && proto.Unmarshal(b, &req) == nil {
+			var names []string
+			for _, rs := range req.ResourceSpans {
+				for _, ss := range rs.ScopeSpans {
+					for _, sp := range ss.Spans {
+						names = append(names, ss.Scope.GetName()+" "+sp.Name)
+					}
+				}
+			}
+			got <- names
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	}))
+	defer collector.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
+	t.Setenv("OTEL_SERVICE_NAME", "m365-worker-test")
+	p, err := Setup(context.Background(), "m365-worker", "test", slog.New(slog.DiscardHandler))
+	if err != nil || !p.Exporting {
+		t.Fatalf("setup: %v (exporting %v)", err, p != nil && p.Exporting)
+	}
+	_, s := otel.GetTracerProvider().Tracer(Scope).Start(context.Background(), "job")
+	s.End()
+	_, k := otel.GetTracerProvider().Tracer("github.com/microsoft/kiota-http-go").Start(context.Background(), "kiota")
+	k.End()
+	if err := p.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case names := <-got:
+		if len(names) != 1 || names[0] != Scope+" job" {
+			t.Fatalf("exported %v, want the module's span only", names)
+		}
+	default:
+		t.Fatal("nothing reached the collector")
+	}
+	if k.SpanContext().IsValid() {
+		t.Error("the SDK's span was recorded")
+	}
+
+	// Unconfigured: nothing is exported, and the provider records nothing.
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	p, err = Setup(context.Background(), "m365-worker", "test", slog.New(slog.DiscardHandler))
+	if err != nil || p.Exporting {
+		t.Fatalf("unconfigured: %v, exporting %v", err, p.Exporting)
+	}
+	if _, s := otel.GetTracerProvider().Tracer(Scope).Start(context.Background(), "job"); s.IsRecording() {
+		t.Error("an unconfigured provider records")
 	}
 }
