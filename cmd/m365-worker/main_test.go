@@ -332,6 +332,7 @@ func TestGraphsimCommand(t *testing.T) {
 	req, _ := http.NewRequest("GET", tn.GraphRoot+"/v1.0/users/$count", nil)
 	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
 	req.Header.Set("ConsistencyLevel", "eventual")
+	req.Header.Set("client-request-id", "6f0c1a52-2b6e-4c1e-9d3f-2a7b5e8c9d01")
 	resp, err = hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -342,6 +343,10 @@ func TestGraphsimCommand(t *testing.T) {
 		t.Errorf("users/$count = %q", n)
 	}
 	s.interrupt(t)
+	// --conformance (start adds it) counts what it checked at exit.
+	if l := s.waitLine(t, "conformance: "); !strings.HasPrefix(l, "conformance: 1 requests and 1 answers checked") || !strings.HasSuffix(l, "0 outside Graph's description") {
+		t.Errorf("the conformance summary: %q", l)
+	}
 }
 
 // The pool's private key is read from M365_POOL_KEY once and dropped from

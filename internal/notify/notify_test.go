@@ -671,7 +671,9 @@ func TestDeferredTriggerIsRetriedThenDropped(t *testing.T) {
 			t.Fatalf("second POST: %d", code)
 		}
 	}
-	e := newEnv(t, notify.Config{Spacing: 5 * time.Millisecond, PublishTimeout: 2 * time.Second,
+	// The spacing is long enough that the second POST, after a stream
+	// deletion on a loaded machine, always falls within it.
+	e := newEnv(t, notify.Config{Spacing: 2 * time.Second, PublishTimeout: 2 * time.Second,
 		Retry: retry.Policy{Initial: 5 * time.Millisecond, Max: 10 * time.Millisecond, Tries: 3}})
 	deferOne(e)
 	eventually(t, "the deferred trigger dropped", func() bool { return e.rcv.Stats().Dropped == 1 })
@@ -689,7 +691,7 @@ func TestDeferredTriggerIsRetriedThenDropped(t *testing.T) {
 	e.rcv.Close()
 
 	// The stream comes back while the trigger is retried.
-	e2 := newEnv(t, notify.Config{Spacing: 5 * time.Millisecond, PublishTimeout: 2 * time.Second,
+	e2 := newEnv(t, notify.Config{Spacing: 2 * time.Second, PublishTimeout: 2 * time.Second,
 		Retry: retry.Policy{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond, MaxElapsed: 5 * time.Minute}})
 	deferOne(e2)
 	eventually(t, "a retry", func() bool { return e2.rcv.Stats().PublishRetries >= 2 })
