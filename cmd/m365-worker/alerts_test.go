@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -262,7 +263,10 @@ func TestDashboardsAndAlerts(t *testing.T) {
 
 	dir := t.TempDir()
 	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
-	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "20", "--groups", "2", "--ca-out", ca, "--credentials-out", creds)
+	// The seeded secrets expire in 5 days: the second tenant's instance,
+	// with the right secret, is the fault of M365CredentialExpiresSoon.
+	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--tenants", "2", "--users", "20", "--groups", "2", "--ca-out", ca, "--credentials-out", creds,
+		"--secret-ends", time.Now().Add(5*24*time.Hour).UTC().Format(time.RFC3339))
 	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
 	if _, code := cli(t, "", "pool", "keygen", "--out", filepath.Join(dir, "pool.seed")); code != 0 {
 		t.Fatal("pool keygen")
@@ -303,6 +307,19 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	cancel()
 	if err != nil || res.Status != jobs.StatusFailed || res.Error == nil || res.Error.Code != "auth_failed" {
 		t.Fatalf("the sync with a refused secret: %+v %v", res, err)
+	}
+	soon, _ := json.Marshal(map[string]string{"tenant_id": tenants[1]["tenant_id"], "client_id": tenants[1]["client_id"], "client_secret": tenants[1]["client_secret"]})
+	out, code = cli(t, string(soon), "instance", "add", "soon", "--config", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca,
+		"--pool-key-file", filepath.Join(dir, "pool.seed"), "--nats", natsURL, "--sync-interval", "1h")
+	if code != 0 || !strings.Contains(out, "syncing now (job ") {
+		t.Fatalf("instance add soon: %s", out)
+	}
+	soonSync := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
+	wctx, cancel = context.WithTimeout(context.Background(), 60*time.Second)
+	res, err = worker.WaitResult(wctx, js, worker.Topology{}, "soon", jobs.ActionSync, soonSync)
+	cancel()
+	if err != nil || res.Status != jobs.StatusSucceeded || !strings.Contains(string(res.Output), "expires on") {
+		t.Fatalf("the sync of the instance whose secret expires in 5 days: %+v %v", res, err)
 	}
 	note := `{"value":[{"subscriptionId":"s1","changeType":"updated","resource":"Users/u1","clientState":"forged","tenantId":"t1","resourceData":{"id":"u1"}}]}`
 	resp, err := http.Post(rcvBase+"/default/acme", "application/json", strings.NewReader(note))
@@ -379,12 +396,16 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	before, after := merge(workerBefore, rcvBefore), merge(workerAfter, rcvAfter)
 	fires := map[string]bool{}
 	for _, r := range rules {
-		if v := evaluate(t, r.Expr, before, before); len(v) > 0 {
+		// The samples sit at synthetic times (0 and 1m); time() stands for
+		// the real now the scraped timestamps (credential expiries) are
+		// compared with.
+		expr := strings.ReplaceAll(r.Expr, "time()", strconv.FormatInt(time.Now().Unix(), 10))
+		if v := evaluate(t, expr, before, before); len(v) > 0 {
 			t.Errorf("%s fires on a healthy system: %v", r.Alert, v)
 		}
-		fires[r.Alert] = len(evaluate(t, r.Expr, before, after)) > 0
+		fires[r.Alert] = len(evaluate(t, expr, before, after)) > 0
 	}
-	for _, a := range []string{"M365CredentialsRefused", "M365JobsFailing", "M365ReceiverRefusing"} {
+	for _, a := range []string{"M365CredentialsRefused", "M365JobsFailing", "M365ReceiverRefusing", "M365CredentialExpiresSoon"} {
 		if !fires[a] {
 			t.Errorf("%s does not fire on its fault", a)
 		}

@@ -38,6 +38,7 @@ func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	noUserAdmin := fs.Bool("no-user-admin-role", false, "seeded apps lack the User Administrator role (password resets fail)")
 	fedSubject := fs.String("federated-subject", "", "serve a test issuer, give every seeded app a federated credential for this subject (e.g. system:serviceaccount:m365:m365-worker) and write a token for it to --federated-token-out")
 	fedOut := fs.String("federated-token-out", "graphsim-federated-token", "with --federated-subject: the token file (valid 24 h; point the workers' --federated-token-file at it)")
+	secretEnds := fs.String("secret-ends", "", "when the seeded apps' client secrets expire (2027-06-30; default two years after the seed day), as their registrations report it")
 	conformance := fs.Bool("conformance", false, "check every request and answer against Graph v1.0's description and print each one outside it on stderr (docs/graphsim.md)")
 	if err := fs.parse(args); err != nil {
 		return err
@@ -73,6 +74,15 @@ func cmdGraphsim(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	defer sim.Close()
 	if err := os.WriteFile(*caOut, sim.CAPEM(), 0o644); err != nil {
 		return fmt.Errorf("write CA: %w", err)
+	}
+	if *secretEnds != "" {
+		ends, err := parseDay(*secretEnds)
+		if err != nil {
+			return usageError{fmt.Errorf("--secret-ends: %v", err)}
+		}
+		for _, c := range sim.Credentials() {
+			_ = sim.Mutate(c.TenantID, func(a *graphsim.Admin) error { a.App(c.ClientID).SecretEnds = ends; return nil })
+		}
 	}
 	if *fedSubject != "" {
 		if err := federate(sim, *fedSubject, *fedOut); err != nil {
