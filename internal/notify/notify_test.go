@@ -463,6 +463,21 @@ func TestTriggersRollUp(t *testing.T) {
 	}
 }
 
+// A stored trigger lives TriggerTTL unserved, not the jobs stream's 7 days:
+// a pool-key holder's triggers for made-up instances go away on their own.
+func TestStoredTriggerExpires(t *testing.T) {
+	e := newEnv(t, notify.Config{TriggerTTL: time.Second})
+	cs := clientState("default", "made-up")
+	if code := e.post("/default/made-up", notifications(1, &cs)); code != 202 {
+		t.Fatalf("POST: %d", code)
+	}
+	msgs := e.stored("m365.jobs.default.made-up.notified")
+	if len(msgs) != 1 || msgs[0].Headers().Get("Nats-TTL") == "" {
+		t.Fatalf("stored triggers %d, want 1 with a Nats-TTL", len(msgs))
+	}
+	eventually(t, "the unserved trigger expired", func() bool { return len(e.stored("m365.jobs.default.made-up.notified")) == 0 })
+}
+
 func TestTwoInstancesOneTriggerEach(t *testing.T) {
 	e := newEnv(t, notify.Config{Spacing: time.Hour})
 	all := e.watch("m365.jobs.*.*.notified")

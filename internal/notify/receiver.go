@@ -89,10 +89,19 @@ type Config struct {
 	// spacing is published while Graph waits for the answer (3 s at most).
 	// Default 2 s.
 	PublishTimeout time.Duration
+	// TriggerTTL is how long a stored trigger lives in the jobs stream
+	// unserved (the message's Nats-TTL): a trigger is a hint, and an
+	// instance's schedule covers it, so one for a made-up instance name (a
+	// pool-key holder's) is gone after it rather than after the stream's 7
+	// days. Default DefaultTriggerTTL.
+	TriggerTTL time.Duration
 	// Logger receives the receiver's logs (never a clientState or a master
 	// key). Default: discarded.
 	Logger *slog.Logger
 }
+
+// DefaultTriggerTTL is a stored trigger's life unserved.
+const DefaultTriggerTTL = time.Hour
 
 func (c Config) withDefaults() Config {
 	if c.Spacing <= 0 {
@@ -112,6 +121,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PublishTimeout <= 0 {
 		c.PublishTimeout = 2 * time.Second
+	}
+	if c.TriggerTTL <= 0 {
+		c.TriggerTTL = DefaultTriggerTTL
 	}
 	c.BasePath = strings.TrimRight(c.BasePath, "/")
 	if c.Logger == nil {

@@ -197,7 +197,7 @@ func (r *Receiver) store(ctx context.Context, t target) error {
 	// the stream, so at most one waits.
 	msg := &nats.Msg{Subject: TriggerSubject(r.cfg.Subjects, t.pool, t.instance), Data: body, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-	_, err = r.cfg.JetStream.PublishMsg(ctx, msg)
+	_, err = r.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgTTL(r.cfg.TriggerTTL))
 	return err
 }
 
