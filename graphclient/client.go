@@ -129,7 +129,13 @@ type PoolConfig struct {
 	// of instances with a federated credential. Default: none (such
 	// instances fail with ErrAuth).
 	FederatedTokenFile string
-	Logger             *slog.Logger
+	// FederatedManagedIdentity takes the pool's federated token from the
+	// managed identity of the machine the pool runs on instead (a token for
+	// api://AzureADTokenExchange; azidentity's ManagedIdentityCredential:
+	// App Service, Azure Arc, IMDS…): "system" for its system-assigned
+	// identity, or a user-assigned identity's client id. Default: none.
+	FederatedManagedIdentity string
+	Logger                   *slog.Logger
 }
 
 // Pool hands out clients per instance and holds the app-wide budgets.
@@ -490,6 +496,12 @@ func newCredential(cfg Config, authority string, base http.RoundTripper, pc Pool
 			return nil, fmt.Errorf("certificate: %w", perr)
 		}
 		inner, err = azidentity.NewClientCertificateCredential(cfg.TenantID, cfg.ClientID, certs, key, &azidentity.ClientCertificateCredentialOptions{ClientOptions: co, DisableInstanceDiscovery: true})
+	case cfg.Federated && pc.FederatedManagedIdentity != "":
+		var assertion func(context.Context) (string, error)
+		if assertion, err = managedIdentityToken(pc.FederatedManagedIdentity); err == nil {
+			inner, err = azidentity.NewClientAssertionCredential(cfg.TenantID, cfg.ClientID, assertion,
+				&azidentity.ClientAssertionCredentialOptions{ClientOptions: co, DisableInstanceDiscovery: true})
+		}
 	case cfg.Federated:
 		inner, err = azidentity.NewClientAssertionCredential(cfg.TenantID, cfg.ClientID, func(context.Context) (string, error) {
 			tok, ferr := federatedToken(pc.FederatedTokenFile)
@@ -505,7 +517,7 @@ func newCredential(cfg Config, authority string, base http.RoundTripper, pc Pool
 		return nil, err
 	}
 	g := &guardedCredential{inner: inner, first: pc.AuthBackoff, next: pc.AuthBackoff}
-	if cfg.Federated {
+	if cfg.Federated && pc.FederatedManagedIdentity == "" {
 		// azidentity does not wrap the assertion callback's error: the
 		// token file is checked first, so its failure keeps its meaning.
 		g.check = func() *Error {
@@ -514,6 +526,24 @@ func newCredential(cfg Config, authority string, base http.RoundTripper, pc Pool
 		}
 	}
 	return g, nil
+}
+
+// managedIdentityToken is the assertion of a federated credential taken
+// from a managed identity: its token for api://AzureADTokenExchange
+// (azidentity caches and renews it).
+func managedIdentityToken(id string) (func(context.Context) (string, error), error) {
+	var opts azidentity.ManagedIdentityCredentialOptions
+	if id != "system" {
+		opts.ID = azidentity.ClientID(id)
+	}
+	mi, err := azidentity.NewManagedIdentityCredential(&opts)
+	if err != nil {
+		return nil, fmt.Errorf("managed identity: %w", err)
+	}
+	return func(ctx context.Context) (string, error) {
+		tok, err := mi.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{"api://AzureADTokenExchange/.default"}})
+		return tok.Token, err
+	}, nil
 }
 
 // federatedToken reads the pool's federated token at each token request

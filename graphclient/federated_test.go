@@ -2,9 +2,13 @@ package graphclient_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -109,5 +113,42 @@ func TestRotatedSecretTakesANewToken(t *testing.T) {
 	}
 	if len(pool.Stats()) != 1 {
 		t.Fatalf("the pool keeps %d clients for one instance", len(pool.Stats()))
+	}
+}
+
+// The pool's federated token from a managed identity: azidentity asks the
+// machine's identity endpoint (here App Service's, IDENTITY_ENDPOINT and
+// IDENTITY_HEADER) for a token for api://AzureADTokenExchange, which the
+// app's federated credential trusts.
+func TestFederatedCredentialFromManagedIdentity(t *testing.T) {
+	sim := startSim(t, graphsim.Options{Users: 10, Groups: 1, NoThrottling: true})
+	cfg := simConfig(sim, 0)
+	mi, _ := sim.NewIssuer("managed")
+	const miSubject = "5c1e2f3a-0b4d-4e6f-8a9b-1c2d3e4f5a6b" // the identity's object id
+	_ = sim.Mutate(cfg.TenantID, func(a *graphsim.Admin) error {
+		a.App(cfg.ClientID).Federated = []graphsim.FederatedCredential{{Issuer: mi.URL(), Subject: miSubject}}
+		return nil
+	})
+	asked := make(chan string, 4)
+	endpoint := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-IDENTITY-HEADER") != "the-header" {
+			http.Error(w, "no identity header", http.StatusUnauthorized)
+			return
+		}
+		asked <- r.URL.Query().Get("resource")
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"access_token": mi.Mint(miSubject, []string{graphsim.FederationAudience}, time.Hour),
+			"expires_on": strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10), "resource": graphsim.FederationAudience, "token_type": "Bearer"})
+	}))
+	defer endpoint.Close()
+	t.Setenv("IDENTITY_ENDPOINT", endpoint.URL)
+	t.Setenv("IDENTITY_HEADER", "the-header")
+	cfg.ClientSecret, cfg.Federated = "", true
+	c := newClient(t, graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true, FederatedManagedIdentity: "system"}), cfg)
+	if _, err := c.SubscribedSKUs(context.Background()); err != nil {
+		t.Fatalf("with the managed identity's token: %v", err)
+	}
+	if res := <-asked; res != graphsim.FederationAudience {
+		t.Fatalf("the managed identity was asked for %q, want %s", res, graphsim.FederationAudience)
 	}
 }

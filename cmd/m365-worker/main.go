@@ -226,7 +226,7 @@ func (f *flagSet) parse(args []string) error {
 type poolFlags struct {
 	pool, logLevel, logFormat, prefix, poolKeyFile, httpListen *string
 	jsDomain, jsAPIPrefix                                      *string
-	notifyURL, notifyKeyFile, federatedTokenFile               *string
+	notifyURL, notifyKeyFile, federatedTokenFile, federatedMI  *string
 	notifyBackstop, notifySpacing                              *time.Duration
 	allowOverrides                                             *bool
 	concurrency, replicas, share                               *int
@@ -253,6 +253,7 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 		notifyBackstop:     fs.Duration("notify-backstop", 30*time.Minute, "while an instance's subscriptions are healthy, its scheduled ticks run a round only this often"),
 		notifySpacing:      fs.Duration("notify-spacing", 30*time.Second, "the least time between two rounds of an instance that notification triggers start; a trigger within it waits for its end"),
 		federatedTokenFile: fs.String("federated-token-file", os.Getenv("AZURE_FEDERATED_TOKEN_FILE"), "the pool's federated token (a projected service-account token, audience api://AzureADTokenExchange), the client assertion of instances with a federated credential; default: AZURE_FEDERATED_TOKEN_FILE as the workload identity webhook sets it"),
+		federatedMI:        fs.String("federated-managed-identity", "", "take the pool's federated token from the managed identity of the machine it runs on (App Service, Azure Arc, a VM): system, or a user-assigned identity's client id; instead of --federated-token-file"),
 		allowOverrides: fs.Bool("allow-endpoint-overrides", false, "use the authority, graph_root and ca_pem of instance records (a Graph simulator or test tenant); "+
 			"without it such an instance's jobs fail with endpoint_override_refused (national clouds need only cloud; the demo of run turns it on)"),
 	}
@@ -389,7 +390,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 		_ = traces.Shutdown(sctx)
 	}()
 	live := worker.WatchLiveWorkers(ctx, js, topo, *p.pool)
-	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides, FederatedTokenFile: *p.federatedTokenFile})
+	graph := graphclient.NewPool(graphclient.PoolConfig{Workers: live, Logger: log, AllowEndpointOverrides: *p.allowOverrides, FederatedTokenFile: *p.federatedTokenFile, FederatedManagedIdentity: *p.federatedMI})
 	reg := worker.Registry{}
 	notifyCfg, err := p.notifyConfig()
 	if err != nil {
