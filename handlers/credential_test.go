@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tevyra/m365-worker/graphsim"
+	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 	"github.com/tevyra/m365-worker/worker/workertest"
@@ -144,6 +145,11 @@ func TestCredentialExpiry(t *testing.T) {
 		}
 		if warned := len(rep.Warnings) == 1 && strings.Contains(rep.Warnings[0], ends.UTC().Format("2006-01-02")); warned != warn {
 			t.Fatalf("%s ending %s: warnings %q", kind, ends, rep.Warnings)
+		}
+		// What status shows: the instance's sync state.
+		meta, err := handlers.ReadSyncMeta(context.Background(), e.store.For("default", rep.Instance))
+		if err != nil || meta.Credential == nil || meta.Credential.Source != source || !meta.Credential.ExpiresAt.Equal(ends) {
+			t.Fatalf("the sync state of %s keeps credential %+v (%v)", rep.Instance, meta.Credential, err)
 		}
 	}
 
