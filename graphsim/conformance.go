@@ -165,13 +165,9 @@ func (k *conformance) checkAnswer(c *gctx, op string, resp *response) {
 	if resp.body == nil {
 		return
 	}
-	b, err := json.Marshal(resp.body)
+	body, err := decoded(resp)
 	if err != nil {
 		k.add(Violation{op, "answer", "JSON", err.Error()})
-		return
-	}
-	var body map[string]any
-	if json.Unmarshal(b, &body) != nil {
 		return
 	}
 	a := &answerCheck{k: k, op: op, root: c.s.URL() + "/v1.0", sel: c.answerSelect(), delta: strings.HasSuffix(op, "/delta")}
@@ -183,13 +179,24 @@ func (k *conformance) checkAnswer(c *gctx, op string, resp *response) {
 
 // checkBatch checks a $batch envelope (its items were checked one by one).
 func (k *conformance) checkBatch(root string, resp *response) {
-	b, _ := json.Marshal(resp.body)
-	var body map[string]any
-	if json.Unmarshal(b, &body) != nil {
+	body, err := decoded(resp)
+	if err != nil {
+		k.add(Violation{"POST /$batch", "answer", "JSON", err.Error()})
 		return
 	}
 	a := &answerCheck{k: k, op: "POST /$batch", root: root}
 	a.batch(body)
+}
+
+// decoded is an answer's body as a client decodes it: JSON, then back.
+func decoded(resp *response) (map[string]any, error) {
+	b, err := json.Marshal(resp.body)
+	if err != nil {
+		return nil, err
+	}
+	var body map[string]any
+	err = json.Unmarshal(b, &body)
+	return body, err
 }
 
 // answerTypes: each operation's answer, as entity set, type, and whether

@@ -298,12 +298,16 @@ func IsUPN(s string) bool { return len(s) <= 113 && upnRE.MatchString(s) }
 
 // IsMailNickname reports whether s is a valid mailNickname: 1 to 64 ASCII
 // characters without @ ( ) \ [ ] " ; : < > , or space.
-func IsMailNickname(s string) bool {
+func IsMailNickname(s string) bool { return printableWithout(s, nicknameBad) }
+
+// printableWithout reports whether s is 1 to 64 printable ASCII characters
+// none of which is in bad.
+func printableWithout(s, bad string) bool {
 	if s == "" || len(s) > 64 {
 		return false
 	}
 	for _, r := range s {
-		if r < 0x21 || r > 0x7e || strings.ContainsRune(nicknameBad, r) {
+		if r < 0x21 || r > 0x7e || strings.ContainsRune(bad, r) {
 			return false
 		}
 	}
@@ -329,17 +333,7 @@ func maxLen(ve *ValidationError, field, v string, n int) {
 // IsGroupMailNickname reports whether s is a valid mailNickname for a group:
 // 1 to 64 printable ASCII characters without @ ( ) / [ ] ' ; : < > , or
 // space (the group mailNickname description).
-func IsGroupMailNickname(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x21 || r > 0x7e || strings.ContainsRune(groupNicknameBad, r) {
-			return false
-		}
-	}
-	return true
-}
+func IsGroupMailNickname(s string) bool { return printableWithout(s, groupNicknameBad) }
 
 // userRef checks a reference to a user: an object id or a UPN.
 func userRef(ve *ValidationError, field, v string) {
