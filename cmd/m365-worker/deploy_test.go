@@ -245,6 +245,14 @@ func submitAndWait(t *testing.T, js jetstream.JetStream, pool, id string) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	res, err := worker.WaitResult(ctx, js, worker.Topology{}, "acme", jobs.ActionDisableUser, id)
+	for err != nil && strings.Contains(err.Error(), "no responders") && ctx.Err() == nil {
+		// Right after a node went down the JetStream meta leader may still
+		// be elected (the stream leaders the caller waited for are not
+		// enough to create a consumer): ask again, as a client would.
+		t.Logf("wait for %s: %v", id, err)
+		time.Sleep(200 * time.Millisecond)
+		res, err = worker.WaitResult(ctx, js, worker.Topology{}, "acme", jobs.ActionDisableUser, id)
+	}
 	if err != nil || res.Status != jobs.StatusSucceeded {
 		t.Fatalf("result of %s: %+v %v", id, res, err)
 	}
