@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tevyra/m365-worker/graphsim"
 	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/internal/notify"
@@ -25,6 +29,8 @@ type notifyEnv struct {
 	recv *notify.Receiver
 	late *lateHandler
 }
+
+var notifyMaster = []byte("0123456789abcdef0123456789abcdef-test-master")
 
 type lateHandler struct{ h atomic.Pointer[http.Handler] }
 
@@ -43,15 +49,14 @@ func newNotifyEnv(t *testing.T, o graphsim.Options, cfg handlers.NotifyConfig) *
 	t.Cleanup(hooks.Close)
 	o.NotifyClient = hooks.Client()
 	e := newEnv(t, o)
-	master := []byte("0123456789abcdef0123456789abcdef-test-master")
-	recv, err := notify.New(notify.Config{Master: master, JetStream: e.js, Spacing: 300 * time.Millisecond})
+	recv, err := notify.New(notify.Config{Master: notifyMaster, JetStream: e.js, Spacing: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(recv.Close)
 	var h http.Handler = recv
 	late.h.Store(&h)
-	cfg.BaseURL, cfg.PoolKey = hooks.URL, notify.PoolKey(master, "default")
+	cfg.BaseURL, cfg.PoolKey = hooks.URL, notify.PoolKey(notifyMaster, "default")
 	e.notify = cfg
 	return &notifyEnv{env: e, recv: recv, late: late}
 }
@@ -336,5 +341,52 @@ func TestMasterKeyRotation(t *testing.T) {
 	e.admin(0, func(a *graphsim.Admin) { dropped = a.NotificationsDropped() })
 	if dropped != 0 {
 		t.Errorf("Graph dropped %d notifications", dropped)
+	}
+}
+
+// A notification's trace reaches the round it causes: the simulator's
+// notification is the receiver's server span, the trigger's publish its
+// child, and the round, a trace of its own (one trigger stands for many
+// notifications), links to the publish's span through the traceparent the
+// trigger carries.
+func TestNotificationTraceLinksToItsRound(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	e := newNotifyEnv(t, graphsim.Options{Tenants: 1, Users: 20, Groups: 2, Seed: 9}, handlers.NotifyConfig{})
+	recv, err := notify.New(notify.Config{Master: notifyMaster, JetStream: e.js, Spacing: 300 * time.Millisecond, TracerProvider: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(recv.Close)
+	var h http.Handler = recv
+	e.late.h.Store(&h)
+	e.recv = recv
+	e.addInstance("acme", 0, time.Hour)
+	e.startWorker(worker.Config{TracerProvider: tp})
+	e.syncNow("acme", true)
+	e.admin(0, func(a *graphsim.Admin) { a.CreateUser("traced.user", "Traced User") })
+
+	var round, send, server tracetest.SpanStub
+	workertest.Eventually(t, 60*time.Second, "a round triggered by the notification, linked to the receiver's spans", func() bool {
+		ss := collected(exp)
+		for _, s := range ss {
+			if s.SpanKind != trace.SpanKindConsumer || attr(s, "m365.trigger") != jobs.TriggerNotification || attr(s, "m365.outcome") != "succeeded" || len(s.Links) != 1 {
+				continue
+			}
+			round, send = s, ss[s.Links[0].SpanContext.SpanID()]
+			server = ss[send.Parent.SpanID()]
+			return true
+		}
+		return false
+	})
+	if round.Parent.IsValid() || round.SpanContext.TraceID() == send.SpanContext.TraceID() {
+		t.Errorf("the round is not a trace of its own: parent %v", round.Parent)
+	}
+	if send.Name != "send m365.jobs.default.{instance}.notified" || send.SpanKind != trace.SpanKindProducer || attr(send, "messaging.destination.name") != "m365.jobs.default.acme.notified" {
+		t.Fatalf("the round links to %q (%v), not the trigger's publish", send.Name, send.SpanKind)
+	}
+	if server.SpanKind != trace.SpanKindServer || server.Name != "POST /{pool}/{instance}" || attr(server, "http.response.status_code") != "202" ||
+		attr(server, "m365.instance") != "acme" || server.SpanContext.TraceID() != send.SpanContext.TraceID() {
+		t.Fatalf("the publish's parent is %q (%v, %v), not the notification's server span", server.Name, server.SpanKind, server.Attributes)
 	}
 }

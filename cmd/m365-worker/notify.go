@@ -20,6 +20,7 @@ import (
 
 	"github.com/tevyra/m365-worker/internal/httpserve"
 	"github.com/tevyra/m365-worker/internal/notify"
+	"github.com/tevyra/m365-worker/internal/tracing"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -89,6 +90,17 @@ func cmdNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	// Traces from the OTEL_* environment, as the workers' (docs/operations.md):
+	// nothing is exported unless configured; flushed on exit.
+	traces, err := tracing.Setup(ctx, "m365-worker-notify", version, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = traces.Shutdown(sctx)
+	}()
 	rcv, err := notify.New(notify.Config{Master: masters[0], PreviousMasters: masters[1:], JetStream: js, Subjects: jobs.Subjects{Prefix: *cf.prefix},
 		BasePath: *f.basePath, Spacing: *f.spacing, MaxBodyReads: *f.maxBodyReads, Logger: log})
 	if err != nil {

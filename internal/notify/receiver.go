@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tevyra/m365-worker/internal/retry"
 	"github.com/tevyra/m365-worker/jobs"
@@ -98,6 +100,10 @@ type Config struct {
 	// Logger receives the receiver's logs (never a clientState or a master
 	// key). Default: discarded.
 	Logger *slog.Logger
+	// TracerProvider makes the spans of accepted requests and of the
+	// triggers' publishes (trace.go). Default: otel's global provider
+	// (internal/tracing.Setup installs the process's).
+	TracerProvider trace.TracerProvider
 }
 
 // DefaultTriggerTTL is a stored trigger's life unserved.
@@ -128,6 +134,9 @@ func (c Config) withDefaults() Config {
 	c.BasePath = strings.TrimRight(c.BasePath, "/")
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
 	}
 	return c
 }
@@ -230,6 +239,7 @@ func (r *Receiver) handshake(w http.ResponseWriter, token string) {
 // notifications judges a POST's notifications and, when one is the
 // instance's, stores or defers its trigger before answering.
 func (r *Receiver) notifications(w http.ResponseWriter, req *http.Request, t target) {
+	start := time.Now()
 	if r.closing() {
 		r.answer(w, answerShuttingDown, "the receiver is shutting down")
 		return
@@ -246,17 +256,25 @@ func (r *Receiver) notifications(w http.ResponseWriter, req *http.Request, t tar
 		return
 	}
 	v.log(r.cfg.Logger, t)
-	switch err := r.trigger(req.Context(), t, v.accepted); {
+	ctx, span := r.serverSpan(req, t, start, v.accepted)
+	defer span.End()
+	a, msg := answerAccepted, ""
+	switch err := r.trigger(ctx, t, v.accepted); {
 	case err == nil:
-		r.stats.answers[answerAccepted].Add(1)
-		w.WriteHeader(http.StatusAccepted)
 	case errors.Is(err, errClosing):
-		r.answer(w, answerShuttingDown, "the receiver is shutting down")
+		a, msg = answerShuttingDown, "the receiver is shutting down"
 	case errors.Is(err, errFull):
-		r.answer(w, answerBusy, "too many instances pending")
+		a, msg = answerBusy, "too many instances pending"
 	default:
-		r.answer(w, answerUnavailable, "the trigger cannot be stored now")
+		a, msg = answerUnavailable, "the trigger cannot be stored now"
 	}
+	traceAnswer(span, a)
+	if a != answerAccepted {
+		r.answer(w, a, msg)
+		return
+	}
+	r.stats.answers[answerAccepted].Add(1)
+	w.WriteHeader(http.StatusAccepted)
 }
 
 // read reads and judges the body; a non-zero answer ends the request.

@@ -8,8 +8,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tevyra/m365-worker/internal/retry"
+	"github.com/tevyra/m365-worker/internal/tracing"
 )
 
 // Triggers are hints, spaced per instance. The first accepted notification
@@ -33,20 +35,22 @@ var (
 
 // pending is a target's trigger state; r.mu guards it.
 type pending struct {
-	inflight   *call       // the spacing's first trigger, being published
-	timer      *time.Timer // ends the spacing of the last stored trigger
-	want       bool        // a notification came during the spacing: one more trigger at its end
-	publishing bool        // a deferred trigger is being published
+	inflight   *call        // the spacing's first trigger, being published
+	timer      *time.Timer  // ends the spacing of the last stored trigger
+	want       bool         // a notification came during the spacing: one more trigger at its end
+	publishing bool         // a deferred trigger is being published
+	links      []trace.Link // the spans of the requests the deferred trigger stands for
 }
 
 // call is a publish requests wait for.
 type call struct {
 	done chan struct{}
 	err  error
+	span trace.SpanContext // the publish's
 }
 
-// trigger stores or defers t's trigger for n accepted notifications. nil
-// means stored or deferred (answer 202).
+// trigger stores or defers t's trigger for n accepted notifications, ctx
+// holding the request's span. nil means stored or deferred (answer 202).
 func (r *Receiver) trigger(ctx context.Context, t target, n int) error {
 	r.mu.Lock()
 	if r.closed {
@@ -62,13 +66,16 @@ func (r *Receiver) trigger(ctx context.Context, t target, n int) error {
 		p = &pending{inflight: &call{done: make(chan struct{})}}
 		r.pending[t] = p
 		r.mu.Unlock()
-		return r.publishFirst(t, p)
+		return r.publishFirst(trace.ContextWithSpan(r.ctx, trace.SpanFromContext(ctx)), t, p)
 	case p.inflight != nil:
 		c := p.inflight
 		r.mu.Unlock()
 		r.stats.coalesced.Add(1)
 		select {
 		case <-c.done:
+			if c.span.IsValid() {
+				trace.SpanFromContext(ctx).AddLink(trace.Link{SpanContext: c.span})
+			}
 			return c.err
 		case <-ctx.Done():
 			return ctx.Err()
@@ -80,6 +87,9 @@ func (r *Receiver) trigger(ctx context.Context, t target, n int) error {
 			p.want = true
 			r.stats.deferred.Add(1)
 		}
+		if l, ok := linkTo(ctx); ok && len(p.links) < maxLinks {
+			p.links = append(p.links, l)
+		}
 		r.mu.Unlock()
 		if !r.connected() || r.failing.Load() {
 			return errNoNATS // deferred all the same; Graph tries again
@@ -89,12 +99,12 @@ func (r *Receiver) trigger(ctx context.Context, t target, n int) error {
 }
 
 // publishFirst publishes the first trigger of a spacing, once, while the
-// request waits.
-func (r *Receiver) publishFirst(t target, p *pending) error {
-	err := r.publishOnce(r.ctx, t)
+// request waits; ctx holds the request's span.
+func (r *Receiver) publishFirst(ctx context.Context, t target, p *pending) error {
+	sc, err := r.publishOnce(ctx, t, nil)
 	r.mu.Lock()
 	c := p.inflight
-	p.inflight, c.err = nil, err
+	p.inflight, c.err, c.span = nil, err, sc
 	if err == nil {
 		r.startSpacing(t, p)
 	} else {
@@ -136,14 +146,16 @@ func (r *Receiver) spacingEnd(t target, p *pending) {
 
 // startDeferred starts publishing t's deferred trigger. r.mu is held.
 func (r *Receiver) startDeferred(t target, p *pending) {
-	p.want, p.publishing = false, true
+	links := p.links
+	p.want, p.publishing, p.links = false, true, nil
 	r.wg.Add(1)
-	go r.publishDeferred(t, p)
+	go r.publishDeferred(t, p, links)
 }
 
 // publishDeferred stores a deferred trigger under the retry policy; one
-// given up on is counted dropped and logged.
-func (r *Receiver) publishDeferred(t target, p *pending) {
+// given up on is counted dropped and logged. Its span links to those of
+// the requests it stands for.
+func (r *Receiver) publishDeferred(t target, p *pending, links []trace.Link) {
 	defer r.wg.Done()
 	attempts := 0
 	err := retry.Do(r.ctx, r.cfg.Retry, func() error {
@@ -151,7 +163,8 @@ func (r *Receiver) publishDeferred(t target, p *pending) {
 		if attempts > 1 {
 			r.stats.retries.Add(1)
 		}
-		return r.publishOnce(r.ctx, t)
+		_, err := r.publishOnce(r.ctx, t, links)
+		return err
 	})
 	if err != nil {
 		r.stats.dropped.Add(1)
@@ -170,34 +183,41 @@ func (r *Receiver) publishDeferred(t target, p *pending) {
 }
 
 // publishOnce stores one trigger of t: a JetStream publish with the rollup
-// header, bounded by PublishTimeout.
-func (r *Receiver) publishOnce(ctx context.Context, t target) error {
-	err := r.store(ctx, t)
-	r.failing.Store(err != nil)
-	if err != nil {
-		r.stats.failures.Add(1)
-		r.cfg.Logger.Warn("notify: trigger not stored", "pool", t.pool, "instance", t.instance, "error", err)
-		return err
-	}
-	r.stats.published.Add(1)
-	return nil
-}
-
-func (r *Receiver) store(ctx context.Context, t target) error {
-	if !r.connected() {
-		return errNoNATS
-	}
+// header, bounded by PublishTimeout, under a producer span (the child of
+// ctx's, linking to links) whose context it returns.
+func (r *Receiver) publishOnce(ctx context.Context, t target, links []trace.Link) (trace.SpanContext, error) {
 	body, err := json.Marshal(TriggerJob(t.instance))
 	if err != nil { // a Job always marshals
 		panic(err)
 	}
+	subject := TriggerSubject(r.cfg.Subjects, t.pool, t.instance)
+	ctx, span := r.sendSpan(ctx, t, subject, len(body), links)
+	defer span.End()
+	err = r.store(ctx, subject, body)
+	r.failing.Store(err != nil)
+	if err != nil {
+		r.stats.failures.Add(1)
+		traceSendError(span, err)
+		r.cfg.Logger.Warn("notify: trigger not stored", append([]any{"pool", t.pool, "instance", t.instance, "error", err}, tracing.LogAttrs(ctx)...)...)
+		return span.SpanContext(), err
+	}
+	r.stats.published.Add(1)
+	return span.SpanContext(), nil
+}
+
+func (r *Receiver) store(ctx context.Context, subject string, body []byte) error {
+	if !r.connected() {
+		return errNoNATS
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	defer cancel()
 	// Rollup on the subject: an instance's triggers replace each other in
-	// the stream, so at most one waits.
-	msg := &nats.Msg{Subject: TriggerSubject(r.cfg.Subjects, t.pool, t.instance), Data: body, Header: nats.Header{}}
+	// the stream, so at most one waits. The trace context of the publish's
+	// span goes along: the round the trigger causes links to it.
+	msg := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-	_, err = r.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgTTL(r.cfg.TriggerTTL))
+	tracing.Inject(ctx, msg.Header)
+	_, err := r.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgTTL(r.cfg.TriggerTTL))
 	return err
 }
 
