@@ -42,6 +42,10 @@ func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request) {
 			"tenant_region_scope":                   "NA",
 			"cloud_instance_name":                   "graphsim",
 		})
+	case rest == "oauth2/v2.0/authorize" || rest == "discovery/v2.0/keys":
+		s.serveSignIn(w, r, t, rest)
+	case rest == "oauth2/v2.0/token" && r.Method == http.MethodPost && r.FormValue("grant_type") == "authorization_code":
+		s.codeToken(w, r, t)
 	case rest == "oauth2/v2.0/token" && r.Method == http.MethodPost:
 		s.Tokens.Add(1)
 		s.sleep(s.opts.Latency.Token)

@@ -212,6 +212,8 @@ type Server struct {
 	issuers    map[string]*Issuer // test issuers of federated credentials, by name
 	keysClient *http.Client       // fetches issuers' keys
 
+	signin signIn // tenants' OpenID Connect sign-in (oidc.go)
+
 	faultMu sync.Mutex
 	faultR  *mrand.Rand
 

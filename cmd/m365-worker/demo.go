@@ -43,28 +43,29 @@ func loadOrCreatePoolKey(path string) (nkeys.KeyPair, error) {
 
 // startDemo starts the Graph simulator with a demo tenant, configures the
 // instance "demo" for it, asks for a first sync, and prints indicators as
-// they arrive.
-func startDemo(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, topo worker.Topology, key nkeys.KeyPair, pool, listen string, users int, stdout io.Writer) (func(), error) {
+// they arrive. It returns the simulator (the console's demo sign-in) and
+// what stops it.
+func startDemo(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, topo worker.Topology, key nkeys.KeyPair, pool, listen string, users int, stdout io.Writer) (*graphsim.Server, func(), error) {
 	sim, err := graphsim.Start(graphsim.Options{Users: users, Groups: max(users/10, 5), Listen: listen})
 	if err != nil {
-		return nil, fmt.Errorf("start the demo's Graph simulator: %w", err)
+		return nil, nil, fmt.Errorf("start the demo's Graph simulator: %w", err)
 	}
 	cred := sim.Credentials()[0]
 	pub, _ := key.PublicKey()
 	secret, err := jobs.SealFor([]byte(cred.ClientSecret), pub, jobs.InstanceBinding("demo", worker.FieldClientSecret, cred.TenantID, cred.ClientID))
 	if err != nil {
 		sim.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	store, err := worker.OpenInstances(ctx, js, topo)
 	if err != nil {
 		sim.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := store.Put(ctx, worker.Instance{ID: "demo", Pool: pool, TenantID: cred.TenantID, ClientID: cred.ClientID, ClientSecret: secret,
 		Authority: cred.Authority, GraphRoot: cred.GraphRoot, CAPEM: string(sim.CAPEM())}); err != nil {
 		sim.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	sub, err := nc.Subscribe(topo.Subjects.Results("demo", jobs.ResultIndicators), func(m *nats.Msg) {
 		var ind jobs.Indicators
@@ -75,12 +76,12 @@ func startDemo(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, topo 
 	})
 	if err != nil {
 		sim.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := worker.RequestSync(ctx, js, topo.Subjects, pool, "demo", false); err != nil {
 		sim.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	fmt.Fprintf(stdout, "Graph simulator with the demo tenant %s (%d users) at %s; instance \"demo\" syncs it every 5m\n", cred.Domain, users, sim.URL())
-	return func() { _ = sub.Unsubscribe(); sim.Close() }, nil
+	return sim, func() { _ = sub.Unsubscribe(); sim.Close() }, nil
 }

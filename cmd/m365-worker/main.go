@@ -32,7 +32,9 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/tevyra/m365-worker/graphclient"
+	"github.com/tevyra/m365-worker/graphsim"
 	"github.com/tevyra/m365-worker/handlers"
+	"github.com/tevyra/m365-worker/internal/console"
 	"github.com/tevyra/m365-worker/internal/httpserve"
 	"github.com/tevyra/m365-worker/internal/tracing"
 	"github.com/tevyra/m365-worker/jobs"
@@ -56,6 +58,7 @@ Commands:
   failed    list | show | replay: jobs that failed for good
   status    instances (last sync, indicators, credentials, next tick) and pools (workers, backlog)
   notify    the HTTPS receiver of Graph change notifications (triggers incremental syncs)
+  console   the operator console in a browser (OpenID Connect sign-in; run serves it on loopback too)
   bench     sync | actions | chaos: the benchmarks, against the built-in simulator
   version   print the version
 
@@ -100,6 +103,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdStatus(ctx, args[1:], stdout, stderr)
 	case "notify":
 		err = cmdNotify(ctx, args[1:], stdout, stderr)
+	case "console":
+		err = cmdConsole(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = cmdBench(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
@@ -366,6 +371,9 @@ func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (w
 	if err := worker.SetupWith(setupCtx, js, topo, worker.SetupOptions{Pools: []string{*p.pool}, AckWait: *p.ackWait}); err != nil {
 		return topo, fmt.Errorf("set up streams and buckets: %w", err)
 	}
+	if err := console.EnsureAuditStream(setupCtx, js, topo, *p.replicas); err != nil {
+		return topo, fmt.Errorf("set up the console's audit stream: %w", err)
+	}
 	return topo, nil
 }
 
@@ -527,6 +535,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	graphsimListen := fs.String("graphsim-listen", "127.0.0.1:8443", "where the demo's Graph simulator listens")
 	demoUsers := fs.Int("demo-users", 250, "users in the demo tenant")
 	p := addPoolFlags(fs)
+	cons := addRunConsoleFlags(fs)
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -579,6 +588,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	var demoSim *graphsim.Server
 	if *natsURL == "" && *demo {
 		if len(keys) == 0 {
 			key, err := loadOrCreatePoolKey(filepath.Join(*dataDir, "pool.seed"))
@@ -588,11 +598,15 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			keys = []nkeys.KeyPair{key}
 		}
 		*p.allowOverrides = true // the demo instance points at the simulator
-		stopDemo, err := startDemo(ctx, nc, js, topo, keys[0], *p.pool, *graphsimListen, *demoUsers, stdout)
+		sim, stopDemo, err := startDemo(ctx, nc, js, topo, keys[0], *p.pool, *graphsimListen, *demoUsers, stdout)
 		if err != nil {
 			return err
 		}
 		defer stopDemo()
+		demoSim = sim
+	}
+	if err := startRunConsole(ctx, js, topo, cons, demoSim, log, stdout); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "Workers serving pool %q; Ctrl-C drains and exits.\n", *p.pool)
 	return runPool(ctx, js, topo, p, keys, log, stdout, true)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/console"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 )
@@ -48,6 +49,9 @@ func cmdSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer cancel()
 	if err := worker.SetupWith(sctx, js, topo, worker.SetupOptions{Pools: ps, SitePools: sites, AckWait: *ackWait, MaxDeliver: *maxDeliver, LowerReplicas: *lower}); err != nil {
 		return fmt.Errorf("set up streams and buckets: %w", err)
+	}
+	if err := console.EnsureAuditStream(sctx, js, topo, *replicas); err != nil {
+		return fmt.Errorf("set up the console's audit stream: %w", err)
 	}
 	fmt.Fprintf(stdout, "streams, buckets and the consumers of pools %s are set up\n", strings.Join(append(ps, sites...), ", "))
 	for _, p := range sites {
