@@ -276,6 +276,29 @@ func (a *Admin) ThrottleNextWith(n int, d time.Duration, asDate bool) {
 	a.t.forcedThrottle, a.t.forcedWait, a.t.forcedDate = n, d, asDate
 }
 
+// ThrottleShare makes share (0..1) of the tenant's Graph requests answer
+// 429 with Retry-After d from now on, evenly spread (with 0.5 every second
+// request), as when another application draws on the tenant's budget:
+// sustained throttling, until ThrottleShare(0, 0). Requests it throttles are
+// counted like the model's (Server.Throttled).
+func (a *Admin) ThrottleShare(share float64, d time.Duration) {
+	a.t.throttleShare, a.t.throttleWait, a.t.throttleAcc = min(max(share, 0), 1), d, 0
+}
+
+// sustainedThrottle reports whether the request being served is one of the
+// throttle share's. s.mu is held.
+func (t *Tenant) sustainedThrottle() bool {
+	if t.throttleShare <= 0 {
+		return false
+	}
+	t.throttleAcc += t.throttleShare
+	if t.throttleAcc < 1 {
+		return false
+	}
+	t.throttleAcc--
+	return true
+}
+
 // App returns the tenant's app by client id (the first when empty).
 func (a *Admin) App(clientID string) *App {
 	if clientID != "" {
@@ -359,6 +382,7 @@ func (a *Admin) RandomChanges(n int, seed uint64) {
 //	POST /_admin/tenants/{id}/reset-delta      force 410 on every delta token
 //	POST /_admin/tenants/{id}/random-changes   {"count":n,"seed":s}
 //	POST /_admin/tenants/{id}/throttle-next    {"count":n}
+//	POST /_admin/tenants/{id}/throttle         {"share":0.5,"retry_after":1}
 //	POST /_admin/tenants/{id}/seats            {"sku":"POWER_BI_PRO","enabled":n}
 func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/_admin/"), "/"), "/")
@@ -376,6 +400,9 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		Seed    uint64 `json:"seed"`
 		SKU     string `json:"sku"`
 		Enabled int    `json:"enabled"`
+		// Share and RetryAfter (seconds, default 1) are throttle's.
+		Share      float64 `json:"share"`
+		RetryAfter float64 `json:"retry_after"`
 	}
 	if r.Method == http.MethodPost && r.ContentLength != 0 {
 		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
@@ -401,6 +428,16 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		err = s.Mutate(id, func(a *Admin) error { return a.SetSeats(body.SKU, body.Enabled) })
 	case op == "throttle-next" && r.Method == http.MethodPost:
 		err = s.Mutate(id, func(a *Admin) error { a.ThrottleNext(body.Count); return nil })
+	case op == "throttle" && r.Method == http.MethodPost:
+		if body.Share < 0 || body.Share > 1 || body.RetryAfter < 0 {
+			writeJSON(w, 400, map[string]string{"error": "share must be 0..1 and retry_after not negative"})
+			return
+		}
+		wait := time.Second
+		if body.RetryAfter > 0 {
+			wait = time.Duration(body.RetryAfter * float64(time.Second))
+		}
+		err = s.Mutate(id, func(a *Admin) error { a.ThrottleShare(body.Share, wait); return nil })
 	default:
 		http.NotFound(w, r)
 		return

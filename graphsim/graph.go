@@ -223,6 +223,8 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 	forced, forcedWait, forcedDate := t.forcedThrottle > 0, t.forcedWait, t.forcedDate
 	if forced {
 		t.forcedThrottle--
+	} else if t.sustainedThrottle() {
+		forced, forcedWait, forcedDate = true, t.throttleWait, false
 	}
 	s.mu.Unlock()
 	v := s.th.charge(claims.AppID, t.ID, budget, ruCost(method, path, q), write)

@@ -221,6 +221,9 @@ type Tenant struct {
 	forcedThrottle int       // next N requests get 429 (fault injection)
 	forcedWait     time.Duration
 	forcedDate     bool
+	throttleShare  float64 // this share of requests get 429 until set to 0 (fault injection)
+	throttleWait   time.Duration
+	throttleAcc    float64        // the share's running sum: a request whose turn makes it reach 1 is throttled
 	responseFaults ResponseFaults // a broken Graph's answers (fault injection)
 	// onChange hears every change to a user or group (change
 	// notifications, subscriptions.go); nil while seeding.

@@ -2,8 +2,10 @@ package graphsim_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -125,6 +127,52 @@ func TestForcedThrottleAndPermissions(t *testing.T) {
 	code, msg := graphErr(t, b)
 	if resp.StatusCode != 403 || code != "Authorization_RequestDenied" || msg != "Insufficient privileges to complete the operation." {
 		t.Errorf("read-only write: %d %s", resp.StatusCode, b)
+	}
+}
+
+// Sustained throttling (POST /_admin/tenants/{id}/throttle): the share of
+// the tenant's requests answers 429 in Graph's shape, evenly spread, until
+// the share is set back to 0.
+func TestSustainedThrottleShare(t *testing.T) {
+	sim := start(t, graphsim.Options{Users: 10, Groups: 2, NoThrottling: true})
+	cred := sim.Credentials()[0]
+	r := newRaw(t, sim, cred)
+	admin := func(body string) int {
+		t.Helper()
+		resp, err := sim.Client().Post(sim.URL()+"/_admin/tenants/"+cred.TenantID+"/throttle", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := admin(`{"share":1.5}`); code != 400 {
+		t.Fatalf("share 1.5: %d", code)
+	}
+	if code := admin(`{"share":0.5,"retry_after":2.5}`); code != 204 {
+		t.Fatalf("throttle: %d", code)
+	}
+	var got []int
+	for range 6 {
+		resp, b := r.do("GET", "/users?$top=1", nil)
+		got = append(got, resp.StatusCode)
+		if resp.StatusCode == 429 {
+			code, _ := graphErr(t, b)
+			if code != "TooManyRequests" || resp.Header.Get("Retry-After") != "2.5" || resp.Header.Get("x-ms-throttle-scope") == "" || resp.Header.Get("x-ms-throttle-information") == "" {
+				t.Errorf("a throttled answer: %s %v", b, resp.Header)
+			}
+		}
+	}
+	if fmt.Sprint(got) != "[200 429 200 429 200 429]" {
+		t.Errorf("share 0.5 answered %v", got)
+	}
+	if admin(`{"share":0}`) != 204 {
+		t.Fatal("throttle off")
+	}
+	for range 3 {
+		if resp, _ := r.do("GET", "/users?$top=1", nil); resp.StatusCode != 200 {
+			t.Fatalf("after the throttle is off: %d", resp.StatusCode)
+		}
 	}
 }
 
