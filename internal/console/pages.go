@@ -63,7 +63,7 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request, ss *session) {
 		maxB = max(maxB, b.Backlog)
 	}
 	s.render(w, r, ss, "overview", "Overview", map[string]any{"Health": byHealth, "Instances": nInst, "Failures": nFail,
-		"Pools": pools, "Actions": list, "Requests": req, "Throttled": thr, "Bars": bars(backlog, maxB), "MaxBacklog": maxB})
+		"Pools": pools, "Actions": list, "Requests": req, "Throttled": thr, "Bars": bars(backlog, maxB), "MaxBacklog": maxB, "Refresh": s.cfg.Refresh, "Now": now0(backlog)})
 }
 
 func (s *Server) sortedPools() []*poolView {
@@ -355,4 +355,12 @@ func bars(samples []sample, maxB uint64) []bar {
 		out[i] = bar{X: float64(i), Y: 40 - h, H: max(h, 0.3), Title: s.At.UTC().Format("15:04:05") + ": " + strconv.FormatUint(s.Backlog, 10)}
 	}
 	return out
+}
+
+// now0 is the latest backlog reading.
+func now0(samples []sample) uint64 {
+	if len(samples) == 0 {
+		return 0
+	}
+	return samples[len(samples)-1].Backlog
 }

@@ -22,7 +22,7 @@ type instanceView struct {
 }
 
 // Healthy reports whether the instance is healthy.
-func (i *instanceView) Healthy() bool { return i.Health == "healthy" }
+func (i instanceView) Healthy() bool { return i.Health == "healthy" }
 
 // poolView is a pool's workers and backlog.
 type poolView struct {
