@@ -331,11 +331,15 @@ func newClient(cfg Config, fp string, app *pacer, network *http.Transport, pc Po
 	guard := &hostGuard{next: tr, c: c}
 	// The SDK's default middleware without its retry and redirect
 	// handlers: ours is the only retry layer, and redirects are followed
-	// by the http.Client under checkRedirect, like the raw requests'.
+	// by the http.Client under checkRedirect, like the raw requests'. Its
+	// compression handler is replaced by one that leaves small bodies
+	// alone (compress.go).
 	var mws []khttp.Middleware
 	for _, m := range msgraphcore.GetDefaultMiddlewaresWithOptions(&msgraphcore.GraphClientOptions{}) {
 		switch m.(type) {
 		case *khttp.RetryHandler, *khttp.RedirectHandler:
+		case *khttp.CompressionHandler:
+			mws = append(mws, bodyCompression{})
 		default:
 			mws = append(mws, m)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -372,14 +373,32 @@ func TestSameTargetInPublicationOrder(t *testing.T) {
 		e.publish("acme", jobs.ActionUpdateUser, fmt.Sprintf("order-%02d", i), jobs.UpdateUserParams{UserRef: jobs.UserRef{User: target}, JobTitle: ptr(fmt.Sprintf("t%02d", i))}, false)
 		e.publish("acme", jobs.ActionUpdateUser, fmt.Sprintf("other-%02d", i), jobs.UpdateUserParams{UserRef: jobs.UserRef{User: other}, JobTitle: ptr(fmt.Sprintf("o%02d", i))}, false)
 	}
-	var prev time.Time
 	for i := 1; i <= n; i++ {
-		r := e.result("acme", fmt.Sprintf("order-%02d", i))
-		ok(t, r)
-		if r.StartedAt.Before(prev) {
-			t.Errorf("order-%02d started before order-%02d finished", i, i-1)
+		ok(t, e.result("acme", fmt.Sprintf("order-%02d", i)))
+	}
+	// The effects in publication order: each job publishes the record it
+	// made right after its change, under the target's lock, so the records
+	// follow one another as the changes did. (A result's started_at is when
+	// its delivery began, which may be before it waited for an earlier job
+	// of its target: no order follows from it.)
+	var titles []string
+	for _, d := range workertest.Decode[jobs.AssetDelta](t, workertest.Messages(t, e.js, "M365_RESULTS", "m365.results.acme.assets.m365_user")) {
+		if !strings.HasPrefix(d.SyncID, "action:order-") {
+			continue
 		}
-		prev = r.FinishedAt
+		for _, ch := range d.Changes {
+			var u jobs.UserAsset
+			if json.Unmarshal(ch.Asset, &u) == nil && u.JobTitle != nil {
+				titles = append(titles, *u.JobTitle)
+			}
+		}
+	}
+	var want []string
+	for i := 1; i <= n; i++ {
+		want = append(want, fmt.Sprintf("t%02d", i))
+	}
+	if !slices.Equal(titles, want) {
+		t.Errorf("the target's records in the order they were made: %v, want %v", titles, want)
 	}
 	after, _ := e.sim.Export(e.sim.Credentials()[0].TenantID)
 	for _, u := range after.Users {

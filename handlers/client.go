@@ -68,7 +68,7 @@ func graphClient(pool *graphclient.Pool, j *worker.Job, users int) (*graphclient
 	if j.InstanceConfig == nil {
 		return nil, worker.Permanent(jobs.CodeInstanceNotFound, fmt.Sprintf("no configuration for instance %q in the instances bucket", j.Job.Instance))
 	}
-	cfg, err := ClientConfig(j.InstanceConfig, j.OpenSecret, users)
+	cfg, err := ClientConfig(j.InstanceConfig, j.OpenInstanceSecret, users)
 	if err != nil {
 		return nil, err
 	}

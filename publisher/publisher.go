@@ -26,6 +26,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tevyra/m365-worker/internal/retry"
+	"github.com/tevyra/m365-worker/internal/roundtrip"
 	"github.com/tevyra/m365-worker/internal/tracing"
 	"github.com/tevyra/m365-worker/jobs"
 )
@@ -145,6 +146,7 @@ func (p *Publisher) publish(ctx context.Context, m Message) (*jetstream.PubAck, 
 	err = retry.Do(ctx, policy, func() error {
 		actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
 		defer cancel()
+		roundtrip.Add(ctx, 1)
 		a, err := p.js.PublishMsg(actx, nm)
 		if err != nil {
 			if ctx.Err() == nil && transient(err) {

@@ -48,6 +48,7 @@ type Job struct {
 	progress func()
 	poolKey  nkeys.KeyPair
 	previous []nkeys.KeyPair // pool keys being rotated out
+	opened   *openedFields
 	fresh    func(ctx context.Context) (*Instance, error)
 }
 
@@ -96,6 +97,16 @@ func (j *Job) OpenSecret(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
 		return nil, ErrNoPoolKey
 	}
 	return OpenWith(append([]nkeys.KeyPair{j.poolKey}, j.previous...))(s, b)
+}
+
+// OpenInstanceSecret opens a secret of the job's instance record (its
+// client secret, certificate key or proxy credentials) as OpenSecret does;
+// the worker keeps what it opened for the jobs after this one.
+func (j *Job) OpenInstanceSecret(s *jobs.SealedSecret, b jobs.Binding) ([]byte, error) {
+	if j.opened == nil {
+		return j.OpenSecret(s, b)
+	}
+	return j.opened.open(s, b, j.OpenSecret)
 }
 
 // OpenWith opens sealed values with the pool's keys (the current one first,

@@ -165,6 +165,10 @@ func (o *Observer) samples(ctx context.Context) []Metric {
 	}
 	w.metrics.mu.Unlock()
 	ms = append(ms, Metric{Name: "m365_ticks_missed_total", Help: "Scheduled sync ticks not served before the next replaced them (each reported in a ticks_missed sync report).", Type: "counter", Value: float64(w.stats.TicksMissed.Load())})
+	for stage, n := range w.RoundTrips() {
+		ms = append(ms, Metric{Name: "m365_jetstream_round_trips_total", Help: "JetStream requests (KV reads and writes, stored publishes, acknowledged acks) made for jobs, by the stage of a job's path that made them.", Type: "counter",
+			Labels: map[string]string{"stage": stage}, Value: float64(n)})
+	}
 	ms = append(ms, Metric{Name: "m365_jobs_in_flight", Help: "Jobs being handled now.", Type: "gauge", Value: float64(w.InFlight())})
 	if info := o.consumerInfo(ctx); info != nil {
 		ms = append(ms,
@@ -207,7 +211,8 @@ func (o *Observer) Micro(version string) (micro.Service, error) {
 		Metadata: map[string]string{"worker": o.w.cfg.ID, "pool": o.w.cfg.Pool},
 		StatsHandler: func(*micro.Endpoint) any {
 			s := o.w.Stats()
-			return map[string]int64{"handled": s.Handled.Load(), "succeeded": s.Succeeded.Load(), "failed": s.Failed.Load(), "in_flight": o.w.InFlight()}
+			return map[string]any{"handled": s.Handled.Load(), "succeeded": s.Succeeded.Load(), "failed": s.Failed.Load(), "in_flight": o.w.InFlight(),
+				"round_trips": o.w.RoundTrips()}
 		},
 	})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/roundtrip"
 	"github.com/tevyra/m365-worker/internal/state"
 
 	"github.com/tevyra/m365-worker/jobs"
@@ -175,6 +176,7 @@ func (w *Worker) ackFloor(ctx context.Context) (uint64, error) {
 		return f, nil
 	}
 	c.mu.Unlock()
+	roundtrip.Add(ctx, 1)
 	info, err := w.consumerInfo(ctx)
 	if err != nil {
 		return 0, err
@@ -209,6 +211,7 @@ func (w *Worker) earlierUnfinished(ctx context.Context, sc *state.Scope, pool, t
 					return "", ctx.Err()
 				}
 			}
+			roundtrip.Add(ctx, 1)
 			m, err := w.jobsStream.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
 			var found seqJob
 			if err == nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/roundtrip"
 	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/internal/tracing"
 	"github.com/tevyra/m365-worker/jobs"
@@ -25,7 +26,10 @@ import (
 //	locate    metadata, subject, job id, the instance's state scope, logger
 //	hint      a notification trigger for an unknown instance is dropped
 //	          (hint.go)
-//	ledger    a job whose result is stored is never run again (duplicate)
+//	ledger    a job whose result is stored is never run again (duplicate);
+//	          a first delivery that will take a lock reads it once, under
+//	          the lock (ledger again), and any other outcome that stores a
+//	          result reads it first (settle)
 //	count     attempts used; a job near the consumer's MaxDeliver fails
 //	validate  the envelope, its subject and a handler for its action
 //	hold      a job that would queue for its target's turn while its
@@ -81,7 +85,9 @@ type delivery struct {
 	out      any
 	admitted bool        // holds a lock taken by admit
 	lock     *state.Lock // that lock
-	cleanups []func()
+	// ledgerRead: the job ledger was read for this delivery.
+	ledgerRead bool
+	cleanups   []func()
 }
 
 // onDone runs f when the delivery is settled (releasing locks), last
@@ -91,11 +97,13 @@ func (d *delivery) onDone(f func()) { d.cleanups = append(d.cleanups, f) }
 func (w *Worker) process(ctx context.Context, msg jetstream.Msg, pj parsedMsg) {
 	d := &delivery{ctx: ctx, msg: msg, parsed: pj, started: time.Now().UTC(), replayOf: msg.Headers().Get(HeaderReplayOf), log: w.log}
 	var err error
-	for _, st := range pipeline {
+	for i, st := range pipeline {
+		d.ctx = roundtrip.With(d.ctx, &w.roundTrips[i])
 		if err = st.run(w, d); err != nil {
 			break
 		}
 	}
+	d.ctx = roundtrip.With(d.ctx, &w.roundTrips[len(pipeline)])
 	w.settle(d, err)
 	for i := len(d.cleanups) - 1; i >= 0; i-- {
 		d.cleanups[i]()
@@ -140,10 +148,33 @@ func (w *Worker) recheckLedger(d *delivery) error {
 	if !d.admitted {
 		return nil
 	}
-	return w.checkLedger(d)
+	return w.readLedger(d)
 }
 
+// checkLedger reads the ledger before the job goes on, except on a first
+// delivery of a job that will take a lock: it reads the ledger under the
+// lock anyway, and a first delivery has made no earlier give-back whose
+// read this one could save (a duplicate publication of a done job then
+// waits for its target's turn before it is found). settle reads it for
+// any outcome that stores a result before the lock was taken.
 func (w *Worker) checkLedger(d *delivery) error {
+	if d.meta.NumDelivered == 1 && w.takesLock(d) {
+		return nil
+	}
+	return w.readLedger(d)
+}
+
+// takesLock reports whether admit will take a lock for the job.
+func (w *Worker) takesLock(d *delivery) bool {
+	if d.addrErr != nil || d.parsed.err != nil || d.job == nil {
+		return false
+	}
+	h, ok := w.handlers[d.job.Action]
+	return ok && (h.Exclusive || (h.Ordered && d.parsed.params.Target() != ""))
+}
+
+func (w *Worker) readLedger(d *delivery) error {
+	d.ledgerRead = true
 	done, err := d.scope.Done(d.ctx, d.jobID)
 	if err != nil {
 		return RetryAfter(5*time.Second, fmt.Errorf("cannot read the job ledger: %w", err))
@@ -239,7 +270,7 @@ func (w *Worker) admit(d *delivery) error {
 	d.ctx, d.admitted, d.lock = ctx, true, lock
 	d.onDone(func() {
 		cancel()
-		lock.Release(context.WithoutCancel(ctx))
+		lock.Release(context.WithoutCancel(d.ctx)) // counted with the settling
 	})
 	go func() {
 		select {
@@ -306,7 +337,7 @@ func (w *Worker) handle(d *delivery) error {
 	env.ID = d.jobID
 	j := &Job{Job: &env, Params: d.parsed.params, Pool: d.addr.Pool, Worker: w.cfg.ID, Attempt: d.attempt, Delivery: int(d.meta.NumDelivered),
 		StreamSeq: d.meta.Sequence.Stream, Published: d.meta.Timestamp, Trigger: triggerOf(d.msg), InstanceConfig: d.inst, Logger: d.log,
-		state: d.scope, lock: d.lock, progress: func() { _ = d.msg.InProgress() }, poolKey: w.cfg.PoolKey, previous: w.cfg.PreviousPoolKeys,
+		state: d.scope, lock: d.lock, progress: func() { _ = d.msg.InProgress() }, poolKey: w.cfg.PoolKey, previous: w.cfg.PreviousPoolKeys, opened: &w.opened,
 		fresh: func(ctx context.Context) (*Instance, error) {
 			return w.instances.Refresh(ctx, d.addr.Pool, d.job.Instance)
 		}}

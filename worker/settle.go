@@ -23,6 +23,13 @@ import (
 //	*jobs.Error       failed result and failure record, terminated
 //	anything else     retried after a backoff, failed once attempts are used
 func (w *Worker) settle(d *delivery, err error) {
+	if d.meta != nil && !d.ledgerRead && storesResult(d, err) {
+		// A first delivery that did not reach its lock: the result it
+		// would store must not be a second one.
+		if lerr := w.readLedger(d); lerr != nil {
+			err = lerr
+		}
+	}
 	var ra *retryAfterError
 	var skip *skipError
 	var je *jobs.Error
@@ -36,7 +43,7 @@ func (w *Worker) settle(d *delivery, err error) {
 		d.log.Info("worker: job already done; acknowledging the duplicate delivery", "deliveries", d.meta.NumDelivered)
 		w.stats.Skipped.Add(1)
 		w.observe(d, "duplicate", 0)
-		_ = d.msg.DoubleAck(context.WithoutCancel(d.ctx))
+		_ = d.msg.Ack()
 	case errors.Is(err, errDropped):
 		w.drop(d)
 	case errors.As(err, &skip):
@@ -51,6 +58,19 @@ func (w *Worker) settle(d *delivery, err error) {
 	default:
 		w.retry(d, err)
 	}
+}
+
+// storesResult reports whether settling err may store a result (a success,
+// a failure, a skip, or a retry that finds the attempts used up).
+func storesResult(d *delivery, err error) bool {
+	var ra *retryAfterError
+	switch {
+	case errors.Is(err, errNoMetadata), errors.Is(err, errDuplicate), errors.Is(err, errDropped), errors.As(err, &ra):
+		return false
+	case err != nil && d.ctx.Err() != nil:
+		return false // given back
+	}
+	return true
 }
 
 // jobBackoff is the delay before a job's next attempt.
@@ -123,7 +143,7 @@ func (w *Worker) succeed(d *delivery) {
 	}
 	w.stats.Succeeded.Add(1)
 	w.observe(d, "succeeded", time.Since(d.started))
-	w.finish(d, jobs.StatusSucceeded, func() error { return d.msg.DoubleAck(ctx) })
+	w.finish(d, jobs.StatusSucceeded, func() error { return d.msg.Ack() })
 	d.log.Info("worker: job succeeded", "duration", time.Since(d.started))
 }
 
@@ -178,6 +198,10 @@ func minimalError(je *jobs.Error) *jobs.Error {
 	return &jobs.Error{Code: je.Code, Message: msg + " (details dropped: the full error is larger than the server's max_payload)", Retryable: je.Retryable}
 }
 
+// The ack that settles a job is not waited for: once the result is stored
+// and the job recorded as done, an ack lost on the way only means a
+// redelivery after the ack wait, which finds the job done.
+
 // finishSkipped closes a scheduled sync tick that found a round running.
 func (w *Worker) finishSkipped(d *delivery, cause error) {
 	ctx := context.WithoutCancel(d.ctx)
@@ -190,7 +214,7 @@ func (w *Worker) finishSkipped(d *delivery, cause error) {
 		return
 	}
 	traceOutcome(d, "skipped")
-	w.finish(d, jobs.OutcomeSkipped, func() error { return d.msg.DoubleAck(ctx) })
+	w.finish(d, jobs.OutcomeSkipped, func() error { return d.msg.Ack() })
 	d.log.Info("worker: scheduled sync skipped: a round is running", "reason", cause.Error())
 }
 

@@ -45,9 +45,14 @@ type Worker struct {
 
 	inFlight atomic.Int64
 	stats    Stats
-	metrics  actionMetrics
-	bound    atomic.Bool
-	cons     jetstream.Consumer
+	// roundTrips counts the JetStream round trips of jobs by the stage
+	// that made them: the pipeline's stages, then settling.
+	roundTrips []atomic.Int64
+	// opened keeps the instance secrets jobs opened.
+	opened  openedFields
+	metrics actionMetrics
+	bound   atomic.Bool
+	cons    jetstream.Consumer
 	// jobsStream reads earlier jobs back for cross-worker ordering.
 	jobsStream jetstream.Stream
 	earlier    earlierCache
@@ -106,10 +111,11 @@ func New(ctx context.Context, js jetstream.JetStream, topo Topology, cfg Config,
 	}
 	return &Worker{
 		cfg: cfg, topo: topo, js: js, handlers: handlers,
-		pub:       publisher.New(js, publisher.Config{Subjects: cfg.Subjects}),
-		store:     st,
-		instances: inst,
-		log:       cfg.Logger.With("worker", cfg.ID, "pool", cfg.Pool),
+		pub:        publisher.New(js, publisher.Config{Subjects: cfg.Subjects}),
+		store:      st,
+		instances:  inst,
+		log:        cfg.Logger.With("worker", cfg.ID, "pool", cfg.Pool),
+		roundTrips: make([]atomic.Int64, len(pipeline)+1),
 	}, nil
 }
 
@@ -118,6 +124,21 @@ func (w *Worker) ID() string { return w.cfg.ID }
 
 // Stats returns the worker's counters.
 func (w *Worker) Stats() *Stats { return &w.stats }
+
+// RoundTrips returns the JetStream round trips jobs made so far, by the
+// stage of their path that made them ("settle" for storing the result,
+// recording the job as done, acking and releasing its lock).
+func (w *Worker) RoundTrips() map[string]int64 {
+	out := make(map[string]int64, len(w.roundTrips))
+	for i := range w.roundTrips {
+		name := "settle"
+		if i < len(pipeline) {
+			name = pipeline[i].name
+		}
+		out[name] += w.roundTrips[i].Load()
+	}
+	return out
+}
 
 // InFlight is the number of jobs being handled now.
 func (w *Worker) InFlight() int64 { return w.inFlight.Load() }

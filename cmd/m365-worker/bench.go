@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/tevyra/m365-worker/internal/bench"
@@ -178,23 +181,40 @@ func cmdBenchOverhead(ctx context.Context, bin string, rest []string, stdout, st
 	fs := newFlagSet("bench overhead", "What the pool costs on top of the Graph calls: update_user jobs through one worker process against\n"+
 		"the same Graph calls made directly with graphclient, and against JetStream alone (publish, consume,\n"+
 		"ack) on the same server. The simulator runs with no latency and no throttling.", stderr)
-	n := fs.Int("jobs", 500, "jobs (and direct call sets, and raw messages); past a few hundred the client-side pacing of the tenant's write budget bounds both ways")
-	users := fs.Int("users", 1000, "users in the tenant")
+	n := fs.Int("jobs", 500, "jobs (and direct call sets) per round, each round on fresh tenants; past about a thousand the client-side pacing of a tenant's budget bounds both ways")
+	rounds := fs.Int("rounds", 7, "rounds measured, after one not counted; the median ratio and its spread are reported")
+	users := fs.Int("users", 1000, "users in each tenant")
 	conc := fs.Int("concurrency", 64, "goroutines making the direct calls")
 	output := fs.String("o", "text", "output: text or json")
 	if err := fs.parse(rest); err != nil {
 		return err
 	}
-	r, err := bench.RunOverhead(ctx, bench.OverheadOptions{Binary: bin, Jobs: *n, Users: *users, Concurrency: *conc, Log: stderr})
+	if *rounds < 1 {
+		return usageError{errors.New("bench overhead: --rounds must be at least 1")}
+	}
+	r, err := bench.RunOverhead(ctx, bench.OverheadOptions{Binary: bin, Jobs: *n, Users: *users, Rounds: *rounds, Concurrency: *conc, Log: stderr})
 	if err != nil {
 		return err
 	}
 	if *output == "json" {
 		return printJSON(stdout, r)
 	}
-	fmt.Fprintf(stdout, "%d update_user jobs, %.1f Graph requests each; simulator without latency or throttling\n", r.Jobs, r.RequestsPerJob)
-	fmt.Fprintf(stdout, "through the pool (1 worker):  %.0f jobs/s\n", r.PoolPerSec)
-	fmt.Fprintf(stdout, "the same calls, direct:        %.0f jobs/s  (pool = %.2f of direct)\n", r.DirectPerSec, r.PoolOfDirect)
-	fmt.Fprintf(stdout, "JetStream alone:               %.0f msgs/s (pool = %.2f of it)\n", r.JetStreamPerSec, r.PoolOfJetStream)
+	fmt.Fprintf(stdout, "%d rounds of %d update_user jobs, %.1f Graph requests each; simulator without latency or throttling\n", len(r.Rounds), r.Jobs, r.RequestsPerJob)
+	fmt.Fprintln(stdout, "round  direct jobs/s  pool (1 worker) jobs/s  pool/direct")
+	for i, rd := range r.Rounds {
+		fmt.Fprintf(stdout, "%5d  %13.0f  %22.0f  %11.2f\n", i+1, rd.DirectPerSec, rd.PoolPerSec, rd.PoolOfDirect)
+	}
+	fmt.Fprintf(stdout, "pool = %.2f of direct (median; spread %.2f to %.2f)\n", r.PoolOfDirect, r.PoolOfDirectMin, r.PoolOfDirectMax)
+	stages := make([]string, 0, len(r.RoundTripsStages))
+	for s := range r.RoundTripsStages {
+		stages = append(stages, s)
+	}
+	sort.Slice(stages, func(i, j int) bool { return r.RoundTripsStages[stages[i]] > r.RoundTripsStages[stages[j]] })
+	var parts []string
+	for _, s := range stages {
+		parts = append(parts, fmt.Sprintf("%s %.2f", s, r.RoundTripsStages[s]))
+	}
+	fmt.Fprintf(stdout, "JetStream round trips per job: %.2f (%s)\n", r.RoundTripsPerJob, strings.Join(parts, ", "))
+	fmt.Fprintf(stdout, "JetStream alone: %.0f msgs/s\n", r.JetStreamPerSec)
 	return nil
 }

@@ -79,6 +79,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer startProfile(args[0], stderr)()
 	var err error
 	switch args[0] {
 	case "run":

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/internal/roundtrip"
 )
 
 // ErrHeld means another job holds the lock; the error names the holder.
@@ -135,6 +137,7 @@ func (l *Lock) Release(ctx context.Context) {
 	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	roundtrip.Add(ctx, 1)
 	_ = l.s.kv.Delete(ctx, l.key, jetstream.LastRevision(l.rev))
 }
 
@@ -143,6 +146,7 @@ func (l *Lock) Release(ctx context.Context) {
 func (s *Store) waitFor(ctx context.Context, key string, present bool, until time.Time, wake <-chan struct{}) bool {
 	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
+	roundtrip.Add(ctx, 1)
 	wa, err := s.kv.Watch(ctx, key)
 	if err != nil {
 		return false

@@ -37,6 +37,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tevyra/m365-worker/internal/roundtrip"
 	"github.com/tevyra/m365-worker/publisher"
 )
 
@@ -116,6 +117,7 @@ func notFound(err error) bool {
 
 // get returns a key's value, or ok=false when it does not exist.
 func (s *Store) get(ctx context.Context, key string) ([]byte, uint64, bool, error) {
+	roundtrip.Add(ctx, 1)
 	e, err := s.kv.Get(ctx, key)
 	if notFound(err) {
 		return nil, 0, false, nil
@@ -142,6 +144,7 @@ func (s *Store) putJSON(ctx context.Context, key string, v any) error {
 	if err != nil {
 		return err
 	}
+	roundtrip.Add(ctx, 1)
 	_, err = s.kv.Put(ctx, key, b)
 	return err
 }
@@ -167,6 +170,7 @@ func (s *Store) subject(key string) string {
 // first.
 func (s *Store) putIf(ctx context.Context, key string, val []byte, rev uint64, found bool) error {
 	var err error
+	roundtrip.Add(ctx, 1)
 	if found {
 		_, err = s.kv.Update(ctx, key, val, rev)
 	} else {
@@ -184,6 +188,7 @@ func (s *Store) putTTL(ctx context.Context, key string, val []byte, ttl time.Dur
 	if rev != 0 {
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(rev))
 	}
+	roundtrip.Add(ctx, 1)
 	ack, err := s.js.PublishMsg(ctx, m, opts...)
 	if err != nil {
 		return 0, err
@@ -193,6 +198,7 @@ func (s *Store) putTTL(ctx context.Context, key string, val []byte, ttl time.Dur
 
 // createTTL creates key with an expiry unless it exists (jetstream.ErrKeyExists).
 func (s *Store) createTTL(ctx context.Context, key string, val []byte, ttl time.Duration) (uint64, error) {
+	roundtrip.Add(ctx, 1)
 	return s.kv.Create(ctx, key, val, jetstream.KeyTTL(ttl))
 }
 
