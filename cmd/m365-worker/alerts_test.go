@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,8 +26,10 @@ import (
 	"github.com/prometheus/prometheus/promql/promqltest"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tevyra/m365-worker/internal/notify"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
 )
 
 // alertRule is one rule of deploy/prometheus/m365-worker.rules.yml.
@@ -253,10 +259,16 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // The shipped dashboards and alert rules hold to what the binaries export:
 // every expression parses with Prometheus's own parser and names only
-// metrics and labels a running worker's and receiver's /metrics show; the
-// alerts fire on the faults driven here (an instance's refused credentials,
-// a failing sync, the receiver refusing forged notifications, no worker
-// scraped) and not before them.
+// metrics and labels a running worker's and receiver's /metrics show; each
+// alert fires on a fault driven here between two scrapes, and none fires
+// on the healthy system of the first scrape: an instance's refused
+// credentials (M365CredentialsRefused, M365JobsFailing), a secret that
+// ends in 5 days (M365CredentialExpiresSoon), a Graph that cannot validate
+// the receiver's URL (M365SubscriptionsUnhealthy), sustained 429s
+// (M365GraphThrottledShareHigh), forged notifications
+// (M365ReceiverRefusing), the receiver cut off from NATS
+// (M365ReceiverPublishFailing), the pool's consumer paused while jobs keep
+// coming (M365BacklogGrowing), and no worker scraped (M365NoLiveWorker).
 func TestDashboardsAndAlerts(t *testing.T) {
 	rules := shippedRules(t)
 	dashboards, varMetrics := dashboardQueries(t)
@@ -265,72 +277,151 @@ func TestDashboardsAndAlerts(t *testing.T) {
 	ca, creds := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tenants.json")
 	// The seeded secrets expire in 5 days: the second tenant's instance,
 	// with the right secret, is the fault of M365CredentialExpiresSoon.
+	// This Graph does not trust the receiver's certificate, so it cannot
+	// validate the notification URL of a subscription: that instance's are
+	// the fault of M365SubscriptionsUnhealthy.
 	sim := start(t, "graphsim", "--listen", "127.0.0.1:0", "--tenants", "2", "--users", "20", "--groups", "2", "--ca-out", ca, "--credentials-out", creds,
 		"--secret-ends", time.Now().Add(5*24*time.Hour).UTC().Format(time.RFC3339))
 	simURL := strings.Fields(strings.TrimPrefix(sim.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
-	if _, code := cli(t, "", "pool", "keygen", "--out", filepath.Join(dir, "pool.seed")); code != 0 {
-		t.Fatal("pool keygen")
+	// The healthy instance's Graph trusts it (SSL_CERT_FILE of its process).
+	pki := newTestPKI(t, t.TempDir())
+	ca2, creds2 := filepath.Join(dir, "ca2.pem"), filepath.Join(dir, "tenants2.json")
+	t.Setenv("SSL_CERT_FILE", pki.ca)
+	sim2 := start(t, "graphsim", "--listen", "127.0.0.1:0", "--users", "20", "--groups", "2", "--seed", "2", "--ca-out", ca2, "--credentials-out", creds2)
+	t.Setenv("SSL_CERT_FILE", "")
+	sim2URL := strings.Fields(strings.TrimPrefix(sim2.waitLine(t, "graphsim listening on"), "graphsim listening on "))[0]
+
+	const masterKey = "an-alert-test-master-key-of-at-least-32-bytes"
+	master, notifyKey := filepath.Join(dir, "master.key"), filepath.Join(dir, "notify.key")
+	_ = os.WriteFile(master, []byte(masterKey+"\n"), 0o600)
+	for _, args := range [][]string{{"pool", "keygen", "--out", filepath.Join(dir, "pool.seed")}, {"pool", "notify-key", "--master-key-file", master, "--out", notifyKey}} {
+		if _, code := cli(t, "", args...); code != 0 {
+			t.Fatal(args)
+		}
 	}
-	addr, httpAddr := freePort(t), freePort(t)
+	addr, httpAddr, hooksAddr := freePort(t), freePort(t), freePort(t)
 	natsURL := "nats://" + addr
 	w := start(t, "run", "--data-dir", filepath.Join(dir, "data"), "--nats-listen", addr, "--demo=false", "--pool-key-file", filepath.Join(dir, "pool.seed"),
-		"--http-listen", httpAddr, "--allow-endpoint-overrides")
+		"--http-listen", httpAddr, "--allow-endpoint-overrides", "--notify-url", "https://"+hooksAddr, "--notify-key-file", notifyKey)
 	w.waitLine(t, "Workers serving")
-	master := filepath.Join(dir, "master.key")
-	_ = os.WriteFile(master, []byte("an-alert-test-master-key-of-at-least-32-bytes\n"), 0o600)
-	rcv := start(t, "notify", "--nats", natsURL, "--listen", "127.0.0.1:0", "--insecure-http", "--master-key-file", master, "--drain", "0s", "--metrics-listen", "127.0.0.1:0")
+	workerMetrics := "http://" + httpAddr + "/metrics"
+	// The receiver reaches NATS through a relay the test cuts later.
+	toNATS := startRelay(t, addr)
+	rcv := start(t, "notify", "--nats", "nats://"+toNATS.addr(), "--listen", hooksAddr, "--tls-cert-file", pki.cert, "--tls-key-file", pki.key,
+		"--master-key-file", master, "--drain", "0s", "--metrics-listen", "127.0.0.1:0")
 	rcvMetrics := strings.TrimPrefix(rcv.waitLine(t, "notify metrics on "), "notify metrics on ")
 	rcvBase := strings.TrimPrefix(rcv.waitLine(t, "notify listening on "), "notify listening on ")
-
-	workerBefore, rcvBefore := scrape(t, "http://"+httpAddr+"/metrics"), scrape(t, rcvMetrics)
-
-	// The faults: an instance whose secret Entra refuses, and a forged
-	// notification.
-	var tenants []map[string]string
-	b, _ := os.ReadFile(creds)
-	_ = json.Unmarshal(b, &tenants)
-	cfg, _ := json.Marshal(map[string]string{"tenant_id": tenants[0]["tenant_id"], "client_id": tenants[0]["client_id"], "client_secret": "not-the-secret"})
-	out, code := cli(t, string(cfg), "instance", "add", "acme", "--config", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca,
-		"--pool-key-file", filepath.Join(dir, "pool.seed"), "--nats", natsURL, "--sync-interval", "1h")
-	if code != 0 || !strings.Contains(out, "syncing now (job ") {
-		t.Fatalf("instance add: %s", out)
+	hooks, graph2 := trusting(t, pki.ca), trusting(t, ca2)
+	notifyAs := func(instance, clientState string) int {
+		t.Helper()
+		note := `{"value":[{"subscriptionId":"s1","changeType":"updated","resource":"Users/u1","clientState":"` + clientState + `","tenantId":"t1","resourceData":{"id":"u1"}}]}`
+		resp, err := hooks.Post(rcvBase+"/default/"+instance, "application/json", strings.NewReader(note))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
 	}
-	firstSync := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
+
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	res, err := worker.WaitResult(wctx, js, worker.Topology{}, "acme", jobs.ActionSync, firstSync)
-	cancel()
-	if err != nil || res.Status != jobs.StatusFailed || res.Error == nil || res.Error.Code != "auth_failed" {
-		t.Fatalf("the sync with a refused secret: %+v %v", res, err)
+	tenantsOf := func(file string) []map[string]string {
+		var out []map[string]string
+		b, _ := os.ReadFile(file)
+		_ = json.Unmarshal(b, &out)
+		return out
 	}
-	soon, _ := json.Marshal(map[string]string{"tenant_id": tenants[1]["tenant_id"], "client_id": tenants[1]["client_id"], "client_secret": tenants[1]["client_secret"]})
-	out, code = cli(t, string(soon), "instance", "add", "soon", "--config", "-", "--authority", simURL, "--graph-root", simURL, "--ca-file", ca,
-		"--pool-key-file", filepath.Join(dir, "pool.seed"), "--nats", natsURL, "--sync-interval", "1h")
-	if code != 0 || !strings.Contains(out, "syncing now (job ") {
-		t.Fatalf("instance add soon: %s", out)
+	tenants, tenants2 := tenantsOf(creds), tenantsOf(creds2)
+	// addInstance adds an instance and returns the result of its first sync.
+	addInstance := func(id, graph, ca string, tenant map[string]string, secret string) *jobs.ActionResult {
+		t.Helper()
+		cfg, _ := json.Marshal(map[string]string{"tenant_id": tenant["tenant_id"], "client_id": tenant["client_id"], "client_secret": secret})
+		out, code := cli(t, string(cfg), "instance", "add", id, "--config", "-", "--authority", graph, "--graph-root", graph, "--ca-file", ca,
+			"--pool-key-file", filepath.Join(dir, "pool.seed"), "--nats", natsURL, "--sync-interval", "1h")
+		if code != 0 || !strings.Contains(out, "syncing now (job ") {
+			t.Fatalf("instance add %s: %s", id, out)
+		}
+		job := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
+		wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		res, err := worker.WaitResult(wctx, js, worker.Topology{}, id, jobs.ActionSync, job)
+		if err != nil {
+			t.Fatalf("the first sync of %s: %v", id, err)
+		}
+		return res
 	}
-	soonSync := strings.TrimSuffix(strings.TrimSpace(out[strings.Index(out, "(job ")+5:]), ")")
-	wctx, cancel = context.WithTimeout(context.Background(), 60*time.Second)
-	res, err = worker.WaitResult(wctx, js, worker.Topology{}, "soon", jobs.ActionSync, soonSync)
-	cancel()
-	if err != nil || res.Status != jobs.StatusSucceeded || !strings.Contains(string(res.Output), "expires on") {
-		t.Fatalf("the sync of the instance whose secret expires in 5 days: %+v %v", res, err)
+	// atLeast waits until a series of a scrape of url reaches want.
+	atLeast := func(url, series string, want float64) {
+		t.Helper()
+		workertest.Eventually(t, 60*time.Second, fmt.Sprintf("%s at %g", series, want), func() bool {
+			v, err := strconv.ParseFloat(scrape(t, url)[series], 64)
+			return err == nil && v >= want
+		})
 	}
-	note := `{"value":[{"subscriptionId":"s1","changeType":"updated","resource":"Users/u1","clientState":"forged","tenantId":"t1","resourceData":{"id":"u1"}}]}`
-	resp, err := http.Post(rcvBase+"/default/acme", "application/json", strings.NewReader(note))
-	if err != nil {
-		t.Fatal(err)
+
+	// The healthy system: an instance synced, with its two subscriptions.
+	if res := addInstance("busy", sim2URL, ca2, tenants2[0], tenants2[0]["client_secret"]); res.Status != jobs.StatusSucceeded {
+		t.Fatalf("the healthy instance's sync: %+v", res)
+	}
+	atLeast(workerMetrics, "m365_subscriptions_created_total", 2)
+	workerBefore, rcvBefore := scrape(t, workerMetrics), scrape(t, rcvMetrics)
+
+	// The faults. An instance whose secret Entra refuses.
+	res := addInstance("acme", simURL, ca, tenants[0], "not-the-secret")
+	if res.Status != jobs.StatusFailed || res.Error == nil || res.Error.Code != "auth_failed" {
+		t.Fatalf("the sync with a refused secret: %+v", res)
+	}
+	// An instance whose secret ends in 5 days, and whose Graph cannot
+	// validate the receiver's URL: no subscriptions.
+	res = addInstance("soon", simURL, ca, tenants[1], tenants[1]["client_secret"])
+	if res.Status != jobs.StatusSucceeded || !strings.Contains(string(res.Output), "expires on") {
+		t.Fatalf("the sync of the instance whose secret expires in 5 days: %+v", res)
+	}
+	atLeast(workerMetrics, "m365_subscriptions_failures_total", 1)
+	// A forged notification.
+	if code := notifyAs("busy", "forged"); code != http.StatusForbidden {
+		t.Fatalf("a forged notification: %d", code)
+	}
+	// Graph throttles half of the healthy instance's requests from now on.
+	resp, err := graph2.Post(sim2URL+"/_admin/tenants/"+tenants2[0]["tenant_id"]+"/throttle", "application/json", strings.NewReader(`{"share":0.5}`))
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("throttle: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Fatalf("a forged notification: %d", resp.StatusCode)
+	if _, err := worker.RequestSync(context.Background(), js, jobs.Subjects{}, "default", "busy", false); err != nil {
+		t.Fatal(err)
 	}
-	workerAfter, rcvAfter := scrape(t, "http://"+httpAddr+"/metrics"), scrape(t, rcvMetrics)
+	atLeast(workerMetrics, `m365_graph_throttled_total{instance="busy"}`, 1)
+	// The receiver loses NATS: a valid notification cannot be stored.
+	toNATS.cut()
+	workertest.Eventually(t, 60*time.Second, "the receiver to see NATS gone", func() bool {
+		resp, err := http.Get(strings.TrimSuffix(rcvMetrics, "/metrics") + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	if code := notifyAs("busy", notify.ClientState(notify.PoolKey([]byte(masterKey), "default"), "busy")); code != http.StatusServiceUnavailable {
+		t.Fatalf("a notification while the receiver cannot reach NATS: %d", code)
+	}
+	// The pool's consumer is paused while jobs keep coming.
+	if _, err := js.PauseConsumer(context.Background(), "M365_JOBS", "m365_pool_default", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 150 {
+		j := &jobs.Job{SchemaVersion: jobs.SchemaVersion, ID: fmt.Sprintf("backlog-%d", i), Instance: "busy", Action: jobs.ActionSync}
+		b, _ := json.Marshal(j)
+		if _, err := js.Publish(context.Background(), jobs.Subjects{}.JobSubject("default", j), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	atLeast(workerMetrics, `m365_consumer_pending{pool="default"}`, 150)
+	workerAfter, rcvAfter := scrape(t, workerMetrics), scrape(t, rcvMetrics)
 
 	// Every expression parses and names only what the binaries export.
 	exported := labelsOf(workerBefore, workerAfter, rcvBefore, rcvAfter)
@@ -403,16 +494,13 @@ func TestDashboardsAndAlerts(t *testing.T) {
 		if v := evaluate(t, expr, before, before); len(v) > 0 {
 			t.Errorf("%s fires on a healthy system: %v", r.Alert, v)
 		}
-		fires[r.Alert] = len(evaluate(t, expr, before, after)) > 0
+		v := evaluate(t, expr, before, after)
+		fires[r.Alert] = len(v) > 0
+		t.Logf("%s on the driven faults: %v", r.Alert, v)
 	}
-	for _, a := range []string{"M365CredentialsRefused", "M365JobsFailing", "M365ReceiverRefusing", "M365CredentialExpiresSoon"} {
-		if !fires[a] {
-			t.Errorf("%s does not fire on its fault", a)
-		}
-	}
-	for _, a := range []string{"M365NoLiveWorker", "M365BacklogGrowing", "M365GraphThrottledShareHigh", "M365SubscriptionsUnhealthy", "M365ReceiverPublishFailing"} {
-		if fires[a] {
-			t.Errorf("%s fires without its fault", a)
+	for _, r := range rules {
+		if want := r.Alert != "M365NoLiveWorker"; fires[r.Alert] != want {
+			t.Errorf("%s: fires %v on the driven faults, want %v", r.Alert, fires[r.Alert], want)
 		}
 	}
 	// No worker scraped: only the receiver's samples.
@@ -420,5 +508,72 @@ func TestDashboardsAndAlerts(t *testing.T) {
 		if r.Alert == "M365NoLiveWorker" && len(evaluate(t, r.Expr, rcvBefore, rcvAfter)) == 0 {
 			t.Error("M365NoLiveWorker does not fire without a worker")
 		}
+	}
+}
+
+// trusting is an HTTPS client trusting the CA of caFile.
+func trusting(t *testing.T, caFile string) *http.Client {
+	t.Helper()
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 30 * time.Second}
+}
+
+// relay forwards TCP connections to a server until cut: a network path the
+// test breaks.
+type relay struct {
+	l     net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	done  bool
+}
+
+func startRelay(t *testing.T, target string) *relay {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{l: l}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			r.mu.Lock()
+			r.conns = append(r.conns, c, u)
+			if r.done {
+				c.Close()
+				u.Close()
+			}
+			r.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	t.Cleanup(r.cut)
+	return r
+}
+
+func (r *relay) addr() string { return r.l.Addr().String() }
+
+// cut closes the relay and every connection through it.
+func (r *relay) cut() {
+	r.l.Close()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.done = true
+	for _, c := range r.conns {
+		c.Close()
 	}
 }
