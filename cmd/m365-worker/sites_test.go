@@ -25,7 +25,7 @@ import (
 // rolePasswords sets the passwords the shipped NATS configs read from the
 // environment: "<role>-pw".
 func rolePasswords(t *testing.T) {
-	for _, v := range []string{"OPERATOR", "TEVYRA", "WORKER_DEFAULT", "MONITOR", "NOTIFY", "LEAF_SITE_A", "LEAF_SITE_B", "SITE_WORKER"} {
+	for _, v := range []string{"OPERATOR", "TEVYRA", "WORKER_DEFAULT", "MONITOR", "NOTIFY", "CONSOLE", "LEAF_SITE_A", "LEAF_SITE_B", "SITE_WORKER"} {
 		t.Setenv("M365_"+v+"_PASSWORD", strings.ToLower(strings.ReplaceAll(v, "_", "-"))+"-pw")
 	}
 }
