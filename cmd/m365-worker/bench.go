@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tevyra/m365-worker/internal/bench"
+	"github.com/tevyra/m365-worker/worker"
 )
 
 // cmdBench runs the benchmarks against the built-in simulator: JetStream and
@@ -36,6 +37,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdBenchOverhead(ctx, bin, rest, stdout, stderr)
 	case "receiver":
 		return cmdBenchReceiver(ctx, bin, rest, stdout, stderr)
+	case "nats-server":
+		return cmdBenchServer(ctx, rest, stdout, stderr)
 	case "sync":
 		fs := newFlagSet("bench sync", "Measure, in one run against the built-in Graph simulator (realistic latency, GRAPH.md §12;\nthrottling on): a full first round of a tenant, a plain sequential delta walk through\nthe SDK's page iterator, an incremental round after some objects changed, and the\nworker process's peak RSS (JetStream and the simulator run in this process).", stderr)
 		users := fs.Int("users", 100000, "users in the tenant")
@@ -168,12 +171,37 @@ func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, std
 	fmt.Fprintf(stdout, "Graph requests:     %d (%d throttled)\n", r.Requests, r.Throttled)
 	fmt.Fprintf(stdout, "worker CPU:         %s in %s (%.0f %% of one core); peak RSS %.0f MB\n", r.WorkerCPU.Round(time.Millisecond), r.Duration,
 		100*r.WorkerCPU.Seconds()/r.Duration.Seconds(), float64(r.WorkerPeakRSS)/(1<<20))
+	fmt.Fprintf(stdout, "NATS server:        RSS %.0f MB (peak %.0f MB); state bucket %d keys, %d messages, %.0f MB\n", float64(r.Server.RSS)/(1<<20), float64(r.Server.PeakRSS)/(1<<20),
+		r.Server.StateKeys, r.Server.StateMsgs, float64(r.Server.StateBytes)/(1<<20))
 	if r.Quiet != nil && r.Noisy != nil {
 		fmt.Fprintf(stdout, "probe actions:      quiet half p50 %s, p99 %s (%d of %d done); noisy half p50 %s, p99 %s (%d of %d done); p99 ratio %.2f\n",
 			r.Quiet.P50.Round(time.Millisecond), r.Quiet.P99.Round(time.Millisecond), r.Quiet.Done, r.Quiet.Sent,
 			r.Noisy.P50.Round(time.Millisecond), r.Noisy.P99.Round(time.Millisecond), r.Noisy.Done, r.Noisy.Sent, r.Noisy.P99.Seconds()/max(r.Quiet.P99.Seconds(), 1e-9))
 		fmt.Fprintf(stdout, "the noise:          %d of %d burst actions done, %d of %d actions of the throttled tenant done\n", r.BurstDone, bench.NoiseBurst, r.ThrottledDone, bench.NoiseThrottled)
 	}
+	return nil
+}
+
+// cmdBenchServer is the JetStream server of a benchmark that measures the
+// server's memory apart (bench tenants): it prints its URL and runs until
+// interrupted. Not listed: the benchmarks start it.
+func cmdBenchServer(ctx context.Context, rest []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench nats-server", "A benchmark's JetStream server on a free loopback port (the benchmarks start it).", stderr)
+	store := fs.String("store", "", "the store directory")
+	if err := fs.parse(rest); err != nil {
+		return err
+	}
+	if *store == "" {
+		return usageError{errors.New("bench nats-server: --store is required")}
+	}
+	ns, err := worker.StartEmbedded(worker.EmbeddedOptions{StoreDir: *store, Port: -1, ServerName: "m365-bench"})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "nats-server listening on", ns.ClientURL())
+	<-ctx.Done()
+	ns.Shutdown()
+	ns.WaitForShutdown()
 	return nil
 }
 

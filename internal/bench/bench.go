@@ -39,6 +39,10 @@ type Options struct {
 	Log io.Writer
 	// WorkerArgs are added to every worker's command line.
 	WorkerArgs []string
+	// ServerProcess runs JetStream in a process of its own (Binary's
+	// `bench nats-server`) instead of this one, so that its memory can be
+	// measured (Env.ServerMemory).
+	ServerProcess bool
 }
 
 // Env is JetStream and the simulator in this process, workers as child
@@ -47,6 +51,7 @@ type Env struct {
 	o       Options
 	dir     string
 	ns      *server.Server
+	server  *serverProcess
 	URL     string
 	NC      *nats.Conn
 	JS      jetstream.JetStream
@@ -81,11 +86,17 @@ func Start(o Options) (*Env, error) {
 			e.Close()
 		}
 	}()
-	e.ns, err = worker.StartEmbedded(worker.EmbeddedOptions{StoreDir: filepath.Join(dir, "jetstream"), Port: -1, ServerName: "m365-bench"})
-	if err != nil {
-		return nil, err
+	if o.ServerProcess {
+		if e.server, e.URL, err = startServerProcess(o.Binary, filepath.Join(dir, "jetstream"), o.Log); err != nil {
+			return nil, err
+		}
+	} else {
+		e.ns, err = worker.StartEmbedded(worker.EmbeddedOptions{StoreDir: filepath.Join(dir, "jetstream"), Port: -1, ServerName: "m365-bench"})
+		if err != nil {
+			return nil, err
+		}
+		e.URL = e.ns.ClientURL()
 	}
-	e.URL = e.ns.ClientURL()
 	if e.NC, err = nats.Connect(e.URL); err != nil {
 		return nil, err
 	}
@@ -135,6 +146,9 @@ func (e *Env) Close() {
 	if e.ns != nil {
 		e.ns.Shutdown()
 		e.ns.WaitForShutdown()
+	}
+	if e.server != nil {
+		e.server.stop()
 	}
 	_ = os.RemoveAll(e.dir)
 }
@@ -225,7 +239,11 @@ func (w *Worker) PeakRSS() (int64, error) {
 
 // PeakRSS is a process's high-water resident set (Linux VmHWM); pid 0 is
 // this process.
-func PeakRSS(pid int) (int64, error) {
+func PeakRSS(pid int) (int64, error) { return procStatus(pid, "VmHWM:") }
+
+// procStatus reads one size field (kB) of a process's /proc status, in
+// bytes; pid 0 is this process.
+func procStatus(pid int, field string) (int64, error) {
 	path := "/proc/self/status"
 	if pid != 0 {
 		path = fmt.Sprintf("/proc/%d/status", pid)
@@ -235,13 +253,13 @@ func PeakRSS(pid int) (int64, error) {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
+		if strings.HasPrefix(line, field) {
 			f := strings.Fields(line)
 			kb, err := strconv.ParseInt(f[1], 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmHWM in " + path)
+	return 0, errors.New("no " + field + " in " + path)
 }
 
 // Sync requests a round of instance and waits for its report.

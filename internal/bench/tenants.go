@@ -67,6 +67,9 @@ type TenantsResult struct {
 	Throttled      int64
 	WorkerCPU      time.Duration
 	WorkerPeakRSS  int64
+	// Server: the JetStream server process's memory and the state
+	// bucket's size at the end of the window.
+	Server ServerMemory
 	// With Noisy: the probe actions' latency (publication to result) in
 	// the quiet half and in the noisy half, and how many of the noise's
 	// actions had a result by the end.
@@ -89,7 +92,7 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 	if o.NoLatency {
 		sim.Latency, profile = graphsim.Latency{}, "none"
 	}
-	e, err := Start(Options{Binary: o.Binary, Sim: sim, Log: o.Log})
+	e, err := Start(Options{Binary: o.Binary, Sim: sim, Log: o.Log, ServerProcess: true})
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +158,9 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 	}
 	res.Requests, res.Throttled = e.Sim.Requests.Load()-req0, e.Sim.Throttled.Load()-thr0
 	res.WorkerCPU = workersCPU(e) - cpu0
+	if res.Server, err = e.ServerMemory(ctx); err != nil {
+		return nil, err
+	}
 	// Ticks of the window get until one more interval to be reported.
 	if err := sleepCtx(ctx, o.Interval); err != nil {
 		return nil, err
