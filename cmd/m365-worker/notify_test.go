@@ -120,7 +120,8 @@ func TestNotifyCommand(t *testing.T) {
 		t.Fatalf("%d triggers for acme, want 1", len(msgs))
 	}
 	want := `{"schema_version":1,"id":"notified-acme","instance":"acme","action":"sync","requested_by":"graph-notification"}`
-	if m := msgs[0]; string(m.Data()) != want || m.Headers().Get("Nats-Rollup") != "sub" || m.Headers().Get("Nats-Msg-Id") != "" {
+	// Tracing unconfigured: no span, no traceparent.
+	if m := msgs[0]; string(m.Data()) != want || m.Headers().Get("Nats-Rollup") != "sub" || m.Headers().Get("Nats-Msg-Id") != "" || m.Headers().Get("traceparent") != "" {
 		t.Errorf("trigger %s with headers %v", m.Data(), m.Headers())
 	}
 	if n := len(workertest.Messages(t, js, jobsStream, "m365.jobs.default.evil.notified")); n != 0 {
