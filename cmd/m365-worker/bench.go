@@ -18,7 +18,7 @@ import (
 // the simulator in this process, the workers as child processes of this
 // binary.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness|tenants|overhead|receiver [flags]\n", stderr)
+	sub, rest, err := subcommand(args, "usage: m365-worker bench sync|actions|chaos|freshness|tenants|overhead|receiver|console [flags]\n", stderr)
 	if err != nil {
 		return err
 	}
@@ -37,6 +37,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdBenchOverhead(ctx, bin, rest, stdout, stderr)
 	case "receiver":
 		return cmdBenchReceiver(ctx, bin, rest, stdout, stderr)
+	case "console":
+		return cmdBenchConsole(ctx, rest, stdout, stderr)
 	case "nats-server":
 		return cmdBenchServer(ctx, rest, stdout, stderr)
 	case "sync":

@@ -79,17 +79,21 @@ func (s *Server) sortedPools() []*poolView {
 func (s *Server) instancesPage(w http.ResponseWriter, r *http.Request, ss *session) {
 	q := r.URL.Query()
 	health, text := q.Get("health"), q.Get("q")
+	page, _ := pageOf(q, 0)
+	from := (page - 1) * pageSize
+	list := make([]instanceView, 0, pageSize)
+	total := 0
 	s.w.mu.RLock()
-	var list []instanceView
 	for _, v := range s.w.sortedInstances() {
 		if (health == "" || v.Health == health) && (text == "" || containsFold(v.ID, text)) {
-			list = append(list, *v)
+			if total >= from && len(list) < pageSize {
+				list = append(list, *v)
+			}
+			total++
 		}
 	}
 	s.w.mu.RUnlock()
-	total := len(list)
-	page, from := pageOf(q, total)
-	s.render(w, r, ss, "instances", "Instances", map[string]any{"Instances": list[from:min(total, from+pageSize)], "Total": total,
+	s.render(w, r, ss, "instances", "Instances", map[string]any{"Instances": list, "Total": total,
 		"Health": health, "Q": text, "Page": page, "Pages": (total + pageSize - 1) / pageSize, "Query": q})
 }
 
@@ -220,6 +224,23 @@ func (s *Server) jobsPage(w http.ResponseWriter, r *http.Request, ss *session) {
 	s.render(w, r, ss, "jobs", "Jobs", d)
 }
 
+// page is one page of the records the filter selects, newest first, from
+// the from-th match, and how many match (w.mu held): one pass, nothing
+// allocated for the records it skips.
+func (w *watcher) page(f failureFilter, from int) ([]failureView, int) {
+	rows := make([]failureView, 0, pageSize)
+	total := 0
+	for i := len(w.failures) - 1; i >= 0; i-- {
+		if v := w.failures[i]; f.match(v) {
+			if total >= from && len(rows) < pageSize {
+				rows = append(rows, *v)
+			}
+			total++
+		}
+	}
+	return rows, total
+}
+
 // matching are the failure records the filter selects, newest first.
 func (w *watcher) matching(f failureFilter) []*failureView {
 	var out []*failureView
@@ -241,15 +262,16 @@ func (s *Server) failuresPage(w http.ResponseWriter, r *http.Request, ss *sessio
 		s.render(w, r, ss, "failures", "Failures", d)
 		return
 	}
+	page, _ := pageOf(q, 0)
 	s.w.mu.RLock()
-	all := s.w.matching(f)
-	total := len(all)
-	page, from := pageOf(q, total)
-	rows := make([]failureView, 0, pageSize)
-	for _, v := range all[from:min(total, from+pageSize)] {
-		rows = append(rows, *v)
-	}
+	rows, total := s.w.page(f, (page-1)*pageSize)
 	s.w.mu.RUnlock()
+	if total > 0 && len(rows) == 0 { // past the last page: show the last
+		page = (total + pageSize - 1) / pageSize
+		s.w.mu.RLock()
+		rows, total = s.w.page(f, (page-1)*pageSize)
+		s.w.mu.RUnlock()
+	}
 	d["Rows"], d["Total"], d["Page"], d["Pages"], d["Query"] = rows, total, page, (total+pageSize-1)/pageSize, f.Query()
 	s.render(w, r, ss, "failures", "Failures", d)
 }

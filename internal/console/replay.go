@@ -48,23 +48,9 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request, ss *session) {
 		s.refuse(w, r, ss, http.StatusBadRequest, err.Error())
 		return
 	}
-	var recs []jobs.FailureRecord
-	one := r.PostFormValue("seq")
-	s.w.mu.RLock()
-	if one != "" {
-		seq, _ := strconv.ParseUint(one, 10, 64)
-		if v := s.w.failBySeq[seq]; v != nil {
-			recs = append(recs, v.Rec)
-		}
-	} else {
-		for _, v := range s.w.matching(f) {
-			recs = append(recs, v.Rec)
-		}
-	}
-	s.w.mu.RUnlock()
-	n := len(recs)
+	one, confirm := r.PostFormValue("seq"), strings.TrimSpace(r.PostFormValue("confirm"))
+	recs, n, sample := s.selectReplay(f, one, confirm)
 	want := fmt.Sprintf("replay %d", n)
-	confirm := strings.TrimSpace(r.PostFormValue("confirm"))
 	switch {
 	case n == 0:
 		s.refuse(w, r, ss, http.StatusNotFound, "No failure record matches: nothing to replay.")
@@ -73,7 +59,7 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request, ss *session) {
 		s.refuse(w, r, ss, http.StatusBadRequest, fmt.Sprintf("%d records match; narrow the filter to at most %d.", n, maxBatch))
 		return
 	case one == "" && confirm != want:
-		d := map[string]any{"F": f, "Count": n, "Want": want, "Query": f.Query(), "Sample": recs[:min(n, 10)]}
+		d := map[string]any{"F": f, "Count": n, "Want": want, "Query": f.Query(), "Sample": sample}
 		if confirm != "" {
 			d["Mismatch"] = fmt.Sprintf("You typed %q; the filter now selects %d records: type %q.", confirm, n, want)
 			w.WriteHeader(http.StatusConflict)
@@ -83,7 +69,7 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request, ss *session) {
 	}
 	target := "filter " + f.Query().Encode()
 	if one != "" {
-		target = recs[0].JobID
+		target = recs[0].Rec.JobID
 	}
 	if err := record(r.Context(), s.js, s.cfg.Topology, ss, AuditReplay, target, fmt.Sprintf("%d records", n)); err != nil {
 		s.refuse(w, r, ss, http.StatusServiceUnavailable, err.Error())
@@ -92,6 +78,30 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request, ss *session) {
 	b := s.newBatch(ss, f, n)
 	go s.runBatch(context.WithoutCancel(r.Context()), b, recs)
 	http.Redirect(w, r, "/replays/"+b.ID, http.StatusSeeOther)
+}
+
+// selectReplay finds what a replay request names: the one record seq, or
+// the records the filter selects, counted with a sample of ten for the dry
+// run and all of them once the count is confirmed. Records never change
+// once read, so pointers to them stay valid outside the lock.
+func (s *Server) selectReplay(f failureFilter, one, confirm string) (recs []*failureView, n int, sample []jobs.FailureRecord) {
+	s.w.mu.RLock()
+	defer s.w.mu.RUnlock()
+	if one != "" {
+		seq, _ := strconv.ParseUint(one, 10, 64)
+		if v := s.w.failBySeq[seq]; v != nil {
+			return []*failureView{v}, 1, nil
+		}
+		return nil, 0, nil
+	}
+	first, n := s.w.page(f, 0)
+	for _, v := range first[:min(len(first), 10)] {
+		sample = append(sample, v.Rec)
+	}
+	if confirm == fmt.Sprintf("replay %d", n) && n <= maxBatch {
+		recs = s.w.matching(f)
+	}
+	return recs, n, sample
 }
 
 func (s *Server) newBatch(ss *session, f failureFilter, n int) *batch {
@@ -104,13 +114,14 @@ func (s *Server) newBatch(ss *session, f failureFilter, n int) *batch {
 }
 
 // runBatch replays each record once, in order, recording each outcome.
-func (s *Server) runBatch(ctx context.Context, b *batch, recs []jobs.FailureRecord) {
-	for i := range recs {
-		it := replayItem{Of: recs[i].JobID, Instance: recs[i].Instance, Action: jobs.ShortAction(recs[i].Action)}
-		newID, err := worker.Replay(ctx, s.js, s.cfg.Topology, &recs[i])
+func (s *Server) runBatch(ctx context.Context, b *batch, recs []*failureView) {
+	for _, v := range recs {
+		rec := v.Rec
+		it := replayItem{Of: rec.JobID, Instance: rec.Instance, Action: jobs.ShortAction(rec.Action)}
+		newID, err := worker.Replay(ctx, s.js, s.cfg.Topology, &rec)
 		if err != nil {
 			it.Err = err.Error()
-			s.log.Warn("console: replay", "job_id", recs[i].JobID, "error", err)
+			s.log.Warn("console: replay", "job_id", rec.JobID, "error", err)
 		}
 		it.NewID = newID
 		b.mu.Lock()

@@ -146,3 +146,19 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ss *session, sta
 	w.WriteHeader(status)
 	s.render(w, r, ss, "error", "Refused", map[string]any{"Message": msg})
 }
+
+// Counts are what the watcher holds: instances, failure records, results
+// and jobs (what `bench console` waits for before it measures).
+func (s *Server) Counts() (instances, failures, results, jobs int) {
+	s.w.mu.RLock()
+	defer s.w.mu.RUnlock()
+	return len(s.w.instances), len(s.w.failures), len(s.w.results), len(s.w.jobs)
+}
+
+// Refresh reads the instances' sync state and the pools once, as the
+// watcher does every Config.Refresh, and returns how long it took.
+func (s *Server) Refresh(ctx context.Context) time.Duration {
+	t0 := time.Now()
+	s.w.refresh(ctx)
+	return time.Since(t0)
+}

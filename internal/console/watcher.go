@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +32,7 @@ type watcher struct {
 
 	mu        sync.RWMutex
 	instances map[string]*instanceView
+	sorted    []*instanceView // the instances by id
 	pools     map[string]*poolView
 	failures  []*failureView // stream order
 	failBySeq map[uint64]*failureView
@@ -125,14 +126,20 @@ func (w *watcher) onInstance(id string, in *worker.Instance) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	defer w.bump()
+	byID := func(v *instanceView, id string) int { return strings.Compare(v.ID, id) }
+	i, found := slices.BinarySearchFunc(w.sorted, id, byID)
 	if in == nil {
 		delete(w.instances, id)
+		if found {
+			w.sorted = slices.Delete(w.sorted, i, i+1)
+		}
 		return
 	}
 	v := w.instances[id]
 	if v == nil {
-		v = &instanceView{Health: "not synced yet"}
+		v = &instanceView{ID: id, Health: "not synced yet"}
 		w.instances[id] = v
+		w.sorted = slices.Insert(w.sorted, i, v)
 	}
 	v.ID, v.Pool, v.TenantID, v.ClientID, v.Cloud = in.ID, in.Pool, in.TenantID, in.ClientID, in.Cloud
 	v.Interval = time.Duration(in.SyncInterval)
@@ -334,12 +341,5 @@ func health(m handlers.SyncMeta) string {
 	return "healthy"
 }
 
-// sortedInstances are the instances by id.
-func (w *watcher) sortedInstances() []*instanceView {
-	out := make([]*instanceView, 0, len(w.instances))
-	for _, v := range w.instances {
-		out = append(out, v)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
-}
+// sortedInstances are the instances by id (w.mu held; not to be changed).
+func (w *watcher) sortedInstances() []*instanceView { return w.sorted }
