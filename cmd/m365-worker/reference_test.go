@@ -23,6 +23,7 @@ var reference = []struct {
 	{[]string{"graphsim"}, "m365-worker graphsim --listen 127.0.0.1:8443 --users 100000 --groups 10000 --latency realistic \\\n  --ca-out ca.pem --credentials-out creds.json"},
 	{[]string{"pool", "notify-key"}, "m365-worker pool notify-key --pool default --master-key-file notify-master.key --out default.notify-key"},
 	{[]string{"notify"}, "m365-worker notify --listen :8443 --tls-cert-file hooks.pem --tls-key-file hooks-key.pem --master-key-file notify-master.key \\\n  --nats tls://notify:$PW@nats:4222 --inbox-prefix _INBOX_notify --tls-ca ca.pem --tls-cert notify.pem --tls-key notify-key.pem\n# during a master-key rotation (docs/security.md)\nm365-worker notify … --master-key-file new-master.key --previous-master-key-file notify-master.key"},
+	{[]string{"console"}, "m365-worker console --nats tls://console:$PW@nats:4222 --inbox-prefix _INBOX_console --tls-ca ca.pem --tls-cert console.pem --tls-key console-key.pem \\\n  --listen :9470 --url https://console.example.com --tls-cert-file https.pem --tls-key-file https-key.pem \\\n  --oidc-tenant contoso.onmicrosoft.com --oidc-client-id 5d1c… --oidc-client-secret-file console-secret.txt"},
 	{[]string{"tls", "init"}, "m365-worker tls init --dir tls --hosts nats,localhost,127.0.0.1   # for docker-compose.yml"},
 	{[]string{"pool", "keygen"}, "m365-worker pool keygen --out pool.seed          # prints the public key (X…)"},
 	{[]string{"instance", "add", "ID"}, "m365-worker instance add acme --config tevyra.json --pool-key-file pool.seed\nm365-worker instance add acme --tenant-id 6e7b… --client-id 1c4a… --secret-file - --sync-interval 15m < secret.txt"},
@@ -42,6 +43,7 @@ var reference = []struct {
 	{[]string{"bench", "overhead"}, "m365-worker bench overhead --jobs 500"},
 	{[]string{"bench", "freshness"}, "m365-worker bench freshness --instances 20 --notify-latency 5s   # notifications vs polling: latency and Graph requests"},
 	{[]string{"bench", "receiver"}, "m365-worker bench receiver   # the receiver under hostile bodies, slow connections and HTTP/2 streams: peak RSS, valid p50/p99"},
+	{[]string{"bench", "console"}, "m365-worker bench console   # 2,000 instances, 100,000 failure records: each page's p50/p95 against the 200 ms budget"},
 	{[]string{"bench", "chaos"}, "m365-worker bench chaos --jobs 5000 --kills 10   # real nats-server and workers, kill -9, Graph faults; exit 1 on a mismatch"},
 }
 

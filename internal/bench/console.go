@@ -49,8 +49,9 @@ type ConsolePage struct {
 // ConsoleResult is what `bench console` prints.
 type ConsoleResult struct {
 	Instances, Failures, Results int
-	// Load is how long the console's watcher took to read everything after
-	// it started; HeapMB the Go heap in use after that.
+	// Load is how long the console's watcher took to read everything (the
+	// instances, failure records, results and jobs) after it started;
+	// HeapMB the Go heap in use after that.
 	Load   time.Duration
 	HeapMB float64
 	Pages  []ConsolePage
@@ -191,12 +192,12 @@ func measureConsole(ctx context.Context, natsURL string, topo worker.Topology, o
 	h = cs
 	res := &ConsoleResult{Instances: o.Instances, Failures: o.Failures, Results: o.Results}
 	for {
-		i, f, r, _ := cs.Counts()
-		if i >= o.Instances && f >= o.Failures && r >= o.Results {
+		i, f, r, j := cs.Counts()
+		if i >= o.Instances && f >= o.Failures && r >= o.Results && j >= o.Failures {
 			break
 		}
 		if ctx.Err() != nil || time.Since(t0) > 10*time.Minute {
-			return nil, fmt.Errorf("the console read %d instances, %d failures, %d results of %d, %d, %d", i, f, r, o.Instances, o.Failures, o.Results)
+			return nil, fmt.Errorf("the console read %d instances, %d failures, %d results, %d jobs of %d, %d, %d, %d", i, f, r, j, o.Instances, o.Failures, o.Results, o.Failures)
 		}
 		time.Sleep(50 * time.Millisecond) // a benchmark's poll, not a test's wait
 	}
