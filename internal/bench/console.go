@@ -149,7 +149,7 @@ func fillConsole(ctx context.Context, js jetstream.JetStream, topo worker.Topolo
 		rec, _ := json.Marshal(jobs.FailureRecord{SchemaVersion: 1, JobID: id, Instance: inst, Pool: jobs.DefaultPool, Action: "microsoft-365." + action, Subject: subject,
 			Stream: topo.JobsStream(), StreamSeq: ack.Sequence, Attempts: 1, FailedAt: start.Add(time.Duration(i) * 6 * time.Second), Worker: "bench",
 			Error: jobs.Error{Code: code, Message: fmt.Sprintf("%s: user%d@%s.onmicrosoft.com (bench record %d)", code, i, inst, i)}})
-		if _, err := js.PublishAsync(topo.Subjects.Failures(inst), rec); err != nil {
+		if err := publishPaced(ctx, js, topo.Subjects.Failures(inst), rec, i); err != nil {
 			return err
 		}
 	}
@@ -158,7 +158,7 @@ func fillConsole(ctx context.Context, js jetstream.JetStream, topo worker.Topolo
 		now := time.Now().Add(-time.Duration(r.IntN(3600)) * time.Second)
 		res, _ := json.Marshal(jobs.ActionResult{SchemaVersion: 1, JobID: fmt.Sprintf("res-bench-%06d", i), Instance: inst, Action: "microsoft-365." + benchActions[i%len(benchActions)],
 			Status: jobs.StatusSucceeded, StartedAt: now.Add(-time.Second), FinishedAt: now, Output: json.RawMessage(`{"changed":true}`)})
-		if _, err := js.PublishAsync(topo.Subjects.Results(inst, jobs.ResultActions), res); err != nil {
+		if err := publishPaced(ctx, js, topo.Subjects.Results(inst, jobs.ResultActions), res, i); err != nil {
 			return err
 		}
 	}
@@ -168,6 +168,21 @@ func fillConsole(ctx context.Context, js jetstream.JetStream, topo worker.Topolo
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// publishPaced publishes asynchronously and, every 1,000 messages, waits
+// for the acks of those in flight (a loaded machine otherwise stalls the
+// client's window).
+func publishPaced(ctx context.Context, js jetstream.JetStream, subject string, data []byte, i int) error {
+	if i > 0 && i%1000 == 0 {
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	_, err := js.PublishAsync(subject, data)
+	return err
 }
 
 // measureConsole starts a console of its own connection, waits until its
