@@ -11,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
+	"github.com/tevyra/m365-worker/worker"
 	"github.com/tevyra/m365-worker/worker/workertest"
 )
 
@@ -82,6 +86,32 @@ func TestWhereAJobIsAndMasking(t *testing.T) {
 		_, page := do(t, op, "GET", e.url+"/jobs?id=waiting-1", nil)
 		return strings.Contains(page, `<span class="where-queued">queued</span>`) && strings.Contains(page, "ahead in pool default")
 	})
+	// A worker takes it: in flight, then running once it holds its target's lock.
+	ctx := context.Background()
+	cons, err := e.js.Consumer(ctx, "M365_JOBS", "m365_pool_default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	workertest.Eventually(t, 30*time.Second, "job waiting-1 shown in flight", func() bool {
+		_, page := do(t, op, "GET", e.url+"/jobs?id=waiting-1", nil)
+		return strings.Contains(page, `<span class="where-in flight">in flight</span>`) && strings.Contains(page, "holding no lock")
+	})
+	st, err := worker.OpenState(ctx, e.js, worker.Topology{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := st.For("default", "acme").AcquireTarget(ctx, "user:x@contoso.com", state.Holder{Worker: "w-test", JobID: "waiting-1", Since: time.Now()}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Release(ctx)
+	if _, page := do(t, op, "GET", e.url+"/jobs?id=waiting-1", nil); !strings.Contains(page, `<span class="where-running">running</span>`) || !strings.Contains(page, "on worker w-test") {
+		t.Errorf("a job holding its target's lock should be running on w-test:\n%s", page)
+	}
+
 	e.failJob("secret-1", `{"user":"adele.vance@contoso.com","password":"Hunter2!Hunter2!"}`)
 	var seq string
 	workertest.Eventually(t, 30*time.Second, "the failure listed", func() bool {

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"sort"
@@ -183,11 +184,27 @@ func (w *watcher) row(j *jobRef) jobRow {
 	case j.Seq > p.Delivered:
 		row.Where, row.Detail = "queued", strconv.FormatUint(j.Seq-p.Delivered, 10)+" ahead in pool "+j.Pool+"'s queue (counting it)"
 	case j.Seq > p.AckFloor:
-		row.Where, row.Detail = "in flight", "delivered to a worker of pool "+j.Pool+": running, or waiting for its target's turn or its instance's lock"
+		row.Where, row.Detail = "in flight", "delivered to a worker of pool "+j.Pool+", holding no lock: waiting for its target's turn or its instance's lock"
 	default:
 		row.Where, row.Detail = "settled", "acknowledged; its result is not among the results this console follows"
 	}
 	return row
+}
+
+// holder finds the worker running an in-flight job from the instance's
+// locks (one read, for this one job's page): the job is then "running".
+func (w *watcher) holder(ctx context.Context, row *jobRow) {
+	hs, err := w.state.For(row.Job.Pool, row.Job.Instance).Holders(ctx)
+	if err != nil {
+		row.Detail += " (its locks could not be read: " + err.Error() + ")"
+		return
+	}
+	for _, h := range hs {
+		if h.JobID == row.Job.ID {
+			row.Where, row.Detail = "running", "on worker "+h.Worker+" since "+h.Since.UTC().Format(time.RFC3339)
+			return
+		}
+	}
 }
 
 // outcome is a job's where for filtering.
@@ -217,6 +234,9 @@ func (s *Server) jobsPage(w http.ResponseWriter, r *http.Request, ss *session) {
 		}
 	}
 	s.w.mu.RUnlock()
+	if found != nil && found.Where == "in flight" {
+		s.w.holder(r.Context(), found)
+	}
 	d := map[string]any{"ID": id, "Found": found, "Recent": recent, "F": f, "Live": found != nil && (found.Where == "queued" || found.Where == "in flight")}
 	if ferr != nil {
 		d["Error"] = ferr.Error()
