@@ -80,6 +80,9 @@ func (c *gctx) eventual() bool {
 }
 
 func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
+	if s.opts.BeforeRequest != nil {
+		s.opts.BeforeRequest(r)
+	}
 	reqID := s.newRequestID()
 	clientReqID := r.Header.Get("client-request-id")
 	w.Header().Set("request-id", reqID)

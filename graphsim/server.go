@@ -75,6 +75,10 @@ type Faults struct {
 
 // Options configure a simulator. Zero values take the defaults given.
 type Options struct {
+	// BeforeRequest, when set, is called with each Graph request before the
+	// simulator serves it (outside its locks, so it may call Mutate): a
+	// test makes a tenant change land between two given reads of a client.
+	BeforeRequest func(r *http.Request)
 	// Tenants to seed. Default 1.
 	Tenants int
 	// Users and Groups per tenant. Defaults 100 and 10.

@@ -89,6 +89,15 @@ func (b *batcher) flush(last bool) error {
 	return nil
 }
 
+// flushPending stores what the batcher holds, if anything, as a batch of
+// the round (not its last).
+func (b *batcher) flushPending() error {
+	if len(b.changes) == 0 && len(b.states) == 0 {
+		return nil
+	}
+	return b.flush(false)
+}
+
 func putState(ref assetRef, v any) stateOp {
 	b, _ := json.Marshal(v)
 	return stateOp{ref: ref, val: b}

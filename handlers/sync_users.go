@@ -132,17 +132,25 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		r.job.Progress()
 		return nil
 	}
-	if b.mode == jobs.ModeFull {
-		// A full round reads the tenant in parallel segments from a
-		// tracking point, then follows delta from that point.
+	// fullStart reads the tenant in parallel segments from a tracking
+	// point and returns the point, for delta to follow from it. If the
+	// segments do not cover the tenant it returns "": delta from scratch
+	// then says which users exist, so what the segments saw is forgotten
+	// and stored, and a user they read that the walk no longer lists
+	// (deleted meanwhile, and not among its removals) is deleted as
+	// missing.
+	fullStart := func() (string, error) {
 		tracking, ok, err := r.parallelUsers(c, apply)
-		if err != nil {
-			return "", err
+		if err != nil || ok {
+			return tracking, err
 		}
-		if ok {
-			link = tracking
-		} else {
-			link = ""
+		seen = idSet{}
+		return "", b.flushPending()
+	}
+	if b.mode == jobs.ModeFull {
+		var err error
+		if link, err = fullStart(); err != nil {
+			return "", err
 		}
 	}
 	next, err := c.UserDelta(r.ctx, link, apply)
@@ -150,13 +158,11 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 		r.log.Info("sync: user delta token expired or reset; running a full round")
 		b.mode = jobs.ModeFull
 		seen = idSet{}
-		if tracking, ok, perr := r.parallelUsers(c, apply); perr != nil {
-			return "", perr
-		} else if ok {
-			next, err = c.UserDelta(r.ctx, tracking, apply)
-		} else {
-			next, err = c.UserDelta(r.ctx, "", apply)
+		from, ferr := fullStart()
+		if ferr != nil {
+			return "", ferr
 		}
+		next, err = c.UserDelta(r.ctx, from, apply)
 	}
 	if err != nil {
 		return "", err
