@@ -135,6 +135,21 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	c.waitText(op, "/instances/demo", "#health", "healthy")
 	c.shot(op, "02-instance-demo")
+
+	// Keyboard: the first Tab reaches the skip link; "Sync now" asks for a round.
+	if err := chromedp.Do(op, chromedp.KeyEvent("\t")); err != nil {
+		t.Fatal(err)
+	}
+	if focused, err := chromedp.Run(op, chromedp.Evaluate[string](`document.activeElement.textContent`)); err != nil || focused != "Skip to content" {
+		t.Errorf("the first Tab focuses %q (%v), want the skip link", focused, err)
+	}
+	if err := chromedp.Do(op, chromedp.Click(chromedp.ID("sync-now")), chromedp.WaitVisible(chromedp.ID("synced"))); err != nil {
+		t.Fatal(err)
+	}
+	synced := text(t, op, "synced")
+	jobID := strings.TrimSuffix(synced[strings.LastIndex(synced, " ")+1:], ".")
+	c.waitText(op, "/jobs?id="+jobID, "#where", "succeeded")
+	c.shot(op, "02b-sync-now-succeeded")
 	c.waitText(op, "/", "[data-live=healthy]", "1")
 	c.shot(op, "03-overview")
 

@@ -135,3 +135,34 @@ func TestWhereAJobIsAndMasking(t *testing.T) {
 		return strings.Contains(audit, "<td>reveal</td><td>secret-1</td>")
 	})
 }
+
+// An operator replays one record without a typed confirmation; the replay
+// page names the new job, which the jobs stream holds with M365-Replay-Of.
+func TestReplayOne(t *testing.T) {
+	e := newEnv(t)
+	op := e.browser()
+	e.signIn(op, e.users[0])
+	e.failJob("one-1", `{"user":"adele.vance@contoso.com"}`)
+	var seq string
+	workertest.Eventually(t, 30*time.Second, "the failure listed", func() bool {
+		_, page := do(t, op, "GET", e.url+"/failures?q=one-1", nil)
+		m := regexp.MustCompile(`href="/failures/(\d+)"`).FindStringSubmatch(page)
+		if m != nil {
+			seq = m[1]
+		}
+		return m != nil
+	})
+	resp, body := do(t, op, "POST", e.url+"/replay", url.Values{"csrf": {e.csrf(op)}, "seq": {seq}})
+	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/replays/") {
+		t.Fatalf("replay one answered %d to %s:\n%s", resp.StatusCode, resp.Header.Get("Location"), body)
+	}
+	replays := resp.Header.Get("Location")
+	workertest.Eventually(t, 30*time.Second, "the replay published", func() bool {
+		_, page := do(t, op, "GET", e.url+replays, nil)
+		return strings.Contains(page, "1 of 1 replayed") && strings.Contains(page, "one-1~replay-")
+	})
+	msgs := workertest.Messages(t, e.js, "M365_JOBS", "m365.jobs.default.acme.action.reset_password")
+	if last := msgs[len(msgs)-1]; last.Headers().Get("M365-Replay-Of") != "one-1" || !strings.Contains(string(last.Data()), `"id":"one-1~replay-`) {
+		t.Errorf("the last reset_password job is not the replay of one-1: %s %v", last.Data(), last.Headers())
+	}
+}
