@@ -210,8 +210,9 @@ func labelsOf(scrapes ...exposition) map[string]map[string]bool {
 }
 
 // evaluate runs expr at the second of two scrapes a minute apart (a series
-// missing from one of them is missing there too) and returns the series it
-// gives: an alert's expression fires when there is one.
+// missing from the first is new in the second; one missing from the second
+// is stale there) and returns the series it gives: an alert's expression
+// fires when there is one.
 func evaluate(t *testing.T, expr string, first, second exposition) promql.Vector {
 	t.Helper()
 	series := map[string]bool{}
@@ -230,7 +231,10 @@ func evaluate(t *testing.T, expr string, first, second exposition) promql.Vector
 			v1 = "_"
 		}
 		if !ok2 {
-			v2 = "_"
+			// A series gone from a scrape is marked stale, as
+			// Prometheus marks it (a target gone, or a series it no
+			// longer exports): absent from then on, not looked back at.
+			v2 = "stale"
 		}
 		fmt.Fprintf(&load, "  %s %s %s\n", s, v1, v2)
 	}
@@ -499,14 +503,21 @@ func TestDashboardsAndAlerts(t *testing.T) {
 		t.Logf("%s on the driven faults: %v", r.Alert, v)
 	}
 	for _, r := range rules {
-		if want := r.Alert != "M365NoLiveWorker"; fires[r.Alert] != want {
+		if want := r.Alert != "M365NoLiveWorker" && r.Alert != "M365PoolWithoutWorkers"; fires[r.Alert] != want {
 			t.Errorf("%s: fires %v on the driven faults, want %v", r.Alert, fires[r.Alert], want)
 		}
 	}
-	// No worker scraped: only the receiver's samples.
+	// No worker scraped: only the receiver's samples. And the pool's
+	// workers gone: scraped in the first sample, not in the second.
 	for _, r := range rules {
 		if r.Alert == "M365NoLiveWorker" && len(evaluate(t, r.Expr, rcvBefore, rcvAfter)) == 0 {
 			t.Error("M365NoLiveWorker does not fire without a worker")
+		}
+		if r.Alert == "M365PoolWithoutWorkers" {
+			v := evaluate(t, r.Expr, before, rcvAfter)
+			if len(v) != 1 || v[0].Metric.Get("pool") != "default" {
+				t.Errorf("M365PoolWithoutWorkers once the pool's workers are gone: %v, want pool default", v)
+			}
 		}
 	}
 }
