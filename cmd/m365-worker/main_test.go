@@ -178,7 +178,7 @@ func TestRunEmbeddedDefault(t *testing.T) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	want := []string{"KV_m365_instances", "KV_m365_state", "M365_FAILURES", "M365_JOBS", "M365_RESULTS"}
+	want := []string{"KV_m365_instances", "KV_m365_state", "M365_AUDIT", "M365_FAILURES", "M365_JOBS", "M365_RESULTS"} // M365_AUDIT: the console's operator actions
 	deadline := time.Now().Add(30 * time.Second)
 	for strings.Join(streamNames(t, js), ",") != strings.Join(want, ",") {
 		if time.Now().After(deadline) {
