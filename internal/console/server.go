@@ -80,6 +80,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		h.Set("Strict-Transport-Security", "max-age=31536000")
 	}
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10) // forms are small
 	s.mux.ServeHTTP(w, r)
 }
 

@@ -53,6 +53,11 @@ func randomToken() string {
 func (s *sessions) start(w http.ResponseWriter, subject, name, role string) *session {
 	ss := &session{ID: randomToken(), Subject: subject, Name: name, Role: role, CSRF: randomToken(), Expires: time.Now().Add(s.ttl)}
 	s.mu.Lock()
+	for id, old := range s.byID { // drop expired sessions
+		if time.Now().After(old.Expires) {
+			delete(s.byID, id)
+		}
+	}
 	s.byID[ss.ID] = ss
 	s.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: ss.ID, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode, Expires: ss.Expires})
@@ -112,8 +117,8 @@ func (s *sessions) finish(w http.ResponseWriter, r *http.Request, state string) 
 	return p
 }
 
-// OneTimeLink makes a sign-in link that works once, within ttl, and signs
-// its user in as an operator: what `run` prints for whoever started it.
+// oneTime makes a one-time sign-in token that works once, within ttl, and
+// signs its user in as an operator (Server.OneTimeLink).
 func (s *sessions) oneTime(ttl time.Duration) string {
 	t := randomToken()
 	s.mu.Lock()

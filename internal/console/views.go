@@ -147,3 +147,7 @@ func (f jobFilter) match(j *jobRef, outcome string) bool {
 	return (f.Instance == "" || j.Instance == f.Instance) && (f.Action == "" || jobs.ShortAction(j.Action) == jobs.ShortAction(f.Action)) &&
 		(f.Outcome == "" || outcome == f.Outcome) && (f.since.IsZero() || !j.At.Before(f.since))
 }
+
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
