@@ -37,7 +37,11 @@ type env struct {
 
 type tlsRoots struct{ hs *httptest.Server }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvWith(t, nil) }
+
+// newEnvWith is newEnv with the console's sign-in configuration changed by
+// oidc (nil: app roles, as Entra sends them).
+func newEnvWith(t *testing.T, oidc func(c *console.OIDCConfig, snap *graphsim.Snapshot)) *env {
 	t.Helper()
 	srv := workertest.Start(t)
 	_, js := srv.Connect(t)
@@ -73,8 +77,11 @@ func newEnv(t *testing.T) *env {
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	t.Cleanup(cancel)
-	cs, err := console.New(cctx, console.Config{URL: hs.URL, Topology: srv.Topology, Refresh: 100 * time.Millisecond,
-		OIDC: console.OIDCConfig{Issuer: sim.SignInIssuer(cred.TenantID), ClientID: "console-test", HTTPClient: sim.Client()}}, js, slog.New(slog.DiscardHandler))
+	oc := console.OIDCConfig{Issuer: sim.SignInIssuer(cred.TenantID), ClientID: "console-test", HTTPClient: sim.Client()}
+	if oidc != nil {
+		oidc(&oc, snap)
+	}
+	cs, err := console.New(cctx, console.Config{URL: hs.URL, Topology: srv.Topology, Refresh: 100 * time.Millisecond, OIDC: oc}, js, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,5 +270,41 @@ func TestStateChangesNeedCSRFAndAnOperator(t *testing.T) {
 	}
 	if n := jobsNow(); n != 1 {
 		t.Errorf("a sync was published without its audit record (%d jobs)", n)
+	}
+}
+
+// Roles from group membership: the groups claim (object ids) instead of
+// app roles.
+func TestRolesFromGroups(t *testing.T) {
+	var member, outsider string
+	e := newEnvWith(t, func(c *console.OIDCConfig, snap *graphsim.Snapshot) {
+		g := snap.Groups[0]
+		in := map[string]bool{}
+		for _, id := range g.Members {
+			in[id] = true
+		}
+		for _, u := range snap.Users {
+			switch {
+			case !u.AccountEnabled:
+			case in[u.ID] && member == "":
+				member = u.UserPrincipalName
+			case !in[u.ID] && outsider == "":
+				outsider = u.UserPrincipalName
+			}
+		}
+		c.RoleClaim, c.Operators = "groups", []string{g.ID}
+	})
+	if member == "" || outsider == "" {
+		t.Fatalf("the seeded tenant needs a member and a non-member of its first group (%q, %q)", member, outsider)
+	}
+	op := e.browser()
+	if resp := e.signIn(op, member); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("a member of the operators' group got %d", resp.StatusCode)
+	}
+	if _, page := do(t, op, "GET", e.url+"/", nil); !strings.Contains(page, `<span id="role">operator</span>`) {
+		t.Errorf("the group member is not an operator:\n%s", page)
+	}
+	if resp := e.signIn(e.browser(), outsider); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a user outside the group got %d, want 403", resp.StatusCode)
 	}
 }
