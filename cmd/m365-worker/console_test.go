@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +14,9 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tevyra/m365-worker/internal/console"
+	"github.com/tevyra/m365-worker/worker/workertest"
 )
 
 // consoleRun is `run` with its console, as its start printed it.
@@ -271,4 +276,48 @@ func text(t *testing.T, ctx context.Context, id string) string {
 		t.Fatalf("the text of #%s: %v", id, err)
 	}
 	return v
+}
+
+// `m365-worker console` as a process: it refuses to start without sign-in
+// or on plain HTTP off loopback; started, it sends a page request to
+// sign-in and says so when the issuer cannot be reached.
+func TestConsoleCommand(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"console"}, "the console needs sign-in"},
+		{[]string{"console", "--oidc-tenant", "contoso.onmicrosoft.com", "--oidc-client-id", "x", "--listen", "0.0.0.0:9470"}, "plain HTTP off loopback"},
+	} {
+		cmd := exec.Command(binary, c.args...)
+		out, _ := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), c.want) {
+			t.Errorf("%v: exit %d, want 2 with %q:\n%s", c.args, code, c.want, out)
+		}
+	}
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	if err := console.EnsureAuditStream(context.Background(), js, srv.Topology, 1); err != nil {
+		t.Fatal(err)
+	}
+	addr := freePort(t)
+	p := start(t, "console", "--nats", srv.URL, "--listen", addr, "--oidc-issuer", "https://127.0.0.1:1/none", "--oidc-client-id", "console")
+	p.waitLine(t, "console at http://"+addr)
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get("http://" + addr + "/failures?code=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/login?next=%2Ffailures%3Fcode%3Dx" {
+		t.Errorf("an unauthenticated page answered %d to %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	resp, err = client.Get("http://" + addr + "/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("sign-in with the issuer down answered %d, want 502", resp.StatusCode)
+	}
 }
