@@ -197,6 +197,9 @@ func TestConsoleInABrowser(t *testing.T) {
 	if !strings.Contains(job, c.operator) {
 		t.Errorf("revealed, the job should show the user %s:\n%s", c.operator, job)
 	}
+	if n := text(t, op, "revealed"); !strings.Contains(n, "recorded in the audit") {
+		t.Errorf("the revealed page should say the reveal is audited: %q", n)
+	}
 	c.shot(op, "06-failure-revealed")
 
 	// A state change without the CSRF token is refused.
