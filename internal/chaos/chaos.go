@@ -1102,12 +1102,29 @@ func (h *harness) waitDone(ctx context.Context, p *plan, pubDone <-chan error, s
 			lastLog = time.Now()
 		}
 		if idle > h.cfg.StallTimeout {
-			h.logf("chaos: no job finished for %s: %d of %d have their result; giving up the wait", idle.Round(time.Second), n, total)
+			h.logf("chaos: no job finished for %s: %d of %d have their result; giving up the wait (the workers' goroutines are in their logs)", idle.Round(time.Second), n, total)
+			h.dumpWorkers()
 			close(stalled)
 			if !pubFinished {
 				<-pubDone
 			}
 			return nil
+		}
+	}
+}
+
+// dumpWorkers has every live worker write its goroutines to its log
+// (SIGQUIT), so that a stalled run says where its jobs are stuck; the
+// workers exit and are started again.
+func (h *harness) dumpWorkers() {
+	for _, s := range h.slots {
+		s.mu.Lock()
+		p := s.proc
+		s.mu.Unlock()
+		if p != nil && !p.exited() {
+			p.killed.Store(true)
+			_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+			<-p.done
 		}
 	}
 }
