@@ -209,8 +209,9 @@ func cmdBenchServer(ctx context.Context, rest []string, stdout, stderr io.Writer
 
 func cmdBenchOverhead(ctx context.Context, bin string, rest []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench overhead", "What the pool costs on top of the Graph calls: update_user jobs through one worker process against\n"+
-		"the same Graph calls made directly with graphclient, and against JetStream alone (publish, consume,\n"+
-		"ack) on the same server. The simulator runs with no latency and no throttling.", stderr)
+		"the same Graph calls made directly with graphclient, round by round on fresh tenants (the median\n"+
+		"ratio and its spread), the JetStream round trips a job makes by stage, and JetStream alone (publish,\n"+
+		"consume, ack) on the same server. The simulator runs with no latency and no throttling.", stderr)
 	n := fs.Int("jobs", 500, "jobs (and direct call sets) per round, each round on fresh tenants; past about a thousand the client-side pacing of a tenant's budget bounds both ways")
 	rounds := fs.Int("rounds", 7, "rounds measured, after one not counted; the median ratio and its spread are reported")
 	users := fs.Int("users", 1000, "users in each tenant")
