@@ -93,7 +93,10 @@ type SyncMeta struct {
 	LastCounts    map[string]jobs.SyncCounts `json:"last_counts,omitempty"`
 	LastRequests  int64                      `json:"last_graph_requests,omitempty"`
 	LastThrottled int64                      `json:"last_throttled,omitempty"`
-	Users         int                        `json:"users"`
+	// LastResourceUnits is what the last round spent of the tenant's Graph
+	// budget (resource units, as Graph charges them).
+	LastResourceUnits int64 `json:"last_resource_units,omitempty"`
+	Users             int   `json:"users"`
 	// AuthFailed is set while the instance's credentials are refused.
 	AuthFailed bool   `json:"auth_failed,omitempty"`
 	AuthError  string `json:"auth_error,omitempty"`
@@ -333,6 +336,7 @@ func (r *round) run(c *graphclient.Client, meta *SyncMeta) (*jobs.SyncReport, er
 	meta.LastSyncID, meta.LastMode, meta.LastOutcome, meta.LastAt = r.syncID, r.mode, jobs.OutcomeSucceeded, time.Now().UTC()
 	st := c.Stats().Sub(r.statsBefore)
 	meta.LastDuration, meta.LastCounts, meta.LastRequests, meta.LastThrottled = worker.Duration(meta.LastAt.Sub(r.started)), r.counts, st.Requests, st.Throttled
+	meta.LastResourceUnits = st.ResourceUnits
 	meta.Users, meta.AuthFailed, meta.AuthError, meta.Indicators = ind.UsersTotal, false, "", ind
 	meta.Credential = r.credentialState(c, meta.Credential)
 	r.s.creds.set(r.instance, meta.Credential)

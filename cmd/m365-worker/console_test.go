@@ -139,6 +139,9 @@ func TestConsoleInABrowser(t *testing.T) {
 		t.Fatalf("%s signed in as %q, want operator", c.operator, role)
 	}
 	c.waitText(op, "/instances/demo", "#health", "healthy")
+	// The Graph budget the demo's first round used (250 users: 5,000
+	// resource units per 10 s).
+	c.waitText(op, "/instances/demo", "#budget", "of the tenant's 5000 per 10 s (250 users)")
 	c.shot(op, "02-instance-demo")
 
 	// Keyboard: the first Tab reaches the skip link; "Sync now" asks for a round.

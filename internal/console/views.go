@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/handlers"
 	"github.com/tevyra/m365-worker/jobs"
 )
@@ -23,6 +24,19 @@ type instanceView struct {
 
 // Healthy reports whether the instance is healthy.
 func (i instanceView) Healthy() bool { return i.Health == "healthy" }
+
+// Budget says how much of the tenant's Graph budget (Graph's resource
+// units per 10 s for a tenant of its size, graphclient.RUBudget) the last
+// round used, averaged over the round; "" before a round counted any.
+func (i instanceView) Budget() string {
+	if i.Sync.LastResourceUnits == 0 {
+		return ""
+	}
+	budget := graphclient.RUBudget(i.Sync.Users)
+	windows := max(time.Duration(i.Sync.LastDuration).Seconds()/10, 1)
+	return fmt.Sprintf("the last round spent %d resource units, %.0f %% of the tenant's %.0f per 10 s (%d users) over its %s",
+		i.Sync.LastResourceUnits, 100*float64(i.Sync.LastResourceUnits)/(budget*windows), budget, i.Sync.Users, time.Duration(i.Sync.LastDuration).Round(time.Millisecond))
+}
 
 // poolView is a pool's workers and backlog.
 type poolView struct {
