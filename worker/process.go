@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -87,8 +88,20 @@ type delivery struct {
 	lock     *state.Lock // that lock
 	// ledgerRead: the job ledger was read for this delivery.
 	ledgerRead bool
-	cleanups   []func()
+	// trips counts the delivery's round trips against its current stage.
+	trips    stageTrips
+	cleanups []func()
 }
+
+// stageTrips counts a delivery's JetStream round trips against the stage
+// it is in (Worker.roundTrips; settling is the last).
+// A handler's own goroutines may count while the stage moves on.
+type stageTrips struct {
+	w     *Worker
+	stage atomic.Int32
+}
+
+func (s *stageTrips) Add(n int) { s.w.roundTrips[s.stage.Load()].Add(int64(n)) }
 
 // onDone runs f when the delivery is settled (releasing locks), last
 // registered first.
@@ -96,14 +109,16 @@ func (d *delivery) onDone(f func()) { d.cleanups = append(d.cleanups, f) }
 
 func (w *Worker) process(ctx context.Context, msg jetstream.Msg, pj parsedMsg) {
 	d := &delivery{ctx: ctx, msg: msg, parsed: pj, started: time.Now().UTC(), replayOf: msg.Headers().Get(HeaderReplayOf), log: w.log}
+	d.trips.w = w
+	d.ctx = roundtrip.With(d.ctx, &d.trips)
 	var err error
 	for i, st := range pipeline {
-		d.ctx = roundtrip.With(d.ctx, &w.roundTrips[i])
+		d.trips.stage.Store(int32(i))
 		if err = st.run(w, d); err != nil {
 			break
 		}
 	}
-	d.ctx = roundtrip.With(d.ctx, &w.roundTrips[len(pipeline)])
+	d.trips.stage.Store(int32(len(pipeline)))
 	w.settle(d, err)
 	for i := len(d.cleanups) - 1; i >= 0; i-- {
 		d.cleanups[i]()
