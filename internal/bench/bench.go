@@ -222,13 +222,17 @@ func (e *Env) StartWorkers(ctx context.Context, n, concurrency int) error {
 func (e *Env) Workers() []*Worker { return e.workers }
 
 // Stop interrupts the worker (it drains) and waits for it.
-func (w *Worker) Stop() {
-	_ = w.cmd.Process.Signal(syscall.SIGINT)
+func (w *Worker) Stop() { interrupt(w.cmd, w.done) }
+
+// interrupt sends a child process SIGINT and waits until done closes (its
+// Wait returned), killing it after 60 s.
+func interrupt(cmd *exec.Cmd, done <-chan struct{}) {
+	_ = cmd.Process.Signal(syscall.SIGINT)
 	select {
-	case <-w.done:
+	case <-done:
 	case <-time.After(60 * time.Second):
-		_ = w.cmd.Process.Kill()
-		<-w.done
+		_ = cmd.Process.Kill()
+		<-done
 	}
 }
 

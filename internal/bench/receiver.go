@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -208,15 +207,7 @@ func (re *receiverEnv) start() (*receiverProc, error) {
 }
 
 // stop interrupts the receiver (it publishes what is deferred) and waits.
-func (p *receiverProc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *receiverProc) stop() { interrupt(p.cmd, p.done) }
 
 // run runs one phase against a fresh receiver.
 func (re *receiverEnv) run(ctx context.Context, ph receiverPhaseSpec) (*ReceiverPhase, error) {

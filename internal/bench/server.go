@@ -8,7 +8,6 @@ import (
 	"io"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -53,15 +52,7 @@ func startServerProcess(binary, dir string, log io.Writer) (*serverProcess, stri
 	}
 }
 
-func (p *serverProcess) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *serverProcess) stop() { interrupt(p.cmd, p.done) }
 
 // ServerMemory is what the JetStream server process holds: its resident set
 // now and at its peak, and the state bucket's size.
