@@ -80,6 +80,7 @@ func cmdConsole(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	certFile := fs.String("tls-cert-file", "", "serve HTTPS with this certificate (required off loopback)")
 	keyFile := fs.String("tls-key-file", "", "the certificate's key")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	sitePools := fs.String("site-pools", "", "customer sites' pools, comma-separated, as given to setup --site-pools: the console follows each one's own jobs stream (M365_JOBS_<pool>) and reads its backlog there; its NATS role needs each site's lines (docs/console.md)")
 	of := addOIDCFlags(fs)
 	if err := fs.parse(args); err != nil {
 		return err
@@ -105,6 +106,7 @@ func cmdConsole(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer nc.Close()
+	topo.SitePools = splitList(*sitePools)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("console: listen on %s: %w", *listen, err)
@@ -196,6 +198,10 @@ func startRunConsole(ctx context.Context, js jetstream.JetStream, topo worker.To
 		return nil
 	}
 	url := consoleURL("", ln.Addr().String(), false)
+	// run's own topology, with the customer sites' pools an operator has
+	// set up on this NATS (setup --site-pools) for the configured instances:
+	// the console follows their own jobs streams.
+	topo = worker.WithSitePools(ctx, js, topo, setupPools(ctx, js, topo, "")...)
 	var who string
 	if sim != nil && oc.Issuer == "" {
 		oc, who, err = demoSignIn(sim, url)

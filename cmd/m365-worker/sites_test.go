@@ -32,7 +32,8 @@ func rolePasswords(t *testing.T) {
 
 // hubConfigWithSite copies deploy/nats into a temporary directory and adds a
 // site the way an operator onboards one: the site-a blocks of accounts.inc
-// copied, with the site's pool, account and instance replacing site-a's.
+// copied (the console's two included), with the site's pool, account and
+// instance replacing site-a's.
 func hubConfigWithSite(t *testing.T, site, account, instance string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -55,7 +56,7 @@ func hubConfigWithSite(t *testing.T, site, account, instance string) string {
 func addSite(t *testing.T, conf, site, account, instance string) string {
 	t.Helper()
 	rename := strings.NewReplacer("site-a", site, "SITE_A", account, "acme", instance)
-	for _, block := range []string{"site-a exports", "SITE_A"} {
+	for _, block := range []string{"site-a exports", "SITE_A", "site-a console reads", "site-a console denies"} {
 		re := regexp.MustCompile(`(?s)\n[^\n]*# --- begin ` + block + `.*?# --- end ` + block + ` ---`)
 		m := re.FindString(conf)
 		if m == "" {

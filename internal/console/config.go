@@ -52,7 +52,9 @@ type Config struct {
 	URL string
 	// OIDC is the sign-in; see OIDCConfig.
 	OIDC OIDCConfig
-	// Topology names the streams and buckets.
+	// Topology names the streams and buckets. Its SitePools are customer
+	// sites' pools: the console follows each one's own jobs stream and
+	// reads its backlog there.
 	Topology worker.Topology
 	// SessionTTL is how long a sign-in lasts. Default 8h.
 	SessionTTL time.Duration

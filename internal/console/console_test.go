@@ -43,10 +43,24 @@ func newEnv(t *testing.T) *env { return newEnvWith(t, nil) }
 // oidc (nil: app roles, as Entra sends them).
 func newEnvWith(t *testing.T, oidc func(c *console.OIDCConfig, snap *graphsim.Snapshot)) *env {
 	t.Helper()
+	return newEnvSites(t, oidc)
+}
+
+// newEnvSites is newEnvWith with customer sites' pools: setup gives each
+// its own jobs stream, and the console follows them (Topology.SitePools).
+func newEnvSites(t *testing.T, oidc func(c *console.OIDCConfig, snap *graphsim.Snapshot), sitePools ...string) *env {
+	t.Helper()
 	srv := workertest.Start(t)
 	_, js := srv.Connect(t)
 	ctx := context.Background()
-	if err := console.EnsureAuditStream(ctx, js, srv.Topology, 1); err != nil {
+	topo := srv.Topology
+	if len(sitePools) > 0 {
+		if err := worker.SetupWith(ctx, js, topo, worker.SetupOptions{SitePools: sitePools}); err != nil {
+			t.Fatal(err)
+		}
+		topo.SitePools = sitePools
+	}
+	if err := console.EnsureAuditStream(ctx, js, topo, 1); err != nil {
 		t.Fatal(err)
 	}
 	sim := graphsimtest.Start(t, graphsim.Options{Users: 5, Groups: 2})
@@ -68,7 +82,7 @@ func newEnvWith(t *testing.T, oidc func(c *console.OIDCConfig, snap *graphsim.Sn
 		Roles: map[string][]string{users[0]: {"M365Worker.Operator"}, users[1]: {"M365Worker.Viewer"}, users[2]: {"Something.Else"}}}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := worker.OpenInstances(ctx, js, srv.Topology)
+	store, err := worker.OpenInstances(ctx, js, topo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +95,7 @@ func newEnvWith(t *testing.T, oidc func(c *console.OIDCConfig, snap *graphsim.Sn
 	if oidc != nil {
 		oidc(&oc, snap)
 	}
-	cs, err := console.New(cctx, console.Config{URL: hs.URL, Topology: srv.Topology, Refresh: 100 * time.Millisecond, OIDC: oc}, js, slog.New(slog.DiscardHandler))
+	cs, err := console.New(cctx, console.Config{URL: hs.URL, Topology: topo, Refresh: 100 * time.Millisecond, OIDC: oc}, js, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,6 +50,10 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request, ss *session) {
 		}
 	}
 	pools := s.sortedPools()
+	workers := 0
+	for _, p := range pools {
+		workers += p.Live
+	}
 	backlog := append([]sample(nil), s.w.backlog...)
 	nInst, nFail := len(s.w.instances), len(s.w.failures)
 	s.w.mu.RUnlock()
@@ -64,7 +68,7 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request, ss *session) {
 		maxB = max(maxB, b.Backlog)
 	}
 	s.render(w, r, ss, "overview", "Overview", map[string]any{"Health": byHealth, "Instances": nInst, "Failures": nFail,
-		"Pools": pools, "Actions": list, "Requests": req, "Throttled": thr, "Bars": bars(backlog, maxB), "MaxBacklog": maxB, "Refresh": s.cfg.Refresh, "Now": now0(backlog)})
+		"Pools": pools, "Workers": workers, "Actions": list, "Requests": req, "Throttled": thr, "Bars": bars(backlog, maxB), "MaxBacklog": maxB, "Refresh": s.cfg.Refresh, "Now": now0(backlog)})
 }
 
 func (s *Server) sortedPools() []*poolView {
@@ -181,6 +185,8 @@ func (w *watcher) row(j *jobRef) jobRow {
 	switch {
 	case p == nil:
 		row.Where, row.Detail = "unknown", "its pool "+j.Pool+" has no consumer here"
+	case !p.Read:
+		row.Where, row.Detail = "unknown", "pool "+j.Pool+"'s consumer "+w.topo.ConsumerName(j.Pool)+" on "+p.Stream+" could not be read (a customer site's pool: start the console with --site-pools "+j.Pool+")"
 	case j.Seq > p.Delivered:
 		row.Where, row.Detail = "queued", strconv.FormatUint(j.Seq-p.Delivered, 10)+" ahead in pool "+j.Pool+"'s queue (counting it)"
 	case j.Seq > p.AckFloor:

@@ -43,6 +43,10 @@ type poolView struct {
 	Pool                         string
 	Live, InFlight               int
 	Backlog, AckFloor, Delivered uint64
+	// Stream is the jobs stream the pool's consumer is on (its own for a
+	// customer site's pool); Read says its consumer was read.
+	Stream string
+	Read   bool
 }
 
 // failureView is a failure record and its sequence in the failures stream.
@@ -55,6 +59,7 @@ type failureView struct {
 // jobRef is a job seen in the jobs stream.
 type jobRef struct {
 	ID, Pool, Instance, Action, Subject, ReplayOf string
+	Stream                                        string // the jobs stream its pool's consumer is on
 	Seq                                           uint64
 	At                                            time.Time
 }

@@ -3,6 +3,7 @@ package console
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -18,7 +19,8 @@ import (
 )
 
 // watcher is the console process's one reader of JetStream: it follows
-// the failures, results, jobs and audit streams and the instances bucket,
+// the failures, results, jobs (a customer site's pool's in its own stream)
+// and audit streams and the instances bucket,
 // and reads the instances' sync state and the pools' backlog every
 // Config.Refresh. Pages and live updates read its memory, so viewers cost
 // JetStream nothing.
@@ -89,6 +91,14 @@ func (w *watcher) start(ctx context.Context) error {
 	for _, f := range follows {
 		if err := w.follow(ctx, f.stream, f.filter, f.handle); err != nil {
 			return err
+		}
+	}
+	// A customer site's pool keeps its jobs in a stream of its own, where
+	// its workers' consumer is: its jobs are taken from there (onJob).
+	for _, p := range w.topo.SitePools {
+		if err := w.follow(ctx, w.topo.SiteJobsStream(p), s.PoolJobs(p), w.onJob); err != nil {
+			return fmt.Errorf("console: follow site pool %s's jobs stream %s (made by m365-worker setup --site-pools %s; the console's NATS role needs the site's lines, docs/console.md): %w",
+				p, w.topo.SiteJobsStream(p), p, err)
 		}
 	}
 	go w.refreshLoop(ctx)
@@ -223,9 +233,15 @@ func (w *watcher) onJob(m jetstream.Msg) {
 		return
 	}
 	md, _ := m.Metadata()
+	// A job is taken from the stream its pool's consumer is on, so that
+	// its sequence counts against that consumer: a site pool's jobs are
+	// also in the jobs stream (its stream sources them from there).
+	if md != nil && md.Stream != w.topo.PoolJobsStream(addr.Pool) {
+		return
+	}
 	j := &jobRef{ID: env.ID, Pool: addr.Pool, Instance: addr.Instance, Action: jobs.ShortAction(env.Action), Subject: m.Subject(), ReplayOf: m.Headers().Get(worker.HeaderReplayOf)}
 	if md != nil {
-		j.Seq, j.At = md.Sequence.Stream, md.Timestamp
+		j.Stream, j.Seq, j.At = md.Stream, md.Sequence.Stream, md.Timestamp
 	}
 	w.mu.Lock()
 	if _, seen := w.jobs[j.ID]; !seen {
@@ -279,6 +295,9 @@ func (w *watcher) refresh(ctx context.Context) {
 	}
 	got := map[string]read{}
 	pools := map[string]bool{jobs.DefaultPool: true}
+	for _, p := range w.topo.SitePools {
+		pools[p] = true
+	}
 	for _, v := range ids {
 		if ctx.Err() != nil {
 			return
@@ -296,9 +315,11 @@ func (w *watcher) refresh(ctx context.Context) {
 	var total uint64
 	for p := range pools {
 		n, _ := w.state.LiveWorkers(ctx, p)
-		s := &poolView{Pool: p, Live: n}
-		if c, err := w.js.Consumer(ctx, w.topo.PoolJobsStream(p), w.topo.ConsumerName(p)); err == nil {
+		// A site pool's consumer is on its own jobs stream.
+		s := &poolView{Pool: p, Live: n, Stream: w.topo.PoolJobsStream(p)}
+		if c, err := w.js.Consumer(ctx, s.Stream, w.topo.ConsumerName(p)); err == nil {
 			if info, err := c.Info(ctx); err == nil {
+				s.Read = true
 				s.Backlog, s.InFlight = info.NumPending, info.NumAckPending
 				s.AckFloor, s.Delivered = info.AckFloor.Stream, info.Delivered.Stream
 			}
