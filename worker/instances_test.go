@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
 	"github.com/tevyra/m365-worker/worker/workertest"
@@ -108,8 +109,13 @@ func TestSetupIsIdempotentAndConcurrent(t *testing.T) {
 			t.Errorf("concurrent setup: %v", err)
 		}
 	}
-	// An upgrade that changes a setting updates the stream in place.
+	// An upgrade that changes a setting updates the stream in place; a
+	// state bucket set up by an earlier version (one value a key) keeps
+	// state.History values a key after it.
 	_, js := srv.Connect(t)
+	if _, err := js.UpdateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "m365_state", History: 1, LimitMarkerTTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
 	if err := worker.Setup(context.Background(), js, worker.Topology{ResultsMaxAge: 48 * time.Hour}); err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +123,12 @@ func TestSetupIsIdempotentAndConcurrent(t *testing.T) {
 	info, _ := st.Info(context.Background())
 	if info.Config.MaxAge != 48*time.Hour {
 		t.Errorf("results max age %s after upgrade", info.Config.MaxAge)
+	}
+	kv, _ := js.KeyValue(context.Background(), "m365_state")
+	if ks, err := kv.Status(context.Background()); err != nil {
+		t.Error(err)
+	} else if ks.History() != state.History {
+		t.Errorf("state bucket keeps %d values a key after the upgrade, want %d", ks.History(), state.History)
 	}
 }
 

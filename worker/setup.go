@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tevyra/m365-worker/internal/retry"
+	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
 )
 
@@ -182,7 +183,7 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, t Topology, o SetupO
 	// and a rotated one must leave no copy behind.
 	kvs := []jetstream.KeyValueConfig{
 		{Bucket: t.InstancesBucket(), Description: "m365-worker instance configuration (secrets sealed)", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas},
-		{Bucket: t.StateBucket(), Description: "m365-worker state: delta links, asset state, locks, job ledger, live workers", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, LimitMarkerTTL: time.Second},
+		{Bucket: t.StateBucket(), Description: "m365-worker state: delta links, asset state, locks, job ledger, live workers", History: state.History, Storage: jetstream.FileStorage, Replicas: t.Replicas, LimitMarkerTTL: time.Second},
 	}
 	for _, cfg := range kvs {
 		cfg.Replicas = keepReplicas(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas, o.LowerReplicas)

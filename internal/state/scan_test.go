@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tevyra/m365-worker/internal/state"
+	"github.com/tevyra/m365-worker/worker/workertest"
 )
 
 // A scan of an instance's states reads each stored key once, with its last
@@ -94,5 +98,50 @@ func TestScanReadsEachStoredKeyOnce(t *testing.T) {
 	}
 	if ids != n-1 { // and "new" now
 		t.Errorf("EachAssetID: %d ids, want %d", ids, n-1)
+	}
+}
+
+// A scan reads its instance's keys from the server's per-subject index,
+// not by walking the bucket from its first message: the consumer it reads
+// through starts at the instance's first key. (On a bucket that keeps one
+// value per key the server starts such a consumer at the stream's first
+// message and matches every message stored since against the filter; at
+// 10,000 tenants those walks were most of the server's CPU.)
+func TestScanStartsAtItsInstancesKeys(t *testing.T) {
+	srv := workertest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	st, err := state.Open(ctx, js, "m365_state", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var other, mine []state.AssetOp
+	for i := range 300 {
+		other = append(other, state.AssetOp{Kind: state.AssetUser, ID: fmt.Sprintf("o%03d", i), Value: []byte("x")})
+	}
+	for i := range 10 {
+		mine = append(mine, state.AssetOp{Kind: state.AssetUser, ID: fmt.Sprintf("m%03d", i), Value: []byte("x")})
+	}
+	if err := st.For("default", "globex").WriteAssetStates(ctx, other, "o"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.For("default", "acme").WriteAssetStates(ctx, mine, "m"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.For("default", "globex").WriteAssetStates(ctx, other[:1], "o2"); err != nil {
+		t.Fatal(err)
+	}
+	// The consumer a scan of acme creates, as it creates it.
+	cons, err := js.CreateConsumer(ctx, "KV_m365_state", jetstream.ConsumerConfig{FilterSubject: "$KV.m365_state.a.default.acme.u.*",
+		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, AckPolicy: jetstream.AckNonePolicy, HeadersOnly: true, MemoryStorage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := cons.CachedInfo()
+	if info.NumPending != 10 {
+		t.Fatalf("%d pending, want acme's 10 keys", info.NumPending)
+	}
+	if info.Delivered.Stream < 300 {
+		t.Errorf("the scan's consumer starts at stream sequence %d, before acme's first key (301): it walks the bucket", info.Delivered.Stream+1)
 	}
 }

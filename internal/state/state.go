@@ -55,6 +55,22 @@ const (
 	kindTick     = "tick"
 )
 
+// History is how many values of a key the bucket keeps: 2, not 1, although
+// only the last is ever read. On a stream that keeps one message a subject,
+// the server serves a deliver-last-per-subject consumer (a scan, a key
+// listing, a watch) by walking the stream from its first message, matching
+// each block's messages against the filter; with more than one kept, it
+// starts from the per-subject index instead and reads only the filter's
+// keys. A scan of one instance's states then costs that instance's keys,
+// not the whole bucket's: at 10,000 tenants the walks were 40 % of the
+// server's CPU (docs/BENCHMARKS.md). The older value kept costs storage
+// only for keys written again (changed objects, locks), and is never
+// returned: every read is of the last value, and no write carries a
+// shorter expiry than the live value it replaces (a lock is renewed by its
+// holder with its own expiry; the ledger's is the pool's setting), so an
+// older value never outlives a newer one to show through.
+const History = 2
+
 // Store is the state bucket.
 type Store struct {
 	js     jetstream.JetStream
