@@ -91,12 +91,7 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 	}
 	switch f := s.drawFault(); f {
 	case faultDrop:
-		if hj, ok := w.(http.Hijacker); ok {
-			if conn, _, err := hj.Hijack(); err == nil {
-				conn.Close()
-				return
-			}
-		}
+		dropAnswer()
 	case fault500:
 		s.writeError(w, reqID, clientReqID, newErr(500, "generalException", "An unexpected error occurred."))
 		return
@@ -120,17 +115,17 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 			// The write takes effect; its answer is lost.
 			rec := httptest.NewRecorder()
 			s.handleGraph(rec, r, reqID, clientReqID)
-			if hj, ok := w.(http.Hijacker); ok {
-				if conn, _, err := hj.Hijack(); err == nil {
-					conn.Close()
-					return
-				}
-			}
-			return
+			dropAnswer()
 		}
 	}
 	s.handleGraph(w, r, reqID, clientReqID)
 }
+
+// dropAnswer ends the request without an answer: over HTTP/1.1 the server
+// closes the connection, over HTTP/2 (what Graph speaks, and this server)
+// it resets the request's stream. Either way the client cannot tell what
+// became of its request.
+func dropAnswer() { panic(http.ErrAbortHandler) }
 
 func (s *Server) handleGraph(w http.ResponseWriter, r *http.Request, reqID, clientReqID string) {
 	if s.opts.Conformance {

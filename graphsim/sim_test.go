@@ -2,6 +2,8 @@ package graphsim_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -241,5 +243,25 @@ func TestTenantsOfMixedSizes(t *testing.T) {
 		if n != want {
 			t.Errorf("tenant %d has %d users, want %d", i, n, want)
 		}
+	}
+}
+
+// Graph answers over HTTP/2: a client set up as the workers' (the default
+// transport with the tenant's TLS roots) multiplexes its requests on one
+// connection instead of opening one per request in flight.
+func TestAnswersOverHTTP2(t *testing.T) {
+	sim := start(t, graphsim.Options{Users: 3, Groups: 1, NoThrottling: true})
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(sim.CAPEM())
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get(sim.URL() + "/v1.0/users")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Errorf("answered over %s, want HTTP/2", resp.Proto)
 	}
 }
