@@ -214,8 +214,16 @@ func TestConsoleRoleFromConfig(t *testing.T) {
 	if m, err := jst.GetLastMsgForSubject(ctx, "m365.jobs.default.acme.sync"); err != nil || !strings.Contains(string(m.Data), `"on-demand"`) {
 		t.Errorf("the console's sync now is not in the jobs stream: %v", err)
 	}
-	if _, body := get("/audit"); !strings.Contains(body, "2 operator actions") {
-		t.Errorf("the audit should hold the replay and the sync:\n%s", body)
+	// The audit page shows what the console's watcher has read back from
+	// M365_AUDIT: wait for it.
+	var audit string
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if _, audit = get("/audit"); strings.Contains(audit, "2 operator actions") {
+			break
+		}
+	}
+	if !strings.Contains(audit, "2 operator actions") {
+		t.Errorf("the audit should hold the replay and the sync:\n%s", audit)
 	}
 	mu.Lock()
 	if len(violations) > 0 {
