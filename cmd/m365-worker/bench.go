@@ -150,7 +150,7 @@ func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, std
 	workers := fs.Int("workers", 1, "worker processes")
 	noisy := fs.Bool("noisy", false, "in the window's second half, one tenant publishes 1,000 actions at once and another's Graph throttles every request; probe actions to other tenants are timed in both halves")
 	interval := fs.Duration("interval", time.Minute, "every instance's sync interval")
-	duration := fs.Duration("duration", 3*time.Minute, "the measured window, after one interval of warm-up")
+	duration := fs.Duration("duration", 3*time.Minute, "the measured window, after a warm-up: one interval, or until every instance's first round is done and its backlog worked off (at most six)")
 	noLatency := fs.Bool("no-latency", false, "turn the simulator's realistic latency off")
 	aligned := fs.Bool("aligned", false, "add every instance at once, so that all of them tick in the same second (default: added over one interval)")
 	output := fs.String("o", "text", "output: text or json")
@@ -166,6 +166,7 @@ func cmdBenchTenants(ctx context.Context, bin string, rest []string, stdout, std
 		return printJSON(stdout, r)
 	}
 	fmt.Fprintf(stdout, "%d instances (%s), every %s, %d workers, latency %s, window %s\n", r.Instances, r.Sizes, r.Interval, r.Workers, r.Latency, r.Duration)
+	fmt.Fprintf(stdout, "warm-up:            %s; every instance's first round reported after %s\n", r.WarmUp.Round(time.Second), firstRounds(r.FirstRounds))
 	fmt.Fprintf(stdout, "ticks:              %d in the window, %d reported (%d of them skipped), %d never reported (%d of those counted in ticks_missed reports)\n", r.Ticks, r.Reported, r.Skipped, r.Lost, r.CountedMissed)
 	fmt.Fprintf(stdout, "tick to report:     p50 %s, p99 %s, max %s\n", r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
 	fmt.Fprintf(stdout, "backlog (every 5s): %v\n", r.Backlog)
@@ -248,4 +249,12 @@ func cmdBenchOverhead(ctx context.Context, bin string, rest []string, stdout, st
 	fmt.Fprintf(stdout, "JetStream round trips per job: %.2f (%s)\n", r.RoundTripsPerJob, strings.Join(parts, ", "))
 	fmt.Fprintf(stdout, "JetStream alone: %.0f msgs/s\n", r.JetStreamPerSec)
 	return nil
+}
+
+// firstRounds says when every instance's first round was reported.
+func firstRounds(d time.Duration) string {
+	if d == 0 {
+		return "– (not all within the warm-up)"
+	}
+	return d.Round(time.Second).String()
 }

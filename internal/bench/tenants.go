@@ -29,9 +29,11 @@ type TenantsOptions struct {
 	// with a group of all of them).
 	Instances, Users int
 	Workers          int
-	// Interval of every instance's schedule; Duration of the measurement
-	// (after one interval of warm-up, in which every instance's first full
-	// round runs).
+	// Interval of every instance's schedule; Duration of the measurement,
+	// after a warm-up in which every instance's first (full) round runs:
+	// at least one interval, until every instance has reported a round
+	// and the backlog those rounds left is worked off (at most
+	// maxWarmUps intervals).
 	Interval, Duration time.Duration
 	// NoLatency turns the simulator's realistic latency off.
 	NoLatency bool
@@ -61,6 +63,10 @@ type TenantsResult struct {
 	Ticks, Reported, Skipped, Lost, CountedMissed int
 	// P50, P99, Max: tick (stored in the jobs stream) to its sync report.
 	P50, P99, Max time.Duration
+	// FirstRounds is how long after the first instance was added every
+	// instance had reported its first round (0: not all did within the
+	// warm-up); WarmUp how long the warm-up took in all.
+	FirstRounds, WarmUp time.Duration
 	// Backlog samples of the pool consumer's pending jobs, every 5 s.
 	Backlog        []uint64
 	SyncsPerSecond float64
@@ -108,6 +114,11 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 	if err := e.StartWorkers(ctx, o.Workers, 0); err != nil {
 		return nil, err
 	}
+	tr, stop, err := trackTicks(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
 	t0 := time.Now()
 	for i := range o.Instances {
 		if err := e.AddTenant(ctx, instanceName(i), creds[i], o.Interval); err != nil {
@@ -119,18 +130,12 @@ func RunTenants(ctx context.Context, o TenantsOptions) (*TenantsResult, error) {
 			}
 		}
 	}
-	fmt.Fprintf(o.Log, "tenants: %d instances scheduled every %s; warming up for one interval\n", o.Instances, o.Interval)
-	tr, stop, err := trackTicks(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	defer stop()
-	// Every instance's first (full) round runs in the warm-up.
-	if err := sleepCtx(ctx, o.Interval+5*time.Second); err != nil {
-		return nil, err
-	}
+	fmt.Fprintf(o.Log, "tenants: %d instances scheduled every %s; warming up until every instance's first round is done\n", o.Instances, o.Interval)
 	cons, err := e.JS.Consumer(ctx, e.Topo.JobsStream(), e.Topo.ConsumerName(jobs.DefaultPool))
 	if err != nil {
+		return nil, err
+	}
+	if err := warmUp(ctx, o, tr, cons, t0, res); err != nil {
 		return nil, err
 	}
 	var noise *noisyRun
@@ -283,6 +288,48 @@ type tickTracker struct {
 	ticks   map[string]time.Time // tick job id → stored at
 	reports map[string]tickReport
 	missed  map[string]int // instance → ticks counted in ticks_missed reports
+	// first is when each instance reported its first round.
+	first map[string]time.Time
+}
+
+// maxWarmUps bounds the warm-up, in intervals.
+const maxWarmUps = 6
+
+// warmUp waits one interval, then until every instance has reported a
+// round and the pool's backlog is down to what one interval's ticks
+// leave waiting at once (a tenth of the instances), at most maxWarmUps
+// intervals: a window that opens on the first rounds' backlog measures
+// that backlog, not the pool serving its tenants.
+func warmUp(ctx context.Context, o TenantsOptions, tr *tickTracker, cons jetstream.Consumer, t0 time.Time, res *TenantsResult) error {
+	if err := sleepCtx(ctx, o.Interval+5*time.Second); err != nil {
+		return err
+	}
+	for limit := t0.Add(maxWarmUps * o.Interval); time.Now().Before(limit); {
+		tr.mu.Lock()
+		reported, last := len(tr.first), time.Time{}
+		for _, at := range tr.first {
+			if at.After(last) {
+				last = at
+			}
+		}
+		tr.mu.Unlock()
+		var backlog uint64
+		if info, err := cons.Info(ctx); err == nil {
+			backlog = info.NumPending
+		}
+		if reported == o.Instances && res.FirstRounds == 0 {
+			res.FirstRounds = last.Sub(t0)
+			fmt.Fprintf(o.Log, "tenants: every instance's first round reported %s after the first was added\n", res.FirstRounds.Round(time.Second))
+		}
+		if reported == o.Instances && backlog <= uint64(max(10, o.Instances/10)) {
+			break
+		}
+		if err := sleepCtx(ctx, 5*time.Second); err != nil {
+			return err
+		}
+	}
+	res.WarmUp = time.Since(t0)
+	return nil
 }
 
 // tickInstance is the instance of a tick's job id
@@ -298,7 +345,7 @@ type tickReport struct {
 }
 
 func trackTicks(ctx context.Context, e *Env) (*tickTracker, func(), error) {
-	tr := &tickTracker{ticks: map[string]time.Time{}, reports: map[string]tickReport{}, missed: map[string]int{}}
+	tr := &tickTracker{ticks: map[string]time.Time{}, reports: map[string]tickReport{}, missed: map[string]int{}, first: map[string]time.Time{}}
 	jc, err := e.JS.OrderedConsumer(ctx, "M365_JOBS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"m365.jobs.*.*.sync"}, DeliverPolicy: jetstream.DeliverNewPolicy})
 	if err != nil {
 		return nil, nil, err
@@ -338,6 +385,9 @@ func trackTicks(ctx context.Context, e *Env) (*tickTracker, func(), error) {
 		}
 		if _, seen := tr.reports[r.JobID]; !seen {
 			tr.reports[r.JobID] = tickReport{at: time.Now(), skipped: r.Outcome == jobs.OutcomeSkipped}
+		}
+		if _, seen := tr.first[r.Instance]; !seen && r.Outcome == jobs.OutcomeSucceeded {
+			tr.first[r.Instance] = time.Now()
 		}
 		tr.mu.Unlock()
 	})
