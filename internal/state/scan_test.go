@@ -145,3 +145,35 @@ func TestScanStartsAtItsInstancesKeys(t *testing.T) {
 		t.Errorf("the scan's consumer starts at stream sequence %d, before acme's first key (301): it walks the bucket", info.Delivered.Stream+1)
 	}
 }
+
+// Of several writes of one object in a batch the last is what is stored:
+// an object a round puts and then deletes in one batch stays deleted (the
+// purges used to run before the pipelined puts, and the put brought it
+// back: the chaos test counted two deleted users in the indicators).
+func TestWriteAssetStatesKeepsTheLastOpOfAnObject(t *testing.T) {
+	st, _ := open(t)
+	ctx := context.Background()
+	acme := st.For("default", "acme")
+	if err := acme.WriteAssetStates(ctx, []state.AssetOp{{Kind: state.AssetUser, ID: "gone", Value: []byte("v0")}}, "first"); err != nil {
+		t.Fatal(err)
+	}
+	ops := []state.AssetOp{
+		{Kind: state.AssetUser, ID: "gone", Value: []byte("v1")},
+		{Kind: state.AssetUser, ID: "back", Value: nil},
+		{Kind: state.AssetUser, ID: "gone", Value: nil},
+		{Kind: state.AssetUser, ID: "back", Value: []byte("v2")},
+		{Kind: state.AssetGroup, ID: "gone", Value: []byte("g")},
+	}
+	if err := acme.WriteAssetStates(ctx, ops, "second"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := acme.AssetState(ctx, state.AssetUser, "gone"); err != nil || ok {
+		t.Errorf("the user put and then deleted in one batch is stored (%v)", err)
+	}
+	if v, ok, err := acme.AssetState(ctx, state.AssetUser, "back"); err != nil || !ok || string(v) != "v2" {
+		t.Errorf("the user deleted and then put in one batch: %q %v %v", v, ok, err)
+	}
+	if _, ok, _ := acme.AssetState(ctx, state.AssetGroup, "gone"); !ok {
+		t.Error("a group of the same id is another object")
+	}
+}

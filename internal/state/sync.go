@@ -113,11 +113,20 @@ type AssetOp struct {
 
 // WriteAssetStates stores ops: puts as pipelined publishes to the bucket's
 // subjects (each deduplicated by dedup plus its key and value, so a resent
-// write is stored once), deletes as purges. It returns once every write is
-// stored.
+// write is stored once), deletes as purges. Of several ops on one object
+// the last is what is stored (the purges go first and the puts after them,
+// so an object put and then deleted in one batch must not be put). It
+// returns once every write is stored.
 func (sc *Scope) WriteAssetStates(ctx context.Context, ops []AssetOp, dedup string) error {
+	last := make(map[string]int, len(ops))
+	for i, op := range ops {
+		last[op.Kind+"."+op.ID] = i
+	}
 	var puts []publisher.Message
-	for _, op := range ops {
+	for i, op := range ops {
+		if last[op.Kind+"."+op.ID] != i {
+			continue // a later op on the same object replaces it
+		}
 		key := sc.assetPrefix(op.Kind) + op.ID
 		if op.Value == nil {
 			if err := sc.s.kv.Purge(ctx, key); err != nil && !notFound(err) {
