@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/tevyra/m365-worker/graphsim"
+	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
+	"github.com/tevyra/m365-worker/worker/workertest"
 )
 
 // A full round whose parallel segments do not add up to the tenant (a user
@@ -62,4 +64,55 @@ func firstUser(t *testing.T, s *graphsim.Server) string {
 		return ""
 	}
 	return snap.Users[0].UserPrincipalName
+}
+
+// A user a full round reads and then sees removed in its catch-up delta
+// (deleted between the two reads) is deleted once, as soft_deleted: the
+// round has accounted for it, and its pass over the stored states (which
+// runs before the round's own deletes are stored) must not delete it again
+// as missing_after_full_sync (the chaos run's rounds published both).
+func TestFullRoundDeletesAUserRemovedMeanwhileOnce(t *testing.T) {
+	var sim atomic.Pointer[graphsim.Server]
+	var armed atomic.Bool
+	var deleted atomic.Value
+	o := graphsim.Options{Users: 40, Groups: 4, NoThrottling: true, BeforeRequest: func(r *http.Request) {
+		tok := r.URL.Query().Get("$deltatoken")
+		if r.URL.Path != "/v1.0/users/delta" || tok == "" || tok == "latest" || !armed.CompareAndSwap(true, false) {
+			return
+		}
+		// The round's catch-up from its tracking point: a user its
+		// segments read is deleted (to the recycle bin) before it.
+		s := sim.Load()
+		upn := firstUser(t, s)
+		_ = s.Mutate(s.Credentials()[0].TenantID, func(a *graphsim.Admin) error {
+			u := a.User(upn)
+			deleted.Store(u.ID)
+			a.DeleteUser(u)
+			return nil
+		})
+	}}
+	e := newEnv(t, o)
+	sim.Store(e.sim)
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	e.syncNow("acme", true) // the state knows every user
+	armed.Store(true)
+	rep := e.syncNow("acme", true)
+	id, _ := deleted.Load().(string)
+	if id == "" {
+		t.Fatal("the full round made no catch-up delta request")
+	}
+	var reasons []string
+	for _, d := range workertest.Decode[jobs.AssetDelta](t, workertest.Messages(t, e.js, "M365_RESULTS", "m365.results.acme.assets."+jobs.AssetUser)) {
+		for _, ch := range d.Changes {
+			if d.SyncID == rep.SyncID && ch.ID == id && ch.Op == jobs.OpDelete {
+				reasons = append(reasons, ch.Reason)
+			}
+		}
+	}
+	if len(reasons) != 1 || reasons[0] != jobs.ReasonSoftDeleted {
+		t.Errorf("the round deleted the user removed meanwhile as %v, want once as %s", reasons, jobs.ReasonSoftDeleted)
+	}
+	e.syncNow("acme", false)
+	e.checkAgainstTruth("acme", 0)
 }

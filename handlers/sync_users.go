@@ -41,7 +41,7 @@ func userAssetOf(u *graphclient.User, skuPart map[string]string) jobs.UserAsset 
 
 func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetUser)
-	seen := idSet{}
+	seen := idSet{}                   // ids the round read, or deleted as delta removed them
 	emitted := map[uint32]uint64{}    // id → hash published this round (its first 64 bits)
 	counted := map[string]userState{} // id → state counted this round ({} once gone); not in a full round
 	if b.mode == jobs.ModeFull {
@@ -77,7 +77,9 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 			key := assetRef{state.AssetUser, ch.ID}
 			i := r.ids.intern(ch.ID)
 			if ch.Removed != "" {
-				delete(seen, i)
+				// Accounted for: deleted below (or never published), so
+				// the pass for what the round did not see skips it.
+				seen[i] = struct{}{}
 				delete(emitted, i)
 				old, ok, err := r.lastUserState(counted, key, ch.ID)
 				if err != nil {
