@@ -29,14 +29,7 @@ func TestFullRoundFallbackForgetsUsersDeletedMeanwhile(t *testing.T) {
 		}
 		// The walk from scratch begins: a user the segments read is
 		// deleted before it.
-		s := sim.Load()
-		upn := firstUser(t, s)
-		_ = s.Mutate(s.Credentials()[0].TenantID, func(a *graphsim.Admin) error {
-			u := a.User(upn)
-			deleted.Store(u.ID)
-			a.DeleteUser(u)
-			return a.Purge(u.ID)
-		})
+		deleted.Store(deleteFirstUser(t, sim.Load(), true))
 	}}
 	e := newEnv(t, o)
 	sim.Store(e.sim)
@@ -54,6 +47,22 @@ func TestFullRoundFallbackForgetsUsersDeletedMeanwhile(t *testing.T) {
 	// date. The deleted user is in no delta after the walk.
 	e.syncNow("acme", false)
 	e.checkAgainstTruth("acme", 0)
+}
+
+// deleteFirstUser deletes the tenant's first user (to the recycle bin, or
+// for good with purge) and returns its id.
+func deleteFirstUser(t *testing.T, s *graphsim.Server, purge bool) string {
+	upn, id := firstUser(t, s), ""
+	_ = s.Mutate(s.Credentials()[0].TenantID, func(a *graphsim.Admin) error {
+		u := a.User(upn)
+		id = u.ID
+		a.DeleteUser(u)
+		if purge {
+			return a.Purge(u.ID)
+		}
+		return nil
+	})
+	return id
 }
 
 // firstUser is the UPN of the tenant's first user in the simulator's order.
@@ -82,14 +91,7 @@ func TestFullRoundDeletesAUserRemovedMeanwhileOnce(t *testing.T) {
 		}
 		// The round's catch-up from its tracking point: a user its
 		// segments read is deleted (to the recycle bin) before it.
-		s := sim.Load()
-		upn := firstUser(t, s)
-		_ = s.Mutate(s.Credentials()[0].TenantID, func(a *graphsim.Admin) error {
-			u := a.User(upn)
-			deleted.Store(u.ID)
-			a.DeleteUser(u)
-			return nil
-		})
+		deleted.Store(deleteFirstUser(t, sim.Load(), false))
 	}}
 	e := newEnv(t, o)
 	sim.Store(e.sim)
