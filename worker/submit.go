@@ -40,6 +40,10 @@ func Submit(ctx context.Context, js jetstream.JetStream, subjects jobs.Subjects,
 	return js.Publish(ctx, subjects.JobSubject(pool, j), b)
 }
 
+// apiAttemptTimeout bounds one JetStream API request of a wait that retries
+// (nats.go's own default).
+const apiAttemptTimeout = 5 * time.Second
+
 // WaitResult waits for the result of a job: an action result, or for sync
 // jobs the sync report (returned as an ActionResult with the report as
 // output). It also finds results stored before the call.
@@ -51,12 +55,17 @@ func WaitResult(ctx context.Context, js jetstream.JetStream, t Topology, instanc
 	}
 	subject := t.Subjects.Results(instance, kind)
 	// Opening the reader is retried until ctx ends: during a NATS node's
-	// failover the API briefly answers "no responders" or times out.
+	// failover the API briefly answers "no responders" or not at all. Each
+	// attempt has its own timeout: nats.go waits for an answer until its
+	// context's deadline, so one request nobody answers would otherwise
+	// take the caller's whole wait.
 	var cons jetstream.Consumer
 	err := retry.Do(ctx, retry.UntilCancelled, func() error {
-		st, err := js.Stream(ctx, t.ResultsStream())
+		actx, cancel := context.WithTimeout(ctx, apiAttemptTimeout)
+		defer cancel()
+		st, err := js.Stream(actx, t.ResultsStream())
 		if err == nil {
-			cons, err = st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy})
+			cons, err = st.OrderedConsumer(actx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy})
 		}
 		if err != nil && !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 			return retry.Permanent(err)
