@@ -289,11 +289,90 @@ func (c *Client) UserDelta(ctx context.Context, link string, fn DeltaPage[UserCh
 // groups once the page is read, and a group continued on a later page is
 // sent again with the rest of its members (apply idempotently).
 func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[GroupChange]) (string, error) {
-	u, err := c.deltaURL("group delta", "groups", link, append(append([]string{}, GroupSelect...), "members"))
+	u, err := c.deltaURL("group delta", "groups", link, groupDeltaSelect())
 	if err != nil {
 		return "", err
 	}
-	return eachPage(ctx, c, "group delta", u, true, func(p *page[groupJSON]) error {
+	return eachPage(ctx, c, "group delta", u, true, groupPages(fn))
+}
+
+// GroupDeltaOf reads the groups ids names, with all their members, by a
+// group delta filtered on their ids (a chunk from DeltaIDChunks), handing
+// the pages to fn as GroupDelta does. Its deltaLink is not returned: a
+// round follows changes from the tracking point it took first.
+func (c *Client) GroupDeltaOf(ctx context.Context, ids []string, fn DeltaPage[GroupChange]) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	q := url.Values{"$select": {strings.Join(groupDeltaSelect(), ",")}, "$filter": {idFilter(ids)}}
+	_, err := eachPage(ctx, c, "group delta", c.graphURL+"/groups/delta?"+q.Encode(), true, groupPages(fn))
+	return err
+}
+
+func groupDeltaSelect() []string { return append(append([]string{}, GroupSelect...), "members") }
+
+// idFilter is the $filter that selects ids on a delta.
+func idFilter(ids []string) string {
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteString(" or ")
+		}
+		b.WriteString("id eq '" + strings.ReplaceAll(id, "'", "''") + "'")
+	}
+	return b.String()
+}
+
+// A delta's id filter takes at most 50 ids; Graph bounds the whole URL
+// too, so a chunk's filter is also kept within maxIDFilter characters
+// (encoded), which leaves a 2,048-character URL room for the rest.
+const (
+	maxDeltaIDs = 50
+	maxIDFilter = 1600
+)
+
+// DeltaIDChunks splits ids into chunks that GroupDeltaOf takes in one
+// request.
+func DeltaIDChunks(ids []string) [][]string {
+	var out [][]string
+	start, size := 0, 0
+	for i, id := range ids {
+		// "id eq '…' or " as url.Values encodes it: id+eq+%27…%27+or+
+		n := len(url.QueryEscape(id)) + 16
+		if i > start && (i-start == maxDeltaIDs || size+n > maxIDFilter) {
+			out = append(out, ids[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(ids) {
+		out = append(out, ids[start:])
+	}
+	return out
+}
+
+// ListGroupIDs pages through /groups for their ids only (999 a page),
+// handing each page's ids to fn.
+func (c *Client) ListGroupIDs(ctx context.Context, fn func([]string) error) error {
+	type idJSON struct {
+		ID string `json:"id"`
+	}
+	_, err := eachPage(ctx, c, "list groups", c.graphURL+"/groups?$select=id&$top=999", false, func(p *page[idJSON]) error {
+		ids := make([]string, 0, len(p.Value))
+		for _, g := range p.Value {
+			if g.ID != "" {
+				ids = append(ids, g.ID)
+			}
+		}
+		return fn(ids)
+	})
+	return err
+}
+
+// groupPages turns group delta pages into GroupChanges for fn, merging the
+// entries of a group split within a page.
+func groupPages(fn DeltaPage[GroupChange]) func(p *page[groupJSON]) error {
+	return func(p *page[groupJSON]) error {
 		byID := map[string]*GroupChange{}
 		var order []string
 		for i := range p.Value {
@@ -325,5 +404,5 @@ func (c *Client) GroupDelta(ctx context.Context, link string, fn DeltaPage[Group
 			changes = append(changes, *byID[id])
 		}
 		return fn(changes)
-	})
+	}
 }

@@ -748,3 +748,9 @@ func (c *Client) RecycledID(ctx context.Context, ref string, group bool) (string
 func (c *Client) CountUsers(ctx context.Context) (int, error) {
 	return c.countUsers(ctx, "count users", "")
 }
+
+// CountGroups counts the tenant's groups ($count, eventually consistent).
+func (c *Client) CountGroups(ctx context.Context) (int, error) {
+	n, err := c.Graph.Groups().Count().Get(ctx, &groups.CountRequestBuilderGetRequestConfiguration{Headers: eventual()})
+	return countOf("count groups", n, err)
+}

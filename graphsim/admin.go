@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -323,17 +324,22 @@ func (a *Admin) RandomChanges(n int, seed uint64) {
 		users, groups := a.t.sortedUserIDs(), a.t.sortedGroupIDs()
 		switch k := r.IntN(12); {
 		case k == 0 || len(users) < 5:
-			a.CreateUser(fmt.Sprintf("new.user.%d.%d", seed, i), fmt.Sprintf("New User %d", i))
+			u := a.CreateUser(fmt.Sprintf("new.user.%d.%d", seed, i), fmt.Sprintf("New User %d", i))
+			a.t.userIDs = withID(users, u.ID)
 		case k == 1:
 			a.UpdateUser(a.t.users[pick(users)], func(u *User) { u.JobTitle = strp(jobTitles[r.IntN(len(jobTitles))]) })
 		case k == 2:
 			a.UpdateUser(a.t.users[pick(users)], func(u *User) { u.AccountEnabled = !u.AccountEnabled })
 		case k == 3:
-			a.DeleteUser(a.t.users[pick(users)])
+			u := a.t.users[pick(users)]
+			a.DeleteUser(u)
+			a.t.userIDs = withoutID(users, u.ID)
 		case k == 4:
 			for id, d := range a.t.deleted {
 				if d.user != nil {
-					_ = a.RestoreUser(id)
+					if a.RestoreUser(id) == nil {
+						a.t.userIDs = withID(users, id)
+					}
 					break
 				}
 			}
@@ -373,6 +379,26 @@ func (a *Admin) RandomChanges(n int, seed uint64) {
 			a.UpdateGroup(a.t.groups[pick(groups)], func(g *Group) { g.Description = strp(fmt.Sprintf("changed %d", i)) })
 		}
 	}
+}
+
+// withID and withoutID return the sorted ids with id added or taken out,
+// as a new list: the tenant's sorted lists are shared with the requests
+// that read them, and sorting them again after each of many changes costs
+// seconds at 300,000 users.
+func withID(ids []string, id string) []string {
+	i, found := slices.BinarySearch(ids, id)
+	if found {
+		return ids
+	}
+	return slices.Insert(slices.Clip(ids), i, id)
+}
+
+func withoutID(ids []string, id string) []string {
+	i, found := slices.BinarySearch(ids, id)
+	if !found {
+		return ids
+	}
+	return slices.Delete(slices.Clone(ids), i, i+1)
 }
 
 // serveAdmin is the HTTP admin interface (outside /v1.0):

@@ -103,6 +103,16 @@ func (c *gctx) delta(kind string) (*response, *apiError) {
 		ids = t.sortedUserIDs()
 	case st.Full && len(st.IDs) == 0:
 		ids = t.sortedGroupIDs()
+	case st.Full:
+		// A round from scratch filtered on ids: those that exist (a
+		// round reads large tenants' groups by chunks of ids).
+		listed := map[string]bool{}
+		for _, id := range st.IDs {
+			if !listed[id] && (kind == "users" && t.users[id] != nil || kind == "groups" && t.groups[id] != nil) {
+				listed[id] = true
+				ids = append(ids, id)
+			}
+		}
 	case kind == "users":
 		for id, u := range t.users {
 			if (st.Full || u.version > st.From) && idOK(id) {

@@ -38,6 +38,10 @@ type SyncConfig struct {
 	// RoundTimeout bounds one round: a Graph that never ends a walk must
 	// not hold the instance's lock and a worker slot forever. Default 2h.
 	RoundTimeout time.Duration
+	// GroupSegmentsFrom is the group count from which a full round reads
+	// the groups in parallel (sync_groups_full.go). Default 1,000;
+	// negative: never.
+	GroupSegmentsFrom int
 	// Notify turns Graph change notifications on (subscriptions.go).
 	Notify NotifyConfig
 	Logger *slog.Logger
@@ -54,6 +58,9 @@ type Syncer struct {
 
 // NewSyncer returns the sync handler publishing through js.
 func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Syncer, error) {
+	if cfg.GroupSegmentsFrom == 0 {
+		cfg.GroupSegmentsFrom = defaultGroupSegmentsFrom
+	}
 	if cfg.BatchChanges <= 0 {
 		cfg.BatchChanges = 200
 	}

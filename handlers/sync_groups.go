@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/tevyra/m365-worker/graphclient"
@@ -30,7 +31,10 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	var order []string
 	full := b.mode == jobs.ModeFull
 	pages, objects, t0 := 0, 0, time.Now()
+	var mu sync.Mutex // a full round reads in parallel; changes apply one at a time
 	apply := func(page []graphclient.GroupChange) error {
+		mu.Lock()
+		defer mu.Unlock()
 		pages++
 		objects += len(page)
 		r.prog.groups.pages.Add(1)
@@ -98,12 +102,18 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		r.job.Progress()
 		return nil
 	}
-	next, err := c.GroupDelta(r.ctx, link, apply)
-	if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
-		r.log.Info("sync: group delta token expired or reset; running a full round")
-		b.mode, full = jobs.ModeFull, true
-		touched, members, removed, stored, order = map[string]*groupState{}, map[string]idSet{}, map[string]string{}, map[string]storedGroup{}, nil
-		next, err = c.GroupDelta(r.ctx, "", apply)
+	var next string
+	var err error
+	if full {
+		next, err = r.fullGroups(c, apply)
+	} else {
+		next, err = c.GroupDelta(r.ctx, link, apply)
+		if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
+			r.log.Info("sync: group delta token expired or reset; running a full round")
+			b.mode, full = jobs.ModeFull, true
+			touched, members, removed, stored, order = map[string]*groupState{}, map[string]idSet{}, map[string]string{}, map[string]storedGroup{}, nil
+			next, err = r.fullGroups(c, apply)
+		}
 	}
 	if err != nil {
 		return "", err
@@ -165,7 +175,9 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		}
 	}
 	if full {
-		seen := func(id string) bool { return touched[id] != nil }
+		// A group delta removed is accounted for: deleted above (or
+		// never published).
+		seen := func(id string) bool { return touched[id] != nil || removed[id] != "" }
 		if err := r.deleteMissing(b, state.AssetGroup, seen); err != nil {
 			return "", err
 		}

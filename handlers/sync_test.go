@@ -40,13 +40,19 @@ type env struct {
 	graphConfig     graphclient.PoolConfig
 	roundTimeout    time.Duration
 	notify          handlers.NotifyConfig
+	groupSegments   int              // SyncConfig.GroupSegmentsFrom
 	syncer          *handlers.Syncer // the last startWorker's
 }
 
 func newEnv(t testing.TB, o graphsim.Options) *env {
+	return newEnvOn(t, graphsimtest.Start(t, o))
+}
+
+// newEnvOn is an environment of its own (JetStream, state, pool key) on a
+// simulator another environment may share.
+func newEnvOn(t testing.TB, sim *graphsim.Server) *env {
 	srv := workertest.Start(t)
 	_, js := srv.Connect(t)
-	sim := graphsimtest.Start(t, o)
 	kp, _ := nkeys.CreateCurveKeys()
 	store, err := worker.OpenState(context.Background(), js, srv.Topology)
 	if err != nil {
@@ -70,7 +76,7 @@ func (e *env) startWorker(cfg worker.Config) *worker.Worker {
 	gc.Workers = worker.WatchLiveWorkers(ctx, js, e.srv.Topology, "default")
 	gc.AllowEndpointOverrides = true // the instances point at the simulator
 	graph := graphclient.NewPool(gc)
-	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graph, RoundTimeout: e.roundTimeout, Notify: e.notify})
+	syncer, err := handlers.NewSyncer(context.Background(), js, handlers.SyncConfig{Topology: e.srv.Topology, Graph: graph, RoundTimeout: e.roundTimeout, Notify: e.notify, GroupSegmentsFrom: e.groupSegments})
 	if err != nil {
 		e.t.Fatal(err)
 	}
