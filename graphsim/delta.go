@@ -251,21 +251,35 @@ func removedReason(t *Tenant, kind, id string, st deltaState) (string, bool) {
 	return reason, reason != ""
 }
 
+// memberRef is an item of a group's members@delta, as Graph writes it. A
+// struct, not a map: a full round of a large tenant writes millions.
+type memberRef struct {
+	Type    string         `json:"@odata.type"`
+	ID      string         `json:"id"`
+	Removed *memberRefGone `json:"@removed,omitempty"`
+}
+
+type memberRefGone struct {
+	Reason string `json:"reason"`
+}
+
+var memberGone = &memberRefGone{Reason: "deleted"}
+
 // memberDelta lists a group's member changes of the pass (all members on a
 // full pass or for a group created in it).
-func (c *gctx) memberDelta(g *Group, st deltaState) []map[string]any {
-	ref := func(id string, removed bool) map[string]any {
-		m := map[string]any{"@odata.type": "#microsoft.graph.user", "id": id}
+func (c *gctx) memberDelta(g *Group, st deltaState) []memberRef {
+	ref := func(id string, removed bool) memberRef {
+		m := memberRef{Type: "#microsoft.graph.user", ID: id}
 		if c.t.users[id] == nil && c.t.groups[id] != nil {
-			m["@odata.type"] = "#microsoft.graph.group"
+			m.Type = "#microsoft.graph.group"
 		}
 		if removed {
-			m["@removed"] = map[string]any{"reason": "deleted"}
+			m.Removed = memberGone
 		}
 		return m
 	}
 	if st.Full {
-		out := make([]map[string]any, 0, len(g.Members))
+		out := make([]memberRef, 0, len(g.Members))
 		for _, id := range g.MemberIDs() {
 			out = append(out, ref(id, false))
 		}
@@ -282,7 +296,7 @@ func (c *gctx) memberDelta(g *Group, st deltaState) []map[string]any {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	out := make([]map[string]any, 0, len(ids))
+	out := make([]memberRef, 0, len(ids))
 	for _, id := range ids {
 		out = append(out, ref(id, !g.Members[id]))
 	}

@@ -269,9 +269,15 @@ func (s *Server) exec(claims *tokenClaims, method, path string, query url.Values
 		// Not under the tenant lock: creating one calls the receiver.
 		resp, e = s.serveSubscriptions(c)
 	} else {
-		s.mu.Lock()
-		resp, e = s.routeWithFaults(c)
-		s.mu.Unlock()
+		if method == http.MethodGet {
+			s.mu.RLock()
+			resp, e = s.routeWithFaults(c)
+			s.mu.RUnlock()
+		} else {
+			s.mu.Lock()
+			resp, e = s.routeWithFaults(c)
+			s.mu.Unlock()
+		}
 	}
 	latency := s.opts.Latency.Read + time.Duration(c.objects)*s.opts.Latency.PerObject
 	if write {
@@ -439,6 +445,12 @@ func mapGetter(m map[string]any) func(string) any { return func(p string) any { 
 // cursor and stops once the page is full, reading properties through get
 // (cheap) and building full records only for the page.
 func (c *gctx) list(set, typeName string, ids []string, props func(id string) map[string]any, get func(id, prop string) any, defaults []string) (*response, *apiError) {
+	return c.listText(set, typeName, ids, props, get, nil, defaults)
+}
+
+// listText is list with a reader of string properties for the filter
+// (text; see filterExpr.matchID).
+func (c *gctx) listText(set, typeName string, ids []string, props func(id string) map[string]any, get func(id, prop string) any, text func(id, prop string) (string, bool), defaults []string) (*response, *apiError) {
 	if c.q.filter != nil && c.q.filter.advanced() && !(c.eventual() && c.q.count) {
 		return nil, newErr(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified for property 'assignedLicenses' of resource '"+typeName+"'.")
 	}
@@ -446,7 +458,7 @@ func (c *gctx) list(set, typeName string, ids []string, props func(id string) ma
 		return nil, newErr(400, "Request_UnsupportedQuery", "Request with $search query parameter only works through MSGraph with a special request header: 'ConsistencyLevel: eventual'")
 	}
 	matches := func(id string) bool {
-		return c.q.filter == nil || c.q.filter.match(func(p string) any { return get(id, p) })
+		return c.q.filter == nil || c.q.filter.matchID(id, get, text)
 	}
 	size := 100
 	if c.q.top > 0 {

@@ -3,6 +3,7 @@ package graphsim
 import (
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -212,7 +213,15 @@ type Tenant struct {
 	deleted  map[string]deletedItem // recycle bin
 
 	// sorted id caches, dropped when the sets change
+	// The sorted id lists and the UPN index are built on demand, by
+	// requests that hold the server's lock only for reading: cacheMu
+	// guards their building. A change drops them (under the write lock).
+	cacheMu           sync.Mutex
 	userIDs, groupIDs []string
+	// byUPNFirst indexes userIDs by the lower-cased first byte of the UPN
+	// (built for the userIDs it names), for a round's UPN segments.
+	byUPNFirst    map[byte][]string
+	byUPNFirstFor []string
 
 	version        uint64
 	userTombs      []tombstone

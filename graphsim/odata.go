@@ -183,8 +183,38 @@ func (f *filterExpr) match(get func(prop string) any) bool {
 	return false
 }
 
-func (t filterTerm) match(get func(prop string) any) bool {
-	v := get(t.prop)
+// matchID is match for the object id of a collection, its properties read
+// through get, and its string properties through text when it has them
+// (nil: none): a list scans every object of a large tenant, and neither
+// a closure per object nor a string boxed per property is free.
+func (f *filterExpr) matchID(id string, get func(id, prop string) any, text func(id, prop string) (string, bool)) bool {
+	for _, c := range f.or {
+		ok := true
+		for _, t := range c {
+			if !t.matchID(id, get, text) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (t filterTerm) matchID(id string, get func(id, prop string) any, text func(id, prop string) (string, bool)) bool {
+	if text != nil && (t.op == "startswith" || t.op == "endswith") {
+		if s, ok := text(id, t.prop); ok {
+			return t.matchValue(s)
+		}
+	}
+	return t.matchValue(get(id, t.prop))
+}
+
+func (t filterTerm) match(get func(prop string) any) bool { return t.matchValue(get(t.prop)) }
+
+func (t filterTerm) matchValue(v any) bool {
 	switch t.op {
 	case "count_ne", "count_eq":
 		n := 0

@@ -183,6 +183,12 @@ func randomSecret(r *rand.Rand) string {
 // sortedUserIDs returns the tenant's user ids in order (shared: do not
 // modify).
 func (t *Tenant) sortedUserIDs() []string {
+	t.cacheMu.Lock()
+	defer t.cacheMu.Unlock()
+	return t.sortedUserIDsLocked()
+}
+
+func (t *Tenant) sortedUserIDsLocked() []string {
 	if t.userIDs == nil {
 		t.userIDs = make([]string, 0, len(t.users))
 		for id := range t.users {
@@ -195,6 +201,8 @@ func (t *Tenant) sortedUserIDs() []string {
 
 // sortedGroupIDs returns the tenant's group ids in order (shared).
 func (t *Tenant) sortedGroupIDs() []string {
+	t.cacheMu.Lock()
+	defer t.cacheMu.Unlock()
 	if t.groupIDs == nil {
 		t.groupIDs = make([]string, 0, len(t.groups))
 		for id := range t.groups {

@@ -208,7 +208,7 @@ type Server struct {
 	notify *notifier // subscriptions and their deliveries
 	conf   conformance
 
-	mu      sync.Mutex // guards tenants' data
+	mu      sync.RWMutex // guards tenants' data: reads (GET) share it
 	tenants []*Tenant
 	byKey   map[string]*Tenant // id or domain (lower case) → tenant
 

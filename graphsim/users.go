@@ -64,6 +64,61 @@ func (c *gctx) userField(u *User, p string) any {
 	return c.userProps(u)[p]
 }
 
+// upnSegment reports whether the request's filter is one startswith on
+// the UPN, and the lower-cased first byte of its prefix.
+func (c *gctx) upnSegment() (byte, bool) {
+	f := c.q.filter
+	if f == nil || len(f.or) != 1 || len(f.or[0]) != 1 {
+		return 0, false
+	}
+	t := f.or[0][0]
+	p, _ := t.value.(string)
+	if t.op != "startswith" || t.prop != "userPrincipalName" || p == "" || p[0] >= 0x80 {
+		return 0, false
+	}
+	return lowerByte(p[0]), true
+}
+
+func lowerByte(b byte) byte {
+	if 'A' <= b && b <= 'Z' {
+		return b + 'a' - 'A'
+	}
+	return b
+}
+
+// usersByUPNFirst is the sorted ids of the users whose UPN starts with the
+// byte first (either case), from an index built once per set of users: a
+// full round's 36 segments would otherwise each scan every user.
+func (t *Tenant) usersByUPNFirst(first byte) []string {
+	t.cacheMu.Lock()
+	defer t.cacheMu.Unlock()
+	ids := t.sortedUserIDsLocked()
+	if t.byUPNFirst == nil || len(t.byUPNFirstFor) != len(ids) || len(ids) > 0 && &t.byUPNFirstFor[0] != &ids[0] {
+		t.byUPNFirst, t.byUPNFirstFor = map[byte][]string{}, ids
+		for _, id := range ids {
+			if upn := t.users[id].UserPrincipalName; upn != "" {
+				k := lowerByte(upn[0])
+				t.byUPNFirst[k] = append(t.byUPNFirst[k], id)
+			}
+		}
+	}
+	return t.byUPNFirst[first]
+}
+
+// userText reads the string properties a segment's filter names, unboxed.
+func (c *gctx) userText(id, p string) (string, bool) {
+	u := c.t.users[id]
+	switch p {
+	case "userPrincipalName":
+		return u.UserPrincipalName, true
+	case "displayName":
+		return u.DisplayName, true
+	case "mailNickname":
+		return u.MailNickname, true
+	}
+	return "", false
+}
+
 // findUser resolves an id or UPN to a visible user.
 func (c *gctx) findUser(key string) *User {
 	u := c.t.users[key]
@@ -83,6 +138,9 @@ func (c *gctx) listUsers() (*response, *apiError) {
 		return nil, e
 	}
 	ids := c.t.sortedUserIDs()
+	if first, ok := c.upnSegment(); ok {
+		ids = c.t.usersByUPNFirst(first)
+	}
 	vis := ids
 	if !c.visible(c.t.lastVisibleAt) { // some object is still replicating
 		vis = ids[:0:0]
@@ -92,8 +150,8 @@ func (c *gctx) listUsers() (*response, *apiError) {
 			}
 		}
 	}
-	return c.list("users", "user", vis, func(id string) map[string]any { return c.userProps(c.t.users[id]) },
-		func(id, p string) any { return c.userField(c.t.users[id], p) }, userDefaults)
+	return c.listText("users", "user", vis, func(id string) map[string]any { return c.userProps(c.t.users[id]) },
+		func(id, p string) any { return c.userField(c.t.users[id], p) }, c.userText, userDefaults)
 }
 
 func (c *gctx) getUser(key string) (*response, *apiError) {

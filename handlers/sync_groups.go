@@ -14,6 +14,7 @@ import (
 
 func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetGroup)
+	defer func() { _ = b.wait() }() // on an error: the batch in flight ends with the round
 	if b.mode == jobs.ModeFull {
 		link = ""
 	}

@@ -22,6 +22,7 @@ func licenseAssetOf(s graphclient.SKU) jobs.LicenseAsset {
 
 func (r *round) syncLicenses(skus []graphclient.SKU) error {
 	b := r.batcher(jobs.AssetLicense)
+	defer func() { _ = b.wait() }() // on an error: the batch in flight ends with the round
 	seen := map[string]bool{}
 	for _, s := range skus {
 		raw, _ := json.Marshal(licenseAssetOf(s))

@@ -27,6 +27,9 @@ type batcher struct {
 	changes []jobs.AssetChange
 	states  []stateOp
 	size    int
+	// inflight is the batch being stored while the next one fills (nil:
+	// none); it says how that went.
+	inflight chan error
 }
 
 // stateOp is a state write to do once a batch is stored: a put, or a
@@ -70,7 +73,16 @@ func (b *batcher) keep(stores ...stateOp) { b.states = append(b.states, stores..
 
 // flush publishes the batch, then stores its changes' state. The message id
 // names the instance, the run's sync id (unique per run) and the batch.
+//
+// A batch that is not the last is stored while the round goes on reading
+// and filling the next one: one batch at most is in flight, and it is done
+// before the next starts, so batches and their states are stored in order.
+// Its error comes back from the next add, flush or wait. The last batch is
+// stored before flush returns.
 func (b *batcher) flush(last bool) error {
+	if err := b.wait(); err != nil {
+		return err
+	}
 	b.batch++
 	d := &jobs.AssetDelta{SchemaVersion: jobs.SchemaVersion, Instance: b.r.instance, SyncID: b.r.syncID, Type: b.typ, Mode: b.mode,
 		Batch: b.batch, Last: last, Changes: b.changes}
@@ -78,15 +90,37 @@ func (b *batcher) flush(last bool) error {
 		d.Changes = []jobs.AssetChange{}
 	}
 	msgID := fmt.Sprintf("assets:%s:%s:%s:%d", b.r.instance, b.r.syncID, b.typ, b.batch)
-	if _, err := b.r.s.pub.Publish(b.r.ctx, publisher.Message{Subject: b.r.s.subjs.Assets(b.r.instance, b.typ), MsgID: msgID, Value: publisher.Encoded(d.AppendJSON(nil))}); err != nil {
-		return err
-	}
-	if err := b.r.storeState(b.states); err != nil {
-		return fmt.Errorf("store sync state: %w", err)
-	}
+	states := b.states
 	b.changes, b.states, b.size = nil, nil, 0
-	b.r.job.Progress()
+	store := func() error {
+		if _, err := b.r.s.pub.Publish(b.r.ctx, publisher.Message{Subject: b.r.s.subjs.Assets(b.r.instance, b.typ), MsgID: msgID, Value: publisher.Encoded(d.AppendJSON(nil))}); err != nil {
+			return err
+		}
+		if err := b.r.storeState(states); err != nil {
+			return fmt.Errorf("store sync state: %w", err)
+		}
+		b.r.job.Progress()
+		return nil
+	}
+	if last {
+		return store()
+	}
+	done := make(chan error, 1)
+	b.inflight = done
+	go func() { done <- worker.Safely(store) }()
 	return nil
+}
+
+// wait waits until the batch in flight, if any, is stored, and returns how
+// that went. Every part of a round waits before it ends, so no write of a
+// round outlives it.
+func (b *batcher) wait() error {
+	if b.inflight == nil {
+		return nil
+	}
+	err := <-b.inflight
+	b.inflight = nil
+	return err
 }
 
 // flushPending stores what the batcher holds, if anything, as a batch of
@@ -187,6 +221,9 @@ func (r *round) prefetch(refs []assetRef) error {
 
 // deleteMissing deletes what a full round did not see.
 func (r *round) deleteMissing(b *batcher, kind string, seen func(id string) bool) error {
+	if err := b.wait(); err != nil {
+		return err
+	}
 	var ids []string
 	err := r.state.EachAssetID(r.ctx, kind, func(id string) {
 		if !seen(id) {
