@@ -41,7 +41,7 @@ func userAssetOf(u *graphclient.User, skuPart map[string]string) jobs.UserAsset 
 
 func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 	b := r.batcher(jobs.AssetUser)
-	defer func() { _ = b.wait() }() // on an error: the batch in flight ends with the round
+	defer func() { _ = b.wait() }()   // on an error: the batch in flight ends with the round
 	seen := idSet{}                   // ids the round read, or deleted as delta removed them
 	emitted := map[uint32]uint64{}    // id → hash published this round (its first 64 bits)
 	counted := map[string]userState{} // id → state counted this round ({} once gone); not in a full round
