@@ -27,9 +27,37 @@ type batcher struct {
 	changes []jobs.AssetChange
 	states  []stateOp
 	size    int
-	// inflight is the batch being stored while the next one fills (nil:
-	// none); it says how that went.
-	inflight chan error
+	// stored runs the stores of the batches, one in flight at most.
+	stored oneInFlight
+}
+
+// oneInFlight runs functions in the background one after the other: each
+// starts once the one before has ended, and an error stops the line (it is
+// returned by the next start or wait, and what was not started is not).
+type oneInFlight struct {
+	inflight chan error // nil: none
+}
+
+// start runs f once the function in flight (if any) has ended well.
+func (o *oneInFlight) start(f func() error) error {
+	if err := o.wait(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	o.inflight = done
+	go func() { done <- worker.Safely(f) }()
+	return nil
+}
+
+// wait waits until the function in flight, if any, has ended, and returns
+// its error.
+func (o *oneInFlight) wait() error {
+	if o.inflight == nil {
+		return nil
+	}
+	err := <-o.inflight
+	o.inflight = nil
+	return err
 }
 
 // stateOp is a state write to do once a batch is stored: a put, or a
@@ -105,23 +133,13 @@ func (b *batcher) flush(last bool) error {
 	if last {
 		return store()
 	}
-	done := make(chan error, 1)
-	b.inflight = done
-	go func() { done <- worker.Safely(store) }()
-	return nil
+	return b.stored.start(store)
 }
 
 // wait waits until the batch in flight, if any, is stored, and returns how
 // that went. Every part of a round waits before it ends, so no write of a
 // round outlives it.
-func (b *batcher) wait() error {
-	if b.inflight == nil {
-		return nil
-	}
-	err := <-b.inflight
-	b.inflight = nil
-	return err
-}
+func (b *batcher) wait() error { return b.stored.wait() }
 
 // flushPending stores what the batcher holds, if anything, as a batch of
 // the round (not its last).
