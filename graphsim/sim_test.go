@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -263,5 +264,53 @@ func TestAnswersOverHTTP2(t *testing.T) {
 	resp.Body.Close()
 	if resp.ProtoMajor != 2 {
 		t.Errorf("answered over %s, want HTTP/2", resp.Proto)
+	}
+}
+
+// A list filtered by a UPN prefix (a full round's segment) pages through
+// exactly the users whose UPN starts with it, in either case, from the
+// index by first character, and sees a user created after the index was
+// built.
+func TestUPNSegmentsMatchTheirPrefix(t *testing.T) {
+	sim := start(t, graphsim.Options{Users: 300, Groups: 2, NoThrottling: true})
+	cred := sim.Credentials()[0]
+	r := newRaw(t, sim, cred)
+	segment := func(prefix string) map[string]bool {
+		got := map[string]bool{}
+		link := "/users?$select=id,userPrincipalName&$top=7&$filter=" + url.QueryEscape("startswith(userPrincipalName,'"+prefix+"')")
+		for link != "" {
+			m := r.json("GET", link, nil, 200)
+			for _, v := range m["value"].([]any) {
+				u := v.(map[string]any)
+				if got[u["id"].(string)] {
+					t.Fatalf("segment %q: %s twice", prefix, u["id"])
+				}
+				got[u["id"].(string)] = true
+			}
+			link, _ = m["@odata.nextLink"].(string)
+		}
+		return got
+	}
+	want := func(prefix string) map[string]bool {
+		snap, err := sim.Export(cred.TenantID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, u := range snap.Users {
+			if strings.HasPrefix(strings.ToLower(u.UserPrincipalName), strings.ToLower(prefix)) {
+				out[u.ID] = true
+			}
+		}
+		return out
+	}
+	for _, p := range []string{"a", "A", "al", "z", "9"} {
+		if got, w := segment(p), want(p); !maps.Equal(got, w) {
+			t.Errorf("segment %q: %d users, want %d", p, len(got), len(w))
+		}
+	}
+	_ = sim.Mutate(cred.TenantID, func(a *graphsim.Admin) error { a.CreateUser("aaron.new", "Aaron New"); return nil })
+	if got, w := segment("a"), want("a"); !maps.Equal(got, w) || len(w) == 0 {
+		t.Errorf("after a new user, segment a: %d users, want %d", len(got), len(w))
 	}
 }
