@@ -2,10 +2,8 @@ package handlers
 
 import (
 	"context"
-	"sync"
 
 	"github.com/tevyra/m365-worker/graphclient"
-	"github.com/tevyra/m365-worker/worker"
 )
 
 // defaultGroupSegmentsFrom is the group count from which a full round reads
@@ -53,43 +51,18 @@ func (r *round) parallelGroups(c *graphclient.Client, apply graphclient.DeltaPag
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithCancel(r.ctx)
-	defer cancel()
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-	)
-	fail := func(err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if first == nil {
-			first = err
-			cancel()
-		}
-	}
-	sem := make(chan struct{}, groupReaders)
-	err = c.ListGroupIDs(ctx, func(ids []string) error {
+	readers := newFanOut(r.ctx, groupReaders)
+	err = c.ListGroupIDs(readers.ctx, func(ids []string) error {
 		for _, chunk := range graphclient.DeltaIDChunks(ids) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				select {
-				case sem <- struct{}{}:
-				case <-ctx.Done():
-					return
-				}
-				defer func() { <-sem }()
-				if err := worker.Safely(func() error { return c.GroupDeltaOf(ctx, chunk, apply) }); err != nil {
-					fail(err)
-				}
-			}()
+			readers.do(func(ctx context.Context) error { return c.GroupDeltaOf(ctx, chunk, apply) })
 		}
 		return nil
 	})
-	wg.Wait()
-	if first != nil {
-		return "", first
+	if err != nil {
+		readers.cancel() // the listing failed: the reads stop too
+	}
+	if werr := readers.wait(); werr != nil {
+		return "", werr
 	}
 	if err != nil {
 		return "", err

@@ -11,7 +11,6 @@ import (
 	"github.com/tevyra/m365-worker/graphclient"
 	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/jobs"
-	"github.com/tevyra/m365-worker/worker"
 )
 
 func (r *round) userAsset(u *graphclient.User) jobs.UserAsset { return userAssetOf(u, r.skuPart) }
@@ -255,46 +254,27 @@ func (r *round) parallelUsers(c *graphclient.Client, apply graphclient.DeltaPage
 	if err != nil {
 		return "", false, err
 	}
-	ctx, cancel := context.WithCancel(r.ctx)
-	defer cancel()
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-		read  int
+		mu   sync.Mutex
+		read int
 	)
-	sem := make(chan struct{}, userReaders)
+	readers := newFanOut(r.ctx, userReaders)
 	for _, ch := range userSegments {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			err := worker.Safely(func() error {
-				return c.ListUsers(ctx, "startswith(userPrincipalName,'"+string(ch)+"')", func(page []graphclient.User) error {
-					changes := make([]graphclient.UserChange, len(page))
-					for i := range page {
-						changes[i] = graphclient.UserChange{ID: page[i].ID, User: &page[i]}
-					}
-					mu.Lock()
-					read += len(page)
-					mu.Unlock()
-					return apply(changes)
-				})
-			})
-			if err != nil {
-				mu.Lock()
-				if first == nil {
-					first = err
-					cancel()
+		readers.do(func(ctx context.Context) error {
+			return c.ListUsers(ctx, "startswith(userPrincipalName,'"+string(ch)+"')", func(page []graphclient.User) error {
+				changes := make([]graphclient.UserChange, len(page))
+				for i := range page {
+					changes[i] = graphclient.UserChange{ID: page[i].ID, User: &page[i]}
 				}
+				mu.Lock()
+				read += len(page)
 				mu.Unlock()
-			}
-		}()
+				return apply(changes)
+			})
+		})
 	}
-	wg.Wait()
-	if first != nil {
-		return "", false, first
+	if err := readers.wait(); err != nil {
+		return "", false, err
 	}
 	if read != total {
 		r.log.Warn("sync: the UPN segments did not cover every user; reading the tenant by delta instead", "read", read, "count", total)

@@ -1,0 +1,59 @@
+package handlers
+
+import (
+	"context"
+	"sync"
+
+	"github.com/tevyra/m365-worker/worker"
+)
+
+// fanOut runs a round's parallel reads (the users' segments, the groups'
+// chunks of ids): at most n at once, each in its own goroutine with panics
+// made errors; the first error cancels the others' context and is what
+// wait returns.
+type fanOut struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	sem    chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	first  error
+}
+
+func newFanOut(ctx context.Context, n int) *fanOut {
+	ctx, cancel := context.WithCancel(ctx)
+	return &fanOut{ctx: ctx, cancel: cancel, sem: make(chan struct{}, n)}
+}
+
+// do starts f without blocking the caller; f waits for its turn, and does
+// not run once an earlier one has failed.
+func (f *fanOut) do(fn func(ctx context.Context) error) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		select {
+		case f.sem <- struct{}{}:
+		case <-f.ctx.Done():
+			return
+		}
+		defer func() { <-f.sem }()
+		if f.ctx.Err() != nil {
+			return // one failed (or the round ended) meanwhile
+		}
+		if err := worker.Safely(func() error { return fn(f.ctx) }); err != nil {
+			f.mu.Lock()
+			if f.first == nil {
+				f.first = err
+				f.cancel()
+			}
+			f.mu.Unlock()
+		}
+	}()
+}
+
+// wait waits for everything started and returns the first error.
+func (f *fanOut) wait() error {
+	f.wg.Wait()
+	f.cancel()
+	return f.first
+}
