@@ -24,7 +24,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	// members is each touched group's member set, merged fragment by
 	// fragment in time linear in the changes (a large group arrives in many
 	// fragments), of interned ids (sync_ids.go).
-	members := map[string]idSet{}
+	members := map[string]*memberList{}
 	removed := map[string]string{}
 	// stored is what an incremental round read of each touched group's
 	// stored state (its raw value, read ahead, is let go once read).
@@ -86,18 +86,18 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 			}
 			set := members[ch.ID]
 			if set == nil {
-				set = make(idSet, len(st.Members))
+				set = &memberList{added: make([]uint32, 0, len(st.Members)+len(ch.MembersAdded))}
 				for _, m := range st.Members {
-					set[r.ids.intern(m)] = struct{}{}
+					set.add(r.ids.intern(m))
 				}
-				st.Members = nil // in the set now
+				st.Members = nil // in the list now
 				members[ch.ID] = set
 			}
 			for _, m := range ch.MembersAdded {
-				set[r.ids.intern(m)] = struct{}{}
+				set.add(r.ids.intern(m))
 			}
 			for _, m := range ch.MembersRemoved {
-				delete(set, r.ids.intern(m))
+				set.remove(r.ids.intern(m))
 			}
 		}
 		r.job.Progress()
@@ -112,7 +112,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		if errors.Is(err, graphclient.ErrDeltaExpired) && link != "" {
 			r.log.Info("sync: group delta token expired or reset; running a full round")
 			b.mode, full = jobs.ModeFull, true
-			touched, members, removed, stored, order = map[string]*groupState{}, map[string]idSet{}, map[string]string{}, map[string]storedGroup{}, nil
+			touched, members, removed, stored, order = map[string]*groupState{}, map[string]*memberList{}, map[string]string{}, map[string]storedGroup{}, nil
 			next, err = r.fullGroups(c, apply)
 		}
 	}
@@ -210,7 +210,7 @@ func storedOf(ok bool, st *groupState) storedGroup {
 // publishGroup publishes a touched group with its merged member set, unless
 // consumers have it as stored (old; nil in a full round, which publishes
 // everything), and stores its state with its last change.
-func (r *round) publishGroup(b *batcher, id string, st *groupState, set idSet, old *storedGroup) error {
+func (r *round) publishGroup(b *batcher, id string, st *groupState, set *memberList, old *storedGroup) error {
 	st.Members = set.strings(&r.ids)
 	sort.Strings(st.Members)
 	var g graphclient.Group
