@@ -10,7 +10,8 @@ import (
 // fanOut runs a round's parallel reads (the users' segments, the groups'
 // chunks of ids): at most n at once, each in its own goroutine with panics
 // made errors; the first error cancels the others' context and is what
-// wait returns.
+// wait returns. A read that never ran because the context ended is an
+// error too, so a nil from wait means every read ran to its end.
 type fanOut struct {
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -34,21 +35,29 @@ func (f *fanOut) do(fn func(ctx context.Context) error) {
 		select {
 		case f.sem <- struct{}{}:
 		case <-f.ctx.Done():
+			f.fail(f.ctx.Err())
 			return
 		}
 		defer func() { <-f.sem }()
-		if f.ctx.Err() != nil {
-			return // one failed (or the round ended) meanwhile
+		if err := f.ctx.Err(); err != nil {
+			f.fail(err) // one failed (or the round ended) meanwhile
+			return
 		}
 		if err := worker.Safely(func() error { return fn(f.ctx) }); err != nil {
-			f.mu.Lock()
-			if f.first == nil {
-				f.first = err
-				f.cancel()
-			}
-			f.mu.Unlock()
+			f.fail(err)
 		}
 	}()
+}
+
+// fail records err unless an earlier error is already recorded, and cancels
+// the reads still running.
+func (f *fanOut) fail(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.first == nil {
+		f.first = err
+		f.cancel()
+	}
 }
 
 // wait waits for everything started and returns the first error.

@@ -9,7 +9,8 @@ import (
 
 // A round's parallel reads run at most n at once; the first to fail
 // cancels the others, nothing starts after it, and its error is the
-// round's; a read that panics fails the same way.
+// round's; a read that panics, or never runs because the round ended,
+// fails the same way.
 func TestFanOutBoundsAndStopsAtTheFirstError(t *testing.T) {
 	f := newFanOut(context.Background(), 2)
 	var running, peak atomic.Int64
@@ -48,6 +49,17 @@ func TestFanOutBoundsAndStopsAtTheFirstError(t *testing.T) {
 	_ = f.wait()
 	if late.Load() {
 		t.Error("a read started after the failure ran")
+	}
+
+	// A read the round's end kept from running is an error, not a
+	// silent gap.
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	g := newFanOut(ended, 1)
+	var skipped atomic.Bool
+	g.do(func(context.Context) error { skipped.Store(true); return nil })
+	if err := g.wait(); !errors.Is(err, context.Canceled) || skipped.Load() {
+		t.Errorf("a read whose context had ended: ran %v, wait returned %v; want it not run and context.Canceled", skipped.Load(), err)
 	}
 
 	p := newFanOut(context.Background(), 1)

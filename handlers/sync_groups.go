@@ -21,7 +21,7 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 	// Groups touched this round, with their merged state; published once the
 	// round is read (a large group spans pages).
 	touched := map[string]*groupState{}
-	// members is each touched group's member set, merged fragment by
+	// members is each touched group's member list, merged fragment by
 	// fragment in time linear in the changes (a large group arrives in many
 	// fragments), of interned ids (sync_ids.go).
 	members := map[string]*memberList{}
@@ -207,7 +207,7 @@ func storedOf(ok bool, st *groupState) storedGroup {
 	return storedGroup{ok: ok, hash: st.Hash, uncounted: st.Uncounted, chunks: st.MemberChunks}
 }
 
-// publishGroup publishes a touched group with its merged member set, unless
+// publishGroup publishes a touched group with its merged member list, unless
 // consumers have it as stored (old; nil in a full round, which publishes
 // everything), and stores its state with its last change.
 func (r *round) publishGroup(b *batcher, id string, st *groupState, set *memberList, old *storedGroup) error {

@@ -60,14 +60,10 @@ func (r *round) parallelGroups(c *graphclient.Client, apply graphclient.DeltaPag
 	})
 	if err != nil {
 		readers.cancel() // the listing failed: the reads stop too
-	}
-	if werr := readers.wait(); werr != nil {
-		return "", werr
-	}
-	if err != nil {
+		_ = readers.wait()
 		return "", err
 	}
-	if err := r.ctx.Err(); err != nil {
+	if err := readers.wait(); err != nil {
 		return "", err
 	}
 	return tracking, nil

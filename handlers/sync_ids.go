@@ -50,17 +50,6 @@ func (t *idTable) lookup(id string) (uint32, bool) {
 // idSet is a set of interned ids.
 type idSet map[uint32]struct{}
 
-// strings are the set's ids, unsorted.
-func (s idSet) strings(t *idTable) []string {
-	out := make([]string, 0, len(s))
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for i := range s {
-		out = append(out, t.ids[i])
-	}
-	return out
-}
-
 // in reports whether an id is in s.
 func (t *idTable) in(s idSet) func(id string) bool {
 	return func(id string) bool {
