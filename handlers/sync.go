@@ -165,7 +165,14 @@ type round struct {
 	mu       sync.Mutex // counts, mode and change: users and groups sync at once
 	counts   map[string]jobs.SyncCounts
 	// change is the indicators' change in an incremental round.
-	change  struct{ users, enabled, licensed, groups int }
+	change struct{ users, enabled, licensed, groups int }
+	// published counts what a round that started full, on its first
+	// attempt, published: every object there is, so its indicators
+	// (selfCounted).
+	published struct {
+		users  userTally
+		groups int
+	}
 	skuPart map[string]string
 	log     *slog.Logger
 	prog    *progress
@@ -177,6 +184,9 @@ type round struct {
 	// (usersErr). Users publish after licences, groups after users.
 	licencesDone, usersDone chan struct{}
 	licencesErr, usersErr   error
+	// selfCounted: the round counts its indicators from what it publishes
+	// (round.published), not from the state.
+	selfCounted bool
 	// ids interns the ids the round meets (sync_ids.go).
 	ids idTable
 	// pre holds stored states read ahead by prefetch (nil: not stored).
@@ -237,6 +247,7 @@ func (s *Syncer) Handle(ctx context.Context, j *worker.Job) (any, error) {
 	if full {
 		r.mode = jobs.ModeFull
 	}
+	r.selfCounted = full && !j.Rerun()
 	stopProgress := r.startProgress()
 	report, err := r.run(c, &meta)
 	stopProgress()

@@ -118,3 +118,39 @@ func TestFullRoundDeletesAUserRemovedMeanwhileOnce(t *testing.T) {
 	e.syncNow("acme", false)
 	e.checkAgainstTruth("acme", 0)
 }
+
+// A user a full round reads and then sees changed in its catch-up delta is
+// published again; the round counts its indicators from what it published,
+// so the user is counted once, as it is now (here: disabled).
+func TestFullRoundCountsAUserChangedMeanwhileOnce(t *testing.T) {
+	var sim atomic.Pointer[graphsim.Server]
+	var armed atomic.Bool
+	var changed atomic.Bool
+	o := graphsim.Options{Users: 40, Groups: 4, NoThrottling: true, BeforeRequest: func(r *http.Request) {
+		tok := r.URL.Query().Get("$deltatoken")
+		if r.URL.Path != "/v1.0/users/delta" || tok == "" || tok == "latest" || !armed.CompareAndSwap(true, false) {
+			return
+		}
+		s := sim.Load()
+		upn := firstUser(t, s)
+		_ = s.Mutate(s.Credentials()[0].TenantID, func(a *graphsim.Admin) error {
+			u := a.User(upn)
+			if !u.AccountEnabled {
+				t.Errorf("%s is disabled already", upn)
+			}
+			a.UpdateUser(u, func(u *graphsim.User) { u.AccountEnabled = false })
+			return nil
+		})
+		changed.Store(true)
+	}}
+	e := newEnv(t, o)
+	sim.Store(e.sim)
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	armed.Store(true)
+	e.syncNow("acme", true)
+	if !changed.Load() {
+		t.Fatal("the full round made no catch-up delta request")
+	}
+	e.checkAgainstTruth("acme", 0)
+}

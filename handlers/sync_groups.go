@@ -147,6 +147,11 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 		if err := r.publishGroup(b, id, st, members[id], old); err != nil {
 			return "", err
 		}
+		if full {
+			r.mu.Lock()
+			r.published.groups++ // a full round publishes every group it read
+			r.mu.Unlock()
+		}
 		// touched now only says that the round saw the group.
 		touched[id] = publishedGroup
 		delete(members, id)

@@ -47,12 +47,22 @@ func (r *round) syncLicenses(skus []graphclient.SKU) error {
 
 // indicators counts the synced state.
 // An incremental first attempt adds the round's change to the last
-// indicators; a full round or a rerun counts the state again.
+// indicators; a round that started full counts what it published; any
+// other full round, and a rerun, counts the state again.
 func (r *round) indicators(skus []graphclient.SKU, prev *jobs.Indicators) (*jobs.Indicators, error) {
 	ind := &jobs.Indicators{SchemaVersion: jobs.SchemaVersion, Instance: r.instance, SyncID: r.syncID, At: time.Now().UTC()}
 	if r.mode == jobs.ModeIncremental && !r.job.Rerun() && prev != nil {
 		ind.UsersTotal, ind.UsersEnabled = prev.UsersTotal+r.change.users, prev.UsersEnabled+r.change.enabled
 		ind.UsersLicensed, ind.GroupsTotal = prev.UsersLicensed+r.change.licensed, prev.GroupsTotal+r.change.groups
+		r.finishIndicators(ind, skus)
+		return ind, nil
+	}
+	if r.selfCounted {
+		// A full round's first attempt published every object there is.
+		r.mu.Lock()
+		u := r.published.users
+		ind.UsersTotal, ind.UsersEnabled, ind.UsersLicensed, ind.GroupsTotal = u.users, u.enabled, u.licensed, r.published.groups
+		r.mu.Unlock()
 		r.finishIndicators(ind, skus)
 		return ind, nil
 	}
