@@ -242,7 +242,7 @@ func (r *round) publishGroup(b *batcher, id string, st *groupState, set *memberL
 	st.Hash, st.Uncounted = hashOf(raw), false
 	// The state goes with the group's last change: stored once all of the
 	// group is.
-	changes := groupChanges(&g, st.Members)
+	changes := groupChanges(&g, st.Members, raw)
 	for i, ch := range changes {
 		var ops []stateOp
 		if i == len(changes)-1 {

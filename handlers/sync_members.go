@@ -34,9 +34,13 @@ func chunks(ids []string) [][]string {
 
 // groupChanges are the changes that publish a group with its (sorted)
 // members: one upsert, then members changes for the ids beyond the first
-// chunk.
-func groupChanges(g *graphclient.Group, members []string) []jobs.AssetChange {
+// chunk. whole is the group's record with all its members, marshalled:
+// the upsert of a group that fits one record.
+func groupChanges(g *graphclient.Group, members []string, whole json.RawMessage) []jobs.AssetChange {
 	parts := chunks(members)
+	if len(parts) == 1 {
+		return []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: whole}}
+	}
 	rec := groupAssetOf(g, parts[0])
 	rec.MembersContinued = len(parts) > 1
 	raw, _ := json.Marshal(rec)

@@ -265,10 +265,11 @@ func (r *round) noteMode(mode string) {
 
 // userReaders bounds the user segments a full round reads at once. The
 // tenant's pacer caps its requests in flight (16), which the group reads
-// share: with as many readers as the cap, the users take the slots the
-// groups leave, and all of them once the groups are read. At 300,000 users
-// here the users' reads took 30-35 s with 8 readers, 26 s with 16.
-const userReaders = 16
+// share: the users take the slots the groups leave, and more of them once
+// the groups are read. At 300,000 users here, with 8 readers the users'
+// reads took 30-35 s; with 12 or 16, full rounds of 32-41 s (the machine's
+// noise), and 16 held more pages at once.
+const userReaders = 12
 
 // userSegments split a tenant's users by the first character of their UPN.
 const userSegments = "abcdefghijklmnopqrstuvwxyz0123456789"
