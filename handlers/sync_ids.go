@@ -29,8 +29,13 @@ type idTable struct {
 	seed   maphash.Seed
 }
 
-// idChunk is the size of a chunk of ids' bytes.
-const idChunk = 1 << 20
+// A round's first chunk of ids' bytes is small (most tenants are), each
+// next one twice the last, up to idChunk: a pool runs hundreds of small
+// tenants' rounds at once.
+const (
+	idFirstChunk = 4 << 10
+	idChunk      = 1 << 20
+)
 
 // intern is id's index, added when new.
 func (t *idTable) intern(id string) uint32 {
@@ -97,7 +102,11 @@ func (t *idTable) store(id string) uint64 {
 	}
 	last := len(t.chunks) - 1
 	if last < 0 || len(t.chunks[last])+len(id) > cap(t.chunks[last]) {
-		t.chunks = append(t.chunks, make([]byte, 0, idChunk))
+		size := idFirstChunk
+		if last >= 0 {
+			size = min(2*cap(t.chunks[last]), idChunk)
+		}
+		t.chunks = append(t.chunks, make([]byte, 0, max(size, len(id))))
 		last++
 	}
 	c := t.chunks[last]
