@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"strings"
+
+	"github.com/nats-io/nuid"
 
 	"github.com/tevyra/m365-worker/internal/retry"
 	"github.com/tevyra/m365-worker/publisher"
@@ -16,9 +19,20 @@ func (sc *Scope) SyncMeta(ctx context.Context, v any) (bool, error) {
 	return sc.s.getJSON(ctx, sc.key(kindSync), v)
 }
 
-// PutSyncMeta stores the instance's sync state.
+// PutSyncMeta stores the instance's sync state. It is a round's last step:
+// a write the server leaves unanswered (busy, electing a leader) is asked
+// again by the publisher's retry rather than failing the round, which
+// would then run again in full. Each call is its own message id, so a
+// resent write is stored once and a later write of the same value is not
+// taken for a duplicate of an earlier one.
 func (sc *Scope) PutSyncMeta(ctx context.Context, v any) error {
-	return sc.s.putJSON(ctx, sc.key(kindSync), v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	key := sc.key(kindSync)
+	_, err = sc.s.pub.Publish(ctx, publisher.Message{Subject: sc.s.subject(key), MsgID: "sync:" + key + ":" + nuid.Next(), Value: publisher.Encoded(b)})
+	return err
 }
 
 // PutProgress stores a running round's progress.
