@@ -12,18 +12,23 @@ import (
 // made errors; the first error cancels the others' context and is what
 // wait returns. A read that never ran because the context ended is an
 // error too, so a nil from wait means every read ran to its end.
+//
+// A read also holds one of the worker's read slots (shared, nil: none)
+// while it runs: each read holds a page or two in memory, and the slots
+// bound them across every round the worker runs at once.
 type fanOut struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	sem    chan struct{}
+	shared chan struct{}
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	first  error
 }
 
-func newFanOut(ctx context.Context, n int) *fanOut {
+func newFanOut(ctx context.Context, n int, shared chan struct{}) *fanOut {
 	ctx, cancel := context.WithCancel(ctx)
-	return &fanOut{ctx: ctx, cancel: cancel, sem: make(chan struct{}, n)}
+	return &fanOut{ctx: ctx, cancel: cancel, sem: make(chan struct{}, n), shared: shared}
 }
 
 // do starts f without blocking the caller; f waits for its turn, and does
@@ -39,6 +44,15 @@ func (f *fanOut) do(fn func(ctx context.Context) error) {
 			return
 		}
 		defer func() { <-f.sem }()
+		if f.shared != nil {
+			select {
+			case f.shared <- struct{}{}:
+			case <-f.ctx.Done():
+				f.fail(f.ctx.Err())
+				return
+			}
+			defer func() { <-f.shared }()
+		}
 		if err := f.ctx.Err(); err != nil {
 			f.fail(err) // one failed (or the round ended) meanwhile
 			return

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // A round's parallel reads run at most n at once; the first to fail
@@ -12,7 +13,7 @@ import (
 // round's; a read that panics, or never runs because the round ended,
 // fails the same way.
 func TestFanOutBoundsAndStopsAtTheFirstError(t *testing.T) {
-	f := newFanOut(context.Background(), 2)
+	f := newFanOut(context.Background(), 2, nil)
 	var running, peak atomic.Int64
 	for range 10 {
 		f.do(func(context.Context) error {
@@ -27,7 +28,7 @@ func TestFanOutBoundsAndStopsAtTheFirstError(t *testing.T) {
 		t.Fatalf("wait: %v; %d reads ran at once, the bound is 2", err, peak.Load())
 	}
 
-	f = newFanOut(context.Background(), 2)
+	f = newFanOut(context.Background(), 2, nil)
 	aRunning, aCancelled := make(chan struct{}), make(chan error, 1)
 	f.do(func(ctx context.Context) error {
 		close(aRunning)
@@ -55,16 +56,77 @@ func TestFanOutBoundsAndStopsAtTheFirstError(t *testing.T) {
 	// silent gap.
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
-	g := newFanOut(ended, 1)
+	g := newFanOut(ended, 1, nil)
 	var skipped atomic.Bool
 	g.do(func(context.Context) error { skipped.Store(true); return nil })
 	if err := g.wait(); !errors.Is(err, context.Canceled) || skipped.Load() {
 		t.Errorf("a read whose context had ended: ran %v, wait returned %v; want it not run and context.Canceled", skipped.Load(), err)
 	}
 
-	p := newFanOut(context.Background(), 1)
+	p := newFanOut(context.Background(), 1, nil)
 	p.do(func(context.Context) error { panic("bad page") })
 	if err := p.wait(); err == nil {
 		t.Fatal("a read that panicked gave no error")
+	}
+}
+
+// Rounds that run at once share the worker's read slots: their reads
+// together stay within them, every read still runs, and a read waiting for
+// a slot when its round ends fails instead of being skipped.
+func TestFanOutsShareTheWorkersReadSlots(t *testing.T) {
+	shared := make(chan struct{}, 3)
+	var running, peak, ran atomic.Int64
+	release := make(chan struct{})
+	rounds := []*fanOut{newFanOut(context.Background(), 2, shared), newFanOut(context.Background(), 2, shared), newFanOut(context.Background(), 2, shared)}
+	for _, f := range rounds {
+		for range 5 {
+			f.do(func(context.Context) error {
+				n := running.Add(1)
+				defer running.Add(-1)
+				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+				}
+				<-release
+				ran.Add(1)
+				return nil
+			})
+		}
+	}
+	// Every round holds its own two turns, and the worker's three slots
+	// are all taken: three reads wait for a slot.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		held := 0
+		for _, f := range rounds {
+			held += len(f.sem)
+		}
+		if held == 6 && running.Load() >= 3 || running.Load() > 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rounds hold %d turns, %d reads run", held, running.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for i, f := range rounds {
+		if err := f.wait(); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+	}
+	if peak.Load() > 3 || ran.Load() != 15 {
+		t.Fatalf("%d reads ran at once (the worker's slots are 3), %d of 15 ran", peak.Load(), ran.Load())
+	}
+
+	// Every slot is held by another round; this round ends while its read
+	// waits for one.
+	for range cap(shared) {
+		shared <- struct{}{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := newFanOut(ctx, 2, shared)
+	var skipped atomic.Bool
+	f.do(func(context.Context) error { skipped.Store(true); return nil })
+	cancel()
+	if err := f.wait(); !errors.Is(err, context.Canceled) || skipped.Load() {
+		t.Fatalf("a read waiting for a worker slot when its round ended: ran %v, wait returned %v", skipped.Load(), err)
 	}
 }

@@ -54,6 +54,9 @@ type Syncer struct {
 	subjs    jobs.Subjects
 	subStats SubscriptionStats
 	creds    credentialGauge
+	// reads is the worker's read slots, shared by its rounds' parallel
+	// reads (workerReads).
+	reads chan struct{}
 }
 
 // NewSyncer returns the sync handler publishing through js.
@@ -77,7 +80,7 @@ func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Sy
 	if cfg.Graph == nil {
 		return nil, errors.New("sync: no Graph client pool")
 	}
-	return &Syncer{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects}, nil
+	return &Syncer{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects, reads: make(chan struct{}, workerReads)}, nil
 }
 
 // Register adds the sync handler to reg: one round per instance at a time.

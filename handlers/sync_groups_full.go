@@ -51,7 +51,7 @@ func (r *round) parallelGroups(c *graphclient.Client, apply graphclient.DeltaPag
 	if err != nil {
 		return "", err
 	}
-	readers := newFanOut(r.ctx, groupReaders)
+	readers := newFanOut(r.ctx, groupReaders, r.s.reads)
 	err = c.ListGroupIDs(readers.ctx, func(ids []string) error {
 		for _, chunk := range graphclient.DeltaIDChunks(ids) {
 			readers.do(func(ctx context.Context) error { return c.GroupDeltaOf(ctx, chunk, apply) })

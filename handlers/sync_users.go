@@ -271,6 +271,13 @@ func (r *round) noteMode(mode string) {
 // noise), and 16 held more pages at once.
 const userReaders = 12
 
+// workerReads bounds the parallel reads (user segments, group chunks) of
+// every round a worker runs at once: one large tenant's full round (12
+// user readers, 8 group readers) has them all, while several at once share
+// them. With 2,000 tenants on three workers, six large tenants' first
+// rounds at once took a worker to 421 MB with no bound.
+const workerReads = 24
+
 // userSegments split a tenant's users by the first character of their UPN.
 const userSegments = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -292,7 +299,7 @@ func (r *round) parallelUsers(c *graphclient.Client, apply graphclient.DeltaPage
 		mu   sync.Mutex
 		read int
 	)
-	readers := newFanOut(r.ctx, userReaders)
+	readers := newFanOut(r.ctx, userReaders, r.s.reads)
 	for _, ch := range userSegments {
 		readers.do(func(ctx context.Context) error {
 			return c.ListUsers(ctx, "startswith(userPrincipalName,'"+string(ch)+"')", func(page []graphclient.User) error {
