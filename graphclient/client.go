@@ -202,6 +202,7 @@ type Client struct {
 	http      *http.Client // the paced client, for raw requests ($batch)
 	limits    limits
 	log       *slog.Logger
+	skus      skuNames
 }
 
 // Client returns the instance's client, building it on first use and again

@@ -91,6 +91,7 @@ func (c *Client) SubscribedSKUs(ctx context.Context) ([]SKU, error) {
 			out = append(out, skuFrom(s))
 		}
 	}
+	c.skus.remember(out)
 	return out, nil
 }
 

@@ -264,6 +264,17 @@ func (a *Admin) SetSeats(partNumber string, enabled int) error {
 	return fmt.Errorf("graphsim: no SKU %s", partNumber)
 }
 
+// AddSKU adds a subscription to the tenant (a SKU bought since).
+func (a *Admin) AddSKU(s SKU) {
+	if s.CapabilityStatus == "" {
+		s.CapabilityStatus = "Enabled"
+	}
+	if s.AppliesTo == "" {
+		s.AppliesTo = "User"
+	}
+	a.t.skus = append(a.t.skus, &s)
+}
+
 // ResetDelta makes every delta token issued so far answer 410 Gone.
 func (a *Admin) ResetDelta() { a.t.resetEpoch = a.s.clock.now().Add(time.Nanosecond) }
 

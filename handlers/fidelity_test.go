@@ -107,3 +107,64 @@ func TestDryRunMembershipCheckIsADocumentedQuery(t *testing.T) {
 	// update_group to HiddenMembership: Graph allows it only at creation.
 	failed(t, e.run("acme", jobs.ActionUpdateGroup, jobs.UpdateGroupParams{GroupRef: jobs.GroupRef{Group: group}, Visibility: ptr("HiddenMembership")}, false), jobs.CodeInvalidParams)
 }
+
+// A post-action refresh names the user's licences from the SKUs the
+// instance's client has read (a round reads them every time), not by
+// reading subscribedSkus (3 resource units) for every action; a SKU bought
+// since the last read is read and named.
+func TestRefreshedUserNamesItsLicencesWithoutReadingTheSKUsEachTime(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 12, Groups: 2, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	e.syncNow("acme", true)
+	tenant := e.sim.Credentials()[0].TenantID
+	snap, _ := e.sim.Export(tenant)
+	var u graphsim.SnapshotUser
+	for _, su := range snap.Users {
+		if len(su.AssignedLicenses) > 0 {
+			u = su
+			break
+		}
+	}
+	if u.ID == "" {
+		t.Fatal("no licensed user in the tenant")
+	}
+	update := func(title string) (jobs.UserAsset, int64) {
+		t.Helper()
+		before := e.sim.Requests.Load()
+		r := e.run("acme", jobs.ActionUpdateUser, jobs.UpdateUserParams{UserRef: jobs.UserRef{User: u.ID}, JobTitle: ptr(title)}, false)
+		ok(t, r)
+		n := e.sim.Requests.Load() - before
+		raw := e.userAssets("acme", u.ID)["action:"+r.JobID]
+		var a jobs.UserAsset
+		if err := json.Unmarshal(raw, &a); err != nil {
+			t.Fatalf("the refreshed record of %s: %v (%s)", r.JobID, err, raw)
+		}
+		return a, n
+	}
+	a, n := update("Analyst")
+	if n != 3 {
+		t.Errorf("update_user made %d Graph requests, want 3 (find, PATCH, the refreshed user)", n)
+	}
+	if len(a.AssignedLicenses) != len(u.AssignedLicenses) || a.AssignedLicenses[0].SkuPartNumber != u.AssignedLicenses[0].SkuPartNumber {
+		t.Fatalf("refreshed licences %+v, want %+v", a.AssignedLicenses, u.AssignedLicenses)
+	}
+
+	// A SKU bought and assigned since the round.
+	const added = "4b9405b0-7788-4568-add1-99614e613b69"
+	if err := e.sim.Mutate(tenant, func(ad *graphsim.Admin) error {
+		ad.AddSKU(graphsim.SKU{SkuID: added, SkuPartNumber: "EXCHANGESTANDARD", Enabled: 5})
+		ad.SetLicenses(ad.User(u.ID), u.AssignedLicenses[0].SkuID, added)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	a, n = update("Auditor")
+	names := map[string]string{}
+	for _, l := range a.AssignedLicenses {
+		names[l.SkuID] = l.SkuPartNumber
+	}
+	if n != 4 || names[added] != "EXCHANGESTANDARD" {
+		t.Fatalf("after a SKU was bought: %d Graph requests (want 4: the SKUs read again), licences %v", n, names)
+	}
+}

@@ -89,15 +89,18 @@ func (a *Actions) refreshUser(ctx context.Context, j *worker.Job, c *graphclient
 	a.refreshUserRecord(ctx, j, c, u)
 }
 
-// refreshUserRecord publishes a user record already at hand.
+// refreshUserRecord publishes a user record already at hand. Its licences
+// are named from what the client knows of the tenant's SKUs: subscribedSkus
+// is read only for a SKU it has not seen yet.
 func (a *Actions) refreshUserRecord(ctx context.Context, j *worker.Job, c *graphclient.Client, u *graphclient.User) {
-	skus, err := c.SubscribedSKUs(ctx)
-	if err != nil {
-		return
+	ids := make([]string, len(u.AssignedLicenses))
+	for i, l := range u.AssignedLicenses {
+		ids[i] = l.SkuID
 	}
-	part := map[string]string{}
-	for _, s := range skus {
-		part[strings.ToLower(s.SkuID)] = s.SkuPartNumber
+	part, err := c.SKUPartNumbers(ctx, ids)
+	if err != nil {
+		j.Logger.Debug("action: post-action refresh skipped", "error", err)
+		return
 	}
 	raw, _ := json.Marshal(userAssetOf(u, part))
 	a.refresh(ctx, j, jobs.AssetUser, jobs.AssetChange{Op: jobs.OpUpsert, ID: u.ID, Asset: raw}, keepUserLike(raw))

@@ -242,10 +242,15 @@ func directUpdate(ctx context.Context, c *graphclient.Client, upn string, i int)
 	if err := c.UpdateUser(ctx, u.ID, graphclient.UserPatch{JobTitle: &title}); err != nil {
 		return err
 	}
-	if _, err := c.GetUser(ctx, u.ID); err != nil {
+	fresh, err := c.GetUser(ctx, u.ID)
+	if err != nil {
 		return err
 	}
-	_, err = c.SubscribedSKUs(ctx)
+	ids := make([]string, len(fresh.AssignedLicenses))
+	for i, l := range fresh.AssignedLicenses {
+		ids[i] = l.SkuID
+	}
+	_, err = c.SKUPartNumbers(ctx, ids) // the record's licence names, as the pool's refresh does
 	return err
 }
 
