@@ -3,13 +3,9 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tevyra/m365-worker/jobs"
 	"github.com/tevyra/m365-worker/worker"
@@ -28,21 +24,10 @@ func TestWaitResultSurvivesALostAPIRequest(t *testing.T) {
 	if _, err := js.Publish(context.Background(), jobs.Subjects{}.Results("acme", jobs.ResultActions), b); err != nil {
 		t.Fatal(err)
 	}
-	// The client reaches JetStream through a prefix whose first request is
+	// The client reaches JetStream through a relay whose first request is
 	// lost; the others go on to the server, which answers the client.
 	var lost atomic.Int64
-	if _, err := nc.Subscribe("lossy.API.>", func(m *nats.Msg) {
-		if lost.Add(1) == 1 {
-			return
-		}
-		_ = nc.PublishMsg(&nats.Msg{Subject: "$JS.API." + strings.TrimPrefix(m.Subject, "lossy.API."), Reply: m.Reply, Data: m.Data, Header: m.Header})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	lossy, err := jetstream.NewWithAPIPrefix(nc, "lossy.API")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lossy := workertest.Lossy(t, nc, func(string) bool { return lost.Add(1) == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	got, err := worker.WaitResult(ctx, lossy, worker.Topology{}, "acme", jobs.ActionDisableUser, "job-1")

@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tevyra/m365-worker/internal/state"
 	"github.com/tevyra/m365-worker/worker/workertest"
 )
@@ -21,27 +18,12 @@ import (
 func TestPutSyncMetaSurvivesALostWrite(t *testing.T) {
 	srv := workertest.Start(t)
 	nc, _ := srv.Connect(t)
-	// The store reaches JetStream through a prefix whose first write to a
-	// sync state is lost; everything else goes on to the server,
-	// which answers the client.
+	// The store reaches JetStream through a relay that loses the first
+	// write of a sync state; everything else goes on to the server.
 	var refused atomic.Int64
-	if _, err := nc.Subscribe("lossy.API.>", func(m *nats.Msg) {
-		rest := strings.TrimPrefix(m.Subject, "lossy.API.")
-		if strings.HasPrefix(rest, "$KV.") {
-			if strings.Contains(rest, ".sync.") && refused.Add(1) == 1 {
-				return // lost: the client's wait for the ack times out
-			}
-			_ = nc.PublishMsg(&nats.Msg{Subject: rest, Reply: m.Reply, Data: m.Data, Header: m.Header})
-			return
-		}
-		_ = nc.PublishMsg(&nats.Msg{Subject: "$JS.API." + rest, Reply: m.Reply, Data: m.Data, Header: m.Header})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	lossy, err := jetstream.NewWithAPIPrefix(nc, "lossy.API")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lossy := workertest.Lossy(t, nc, func(rest string) bool {
+		return strings.HasPrefix(rest, "$KV.") && strings.Contains(rest, ".sync.") && refused.Add(1) == 1
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	st, err := state.Open(ctx, lossy, "m365_state", time.Hour)

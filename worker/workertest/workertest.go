@@ -57,6 +57,34 @@ func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	return nc, js
 }
 
+// Lossy returns a JetStream context on nc whose requests go through a
+// relay that loses those drop picks, to show a fault path: rest is the
+// request's subject after the relay's prefix ("STREAM.INFO.…" for an API
+// request, "$KV.<bucket>.<key>" for a key-value write). The others go on
+// to the server, which answers the client.
+func Lossy(t testing.TB, nc *nats.Conn, drop func(rest string) bool) jetstream.JetStream {
+	t.Helper()
+	const prefix = "lossy.API."
+	if _, err := nc.Subscribe(prefix+">", func(m *nats.Msg) {
+		rest := m.Subject[len(prefix):]
+		if drop(rest) {
+			return
+		}
+		to := "$JS.API." + rest
+		if len(rest) > 4 && rest[:4] == "$KV." {
+			to = rest
+		}
+		_ = nc.PublishMsg(&nats.Msg{Subject: to, Reply: m.Reply, Data: m.Data, Header: m.Header})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.NewWithAPIPrefix(nc, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
 // PublishJob publishes a job envelope the way Tevyra does: on its subject,
 // without Nats-Msg-Id (the job ledger deduplicates, per instance).
 func PublishJob(t testing.TB, js jetstream.JetStream, pool string, j *jobs.Job) *jetstream.PubAck {
