@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tevyra/m365-worker/graphclient"
 )
 
 // A round's parallel reads run at most n at once; the first to fail
@@ -128,5 +130,20 @@ func TestFanOutsShareTheWorkersReadSlots(t *testing.T) {
 	cancel()
 	if err := f.wait(); !errors.Is(err, context.Canceled) || skipped.Load() {
 		t.Fatalf("a read waiting for a worker slot when its round ended: ran %v, wait returned %v", skipped.Load(), err)
+	}
+}
+
+// The worker's read slots are SyncConfig.ParallelReads (the worker's
+// --sync-reads), DefaultParallelReads when unset.
+func TestSyncerReadSlots(t *testing.T) {
+	graph := graphclient.NewPool(graphclient.PoolConfig{})
+	for _, c := range []struct{ set, want int }{{0, DefaultParallelReads}, {-3, DefaultParallelReads}, {48, 48}} {
+		s, err := NewSyncer(context.Background(), nil, SyncConfig{Graph: graph, ParallelReads: c.set})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cap(s.reads) != c.want {
+			t.Errorf("ParallelReads %d: %d read slots, want %d", c.set, cap(s.reads), c.want)
+		}
 	}
 }

@@ -42,6 +42,10 @@ type SyncConfig struct {
 	// the groups in parallel (sync_groups_full.go). Default 1,000;
 	// negative: never.
 	GroupSegmentsFrom int
+	// ParallelReads bounds the parallel reads (user segments, group
+	// chunks) of every round the worker runs at once. Default
+	// DefaultParallelReads.
+	ParallelReads int
 	// Notify turns Graph change notifications on (subscriptions.go).
 	Notify NotifyConfig
 	Logger *slog.Logger
@@ -55,7 +59,7 @@ type Syncer struct {
 	subStats SubscriptionStats
 	creds    credentialGauge
 	// reads is the worker's read slots, shared by its rounds' parallel
-	// reads (workerReads).
+	// reads (SyncConfig.ParallelReads).
 	reads chan struct{}
 }
 
@@ -70,6 +74,9 @@ func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Sy
 	if cfg.BatchBytes <= 0 {
 		cfg.BatchBytes = 512 << 10
 	}
+	if cfg.ParallelReads <= 0 {
+		cfg.ParallelReads = DefaultParallelReads
+	}
 	cfg.Notify = cfg.Notify.withDefaults()
 	if cfg.RoundTimeout <= 0 {
 		cfg.RoundTimeout = 2 * time.Hour
@@ -80,7 +87,7 @@ func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Sy
 	if cfg.Graph == nil {
 		return nil, errors.New("sync: no Graph client pool")
 	}
-	return &Syncer{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects, reads: make(chan struct{}, workerReads)}, nil
+	return &Syncer{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects, reads: make(chan struct{}, cfg.ParallelReads)}, nil
 }
 
 // Register adds the sync handler to reg: one round per instance at a time.

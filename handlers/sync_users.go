@@ -271,12 +271,14 @@ func (r *round) noteMode(mode string) {
 // noise), and 16 held more pages at once.
 const userReaders = 12
 
-// workerReads bounds the parallel reads (user segments, group chunks) of
-// every round a worker runs at once: one large tenant's full round (12
-// user readers, 8 group readers) has them all, while several at once share
-// them. With 2,000 tenants on three workers, six large tenants' first
-// rounds at once took a worker to 421 MB with no bound.
-const workerReads = 24
+// DefaultParallelReads bounds the parallel reads (user segments, group
+// chunks) of every round a worker runs at once (SyncConfig.ParallelReads):
+// one large tenant's full round (12 user readers, 8 group readers) has all
+// it wants, while several at once share them. With 2,000 tenants on three
+// workers, six large tenants' first rounds at once took a worker to 421 MB
+// with no bound, and 243 MB with this one, their first rounds ending 43 s
+// later (docs/BENCHMARKS.md).
+const DefaultParallelReads = 24
 
 // userSegments split a tenant's users by the first character of their UPN.
 const userSegments = "abcdefghijklmnopqrstuvwxyz0123456789"

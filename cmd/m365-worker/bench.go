@@ -212,11 +212,13 @@ func cmdBenchOverhead(ctx context.Context, bin string, rest []string, stdout, st
 	fs := newFlagSet("bench overhead", "What the pool costs on top of the Graph calls: update_user jobs through one worker process against\n"+
 		"the same Graph calls made directly with graphclient, round by round on fresh tenants (the median\n"+
 		"ratio and its spread), the JetStream round trips a job makes by stage, and JetStream alone (publish,\n"+
-		"consume, ack) on the same server. The simulator runs with no latency and no throttling.", stderr)
+		"consume, ack) on the same server. The simulator runs with no throttling, and with no latency unless\n"+
+		"--latency realistic gives it Graph's (GRAPH.md §12).", stderr)
 	n := fs.Int("jobs", 500, "jobs (and direct call sets) per round, each round on fresh tenants; past about a thousand the client-side pacing of a tenant's budget bounds both ways")
 	rounds := fs.Int("rounds", 7, "rounds measured, after one not counted; the median ratio and its spread are reported")
 	users := fs.Int("users", 1000, "users in each tenant")
 	conc := fs.Int("concurrency", 64, "goroutines making the direct calls")
+	latency := fs.String("latency", "none", "the simulator's latency: none (the pool's own cost) or realistic (GRAPH.md §12)")
 	output := fs.String("o", "text", "output: text or json")
 	if err := fs.parse(rest); err != nil {
 		return err
@@ -224,14 +226,17 @@ func cmdBenchOverhead(ctx context.Context, bin string, rest []string, stdout, st
 	if *rounds < 1 {
 		return usageError{errors.New("bench overhead: --rounds must be at least 1")}
 	}
-	r, err := bench.RunOverhead(ctx, bench.OverheadOptions{Binary: bin, Jobs: *n, Users: *users, Rounds: *rounds, Concurrency: *conc, Log: stderr})
+	if *latency != "none" && *latency != "realistic" {
+		return usageError{fmt.Errorf("bench overhead: --latency %q: want none or realistic", *latency)}
+	}
+	r, err := bench.RunOverhead(ctx, bench.OverheadOptions{Binary: bin, Jobs: *n, Users: *users, Rounds: *rounds, Concurrency: *conc, Realistic: *latency == "realistic", Log: stderr})
 	if err != nil {
 		return err
 	}
 	if *output == "json" {
 		return printJSON(stdout, r)
 	}
-	fmt.Fprintf(stdout, "%d rounds of %d update_user jobs, %.1f Graph requests each; simulator without latency or throttling\n", len(r.Rounds), r.Jobs, r.RequestsPerJob)
+	fmt.Fprintf(stdout, "%d rounds of %d update_user jobs, %.1f Graph requests each; simulator latency %s, no throttling\n", len(r.Rounds), r.Jobs, r.RequestsPerJob, r.Latency)
 	fmt.Fprintln(stdout, "round  direct jobs/s  pool (1 worker) jobs/s  pool/direct")
 	for i, rd := range r.Rounds {
 		fmt.Fprintf(stdout, "%5d  %13.0f  %22.0f  %11.2f\n", i+1, rd.DirectPerSec, rd.PoolPerSec, rd.PoolOfDirect)

@@ -235,7 +235,7 @@ type poolFlags struct {
 	notifyURL, notifyKeyFile, federatedTokenFile, federatedMI  *string
 	notifyBackstop, notifySpacing                              *time.Duration
 	allowOverrides                                             *bool
-	concurrency, replicas, share                               *int
+	concurrency, replicas, share, syncReads                    *int
 	ackWait, shutdown                                          *time.Duration
 }
 
@@ -244,6 +244,7 @@ func addPoolFlags(fs *flagSet) *poolFlags {
 		pool:               fs.String("pool", jobs.DefaultPool, "worker pool to serve"),
 		concurrency:        fs.Int("concurrency", worker.DefaultConcurrency, "jobs handled at once by this worker (they mostly wait on Graph: the bound is for memory, not the CPU)"),
 		share:              fs.Int("instance-share", 0, "slots each instance is sure of: past it an instance borrows free ones while this many stay free, so one tenant's burst leaves slots for the others (default: 32, at most a quarter of the concurrency)"),
+		syncReads:          fs.Int("sync-reads", handlers.DefaultParallelReads, "parallel Graph reads (user segments, group chunks) shared by every full round this worker runs at once, each holding a page or two in memory: more start several large tenants' first rounds sooner, at the price of memory (one large tenant's round uses 20)"),
 		ackWait:            fs.Duration("ack-wait", 60*time.Second, "redeliver a job not heartbeated for this long"),
 		shutdown:           fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, let running jobs finish for this long"),
 		logLevel:           fs.String("log-level", "info", "debug, info, warn or error"),
@@ -378,7 +379,6 @@ func setupTopology(ctx context.Context, js jetstream.JetStream, p *poolFlags) (w
 	return topo, nil
 }
 
-// runPool runs one worker with every handler until ctx ends.
 // runPool runs one worker with every handler until ctx ends; with statusOut
 // it prints a status line whenever the counts change.
 // keys are the pool's keys, the current one first (poolKeys).
@@ -405,7 +405,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	if err != nil {
 		return err
 	}
-	syncer, err := handlers.NewSyncer(ctx, js, handlers.SyncConfig{Topology: topo, Graph: graph, Notify: notifyCfg, Logger: log})
+	syncer, err := handlers.NewSyncer(ctx, js, handlers.SyncConfig{Topology: topo, Graph: graph, Notify: notifyCfg, ParallelReads: *p.syncReads, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,11 @@ type OverheadOptions struct {
 	// Jobs update_user jobs per round over Users users, Rounds measured
 	// rounds (after one not counted); Concurrency of the direct calls.
 	Jobs, Users, Rounds, Concurrency int
-	Log                              io.Writer
+	// Realistic gives the simulator Graph's latency (GRAPH.md §12): what
+	// the pool adds is then measured against the waits a job really has.
+	// Default none, so that what is measured is the pool's own cost.
+	Realistic bool
+	Log       io.Writer
 }
 
 // OverheadRound is one round: the direct calls and the pool, one after the
@@ -39,8 +43,10 @@ type OverheadRound struct {
 // OverheadResult compares the pool with the same Graph calls made directly,
 // round by round in one run, and with JetStream alone.
 type OverheadResult struct {
-	Jobs   int             `json:"jobs_per_round"`
-	Rounds []OverheadRound `json:"rounds"`
+	Jobs int `json:"jobs_per_round"`
+	// Latency names the simulator's latency profile.
+	Latency string          `json:"latency_profile"`
+	Rounds  []OverheadRound `json:"rounds"`
 	// PoolOfDirect is the median of the rounds' ratios; Min and Max their
 	// spread.
 	PoolOfDirect    float64 `json:"pool_of_direct"`
@@ -57,15 +63,19 @@ type OverheadResult struct {
 	JetStreamPerSec float64 `json:"jetstream_msgs_per_sec"`
 }
 
-// RunOverhead runs the simulator with no latency and no throttling, so that
-// what is measured is the pool's own cost. Each round gives the direct calls
+// RunOverhead runs the simulator with no throttling and, unless
+// o.Realistic, no latency, so that what is measured is the pool's own cost. Each round gives the direct calls
 // and the pool a fresh tenant each, so that neither spends a budget the
 // other or an earlier round used (the client paces every tenant to Graph's
 // budget), and alternates which goes first, so that a drift of the
 // machine's load over the run weighs on both alike.
 func RunOverhead(ctx context.Context, o OverheadOptions) (*OverheadResult, error) {
 	rounds := o.Rounds + 1 // the first warms up and is not counted
-	e, err := Start(Options{Binary: o.Binary, Sim: graphsim.Options{Tenants: 2 * rounds, Users: o.Users, Groups: max(1, o.Users/10), Seed: 41, NoThrottling: true}, Log: o.Log})
+	so := graphsim.Options{Tenants: 2 * rounds, Users: o.Users, Groups: max(1, o.Users/10), Seed: 41, NoThrottling: true}
+	if o.Realistic {
+		so.Latency = graphsim.RealisticLatency
+	}
+	e, err := Start(Options{Binary: o.Binary, Sim: so, Log: o.Log})
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +83,10 @@ func RunOverhead(ctx context.Context, o OverheadOptions) (*OverheadResult, error
 	if err := e.StartWorkers(ctx, 1, 0); err != nil {
 		return nil, err
 	}
-	res := &OverheadResult{Jobs: o.Jobs}
+	res := &OverheadResult{Jobs: o.Jobs, Latency: "none"}
+	if o.Realistic {
+		res.Latency = "GRAPH.md §12 (realistic)"
+	}
 	pool := graphclient.NewPool(graphclient.PoolConfig{AllowEndpointOverrides: true})
 	var graphReqs, trips int64
 	tripStages := map[string]int64{}
