@@ -45,8 +45,8 @@ func (n *skuNames) known(ids []string) (map[string]string, bool) {
 // SKUPartNumbers names the SKUs ids (skuId values, as a user's
 // assignedLicenses give them): a map from lower-case skuId to
 // skuPartNumber, not to be changed. It reads subscribedSkus (3 resource
-// units, half of what an update_user spends in all) only when one of ids
-// is not named yet; a SKU the tenant does not list stays unnamed (absent).
+// units, as much as the rest of an update_user) only when one of ids is
+// not named yet; a SKU the tenant does not list stays unnamed (absent).
 func (c *Client) SKUPartNumbers(ctx context.Context, ids []string) (map[string]string, error) {
 	if parts, ok := c.skus.known(ids); ok {
 		return parts, nil

@@ -64,11 +64,12 @@ type OverheadResult struct {
 }
 
 // RunOverhead runs the simulator with no throttling and, unless
-// o.Realistic, no latency, so that what is measured is the pool's own cost. Each round gives the direct calls
-// and the pool a fresh tenant each, so that neither spends a budget the
-// other or an earlier round used (the client paces every tenant to Graph's
-// budget), and alternates which goes first, so that a drift of the
-// machine's load over the run weighs on both alike.
+// o.Realistic, no latency, so that what is measured is the pool's own
+// cost. Each round gives the direct calls and the pool a fresh tenant
+// each, so that neither spends a budget the other or an earlier round used
+// (the client paces every tenant to Graph's budget), and alternates which
+// goes first, so that a drift of the machine's load over the run weighs on
+// both alike.
 func RunOverhead(ctx context.Context, o OverheadOptions) (*OverheadResult, error) {
 	rounds := o.Rounds + 1 // the first warms up and is not counted
 	so := graphsim.Options{Tenants: 2 * rounds, Users: o.Users, Groups: max(1, o.Users/10), Seed: 41, NoThrottling: true}
