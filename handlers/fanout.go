@@ -37,18 +37,12 @@ func (f *fanOut) do(fn func(ctx context.Context) error) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		select {
-		case f.sem <- struct{}{}:
-		case <-f.ctx.Done():
-			f.fail(f.ctx.Err())
+		if !f.take(f.sem) {
 			return
 		}
 		defer func() { <-f.sem }()
 		if f.shared != nil {
-			select {
-			case f.shared <- struct{}{}:
-			case <-f.ctx.Done():
-				f.fail(f.ctx.Err())
+			if !f.take(f.shared) {
 				return
 			}
 			defer func() { <-f.shared }()
@@ -61,6 +55,18 @@ func (f *fanOut) do(fn func(ctx context.Context) error) {
 			f.fail(err)
 		}
 	}()
+}
+
+// take waits for a place in slots; false, with the failure recorded, when
+// the reads ended first.
+func (f *fanOut) take(slots chan struct{}) bool {
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-f.ctx.Done():
+		f.fail(f.ctx.Err())
+		return false
+	}
 }
 
 // fail records err unless an earlier error is already recorded, and cancels
