@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"regexp"
 	"strings"
@@ -166,5 +167,47 @@ func TestRefreshedUserNamesItsLicencesWithoutReadingTheSKUsEachTime(t *testing.T
 	}
 	if n != 4 || names[added] != "EXCHANGESTANDARD" {
 		t.Fatalf("after a SKU was bought: %d Graph requests (want 4: the SKUs read again), licences %v", n, names)
+	}
+}
+
+// A round that read a user before an action changed it may publish that
+// older record after the action's refresh, and be cut off before it stores
+// the user's state (the chaos run with seed 589539 did). The state then
+// holds what the refresh published, which is not what consumers last got:
+// the next round must publish the user again, not take the refresh's
+// record for theirs.
+func TestRoundAfterARefreshPublishesTheUserAgain(t *testing.T) {
+	e := newEnv(t, graphsim.Options{Users: 12, Groups: 2, NoThrottling: true})
+	e.startWorker(worker.Config{})
+	e.addInstance("acme", 0, time.Hour)
+	first := e.syncNow("acme", true)
+	snap, _ := e.sim.Export(e.sim.Credentials()[0].TenantID)
+	id := snap.Users[0].ID
+	before := e.userAssets("acme", id)[first.SyncID]
+	if before == nil {
+		t.Fatal("the full round published no record of the user")
+	}
+	ok(t, e.run("acme", jobs.ActionUpdateUser, jobs.UpdateUserParams{UserRef: jobs.UserRef{User: id}, JobTitle: ptr("Refreshed")}, false))
+	// The cut-off round's batch, published after the refresh, its state
+	// never stored.
+	stale := jobs.AssetDelta{SchemaVersion: jobs.SchemaVersion, Instance: "acme", SyncID: "sync-cut-off", Type: jobs.AssetUser, Mode: jobs.ModeIncremental,
+		Batch: 1, Last: true, Changes: []jobs.AssetChange{{Op: jobs.OpUpsert, ID: id, Asset: before}}}
+	raw, _ := json.Marshal(stale)
+	if _, err := e.js.Publish(context.Background(), "m365.results.acme.assets."+jobs.AssetUser, raw); err != nil {
+		t.Fatal(err)
+	}
+	e.syncNow("acme", false)
+	var last json.RawMessage
+	for _, d := range workertest.Decode[jobs.AssetDelta](t, workertest.Messages(t, e.js, "M365_RESULTS", "m365.results.acme.assets."+jobs.AssetUser)) {
+		for _, ch := range d.Changes {
+			if ch.ID == id && ch.Op == jobs.OpUpsert {
+				last = ch.Asset
+			}
+		}
+	}
+	var a jobs.UserAsset
+	_ = json.Unmarshal(last, &a)
+	if a.JobTitle == nil || *a.JobTitle != "Refreshed" {
+		t.Fatalf("consumers' last record of the user after the next round: %s", last)
 	}
 }
