@@ -66,16 +66,14 @@ const refreshedHash = "refreshed"
 
 // keepUserLike remembers that a user or licence record was published by a
 // refresh.
-func keepUserLike() func([]byte, bool) []byte {
-	return func(old []byte, ok bool) []byte {
-		var st userState
-		if !ok || json.Unmarshal(old, &st) != nil {
-			st = userState{Uncounted: true}
-		}
-		st.Hash = refreshedHash
-		b, _ := json.Marshal(st)
-		return b
+func keepUserLike(old []byte, ok bool) []byte {
+	var st userState
+	if !ok || json.Unmarshal(old, &st) != nil {
+		st = userState{Uncounted: true}
 	}
+	st.Hash = refreshedHash
+	b, _ := json.Marshal(st)
+	return b
 }
 
 func (a *Actions) refreshDeleted(ctx context.Context, j *worker.Job, typ, id string) {
@@ -116,7 +114,7 @@ func (a *Actions) refreshUserRecord(ctx context.Context, j *worker.Job, c *graph
 		return
 	}
 	raw, _ := json.Marshal(userAssetOf(u, part))
-	a.refresh(ctx, j, jobs.AssetUser, jobs.AssetChange{Op: jobs.OpUpsert, ID: u.ID, Asset: raw}, keepUserLike())
+	a.refresh(ctx, j, jobs.AssetUser, jobs.AssetChange{Op: jobs.OpUpsert, ID: u.ID, Asset: raw}, keepUserLike)
 }
 
 func (a *Actions) refreshLicense(ctx context.Context, j *worker.Job, c *graphclient.Client, skuID string) {
@@ -127,7 +125,7 @@ func (a *Actions) refreshLicense(ctx context.Context, j *worker.Job, c *graphcli
 	for _, s := range skus {
 		if strings.EqualFold(s.SkuID, skuID) {
 			raw, _ := json.Marshal(licenseAssetOf(s))
-			a.refresh(ctx, j, jobs.AssetLicense, jobs.AssetChange{Op: jobs.OpUpsert, ID: s.SkuID, Asset: raw}, keepUserLike())
+			a.refresh(ctx, j, jobs.AssetLicense, jobs.AssetChange{Op: jobs.OpUpsert, ID: s.SkuID, Asset: raw}, keepUserLike)
 		}
 	}
 }

@@ -232,8 +232,8 @@ func (r *round) publishGroup(b *batcher, id string, st *groupState, set *memberL
 			r.countGroup(1)
 		}
 		if old.ok && old.hash == hashOf(raw) {
-			// Consumers have this record (a post-action refresh): it is
-			// only counted now.
+			// Consumers have this record (a refresh by a worker older
+			// than refreshedHash): it is only counted now.
 			st.Hash, st.Uncounted = old.hash, false
 			b.keep(groupStateOps(id, *st, oldChunks)...)
 			return nil

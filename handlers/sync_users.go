@@ -125,8 +125,9 @@ func (r *round) syncUsers(c *graphclient.Client, link string) (string, error) {
 				counted[ch.ID] = st
 				r.countUser(old, wasCounted, st, true)
 				if ok && old.Hash == st.Hash {
-					// Consumers have this record (a post-action refresh):
-					// only what the indicators counted changes.
+					// Consumers have this record (a refresh by a worker
+					// older than refreshedHash): only what the
+					// indicators counted changes.
 					b.keep(putState(key, st))
 					continue
 				}
