@@ -3,6 +3,7 @@ package handlers
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -62,37 +63,25 @@ func (r *round) syncGroups(c *graphclient.Client, link string) (string, error) {
 				continue
 			}
 			delete(removed, ch.ID)
-			st := touched[ch.ID]
+			st, set := touched[ch.ID], members[ch.ID]
 			if st == nil {
-				st = &groupState{}
+				st, set = &groupState{}, &memberList{}
 				if !full {
-					key := assetRef{state.AssetGroup, ch.ID}
-					ok, err := r.getState(key, st)
+					ok, err := r.getGroupState(ch.ID, st, set)
 					if err != nil {
 						return err
 					}
-					r.forget(key)
+					r.forget(assetRef{state.AssetGroup, ch.ID})
 					stored[ch.ID] = storedOf(ok, st)
-					if err := r.loadMembers(ch.ID, st); err != nil {
-						return err
-					}
 				}
-				touched[ch.ID] = st
+				touched[ch.ID], members[ch.ID] = st, set
 				order = append(order, ch.ID)
 			}
 			if ch.Group != nil {
 				rec, _ := json.Marshal(ch.Group)
 				st.Record = rec
 			}
-			set := members[ch.ID]
-			if set == nil {
-				set = &memberList{added: make([]uint32, 0, len(st.Members)+len(ch.MembersAdded))}
-				for _, m := range st.Members {
-					set.add(r.ids.intern(m))
-				}
-				st.Members = nil // in the list now
-				members[ch.ID] = set
-			}
+			set.added = slices.Grow(set.added, len(ch.MembersAdded))
 			for _, m := range ch.MembersAdded {
 				set.add(r.ids.intern(m))
 			}
@@ -217,7 +206,6 @@ func storedOf(ok bool, st *groupState) storedGroup {
 // everything), and stores its state with its last change.
 func (r *round) publishGroup(b *batcher, id string, st *groupState, set *memberList, old *storedGroup) error {
 	st.Members = set.strings(&r.ids)
-	sort.Strings(st.Members)
 	var g graphclient.Group
 	_ = json.Unmarshal(st.Record, &g)
 	g.ID = id

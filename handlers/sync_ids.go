@@ -3,6 +3,7 @@ package handlers
 import (
 	"hash/maphash"
 	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"unsafe"
@@ -41,6 +42,12 @@ const (
 func (t *idTable) intern(id string) uint32 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.internLocked(id)
+}
+
+// internLocked is intern for a caller that holds mu. id may be a view of
+// memory the caller reuses: a new id is copied into the table.
+func (t *idTable) internLocked(id string) uint32 {
 	slot, found := t.find(id)
 	if found {
 		return t.slots[slot] - 1
@@ -155,7 +162,11 @@ func hash64(h string) uint64 {
 // removal. A large tenant's full round holds millions of memberships at
 // once; as 4-byte entries of a list they take a fifth of what a set takes.
 type memberList struct {
-	added   []uint32
+	added []uint32
+	// inOrder: added[:inOrder] are in their ids' order, each once (a
+	// stored list: a round stores them sorted), so that the list comes out
+	// sorted without sorting what the round read from its state.
+	inOrder int
 	removed map[uint32]struct{} // nil: none
 }
 
@@ -173,21 +184,70 @@ func (m *memberList) remove(i uint32) {
 	m.removed[i] = struct{}{}
 }
 
-// strings is the members' ids: each once, without those removed last
-// (unsorted). It sorts the list in place.
+// addStored adds the ids of a member list as a round stored it (a JSON
+// array of strings), interned under one lock. Read first, or after the
+// chunk before it, they stay in order.
+func (m *memberList) addStored(t *idTable, arr []byte) error {
+	if len(arr) == 0 {
+		return nil
+	}
+	m.added = slices.Grow(m.added, len(arr)/39) // a GUID and its quotes and comma
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ordered := len(m.added) == m.inOrder
+	prev, started := "", m.inOrder > 0
+	if started {
+		prev = t.str(m.added[m.inOrder-1])
+	}
+	err := eachID(arr, func(id string) {
+		i := t.internLocked(id)
+		m.add(i)
+		if ordered {
+			s := t.str(i)
+			ordered = !started || s > prev
+			prev, started = s, true
+		}
+	})
+	if ordered && err == nil {
+		m.inOrder = len(m.added)
+	}
+	return err
+}
+
+// strings is the members' ids, sorted: each once, without those removed
+// last. It sorts the list in place.
 func (m *memberList) strings(t *idTable) []string {
 	if m == nil {
 		return []string{}
 	}
-	slices.Sort(m.added)
-	m.added = slices.Compact(m.added)
-	out := make([]string, 0, len(m.added))
+	head, tail := m.added[:m.inOrder], m.added[m.inOrder:]
+	slices.Sort(tail)
+	tail = slices.Compact(tail)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, i := range m.added {
+	rest := make([]string, 0, len(tail))
+	for _, i := range tail {
 		if _, gone := m.removed[i]; !gone {
-			out = append(out, t.str(i))
+			rest = append(rest, t.str(i))
 		}
 	}
-	return out
+	sort.Strings(rest) // an incremental round's changes, or a full round's members
+	if len(head) == 0 {
+		return rest
+	}
+	out := make([]string, 0, len(head)+len(rest))
+	for _, i := range head {
+		if _, gone := m.removed[i]; gone {
+			continue
+		}
+		s := t.str(i)
+		for len(rest) > 0 && rest[0] < s {
+			out, rest = append(out, rest[0]), rest[1:]
+		}
+		if len(rest) > 0 && rest[0] == s {
+			rest = rest[1:]
+		}
+		out = append(out, s)
+	}
+	return append(out, rest...)
 }

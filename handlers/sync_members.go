@@ -80,15 +80,3 @@ func groupDeleteOps(id string, old groupState) []stateOp {
 	}
 	return ops
 }
-
-// loadMembers reads a stored group's member chunks into st.Members.
-func (r *round) loadMembers(id string, st *groupState) error {
-	for n := 0; n < st.MemberChunks; n++ {
-		var part []string
-		if _, err := r.getState(memberChunkRef(id, n), &part); err != nil {
-			return err
-		}
-		st.Members = append(st.Members, part...)
-	}
-	return nil
-}

@@ -229,20 +229,51 @@ func (r *round) storeState(ops []stateOp) error {
 // getState reads an object's stored state into v (read ahead by prefetch,
 // or now).
 func (r *round) getState(ref assetRef, v any) (bool, error) {
+	raw, err := r.rawState(ref)
+	if err != nil || raw == nil {
+		return false, err
+	}
+	return true, json.Unmarshal(raw, v)
+}
+
+// rawState is an object's stored state as stored (read ahead by prefetch,
+// or now); nil when none is.
+func (r *round) rawState(ref assetRef) ([]byte, error) {
 	r.preMu.Lock()
 	raw, cached := r.pre[ref]
 	r.preMu.Unlock()
-	if !cached {
-		var ok bool
-		var err error
-		if raw, ok, err = r.state.AssetState(r.ctx, ref.kind, ref.id); err != nil || !ok {
+	if cached {
+		return raw, nil
+	}
+	raw, ok, err := r.state.AssetState(r.ctx, ref.kind, ref.id)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// getGroupState reads a group's stored state into st and its member ids
+// (its record's and its member chunks') into set (sync_codec.go).
+func (r *round) getGroupState(id string, st *groupState, set *memberList) (bool, error) {
+	raw, err := r.rawState(assetRef{state.AssetGroup, id})
+	if err != nil || raw == nil {
+		return false, err
+	}
+	members, err := decodeGroupState(raw, st)
+	if err != nil {
+		return false, fmt.Errorf("stored state of group %s: %w", id, err)
+	}
+	for n := 0; ; n++ {
+		if err := set.addStored(&r.ids, members); err != nil {
+			return false, fmt.Errorf("stored members of group %s: %w", id, err)
+		}
+		if n >= st.MemberChunks {
+			return true, nil
+		}
+		if members, err = r.rawState(memberChunkRef(id, n)); err != nil {
 			return false, err
 		}
 	}
-	if raw == nil {
-		return false, nil
-	}
-	return true, json.Unmarshal(raw, v)
 }
 
 // forget lets go of a state read ahead, once read.
