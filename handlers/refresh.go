@@ -150,12 +150,11 @@ func (a *Actions) refreshGroupRecord(ctx context.Context, j *worker.Job, g *grap
 	}
 	members = append([]string(nil), members...)
 	sort.Strings(members)
-	raw, _ := json.Marshal(groupAssetOf(g, members))
+	raw := marshalGroup(g, members, false)
 	rec, _ := json.Marshal(g)
 	a.refresh(ctx, j, jobs.AssetGroup, jobs.AssetChange{Op: jobs.OpUpsert, ID: g.ID, Asset: raw}, func(old []byte, ok bool) []byte {
 		var prev groupState
 		uncounted := !ok || json.Unmarshal(old, &prev) != nil || prev.Uncounted
-		b, _ := json.Marshal(groupState{Hash: refreshedHash, Record: rec, Members: members, Uncounted: uncounted})
-		return b
+		return marshalGroupState(groupState{Hash: refreshedHash, Record: rec, Members: members, Uncounted: uncounted})
 	})
 }

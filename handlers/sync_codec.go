@@ -1,10 +1,14 @@
 package handlers
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"unsafe"
+
+	"github.com/tevyra/m365-worker/graphclient"
 )
 
 // An incremental round reads the stored state of every group its changes
@@ -255,4 +259,76 @@ func slowIDs(arr []byte, fn func(string)) error {
 		fn(id)
 	}
 	return nil
+}
+
+// Writing: a group's member ids are most of what a round marshals (a
+// 300,000-user tenant's groups hold millions), and encoding/json writes
+// them through reflection one string at a time. appendIDs writes them as
+// encoding/json does, byte for byte (a record's hash is of its bytes).
+
+// appendIDs appends ids to dst as encoding/json marshals a []string.
+func appendIDs(dst []byte, ids []string) []byte {
+	dst = append(dst, '[')
+	for n, id := range ids {
+		if n > 0 {
+			dst = append(dst, ',')
+		}
+		if plainForJSON(id) {
+			dst = append(append(append(dst, '"'), id...), '"')
+			continue
+		}
+		b, _ := json.Marshal(id) // escapes, HTML characters, invalid UTF-8
+		dst = append(dst, b...)
+	}
+	return append(dst, ']')
+}
+
+// plainForJSON reports whether encoding/json writes s as it is, quoted.
+func plainForJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
+
+// marshalGroup is json.Marshal(groupAssetOf(g, members)), byte for byte.
+func marshalGroup(g *graphclient.Group, members []string, continued bool) []byte {
+	a := groupAssetOf(g, nil) // members: [] in the record, a place for them
+	a.MembersContinued = continued
+	raw, _ := json.Marshal(a)
+	const empty = `"members":[]`
+	i := bytes.Index(raw, []byte(empty)) // a key: in a string its quotes are escaped
+	out := make([]byte, 0, len(raw)+len(members)*39)
+	out = append(out, raw[:i+len(empty)-2]...)
+	out = appendIDs(out, members)
+	return append(out, raw[i+len(empty):]...)
+}
+
+// marshalGroupState is a group's stored state: what json.Marshal writes
+// for it, read back alike.
+func marshalGroupState(st groupState) []byte {
+	h, _ := json.Marshal(st.Hash)
+	out := make([]byte, 0, len(st.Record)+len(st.Members)*39+64)
+	out = append(append(append(out, `{"h":`...), h...), `,"r":`...)
+	if st.Record == nil {
+		out = append(out, "null"...)
+	} else {
+		out = append(out, st.Record...)
+	}
+	out = append(out, `,"m":`...)
+	if st.Members == nil {
+		out = append(out, "null"...)
+	} else {
+		out = appendIDs(out, st.Members)
+	}
+	if st.Uncounted {
+		out = append(out, `,"n":true`...)
+	}
+	if st.MemberChunks != 0 {
+		out = append(append(out, `,"mc":`...), strconv.Itoa(st.MemberChunks)...)
+	}
+	return append(out, '}')
 }

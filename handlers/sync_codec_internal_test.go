@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/tevyra/m365-worker/graphclient"
 )
 
 // The one-pass reading of stored group states gives what encoding/json
@@ -131,5 +134,62 @@ func TestStoredMembersAreInterned(t *testing.T) {
 	var m memberList
 	if err := m.addStored(&idTable{}, []byte(`{"m":1}`)); err == nil {
 		t.Fatal("an object read as a member list")
+	}
+}
+
+// What a round writes of its groups is what encoding/json writes, byte for
+// byte where a hash is taken (records, member lists) and alike when read
+// back (states), whatever the ids and records hold.
+func TestGroupsAreWrittenAsEncodingJSONWritesThem(t *testing.T) {
+	odd := []string{"plain", "", "<", ">", "&", `quo"te`, `back\slash`, "<b>&amp;", "tab\tnew\nline", "del\x7f", "ünï", "\u2028sep", "bad\xffutf8", "emoji😀"}
+	guids := func(n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", i*2654435761, i)
+		}
+		return out
+	}
+	for _, ids := range [][]string{nil, {}, odd, guids(3), guids(5000)} {
+		want, _ := json.Marshal(ids)
+		if ids == nil {
+			want = []byte("[]") // appendIDs always writes a list
+		}
+		if got := appendIDs(nil, ids); string(got) != string(want) {
+			t.Errorf("appendIDs(%q) = %s, want %s", ids, got, want)
+		}
+	}
+	desc, mail, vis := `"Sales" <EU> & more`, "sales@contoso.com", "Private"
+	created := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	for _, g := range []graphclient.Group{
+		{ID: "g1", DisplayName: `members":[] in a name`, Description: &desc, Mail: &mail, MailNickname: "sales", MailEnabled: true, GroupTypes: []string{"Unified"}, Visibility: &vis, CreatedDateTime: &created},
+		{ID: "g2"},
+	} {
+		for _, members := range [][]string{nil, odd, guids(10)} {
+			for _, continued := range []bool{false, true} {
+				a := groupAssetOf(&g, members)
+				a.MembersContinued = continued
+				want, _ := json.Marshal(a)
+				if got := marshalGroup(&g, members, continued); string(got) != string(want) {
+					t.Errorf("marshalGroup:\n got %s\nwant %s", got, want)
+				}
+			}
+		}
+	}
+	rec, _ := json.Marshal(graphclient.Group{ID: "g1", Description: &desc})
+	for _, st := range []groupState{
+		{Hash: "abc", Record: rec, Members: odd},
+		{Hash: `h"`, Record: rec, Members: []string{}, Uncounted: true, MemberChunks: 4},
+		{},
+	} {
+		var back, want groupState
+		if err := json.Unmarshal(marshalGroupState(st), &back); err != nil {
+			t.Fatalf("%s: %v", marshalGroupState(st), err)
+		}
+		b, _ := json.Marshal(st)
+		_ = json.Unmarshal(b, &want)
+		if back.Hash != want.Hash || !jsonEqual(back.Record, want.Record) || !slices.Equal(back.Members, want.Members) || (back.Members == nil) != (want.Members == nil) ||
+			back.Uncounted != want.Uncounted || back.MemberChunks != want.MemberChunks {
+			t.Errorf("state %s read back as %+v, want %+v", marshalGroupState(st), back, want)
+		}
 	}
 }

@@ -209,7 +209,7 @@ func (r *round) publishGroup(b *batcher, id string, st *groupState, set *memberL
 	var g graphclient.Group
 	_ = json.Unmarshal(st.Record, &g)
 	g.ID = id
-	raw, _ := json.Marshal(groupAssetOf(&g, st.Members)) // the whole record, for its hash
+	raw := marshalGroup(&g, st.Members, false) // the whole record, for its hash
 	oldChunks := 0
 	if old != nil {
 		oldChunks = old.chunks

@@ -41,13 +41,10 @@ func groupChanges(g *graphclient.Group, members []string, whole json.RawMessage)
 	if len(parts) == 1 {
 		return []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: whole}}
 	}
-	rec := groupAssetOf(g, parts[0])
-	rec.MembersContinued = len(parts) > 1
-	raw, _ := json.Marshal(rec)
-	out := []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: raw}}
+	out := []jobs.AssetChange{{Op: jobs.OpUpsert, ID: g.ID, Asset: marshalGroup(g, parts[0], true)}}
 	for _, p := range parts[1:] {
-		b, _ := json.Marshal(jobs.GroupMembers{Members: p})
-		out = append(out, jobs.AssetChange{Op: jobs.OpMembers, ID: g.ID, Asset: b})
+		b := appendIDs([]byte(`{"members":`), p) // jobs.GroupMembers
+		out = append(out, jobs.AssetChange{Op: jobs.OpMembers, ID: g.ID, Asset: append(b, '}')})
 	}
 	return out
 }
@@ -61,7 +58,7 @@ func groupStateOps(id string, st groupState, oldChunks int) []stateOp {
 	st.MemberChunks = 0
 	if len(st.Members) > jobs.MaxInlineMembers {
 		for n, part := range chunks(st.Members) {
-			ops = append(ops, putState(memberChunkRef(id, n), part))
+			ops = append(ops, stateOp{ref: memberChunkRef(id, n), val: appendIDs(nil, part)})
 			st.MemberChunks = n + 1
 		}
 		st.Members = nil
@@ -69,7 +66,7 @@ func groupStateOps(id string, st groupState, oldChunks int) []stateOp {
 	for n := st.MemberChunks; n < oldChunks; n++ {
 		ops = append(ops, deleteState(memberChunkRef(id, n)))
 	}
-	return append(ops, putState(assetRef{state.AssetGroup, id}, st))
+	return append(ops, stateOp{ref: assetRef{state.AssetGroup, id}, val: marshalGroupState(st)})
 }
 
 // groupDeleteOps remove a group's state and its member chunks.
