@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -73,10 +74,11 @@ func TestFanOutBoundsAndStopsAtTheFirstError(t *testing.T) {
 }
 
 // Rounds that run at once share the worker's read slots: their reads
-// together stay within them, every read still runs, and a read waiting for
-// a slot when its round ends fails instead of being skipped.
+// together stay within them, every read still runs, a read that waits for
+// a slot is counted with its wait (/metrics), and a read waiting for a
+// slot when its round ends fails instead of being skipped.
 func TestFanOutsShareTheWorkersReadSlots(t *testing.T) {
-	shared := make(chan struct{}, 3)
+	shared := newReadSlots(3)
 	var running, peak, ran atomic.Int64
 	release := make(chan struct{})
 	rounds := []*fanOut{newFanOut(context.Background(), 2, shared), newFanOut(context.Background(), 2, shared), newFanOut(context.Background(), 2, shared)}
@@ -108,6 +110,16 @@ func TestFanOutsShareTheWorkersReadSlots(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	// The three waiting reads are counted before any slot is given back.
+	for deadline := time.Now().Add(10 * time.Second); shared.waits.Load() < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reads counted waiting for a slot, want 3", shared.waits.Load())
+		}
+	}
+	if n := len(shared.ch); n != 3 {
+		t.Fatalf("%d slots in use, want 3", n)
+	}
+	time.Sleep(5 * time.Millisecond) // the waiting reads wait a while, no matter how long
 	close(release)
 	for i, f := range rounds {
 		if err := f.wait(); err != nil {
@@ -117,11 +129,14 @@ func TestFanOutsShareTheWorkersReadSlots(t *testing.T) {
 	if peak.Load() > 3 || ran.Load() != 15 {
 		t.Fatalf("%d reads ran at once (the worker's slots are 3), %d of 15 ran", peak.Load(), ran.Load())
 	}
+	if waits, waited := shared.waits.Load(), time.Duration(shared.waited.Load()); waits < 3 || waits > 12 || waited < 5*time.Millisecond || len(shared.ch) != 0 {
+		t.Fatalf("after the rounds: %d waits (3 to 12), %v waited (at least 5ms), %d slots in use (0)", waits, waited, len(shared.ch))
+	}
 
 	// Every slot is held by another round; this round ends while its read
 	// waits for one.
-	for range cap(shared) {
-		shared <- struct{}{}
+	for range cap(shared.ch) {
+		shared.ch <- struct{}{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := newFanOut(ctx, 2, shared)
@@ -134,7 +149,7 @@ func TestFanOutsShareTheWorkersReadSlots(t *testing.T) {
 }
 
 // The worker's read slots are SyncConfig.ParallelReads (the worker's
-// --sync-reads), DefaultParallelReads when unset.
+// --sync-reads), DefaultParallelReads when unset; /metrics shows them.
 func TestSyncerReadSlots(t *testing.T) {
 	graph := graphclient.NewPool(graphclient.PoolConfig{})
 	for _, c := range []struct{ set, want int }{{0, DefaultParallelReads}, {-3, DefaultParallelReads}, {48, 48}} {
@@ -142,8 +157,21 @@ func TestSyncerReadSlots(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cap(s.reads) != c.want {
-			t.Errorf("ParallelReads %d: %d read slots, want %d", c.set, cap(s.reads), c.want)
+		if cap(s.reads.ch) != c.want {
+			t.Errorf("ParallelReads %d: %d read slots, want %d", c.set, cap(s.reads.ch), c.want)
+		}
+		// What /metrics shows of them.
+		s.reads.ch <- struct{}{}
+		s.reads.waits.Add(2)
+		s.reads.waited.Add(int64(1500 * time.Millisecond))
+		got := map[string]float64{}
+		for _, m := range s.ReadSlotMetrics() {
+			got[m.Name] = m.Value
+		}
+		want := map[string]float64{"m365_sync_read_slots": float64(c.want), "m365_sync_read_slots_in_use": 1,
+			"m365_sync_read_slot_waits_total": 2, "m365_sync_read_slot_wait_seconds_total": 1.5}
+		if !maps.Equal(got, want) {
+			t.Errorf("ParallelReads %d: metrics %v, want %v", c.set, got, want)
 		}
 	}
 }

@@ -60,7 +60,7 @@ type Syncer struct {
 	creds    credentialGauge
 	// reads is the worker's read slots, shared by its rounds' parallel
 	// reads (SyncConfig.ParallelReads).
-	reads chan struct{}
+	reads *readSlots
 }
 
 // NewSyncer returns the sync handler publishing through js.
@@ -87,7 +87,7 @@ func NewSyncer(ctx context.Context, js jetstream.JetStream, cfg SyncConfig) (*Sy
 	if cfg.Graph == nil {
 		return nil, errors.New("sync: no Graph client pool")
 	}
-	return &Syncer{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects, reads: make(chan struct{}, cfg.ParallelReads)}, nil
+	return &Syncer{cfg: cfg, pub: publisher.New(js, publisher.Config{Subjects: cfg.Topology.Subjects}), subjs: cfg.Topology.Subjects, reads: newReadSlots(cfg.ParallelReads)}, nil
 }
 
 // Register adds the sync handler to reg: one round per instance at a time.

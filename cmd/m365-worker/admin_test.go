@@ -290,7 +290,7 @@ func TestOperatorCommands(t *testing.T) {
 	r3.Body.Close()
 	for _, want := range []string{`m365_jobs_total{action="microsoft-365.assign_license",outcome="failed"} 1`, `m365_jobs_total{action="sync",outcome="succeeded"}`,
 		`m365_graph_requests_total{instance="acme"}`, `m365_graph_resource_units_total{instance="acme"}`, "m365_consumer_pending", "m365_jobs_in_flight",
-		"m365_subscriptions_renewed_total 0", "m365_backstop_skips_total 0"} {
+		"m365_subscriptions_renewed_total 0", "m365_backstop_skips_total 0", "m365_sync_read_slots 24", "m365_sync_read_slots_in_use 0", "m365_sync_read_slot_waits_total", "m365_sync_read_slot_wait_seconds_total"} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %s:\n%s", want, metrics)
 		}

@@ -437,7 +437,7 @@ func runPool(ctx context.Context, js jetstream.JetStream, topo worker.Topology, 
 	if err != nil {
 		return err
 	}
-	obs := worker.NewObserver(w, js.Conn(), graphMetrics(graph), subscriptionMetrics(syncer.SubscriptionStats()), syncer.CredentialMetrics)
+	obs := worker.NewObserver(w, js.Conn(), graphMetrics(graph), subscriptionMetrics(syncer.SubscriptionStats()), syncer.CredentialMetrics, syncer.ReadSlotMetrics)
 	svc, err := obs.Micro(version)
 	if err != nil {
 		return fmt.Errorf("register the NATS micro service: %w", err)
