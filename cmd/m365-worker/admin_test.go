@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -297,6 +298,16 @@ func TestOperatorCommands(t *testing.T) {
 	}
 	if strings.Contains(string(metrics), tenants[0]["client_secret"]) {
 		t.Error("a secret in the metrics")
+	}
+	// The worker's live heap is small: the 64 MiB headroom raised GOGC.
+	var gogc float64
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if v, ok := strings.CutPrefix(line, "m365_gc_percent "); ok {
+			gogc, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if gogc <= 100 {
+		t.Errorf("m365_gc_percent %v, want it raised above 100 by the heap's headroom", gogc)
 	}
 	ping, err := nc.Request("$SRV.INFO.m365-worker", nil, 5*time.Second)
 	if err != nil || !strings.Contains(string(ping.Data), `"name":"m365-worker"`) || !strings.Contains(string(ping.Data), "m365.status.default.") {
