@@ -117,8 +117,9 @@ func (p *Publisher) msg(ctx context.Context, m Message) (*nats.Msg, error) {
 // (json.Marshal would re-validate and compact it).
 type Encoded []byte
 
-// transient reports whether a publish error may go away on its own.
-func transient(err error) bool {
+// Transient reports whether a JetStream write's error may go away on its
+// own (a server restarting, a leader being elected): worth asking again.
+func Transient(err error) bool {
 	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
@@ -149,7 +150,7 @@ func (p *Publisher) publish(ctx context.Context, m Message) (*jetstream.PubAck, 
 		roundtrip.Add(ctx, 1)
 		a, err := p.js.PublishMsg(actx, nm)
 		if err != nil {
-			if ctx.Err() == nil && transient(err) {
+			if ctx.Err() == nil && Transient(err) {
 				return err
 			}
 			return retry.Permanent(err)

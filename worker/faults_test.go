@@ -437,3 +437,83 @@ func TestLoneTenantsJobsWaitInTheWorker(t *testing.T) {
 		t.Errorf("%d give-backs: a lone tenant's jobs within the worker's hold should wait in it", s)
 	}
 }
+
+// A job whose result is stored but whose ledger entry cannot be written
+// (the state bucket unreachable for longer than a write is asked again) is
+// given back, not settled: settled without its entry it held up every later
+// job of its target for good (TestChaos, seed 589539, where a restart lost
+// one such write). Its redelivery runs it again, the second result is the
+// results stream's duplicate, and the target's next job follows.
+func TestJobWhoseLedgerEntryCannotBeWrittenIsGivenBack(t *testing.T) {
+	t.Parallel()
+	srv := workertest.Start(t)
+	nc, js := srv.Connect(t)
+	// Every ledger write is lost until the first job runs a second time.
+	var open atomic.Bool
+	var lost atomic.Int64
+	lossy := workertest.Lossy(t, nc, func(rest string) bool {
+		if !open.Load() && strings.HasPrefix(rest, "$KV.") && strings.Contains(rest, ".done.") {
+			lost.Add(1)
+			return true
+		}
+		return false
+	})
+	var calls sync.Map
+	// An earlier job of another target runs meanwhile: the consumer's ack
+	// floor stays below the first job, so the second checks the ledger for
+	// it (as in a busy pool).
+	releaseSlow := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(releaseSlow) }) }
+	defer release()
+	reg := worker.Registry{}
+	worker.Register(reg, jobs.ActionDisableUser, func(ctx context.Context, j *worker.Job, p *jobs.DisableUserParams) (any, error) {
+		n, _ := calls.LoadOrStore(j.ID, new(atomic.Int64))
+		if n.(*atomic.Int64).Add(1) == 2 && j.ID == "ledger-a" {
+			open.Store(true)
+		}
+		if j.ID == "ledger-slow" {
+			select {
+			case <-releaseSlow:
+			case <-ctx.Done():
+			}
+		}
+		return map[string]string{"user_id": p.User}, nil
+	})
+	for _, j := range []struct{ id, user string }{{"ledger-slow", "other"}, {"ledger-a", "one"}, {"ledger-b", "one"}} {
+		workertest.PublishJob(t, js, "default", &jobs.Job{ID: j.id, Instance: "acme", Action: jobs.ActionDisableUser, Params: json.RawMessage(`{"user":"` + j.user + `@contoso.com"}`)})
+	}
+	w, err := worker.New(context.Background(), lossy, srv.Topology, worker.Config{PollWait: 200 * time.Millisecond, ManageConsumer: true}, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	workertest.Eventually(t, 120*time.Second, "the target's second job's result", func() bool {
+		for _, r := range results(t, js, "acme") {
+			if r.JobID == "ledger-b" {
+				return true
+			}
+		}
+		return false
+	})
+	release()
+	count := func(id string) int64 {
+		n, ok := calls.Load(id)
+		if !ok {
+			return 0
+		}
+		return n.(*atomic.Int64).Load()
+	}
+	perJob := map[string]int{}
+	for _, r := range results(t, js, "acme") {
+		perJob[r.JobID]++
+	}
+	if lost.Load() < 2 || count("ledger-a") != 2 || count("ledger-b") != 1 || perJob["ledger-a"] != 1 || perJob["ledger-b"] != 1 || w.Stats().Snoozed.Load() < 1 {
+		t.Fatalf("%d ledger writes lost; ran a %d times, b %d times (want 2, 1); results %v (one each); %d give-backs",
+			lost.Load(), count("ledger-a"), count("ledger-b"), perJob, w.Stats().Snoozed.Load())
+	}
+}

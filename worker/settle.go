@@ -141,9 +141,11 @@ func (w *Worker) succeed(d *delivery) {
 		w.snooze(d, 5*time.Second, "result not stored")
 		return
 	}
+	if !w.finish(d, jobs.StatusSucceeded, func() error { return d.msg.Ack() }) {
+		return
+	}
 	w.stats.Succeeded.Add(1)
 	w.observe(d, "succeeded", time.Since(d.started))
-	w.finish(d, jobs.StatusSucceeded, func() error { return d.msg.Ack() })
 	d.log.Info("worker: job succeeded", "duration", time.Since(d.started))
 }
 
@@ -180,11 +182,13 @@ func (w *Worker) fail(d *delivery, je *jobs.Error) {
 		w.snooze(d, 5*time.Second, "failure record not stored")
 		return
 	}
+	if !w.finish(d, jobs.StatusFailed, func() error { return d.msg.TermWithReason(je.Code) }) {
+		return
+	}
 	w.stats.Failed.Add(1)
 	w.observe(d, "failed", time.Since(d.started))
 	w.metrics.failed(w.actionLabel(d.addr.Action), je.Code)
 	traceFailure(d, je)
-	w.finish(d, jobs.StatusFailed, func() error { return d.msg.TermWithReason(je.Code) })
 	d.log.Warn("worker: job failed", "code", je.Code, "error", je.Message)
 }
 
@@ -213,23 +217,34 @@ func (w *Worker) finishSkipped(d *delivery, cause error) {
 		w.snooze(d, 5*time.Second, "result not stored")
 		return
 	}
+	if !w.finish(d, jobs.OutcomeSkipped, func() error { return d.msg.Ack() }) {
+		return
+	}
 	traceOutcome(d, "skipped")
-	w.finish(d, jobs.OutcomeSkipped, func() error { return d.msg.Ack() })
 	d.log.Info("worker: scheduled sync skipped: a round is running", "reason", cause.Error())
 }
 
-func (w *Worker) finish(d *delivery, status string, settle func() error) {
+// finish records the job as done in the ledger, then settles it; false
+// when the ledger could not be written, and the job was given back.
+func (w *Worker) finish(d *delivery, status string, settle func() error) bool {
 	ctx := context.WithoutCancel(d.ctx)
+	if err := d.scope.MarkDone(ctx, d.jobID, state.LedgerEntry{Status: status, Worker: w.cfg.ID, Finished: time.Now().UTC()}); err != nil {
+		// MarkDone asked again for as long as a publication is. Settled
+		// without its entry, the job would hold up every later job of its
+		// target for good (each waits for the earlier ones the ledger does
+		// not list). It comes back and runs again instead: its result's
+		// message id keeps a second result out of the results stream for
+		// ResultsDuplicateWindow; its effect is made again.
+		d.log.Error("worker: cannot record the job as done; giving it back", "error", err)
+		w.snooze(d, 5*time.Second, "ledger entry not written")
+		return false
+	}
 	w.stats.Handled.Add(1)
 	w.accountTicks(ctx, d)
-	if err := d.scope.MarkDone(ctx, d.jobID, state.LedgerEntry{Status: status, Worker: w.cfg.ID, Finished: time.Now().UTC()}); err != nil {
-		// The result is stored; the stream's dedup window still guards
-		// against a second one.
-		d.log.Warn("worker: cannot record the job as done", "error", err)
-	}
 	if err := settle(); err != nil {
 		d.log.Warn("worker: settling failed; a redelivery will find the job done", "error", err)
 	}
+	return true
 }
 
 // publishResult stores the job's one result: a sync report for sync jobs,

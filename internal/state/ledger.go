@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tevyra/m365-worker/internal/retry"
+	"github.com/tevyra/m365-worker/publisher"
 )
 
 // LedgerEntry records that a job's final result is stored.
@@ -27,15 +28,30 @@ func (sc *Scope) Done(ctx context.Context, jobID string) (bool, error) {
 	return ok, err
 }
 
-// MarkDone records the job as done (the first record wins).
+// MarkDone records the job as done (the first record wins). A write the
+// server leaves unanswered (a restart, an election) is asked again as a
+// publication is (retry.Publish): a job whose result is stored and whose
+// ledger entry is not holds up every later job of its target. A resent
+// write that finds the entry stored by its first try is done.
 func (sc *Scope) MarkDone(ctx context.Context, jobID string, e LedgerEntry) error {
 	b, _ := json.Marshal(e)
-	_, err := sc.s.createTTL(ctx, sc.ledgerKey(jobID), b, sc.s.ttl)
-	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-		return err
-	}
-	return nil
+	return retry.Do(ctx, retry.Publish, func() error {
+		tctx, cancel := context.WithTimeout(ctx, writeTry)
+		defer cancel()
+		_, err := sc.s.createTTL(tctx, sc.ledgerKey(jobID), b, sc.s.ttl)
+		switch {
+		case err == nil || errors.Is(err, jetstream.ErrKeyExists):
+			return nil
+		case ctx.Err() == nil && publisher.Transient(err):
+			return err
+		}
+		return retry.Permanent(err)
+	})
 }
+
+// writeTry bounds one try of a write that is asked again (the publisher's
+// own tries are as long).
+const writeTry = 10 * time.Second
 
 // WaitDone waits until the job is recorded as done, until the deadline or
 // until wake closes; it reports whether the job got done.

@@ -52,3 +52,43 @@ func TestPutSyncMetaSurvivesALostWrite(t *testing.T) {
 		}
 	}
 }
+
+// A job's ledger entry survives a write the server never answers (a
+// restart between the job's result and its entry): a job whose result is
+// stored and whose entry is not held up every later job of its target for
+// good (TestChaos, seed 589539). The write is asked again; a resent write
+// that finds the entry its first try stored is done; the first record
+// still wins.
+func TestMarkDoneSurvivesALostWrite(t *testing.T) {
+	srv := workertest.Start(t)
+	nc, _ := srv.Connect(t)
+	var tries, answered atomic.Int64
+	lossy := workertest.Lossy(t, nc, func(rest string) bool {
+		if !strings.HasPrefix(rest, "$KV.") || !strings.Contains(rest, ".done.") {
+			return false
+		}
+		return tries.Add(1) == 1 && answered.Load() == 0 // the first write, unanswered
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	st, err := state.Open(ctx, lossy, "m365_state", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := st.For("default", "acme")
+	if err := sc.MarkDone(ctx, "job-1", state.LedgerEntry{Status: "succeeded", Worker: "w1"}); err != nil {
+		t.Fatalf("after one lost write: %v", err)
+	}
+	if tries.Load() < 2 {
+		t.Fatalf("%d writes of the entry: the lost one was not asked again", tries.Load())
+	}
+	if done, err := sc.Done(ctx, "job-1"); err != nil || !done {
+		t.Fatalf("job-1 done %v (%v) after its entry was written again", done, err)
+	}
+	// The entry exists: a second record (another delivery's) is no error
+	// and leaves the first.
+	answered.Store(1)
+	if err := sc.MarkDone(ctx, "job-1", state.LedgerEntry{Status: "failed", Worker: "w2"}); err != nil {
+		t.Fatalf("a second record: %v", err)
+	}
+}
