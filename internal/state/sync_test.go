@@ -16,21 +16,7 @@ import (
 // a round that failed there ran again in full (docs/BENCHMARKS.md, 10,000
 // tenants). The write is asked again, and stored once.
 func TestPutSyncMetaSurvivesALostWrite(t *testing.T) {
-	srv := workertest.Start(t)
-	nc, _ := srv.Connect(t)
-	// The store reaches JetStream through a relay that loses the first
-	// write of a sync state; everything else goes on to the server.
-	var refused atomic.Int64
-	lossy := workertest.Lossy(t, nc, func(rest string) bool {
-		return strings.HasPrefix(rest, "$KV.") && strings.Contains(rest, ".sync.") && refused.Add(1) == 1
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := state.Open(ctx, lossy, "m365_state", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := st.For("default", "acme")
+	ctx, sc, refused := scopeLosingFirstWrite(t, "sync")
 	if err := sc.PutSyncMeta(ctx, map[string]string{"user_delta_link": "l1"}); err != nil {
 		t.Fatalf("after one lost write: %v", err)
 	}
@@ -57,25 +43,9 @@ func TestPutSyncMetaSurvivesALostWrite(t *testing.T) {
 // restart between the job's result and its entry): a job whose result is
 // stored and whose entry is not held up every later job of its target for
 // good (TestChaos, seed 589539). The write is asked again; a resent write
-// that finds the entry its first try stored is done; the first record
-// still wins.
+// that finds the entry its first try stored is done.
 func TestMarkDoneSurvivesALostWrite(t *testing.T) {
-	srv := workertest.Start(t)
-	nc, _ := srv.Connect(t)
-	var tries, answered atomic.Int64
-	lossy := workertest.Lossy(t, nc, func(rest string) bool {
-		if !strings.HasPrefix(rest, "$KV.") || !strings.Contains(rest, ".done.") {
-			return false
-		}
-		return tries.Add(1) == 1 && answered.Load() == 0 // the first write, unanswered
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	st, err := state.Open(ctx, lossy, "m365_state", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := st.For("default", "acme")
+	ctx, sc, tries := scopeLosingFirstWrite(t, "done")
 	if err := sc.MarkDone(ctx, "job-1", state.LedgerEntry{Status: "succeeded", Worker: "w1"}); err != nil {
 		t.Fatalf("after one lost write: %v", err)
 	}
@@ -85,10 +55,28 @@ func TestMarkDoneSurvivesALostWrite(t *testing.T) {
 	if done, err := sc.Done(ctx, "job-1"); err != nil || !done {
 		t.Fatalf("job-1 done %v (%v) after its entry was written again", done, err)
 	}
-	// The entry exists: a second record (another delivery's) is no error
-	// and leaves the first.
-	answered.Store(1)
+	// The entry exists: a second record (another delivery's) is no error.
 	if err := sc.MarkDone(ctx, "job-1", state.LedgerEntry{Status: "failed", Worker: "w2"}); err != nil {
 		t.Fatalf("a second record: %v", err)
 	}
+}
+
+// scopeLosingFirstWrite is acme's state scope reaching JetStream through a
+// relay that loses the first write of a key of kind ("sync", "done");
+// everything else goes on to the server. writes counts that kind's writes.
+func scopeLosingFirstWrite(t *testing.T, kind string) (ctx context.Context, sc *state.Scope, writes *atomic.Int64) {
+	t.Helper()
+	srv := workertest.Start(t)
+	nc, _ := srv.Connect(t)
+	writes = new(atomic.Int64)
+	lossy := workertest.Lossy(t, nc, func(rest string) bool {
+		return strings.HasPrefix(rest, "$KV.") && strings.Contains(rest, "."+kind+".") && writes.Add(1) == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	st, err := state.Open(ctx, lossy, "m365_state", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, st.For("default", "acme"), writes
 }
