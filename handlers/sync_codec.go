@@ -197,8 +197,7 @@ var errNotIDArray = errors.New("stored member ids are not a JSON array of string
 
 // eachID calls fn with each id of a JSON array of strings as stored: a
 // view of arr's bytes, valid during the call only; an empty arr has none.
-// An array with an
-// escaped id is read through encoding/json.
+// An array with an escaped id is read through encoding/json.
 func eachID(arr []byte, fn func(id string)) error {
 	if len(arr) == 0 {
 		return nil // none stored
